@@ -1,0 +1,216 @@
+"""Validated configuration objects.
+
+One object per concern flows unchanged from YAML/dict to the module that uses it. Every field is
+checked at construction; a bad value raises ``ValueError`` naming the field, and unknown keys in
+``from_dict`` are errors (the seeds' system silently dropped ``delta_clip_fro_norm`` on the way).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+VARIANTS = ("inplace",)
+CONV_PADDINGS = ("right", "center")
+TARGETS = ("input_embed",)
+YARN_RAMPS = ("standard", "seeds")
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{name}: {msg}")
+
+
+def _strict_kwargs(cls, data: Mapping[str, Any], where: str) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; valid keys are {sorted(names)}")
+    return dict(data)
+
+
+@dataclass(frozen=True)
+class TTTConfig:
+    """In-Place TTT settings (paper Eq. 1 / Alg. 1, DESIGN §4).
+
+    Layer selection: ``layers`` (explicit indices of the main transformer) wins; otherwise layer i
+    is a TTT layer iff ``i >= start_layer`` and ``(i - start_layer) % layer_frequency == 0``.
+    The depformer is never touched.
+    """
+
+    enabled: bool = True
+    variant: str = "inplace"
+    layers: tuple[int, ...] | None = None
+    start_layer: int = 0
+    layer_frequency: int = 6
+    chunk_size: int = 256
+    lr: float = 1e-3
+    conv_kernel_size: int = 2
+    conv_padding: str = "right"
+    delta_clip_fro_norm: float | None = 1e-5
+    target: str = "input_embed"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.enabled, bool), "enabled", f"must be a bool, got {self.enabled!r}")
+        _check(self.variant in VARIANTS, "variant", f"must be one of {VARIANTS}, got {self.variant!r}")
+        if self.layers is not None:
+            layers = tuple(self.layers)
+            _check(all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers),
+                   "layers", f"must be non-negative integers, got {self.layers!r}")
+            _check(len(set(layers)) == len(layers), "layers", f"has duplicates: {self.layers!r}")
+            object.__setattr__(self, "layers", tuple(sorted(layers)))
+        _check(_is_int(self.start_layer) and self.start_layer >= 0, "start_layer",
+               f"must be an integer >= 0, got {self.start_layer!r}")
+        _check(_is_int(self.layer_frequency) and self.layer_frequency >= 1, "layer_frequency",
+               f"must be an integer >= 1, got {self.layer_frequency!r}")
+        _check(_is_int(self.chunk_size) and self.chunk_size >= 1, "chunk_size",
+               f"must be an integer >= 1, got {self.chunk_size!r}")
+        _check(_is_number(self.lr) and math.isfinite(self.lr) and self.lr >= 0, "lr",
+               f"must be a finite number >= 0, got {self.lr!r}")
+        _check(_is_int(self.conv_kernel_size) and self.conv_kernel_size >= 1, "conv_kernel_size",
+               f"must be an integer >= 1, got {self.conv_kernel_size!r}")
+        _check(self.conv_padding in CONV_PADDINGS, "conv_padding",
+               f"must be one of {CONV_PADDINGS}, got {self.conv_padding!r}")
+        if self.conv_padding == "center":
+            _check(self.conv_kernel_size % 2 == 1, "conv_kernel_size",
+                   f"must be odd with conv_padding='center', got {self.conv_kernel_size}")
+        tau = self.delta_clip_fro_norm
+        _check(tau is None or (_is_number(tau) and not math.isnan(tau)), "delta_clip_fro_norm",
+               f"must be a number or null, got {tau!r}")
+        _check(self.target in TARGETS, "target", f"must be one of {TARGETS}, got {self.target!r}")
+        _check(_is_number(self.init_std) and self.init_std >= 0, "init_std",
+               f"must be a number >= 0, got {self.init_std!r}")
+
+    @property
+    def clip(self) -> float | None:
+        """Clip threshold τ, or None when clipping is off (None or <= 0 in the config)."""
+        tau = self.delta_clip_fro_norm
+        return None if tau is None or tau <= 0 else float(tau)
+
+    def layer_indices(self, num_layers: int) -> list[int]:
+        """Indices of the TTT layers in a transformer of ``num_layers`` layers."""
+        if not self.enabled:
+            return []
+        if self.layers is not None:
+            bad = [i for i in self.layers if i >= num_layers]
+            _check(not bad, "layers", f"{bad} out of range for a model with {num_layers} layers")
+            return list(self.layers)
+        return [i for i in range(num_layers)
+                if i >= self.start_layer and (i - self.start_layer) % self.layer_frequency == 0]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TTTConfig":
+        kwargs = _strict_kwargs(cls, data, "ttt")
+        if kwargs.get("layers") is not None:
+            kwargs["layers"] = tuple(kwargs["layers"])
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["layers"] = None if self.layers is None else list(self.layers)
+        return out
+
+    @classmethod
+    def from_seeds(cls, ttt_config: Mapping[str, Any], **overrides: Any) -> "TTTConfig":
+        """Read the seeds' ``config.json['ttt_config']`` (their names: ``learning_rate``, ...).
+
+        Their conv was the full d×d×k right-padded one, so ``conv_padding`` defaults to 'right'.
+        """
+        renames = {"learning_rate": "lr"}
+        known = {"enabled", "layer_frequency", "start_layer", "chunk_size", "learning_rate",
+                 "conv_kernel_size", "delta_clip_fro_norm", "layers"}
+        unknown = sorted(set(ttt_config) - known)
+        if unknown:
+            raise ValueError(f"ttt_config: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        kwargs = {renames.get(k, k): v for k, v in ttt_config.items()}
+        kwargs.setdefault("conv_padding", "right")
+        kwargs.update(overrides)
+        return cls.from_dict(kwargs)
+
+
+@dataclass(frozen=True)
+class YarnConfig:
+    """YaRN context extension of the main transformer's RoPE (Peng et al. 2023, DESIGN §5).
+
+    ``ramp='standard'`` is HF transformers' ``rope_type: "yarn"``; ``ramp='seeds'`` reproduces the
+    seeds' non-standard ramp (bounds β·L instead of L/β, no attention temperature) so checkpoints
+    trained with it are evaluated with the rope they were trained with.
+    """
+
+    scale: float = 1.0
+    original_context: int = 3000
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    context: int | None = None
+    ramp: str = "standard"
+
+    def __post_init__(self) -> None:
+        _check(_is_number(self.scale) and math.isfinite(self.scale) and self.scale >= 1, "scale",
+               f"must be a number >= 1, got {self.scale!r}")
+        _check(_is_int(self.original_context) and self.original_context >= 1, "original_context",
+               f"must be an integer >= 1, got {self.original_context!r}")
+        _check(_is_number(self.beta_fast) and _is_number(self.beta_slow) and self.beta_slow > 0,
+               "beta_slow", f"must be a number > 0, got {self.beta_slow!r}")
+        _check(self.beta_fast > self.beta_slow, "beta_fast",
+               f"must be greater than beta_slow ({self.beta_slow}), got {self.beta_fast!r}")
+        if self.context is not None:
+            _check(_is_int(self.context) and self.context >= self.original_context, "context",
+                   f"must be an integer >= original_context ({self.original_context}), got {self.context!r}")
+        _check(self.ramp in YARN_RAMPS, "ramp", f"must be one of {YARN_RAMPS}, got {self.ramp!r}")
+
+    @property
+    def resolved_context(self) -> int:
+        """Ring KV-cache capacity: ``context`` or ``scale × original_context``."""
+        if self.context is not None:
+            return self.context
+        return int(math.ceil(self.scale * self.original_context))
+
+    @property
+    def attention_factor(self) -> float:
+        """Multiplier of q and k (so attention logits scale by its square); 1 for the seeds' ramp."""
+        if self.ramp == "seeds" or self.scale <= 1:
+            return 1.0
+        return 0.1 * math.log(self.scale) + 1.0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "YarnConfig":
+        return cls(**_strict_kwargs(cls, data, "yarn"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_seeds(cls, yarn_config: Mapping[str, Any], **overrides: Any) -> "YarnConfig":
+        """Read the seeds' ``config.json['yarn_config']``.
+
+        Their keys: scale, original_max_seq_len, beta_fast, beta_slow, mscale, mscale_all_dim. The
+        seeds applied no attention temperature; ``mscale``/``mscale_all_dim`` other than the
+        no-op values (1 / 0) are rejected rather than silently reinterpreted. The ramp defaults to
+        'seeds' because that is what their checkpoints were trained with.
+        """
+        known = {"scale", "original_max_seq_len", "beta_fast", "beta_slow", "mscale",
+                 "mscale_all_dim", "enabled"}
+        unknown = sorted(set(yarn_config) - known)
+        if unknown:
+            raise ValueError(f"yarn_config: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        for key, neutral in (("mscale", (1, 1.0, None)), ("mscale_all_dim", (0, 0.0, 1, 1.0, None))):
+            if key in yarn_config and yarn_config[key] not in neutral:
+                raise ValueError(f"yarn_config.{key}: value {yarn_config[key]!r} is not supported "
+                                 "(the seeds' rope applied no attention temperature)")
+        kwargs: dict[str, Any] = {"ramp": "seeds"}
+        for src, dst in (("scale", "scale"), ("original_max_seq_len", "original_context"),
+                         ("beta_fast", "beta_fast"), ("beta_slow", "beta_slow")):
+            if src in yarn_config:
+                kwargs[dst] = yarn_config[src]
+        kwargs.update(overrides)
+        return cls.from_dict(kwargs)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -1,0 +1,258 @@
+"""TTT gating: a drop-in replacement for moshi's ``ActivationGating`` whose down projection is a
+fast weight updated every ``chunk_size`` tokens (In-Place TTT).
+
+Execution modes, one semantics:
+- parallel (no streaming state): a scan over chunks with one running fast weight per row
+  (memory constant in the number of chunks);
+- eager streaming (any block size): the block is cut at every row's chunk boundary, a full chunk
+  is applied to the fast weights as soon as its last token has been processed;
+- CUDA-graphed streaming (moshi's ``in_cuda_graph()``): the per-token graph only writes Z and X₀
+  into fixed-size chunk buffers and applies the current fast weight; the chunk update runs
+  between graph replays, driven on the host by :class:`ttt.streaming.TTTLMGen`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from moshi.modules.streaming import State, StreamingModule
+from moshi.utils.compile import in_cuda_graph
+
+from .config import TTTConfig
+from .inplace_math import apply_fast_weight, fast_weight_step
+
+
+class EmbeddingTap:
+    """Holds X₀, the summed token embeddings of the current ``forward_text`` call.
+
+    moshi adds the conditioning to the embedding sum before the transformer and passes no extra
+    kwargs to its layers, so X₀ is rebuilt from forward hooks on the embedding tables, summed in
+    the order ``forward_text`` sums them (audio codebooks, then text), bitwise equal to its sum.
+    """
+
+    def __init__(self) -> None:
+        self.x0: torch.Tensor | None = None
+        self.handles: list = []
+
+    def attach(self, lm: nn.Module) -> None:
+        tables = [lm.emb[i] for i in range(lm.num_audio_codebooks)] + [lm.text_emb]
+        for index, table in enumerate(tables):
+            self.handles.append(table.register_forward_hook(self._hook(first=index == 0)))
+
+    def _hook(self, first: bool):
+        def hook(_module, _inputs, output):
+            self.x0 = output if first or self.x0 is None else self.x0 + output
+        return hook
+
+
+@dataclass
+class TTTState(State):
+    """Everything a TTT layer changes while streaming (and nothing else), per batch row."""
+
+    w0: torch.Tensor          # [d, hid] fp32 W^(0) (the layer's ``w_down``, not a copy)
+    w: torch.Tensor           # [B, d, hid] fp32 fast weights W^(i)
+    w_apply: torch.Tensor     # [B, d, hid] model-dtype copy used by the per-token matmul
+    z_buf: torch.Tensor       # [B, C, hid] Z of the current partial chunk
+    x0_buf: torch.Tensor      # [B, C, d] X₀ of the current partial chunk
+    pos: torch.Tensor         # [B] long, tokens in the current chunk (device truth)
+    updates: torch.Tensor     # [B] long, applied chunk updates (cumulative, survives reset)
+    clip_events: torch.Tensor  # [B] long, updates whose ‖ΔW‖_F exceeded τ
+    last_delta_norm: torch.Tensor  # [B] fp32, ‖ΔW‖_F of the last update (before clipping)
+    fill: list[int] = field(default_factory=list)  # host mirror of ``pos`` for scheduling
+    driven: bool = False      # set by TTTLMGen: the host drives updates between graph replays
+
+    def reset(self, reset_mask: torch.Tensor) -> None:
+        """Masked rows go back to W^(0) with an empty chunk; the others are untouched."""
+        super().reset(reset_mask)
+        mask = reset_mask.to(self.device)
+        self.w.copy_(torch.where(mask[:, None, None], self.w0[None], self.w))
+        self.sync_apply_copy()
+        self.pos.masked_fill_(mask, 0)
+        # Host mirror: a reset is a document boundary, not a per-token event; one sync is fine.
+        self.fill = [0 if hit else f for f, hit in zip(self.fill, mask.tolist())]
+
+    def sync_apply_copy(self) -> None:
+        if self.w_apply is not self.w:
+            self.w_apply.copy_(self.w)
+
+
+class TTTGating(StreamingModule[TTTState]):
+    """Gated MLP with In-Place TTT on its down projection.
+
+    State-dict keys match the seeds' checkpoints: ``linear_in.weight``, ``linear_out.weight``,
+    ``w_down`` (fp32 W^(0)), ``target_generator.conv1d.conv.weight``,
+    ``target_generator.W_target.weight``.
+    """
+
+    def __init__(self, linear_in: nn.Linear, linear_out: nn.Linear, activation, cfg: TTTConfig,
+                 tap: EmbeddingTap) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.linear_in = linear_in
+        self.linear_out = linear_out
+        self.activation = activation
+        self._tap = tap
+        d, hid = linear_out.weight.shape
+        device = linear_out.weight.device
+        factory = dict(device=device, dtype=linear_out.weight.dtype)
+        self.w_down = nn.Parameter(linear_out.weight.detach().float().clone())
+        self.target_generator = TargetGenerator(d, cfg, **factory)
+        self.register_load_state_dict_pre_hook(_seeds_load_hook)
+
+    @property
+    def dims(self) -> tuple[int, int]:
+        return tuple(self.w_down.shape)  # type: ignore[return-value]
+
+    # ---- per-token pieces -------------------------------------------------------------------
+    def _z(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.linear(x, self.linear_in.weight)
+        B, T, _ = h.shape
+        h = h.view(B, T, 2, -1)
+        return self.activation(h[..., 0, :]) * h[..., 1, :]
+
+    def _step(self, z: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        conv = self.target_generator.conv1d.conv.weight
+        w_target = self.target_generator.W_target.weight
+        return fast_weight_step(z, x0, conv, w_target, self.cfg.conv_padding, self.cfg.lr, self.cfg.clip)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x0 = self._tap.x0
+        if x0 is None or x0.shape[:2] != x.shape[:2]:
+            raise RuntimeError("TTT layer: token embeddings X0 missing or misaligned with the layer "
+                               "input; was the model prepared with ttt.apply_ttt and called through "
+                               "forward_text / forward?")
+        z = self._z(x)
+        state = self._streaming_state
+        if state is None:
+            return self._parallel(z, x0)
+        if in_cuda_graph():
+            if not state.driven:
+                raise RuntimeError("TTT layer run under moshi CUDA graphs without a host driver: the "
+                                   "fast weights would never update. Use ttt.TTTLMGen instead of LMGen.")
+            return self._write_and_apply(state, z, x0)
+        return self._stream_eager(state, z, x0)
+
+    # ---- parallel form ----------------------------------------------------------------------
+    def _parallel(self, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Scan over chunks keeping one running W per row; chunk i never sees its own ΔW."""
+        C = self.cfg.chunk_size
+        T = z.shape[1]
+        w = self.w_down.float()
+        outs = []
+        for start in range(0, T, C):
+            stop = min(start + C, T)
+            outs.append(apply_fast_weight(z[:, start:stop], w))
+            if stop - start == C and stop < T:
+                step, _, _ = self._step(z[:, start:stop], x0[:, start:stop])
+                w = w + step
+        return torch.cat(outs, dim=1)
+
+    # ---- streaming ----------------------------------------------------------------------------
+    def _init_streaming_state(self, batch_size: int) -> TTTState:
+        d, hid = self.dims
+        C = self.cfg.chunk_size
+        device = self.w_down.device
+        dtype = self.linear_in.weight.dtype
+        w = self.w_down.detach().float()[None].repeat(batch_size, 1, 1)
+        w_apply = w if dtype == torch.float32 else w.to(dtype)
+        zeros = lambda *s, dt=torch.long: torch.zeros(*s, device=device, dtype=dt)  # noqa: E731
+        state = TTTState(
+            batch_size, device, w0=self.w_down.detach().float(), w=w, w_apply=w_apply,
+            z_buf=zeros(batch_size, C, hid, dt=dtype), x0_buf=zeros(batch_size, C, d, dt=dtype),
+            pos=zeros(batch_size), updates=zeros(batch_size), clip_events=zeros(batch_size),
+            last_delta_norm=zeros(batch_size, dt=torch.float32), fill=[0] * batch_size)
+        return state
+
+    def _write_and_apply(self, state: TTTState, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Append a segment (no row crosses its chunk end) to the buffers; O = Z W^(i)ᵀ.
+
+        Pure device ops on fixed-size buffers indexed by the device counter: CUDA-graph safe.
+        """
+        B, T, _ = z.shape
+        index = (state.pos[:, None] + torch.arange(T, device=z.device)[None])[..., None]
+        state.z_buf.scatter_(1, index.expand(B, T, z.shape[-1]), z)
+        state.x0_buf.scatter_(1, index.expand(B, T, x0.shape[-1]), x0.to(state.x0_buf.dtype))
+        state.pos.add_(T)
+        return apply_fast_weight(z, state.w_apply)
+
+    def _stream_eager(self, state: TTTState, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        C = self.cfg.chunk_size
+        T = z.shape[1]
+        outs, t = [], 0
+        while t < T:
+            seg = min(T - t, min(C - f for f in state.fill))
+            outs.append(self._write_and_apply(state, z[:, t:t + seg], x0[:, t:t + seg]))
+            state.fill = [f + seg for f in state.fill]
+            t += seg
+            self.update_full_chunks()
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+    def update_full_chunks(self) -> bool:
+        """Apply ΔW of every row whose chunk buffer is full; returns whether any row was full.
+
+        Decided on the host from the mirror (no sync); which rows update is decided on device.
+        """
+        state = self._streaming_state
+        assert state is not None
+        if not any(f >= self.cfg.chunk_size for f in state.fill):
+            return False
+        full = state.pos >= self.cfg.chunk_size
+        step, norm, clipped = self._step(state.z_buf, state.x0_buf)
+        state.w.copy_(torch.where(full[:, None, None], state.w + step, state.w))
+        state.sync_apply_copy()
+        state.updates.add_(full.long())
+        state.clip_events.add_((full & clipped).long())
+        state.last_delta_norm.copy_(torch.where(full, norm, state.last_delta_norm))
+        state.pos.masked_fill_(full, 0)
+        state.fill = [0 if f >= self.cfg.chunk_size else f for f in state.fill]
+        return True
+
+    def advance(self, tokens: int) -> None:
+        """Host bookkeeping after ``tokens`` graph-replayed tokens (the graph ran no Python)."""
+        state = self._streaming_state
+        assert state is not None
+        state.fill = [f + tokens for f in state.fill]
+
+
+class _Conv(nn.Module):
+    """Holds the conv weight under the seeds' key ``conv1d.conv.weight``."""
+
+    def __init__(self, d: int, cfg: TTTConfig, **factory) -> None:
+        super().__init__()
+        k = cfg.conv_kernel_size
+        in_per_group = d if cfg.conv_padding == "right" else 1
+        self.conv = nn.Module()
+        self.conv.weight = nn.Parameter(torch.zeros(d, in_per_group, k, **factory))
+
+
+class TargetGenerator(nn.Module):
+    """Parameters of V̂ = Conv1D(X₀) W_targetᵀ.
+
+    Initialisation: the conv passes X₀ of the current token through (identity tap at offset 0),
+    W_target is diagonal N(0, init_std²) as in the official code, so the model starts identical to
+    the pretrained one in its first chunk and a trained checkpoint overwrites both.
+    """
+
+    def __init__(self, d: int, cfg: TTTConfig, **factory) -> None:
+        super().__init__()
+        self.conv1d = _Conv(d, cfg, **factory)
+        self.W_target = nn.Linear(d, d, bias=False, **factory)
+        with torch.no_grad():
+            tap = 0 if cfg.conv_padding == "right" else (cfg.conv_kernel_size - 1) // 2
+            w = self.conv1d.conv.weight
+            if cfg.conv_padding == "right":
+                w[:, :, tap] = torch.eye(d, **factory)
+            else:
+                w[:, 0, tap] = 1.0
+            diag = torch.randn(d, device=factory["device"], dtype=torch.float32) * cfg.init_std
+            self.W_target.weight.copy_(torch.diag(diag).to(self.W_target.weight.dtype))
+
+
+def _seeds_load_hook(module, state_dict, prefix, *_args) -> None:
+    """Seeds' checkpoints also carry ``w_down_pretrained`` (a copy of the pretrained down
+    projection, identical to ``linear_out.weight``); it has no role here and is dropped.
+    Upstream checkpoints carry no ``w_down``: W^(0) then starts from ``linear_out.weight``."""
+    state_dict.pop(prefix + "w_down_pretrained", None)
+    if prefix + "w_down" not in state_dict and prefix + "linear_out.weight" in state_dict:
+        state_dict[prefix + "w_down"] = state_dict[prefix + "linear_out.weight"].float()

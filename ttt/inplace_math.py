@@ -1,0 +1,72 @@
+"""The In-Place TTT chunk update, as pure tensor code (no moshi import).
+
+Notation (DESIGN §4): Z = SiLU(h W_gateᵀ) ⊙ (h W_upᵀ) ∈ ℝ^{C×hid} for one chunk of C tokens,
+X₀ the summed token embeddings, V̂ = Conv1D(X₀) W_targetᵀ ∈ ℝ^{C×d},
+ΔW = V̂ᵀ Z ∈ ℝ^{d×hid}, clipped to Frobenius norm τ before the learning rate,
+W^(i+1) = W^(i) + lr · clip(ΔW_i). Chunk i is computed with W^(i) ("apply, then update").
+
+All update math runs in fp32 whatever the model dtype, so every execution mode (parallel,
+streaming, CUDA graphs) produces the same fast weights from the same buffered Z and X₀.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def chunk_target(x0: torch.Tensor, conv_weight: torch.Tensor, w_target: torch.Tensor,
+                 padding: str) -> torch.Tensor:
+    """V̂ for whole chunks: x0 [N, C, d] → [N, C, d] (fp32), zero padded at the chunk edges.
+
+    'right': full conv, weight [d, d, k], target_t = Σ_j W[:, :, j] x_{t+j}  (t … t+k−1).
+    'center': depthwise conv, weight [d, 1, k], target_t = Σ_j w[:, 0, j] x_{t−(k−1)/2+j}.
+    """
+    k = conv_weight.shape[-1]
+    x = x0.float().transpose(1, 2)  # [N, d, C]
+    if padding == "right":
+        x = F.pad(x, (0, k - 1))
+        y = F.conv1d(x, conv_weight.float())
+    elif padding == "center":
+        half = (k - 1) // 2
+        x = F.pad(x, (half, half))
+        y = F.conv1d(x, conv_weight.float(), groups=x.shape[1])
+    else:  # pragma: no cover - validated by TTTConfig
+        raise ValueError(f"conv_padding: unknown {padding!r}")
+    return F.linear(y.transpose(1, 2), w_target.float())
+
+
+def chunk_delta(z: torch.Tensor, v_hat: torch.Tensor) -> torch.Tensor:
+    """ΔW = V̂ᵀ Z per batch row: z [N, C, hid], v_hat [N, C, d] → [N, d, hid] (fp32)."""
+    return torch.matmul(v_hat.float().transpose(1, 2), z.float())
+
+
+def clip_scale(delta: torch.Tensor, tau: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Frobenius clip factor min(1, τ/‖ΔW‖_F) per row, the norms, and whether each row clipped.
+
+    Returns (scale [N], norm [N], clipped [N] bool). With τ None the scale is 1 and nothing clips.
+    """
+    norm = torch.linalg.vector_norm(delta, dim=(-2, -1))
+    if tau is None:
+        return torch.ones_like(norm), norm, torch.zeros_like(norm, dtype=torch.bool)
+    clipped = norm > tau
+    scale = (tau / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp(max=1.0)
+    return scale, norm, clipped
+
+
+def fast_weight_step(z: torch.Tensor, x0: torch.Tensor, conv_weight: torch.Tensor,
+                     w_target: torch.Tensor, padding: str, lr: float, tau: float | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """lr · clip(ΔW) for one full chunk per row, plus ‖ΔW‖_F and the clip flags (all fp32)."""
+    delta = chunk_delta(z, chunk_target(x0, conv_weight, w_target, padding))
+    scale, norm, clipped = clip_scale(delta, tau)
+    return delta * (lr * scale)[:, None, None], norm, clipped
+
+
+def apply_fast_weight(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """O = Z Wᵀ in the dtype of z. w is [d, hid] (shared) or [B, d, hid] (one per row)."""
+    w = w.to(z.dtype)
+    if w.dim() == 2:
+        return F.linear(z, w)
+    if w.shape[0] == 1:
+        return F.linear(z, w[0])
+    return torch.matmul(z, w.transpose(1, 2))

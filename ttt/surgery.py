@@ -1,0 +1,54 @@
+"""Module surgery on an unforked moshi ``LMModel``: the only place that knows moshi's module names."""
+from __future__ import annotations
+
+from torch import nn
+from moshi.modules.gating import ActivationGating
+from moshi.modules.streaming import StreamingModule
+
+from .config import TTTConfig
+from .gating import EmbeddingTap, TTTGating
+
+
+def apply_ttt(lm: nn.Module, cfg: TTTConfig) -> nn.Module:
+    """Turn the chosen main-transformer layers' gated MLP into In-Place TTT, in place.
+
+    ``cfg.enabled=False`` returns the model untouched (bitwise upstream). The new parameters are
+    initialised from the existing ``linear_in`` / ``linear_out``, so the first chunk is exactly the
+    pretrained model. Must run before any streaming context is opened on ``lm``.
+    """
+    if not isinstance(cfg, TTTConfig):
+        raise TypeError(f"apply_ttt: cfg must be a TTTConfig, got {type(cfg).__name__}")
+    if not cfg.enabled:
+        return lm
+    if getattr(lm, "_streaming_state", None) is not None:
+        raise RuntimeError("apply_ttt: the model is streaming; apply TTT before lm.streaming()")
+    if getattr(lm, "ttt_tap", None) is not None:
+        raise RuntimeError("apply_ttt: TTT is already applied to this model")
+    layers = lm.transformer.layers
+    indices = cfg.layer_indices(len(layers))
+    tap = EmbeddingTap()
+    for i in indices:
+        layer = layers[i]
+        gating = layer.gating
+        if not isinstance(gating, ActivationGating) or not isinstance(gating.linear_in, nn.Linear):
+            raise ValueError(f"ttt.layers: layer {i} has no plain gated MLP ({type(gating).__name__}); "
+                             "TTT needs moshi's ActivationGating with nn.Linear weights")
+        layer.gating = TTTGating(gating.linear_in, gating.linear_out, gating.activation, cfg, tap)
+    tap.attach(lm)
+    lm.ttt_tap = tap
+    lm.ttt_config = cfg
+    _forget_streaming_children(lm)
+    return lm
+
+
+def ttt_layers(lm: nn.Module) -> dict[int, TTTGating]:
+    """TTT gating modules by main-transformer layer index."""
+    return {i: layer.gating for i, layer in enumerate(lm.transformer.layers)
+            if isinstance(layer.gating, TTTGating)}
+
+
+def _forget_streaming_children(model: nn.Module) -> None:
+    """moshi caches each streaming module's children on first use; drop the caches after surgery."""
+    for module in model.modules():
+        if isinstance(module, StreamingModule):
+            module._cached_children = None
