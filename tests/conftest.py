@@ -1,0 +1,58 @@
+import os
+
+os.environ.setdefault("NO_TORCH_COMPILE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from moshi.models import loaders  # noqa: E402
+
+# Tiny moshi: the 7B layout (text + 8 Moshi + 8 user codebooks, moshi's delays, silu gating,
+# rope, rms_norm_f32, depformer with weights per step) at toy sizes.
+TINY_LM = dict(loaders._lm_kwargs)
+TINY_LM.update(dim=32, num_heads=4, num_layers=4, context=256, card=24, text_card=40,
+               depformer_dim=16, depformer_dim_feedforward=32, depformer_num_heads=2,
+               depformer_num_layers=2)
+CARD = 24
+
+
+def tiny_lm(seed: int = 0, dtype=torch.float32, device="cpu", **overrides):
+    torch.manual_seed(seed)
+    kw = dict(TINY_LM)
+    kw.update(overrides)
+    return loaders.get_moshi_lm(None, lm_kwargs=kw, device=device, dtype=dtype).eval()
+
+
+def random_sequence(batch: int, length: int, seed: int = 1, card: int = CARD) -> torch.Tensor:
+    """Token ids [B, 17, T] valid for every stream of the tiny model (input of forward_text)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, card, (batch, 17, length), generator=g)
+
+
+def randomize_ttt_params(lm, seed: int = 3, conv_scale: float = 0.5, target_scale: float = 0.5):
+    """Give the target generator non-trivial weights so TTT changes the output visibly."""
+    from ttt import ttt_layers
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in ttt_layers(lm).values():
+            tg = layer.target_generator
+            w = tg.conv1d.conv.weight
+            w.copy_(torch.randn(w.shape, generator=g).to(w) * conv_scale / w.shape[1] ** 0.5)
+            wt = tg.W_target.weight
+            wt.copy_(torch.randn(wt.shape, generator=g).to(wt) * target_scale / wt.shape[1] ** 0.5)
+    return lm
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a − b| / max |b| over finite entries (moshi fills invalid logits with NaN)."""
+    a, b = a.double(), b.double()
+    ok = torch.isfinite(a) & torch.isfinite(b)
+    assert torch.equal(torch.isfinite(a), torch.isfinite(b)), "NaN patterns differ"
+    return ((a - b).abs()[ok].max() / b.abs()[ok].max()).item()
+
+
+@pytest.fixture
+def report(request):
+    """Print a measured number so it shows in the pytest summary (-rP) and the CI log."""
+    def _report(name, value):
+        print(f"[measure] {request.node.name}: {name} = {value:.3e}")
+    return _report

@@ -1,0 +1,260 @@
+"""In-Place TTT core: equivalence with upstream moshi and with an independent token-by-token loop."""
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from moshi.models.lm import LMGen
+
+import ttt
+from conftest import randomize_ttt_params, random_sequence, rel_err, tiny_lm
+from reference_ttt import build_reference
+
+T = 40
+
+
+def make_pair(cfg: ttt.TTTConfig, seed: int = 0, **lm_overrides):
+    """(upstream model, our TTT model with random target weights) sharing all other weights."""
+    upstream = tiny_lm(seed, **lm_overrides)
+    ours = randomize_ttt_params(ttt.apply_ttt(copy.deepcopy(upstream), cfg))
+    return upstream, ours
+
+
+def text_logits(lm, seq):
+    with torch.no_grad():
+        return lm.forward_text(seq)[1]
+
+
+def stream_logits(lm, seq, blocks):
+    """forward_text in streaming mode over consecutive blocks of the given sizes."""
+    outs, t = [], 0
+    with torch.no_grad(), lm.streaming(seq.shape[0]):
+        for size in blocks:
+            outs.append(lm.forward_text(seq[:, :, t:t + size])[1])
+            t += size
+    assert t == seq.shape[-1]
+    return torch.cat(outs, dim=2)
+
+
+# ---- TTT off ---------------------------------------------------------------------------------
+
+def test_disabled_is_bitwise_upstream():
+    upstream = tiny_lm(0)
+    ours = ttt.apply_ttt(tiny_lm(0), ttt.TTTConfig(enabled=False))
+    assert not ttt.ttt_layers(ours)
+    codes = random_sequence(2, T)
+    with torch.no_grad():
+        a, b = upstream(codes), ours(codes)
+    assert torch.equal(a.text_logits.nan_to_num(), b.text_logits.nan_to_num())
+    assert torch.equal(a.logits.nan_to_num(), b.logits.nan_to_num())
+    assert torch.equal(stream_logits(upstream, codes, [1] * T), stream_logits(ours, codes, [1] * T))
+
+
+# ---- parallel form vs the independent loop ---------------------------------------------------
+
+CASES = [
+    # (conv_padding, kernel, clip tau, chunk)
+    ("right", 2, None, 8),
+    ("right", 2, 0.05, 8),
+    ("center", 5, None, 8),
+    ("center", 5, 0.05, 8),
+    ("right", 2, None, 1),
+    ("center", 3, 0.05, 7),    # 7 does not divide T
+    ("right", 3, None, 64),    # chunk longer than the sequence
+]
+
+
+@pytest.mark.parametrize("padding,kernel,tau,chunk", CASES)
+def test_parallel_matches_token_loop(padding, kernel, tau, chunk, report):
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=chunk, lr=0.5, conv_kernel_size=kernel,
+                        conv_padding=padding, delta_clip_fro_norm=tau)
+    upstream, ours = make_pair(cfg)
+    ref = build_reference(upstream, ours, (1, 3), cfg)
+    seq = random_sequence(2, T)
+    got, want, base = text_logits(ours, seq), text_logits(ref, seq), text_logits(upstream, seq)
+    err = rel_err(got, want)
+    report("max_rel_err_vs_token_loop", err)
+    assert err <= 1e-5
+    if chunk < T:  # the comparison is not vacuous: TTT really changed the output
+        assert rel_err(base, want) > 1e-3
+    if tau is not None:
+        clipped = [c for layer in ref.ref_layers.values() for row in layer.clipped for c in row]
+        assert any(clipped), "tau too large for this case to exercise clipping"
+
+
+def test_lm_forward_matches_token_loop(report):
+    """Through lm(codes) (delays, depformer): text and audio logits."""
+    cfg = ttt.TTTConfig(layers=(0, 2), chunk_size=6, lr=0.5, delta_clip_fro_norm=0.1)
+    upstream, ours = make_pair(cfg)
+    ref = build_reference(upstream, ours, (0, 2), cfg)
+    codes = random_sequence(1, 30)
+    with torch.no_grad():
+        a, b = ours(codes), ref(codes)
+    report("text", rel_err(a.text_logits, b.text_logits))
+    report("audio", rel_err(a.logits, b.logits))
+    assert rel_err(a.text_logits, b.text_logits) <= 1e-5
+    assert rel_err(a.logits, b.logits) <= 1e-5
+
+
+def test_first_chunk_identical_to_ttt_off_and_causal():
+    cfg = ttt.TTTConfig(layers=(0, 1, 2, 3), chunk_size=8, lr=1.0, delta_clip_fro_norm=None)
+    upstream, ours = make_pair(cfg)
+    seq = random_sequence(1, T)
+    on, off = text_logits(ours, seq), text_logits(upstream, seq)
+    assert torch.equal(on[:, :, :8], off[:, :, :8])
+    assert not torch.allclose(on[:, :, 8:], off[:, :, 8:])
+    # Causality: changing tokens from t on leaves logits before t unchanged, also across chunks.
+    for t in (5, 8, 13, 24):
+        other = seq.clone()
+        other[:, :, t:] = random_sequence(1, T - t, seed=9)
+        changed = text_logits(ours, other)
+        assert torch.equal(changed[:, :, :t], on[:, :, :t]), t
+        assert not torch.allclose(changed[:, :, t:], on[:, :, t:])
+
+
+# ---- streaming ---------------------------------------------------------------------------------
+
+def test_streaming_one_token_matches_parallel(report):
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=8, lr=0.5, conv_padding="center",
+                        conv_kernel_size=5, delta_clip_fro_norm=0.05)
+    _, ours = make_pair(cfg)
+    seq = random_sequence(2, T)
+    err = rel_err(stream_logits(ours, seq, [1] * T), text_logits(ours, seq))
+    report("max_rel_err_stream1_vs_parallel", err)
+    assert err <= 1e-5
+
+
+@settings(max_examples=15, deadline=None)
+@given(blocks=st.lists(st.integers(1, 13), min_size=1, max_size=40))
+def test_streaming_random_blocks_match_parallel(blocks):
+    total = min(sum(blocks), 48)
+    sizes, acc = [], 0
+    for b in blocks:
+        if acc >= total:
+            break
+        sizes.append(min(b, total - acc))
+        acc += sizes[-1]
+    cfg = ttt.TTTConfig(layers=(0, 3), chunk_size=6, lr=0.5, delta_clip_fro_norm=0.1)
+    _, ours = _cached_pair(cfg)
+    seq = random_sequence(1, total, seed=5)
+    assert rel_err(stream_logits(ours, seq, sizes), text_logits(ours, seq)) <= 1e-5
+
+
+_PAIRS: dict = {}
+
+
+def _cached_pair(cfg):
+    if cfg not in _PAIRS:
+        _PAIRS[cfg] = make_pair(cfg)
+    return _PAIRS[cfg]
+
+
+def test_lmgen_on_cpu_matches_parallel(report):
+    """moshi's generation loop (TTTLMGen) feeds forward_text one step at a time; the text logits it
+    sees equal a parallel pass over the very inputs it fed."""
+    cfg = ttt.TTTConfig(layers=(1, 2), chunk_size=5, lr=0.5, delta_clip_fro_norm=0.1)
+    _, ours = make_pair(cfg)
+    fed, seen = [], []
+    original = ours.forward_text
+
+    def recording_forward_text(seq, *args):
+        fed.append(seq.clone())
+        return original(seq, *args)
+
+    ours.forward_text = recording_forward_text
+    gen = ttt.TTTLMGen(ours, on_text_logits_hook=lambda lg: seen.append(lg.clone()))
+    user = random_sequence(1, 23, seed=7)[:, 9:]
+    torch.manual_seed(0)
+    with gen.streaming(1):
+        for t in range(user.shape[-1]):
+            gen.step(user[:, :, t:t + 1])
+    del ours.forward_text
+    stats = ttt.ttt_state(ours)
+    got = torch.cat(seen, dim=2)
+    want = text_logits(ours, torch.cat(fed, dim=2))
+    report("max_rel_err_lmgen_vs_parallel", rel_err(got, want))
+    assert rel_err(got, want) <= 1e-5
+    assert {i: s for i, s in stats.items()} == {1: {}, 2: {}}  # state gone after streaming
+
+
+# ---- reset and batching -----------------------------------------------------------------------
+
+def test_reset_gives_fresh_model_and_masked_reset_touches_only_masked_rows():
+    cfg = ttt.TTTConfig(layers=(0, 2), chunk_size=6, lr=0.5, delta_clip_fro_norm=0.1)
+    _, ours = make_pair(cfg)
+    doc_a, doc_b = random_sequence(2, 21, seed=11), random_sequence(2, 17, seed=12)
+    fresh_b = text_logits(ours, doc_b)
+    with torch.no_grad(), ours.streaming(2):
+        ours.forward_text(doc_a)
+        ours.reset_streaming()
+        after_reset = torch.cat([ours.forward_text(doc_b[:, :, t:t + 1])[1] for t in range(17)], 2)
+    assert rel_err(after_reset, fresh_b) <= 1e-5
+    # Row 0 restarts mid-chunk (21 % 6 = 3), row 1 continues: each equals its sequence alone.
+    cont = torch.cat([doc_a[1:], doc_b[1:]], dim=2)
+    with torch.no_grad(), ours.streaming(2):
+        ours.forward_text(doc_a)
+        ours.reset_streaming(torch.tensor([True, False]))
+        out = torch.cat([ours.forward_text(doc_b[:, :, t:t + 4])[1] for t in range(0, 17, 4)], 2)
+    assert rel_err(out[:1], fresh_b[:1]) <= 1e-5
+    assert rel_err(out[1:], text_logits(ours, cont)[:, :, 21:]) <= 1e-5
+
+
+def test_batch_row_equals_sequence_alone():
+    cfg = ttt.TTTConfig(layers=(1,), chunk_size=4, lr=0.5, delta_clip_fro_norm=0.1)
+    _, ours = make_pair(cfg)
+    seq = random_sequence(3, 25, seed=4)
+    batched = text_logits(ours, seq)
+    streamed = stream_logits(ours, seq, [3] * 8 + [1])
+    for b in range(3):
+        alone = text_logits(ours, seq[b:b + 1])
+        assert rel_err(batched[b:b + 1], alone) <= 1e-5
+        assert rel_err(streamed[b:b + 1], alone) <= 1e-5
+
+
+# ---- telemetry -------------------------------------------------------------------------------
+
+def test_clip_counter_and_telemetry_match_reference():
+    cfg0 = ttt.TTTConfig(layers=(1, 3), chunk_size=5, lr=0.5, delta_clip_fro_norm=None)
+    upstream, ours = make_pair(cfg0)
+    seq = random_sequence(2, 31, seed=8)
+    ref = build_reference(upstream, ours, (1, 3), cfg0)
+    text_logits(ref, seq)
+    norms = sorted(n for layer in ref.ref_layers.values() for row in layer.delta_norms for n in row)
+    tau = norms[len(norms) // 2]  # about half the chunks exceed it
+    cfg = ttt.TTTConfig(**{**cfg0.to_dict(), "layers": (1, 3), "delta_clip_fro_norm": tau})
+    ours.ttt_config = cfg
+    for layer in ttt.ttt_layers(ours).values():
+        layer.cfg = cfg
+    ref = build_reference(upstream, ours, (1, 3), cfg)
+    text_logits(ref, seq)
+    with torch.no_grad(), ours.streaming(2):
+        ours.forward_text(seq)
+        stats = ttt.ttt_state(ours)
+        w_by_layer = {i: layer._streaming_state.w.clone() for i, layer in ttt.ttt_layers(ours).items()}
+    total_clips = 0
+    for i, layer in ref.ref_layers.items():
+        want_clips = torch.tensor([sum(row) for row in layer.clipped])
+        want_updates = torch.tensor([len(row) for row in layer.delta_norms])
+        assert torch.equal(stats[i]["updates"], want_updates)  # 31 tokens, chunk 5: 6 updates
+        assert torch.equal(stats[i]["clip_events"], want_clips)
+        total_clips += int(want_clips.sum())
+        assert torch.allclose(stats[i]["w_norm"], torch.linalg.vector_norm(w_by_layer[i], dim=(1, 2)))
+        assert torch.all(stats[i]["w_drift"] > 0)
+        assert torch.all(stats[i]["w_drift"] <= cfg.lr * tau * stats[i]["updates"] + 1e-6)
+    assert 0 < total_clips < len(norms)
+
+
+def test_telemetry_counters_equal_reference_exactly():
+    """N·C tokens streamed → exactly N updates, clip events == chunks with ‖ΔW‖_F > τ."""
+    cfg = ttt.TTTConfig(layers=(2,), chunk_size=4, lr=0.5, delta_clip_fro_norm=0.2)
+    upstream, ours = make_pair(cfg)
+    seq = random_sequence(1, 4 * 6 + 1, seed=2)  # the extra token makes the parallel pass use all 6
+    ref = build_reference(upstream, ours, (2,), cfg)
+    text_logits(ref, seq)
+    with torch.no_grad(), ours.streaming(1):
+        ours.forward_text(seq[:, :, :24])
+        s = ttt.ttt_state(ours)[2]
+    layer = ref.ref_layers[2]
+    assert s["updates"].item() == 6 == len(layer.delta_norms[0])
+    assert s["clip_events"].item() == sum(layer.clipped[0])
+    assert abs(s["last_delta_norm"].item() - layer.delta_norms[0][-1]) <= 1e-5 * layer.delta_norms[0][-1]
