@@ -1,6 +1,6 @@
 """GPU proof that In-Place TTT really updates under moshi's CUDA graphs (run on a CUDA machine).
 
-bf16 model, ``ttt.TTTLMGen`` with CUDA graphs, N·C steps:
+bf16 (and fp32) model, ``ttt.TTTLMGen`` with CUDA graphs, N·C steps:
   1. exactly N updates per TTT layer;
   2. fast weights equal an eager (no graph) token-by-token stream over the same inputs, and the
      one-block streaming form (same math as the parallel scan), within the stated tolerances;
@@ -31,9 +31,9 @@ CHUNK, N_CHUNKS = 16, 6
 LAYERS = (1, 4, 7)
 
 
-def build(cfg: ttt.TTTConfig | None, seed: int = 0):
+def build(cfg: ttt.TTTConfig | None, seed: int = 0, dtype=torch.bfloat16):
     torch.manual_seed(seed)
-    lm = loaders.get_moshi_lm(None, lm_kwargs=SMALL, device="cuda", dtype=torch.bfloat16).eval()
+    lm = loaders.get_moshi_lm(None, lm_kwargs=SMALL, device="cuda", dtype=dtype).eval()
     if cfg is not None:
         ttt.apply_ttt(lm, cfg)
         g = torch.Generator(device="cuda").manual_seed(1)
@@ -65,9 +65,9 @@ def rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-def proof() -> dict:
+def proof(dtype) -> dict:
     cfg = ttt.TTTConfig(layers=LAYERS, chunk_size=CHUNK, lr=1e-2, delta_clip_fro_norm=None)
-    lm = build(cfg)
+    lm = build(cfg, dtype=dtype)
     steps = CHUNK * N_CHUNKS
     logits = []
     gen = ttt.TTTLMGen(lm, on_text_logits_hook=lambda x: logits.append(x.float().clone()))
@@ -144,7 +144,8 @@ def main() -> None:
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "config": {"lm": {k: SMALL[k] for k in ("dim", "num_layers", "num_heads")},
                       "ttt_layers": LAYERS, "chunk": CHUNK, "chunks": N_CHUNKS}}
-    out["proof"] = proof()
+    out["proof"] = proof(torch.bfloat16)
+    out["proof_fp32"] = proof(torch.float32)
     lm_off = build(None)
     out["step_time_ttt_off_upstream"] = step_times(lm_off, LMGen)
     del lm_off
@@ -155,12 +156,19 @@ def main() -> None:
                                           / out["step_time_ttt_off_upstream"]["p50_ms"])
     p = out["proof"]
     p["plain_lmgen_refused"] = plain_lmgen_refused(lm_on)
+    p32 = out["proof_fp32"]
+    # bf16 tolerances sit at the bf16 noise floor: upstream moshi's own first-chunk logits (no TTT
+    # involved yet) differ by ~1e-2 between graphed single steps and one parallel pass.
     checks = {
-        "exactly N updates": all(v == N_CHUNKS for v in p["updates_per_layer"].values()),
+        "exactly N updates": all(v == N_CHUNKS for v in p["updates_per_layer"].values())
+        and all(v == N_CHUNKS for v in p32["updates_per_layer"].values()),
         "weights moved": all(v > 0 for v in p["w_drift_per_layer"].values()),
-        "graph == eager per token (1e-6)": p["w_max_rel_err_graph_vs_eager_token"] <= 1e-6,
-        "graph == one-block form (1e-2, bf16 Z)": p["w_max_rel_err_graph_vs_one_block"] <= 1e-2,
-        "logits == parallel (5e-2, bf16)": p["text_logits_rel_err_graph_vs_parallel"] <= 5e-2,
+        "bf16 graph == eager per token (5e-3)": p["w_max_rel_err_graph_vs_eager_token"] <= 5e-3,
+        "bf16 graph == one-block form (1e-2)": p["w_max_rel_err_graph_vs_one_block"] <= 1e-2,
+        "bf16 logits == parallel (5e-2)": p["text_logits_rel_err_graph_vs_parallel"] <= 5e-2,
+        "fp32 graph == eager per token (1e-5)": p32["w_max_rel_err_graph_vs_eager_token"] <= 1e-5,
+        "fp32 graph == one-block form (1e-5)": p32["w_max_rel_err_graph_vs_one_block"] <= 1e-5,
+        "fp32 logits == parallel (1e-4)": p32["text_logits_rel_err_graph_vs_parallel"] <= 1e-4,
         "no recompiles after warm-up": p["dynamo_stats_after_warmup"] == p["dynamo_stats_end"],
         "plain LMGen refused": p["plain_lmgen_refused"],
         "graph captured": p["graph_captured"],
