@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_TORCH_COMPILE := 1
 
-.PHONY: setup test test-gpu run clean
+.PHONY: setup test gpu-proof run clean
 
 setup: $(BIN)/.installed
 
@@ -23,9 +23,9 @@ $(BIN)/.installed: pyproject.toml Makefile
 test: setup
 	$(BIN)/python -m pytest -q
 
-# GPU proof (CUDA graphs); run through the device tool, see gpu/README.md.
-test-gpu: setup
-	$(BIN)/python -m pytest -q -m gpu tests/test_gpu_cuda_graphs.py
+# GPU proof (CUDA graphs, needs a CUDA device); see gpu/README.md.
+gpu-proof: setup
+	$(BIN)/python gpu/cuda_graph_proof.py gpu/results/latest.json
 
 run: setup
 	$(BIN)/python -m ttt selfcheck
