@@ -4,22 +4,10 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from moshi.models import loaders  # noqa: E402
 
-# Tiny moshi: the 7B layout (text + 8 Moshi + 8 user codebooks, moshi's delays, silu gating,
-# rope, rms_norm_f32, depformer with weights per step) at toy sizes.
-TINY_LM = dict(loaders._lm_kwargs)
-TINY_LM.update(dim=32, num_heads=4, num_layers=4, context=256, card=24, text_card=40,
-               depformer_dim=16, depformer_dim_feedforward=32, depformer_num_heads=2,
-               depformer_num_layers=2)
-CARD = 24
+from ttt.tiny import TINY_LM_KWARGS, tiny_lm  # noqa: E402,F401
 
-
-def tiny_lm(seed: int = 0, dtype=torch.float32, device="cpu", **overrides):
-    torch.manual_seed(seed)
-    kw = dict(TINY_LM)
-    kw.update(overrides)
-    return loaders.get_moshi_lm(None, lm_kwargs=kw, device=device, dtype=dtype).eval()
+CARD = TINY_LM_KWARGS["card"]
 
 
 def random_sequence(batch: int, length: int, seed: int = 1, card: int = CARD) -> torch.Tensor:
