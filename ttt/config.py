@@ -165,7 +165,7 @@ class YarnConfig:
         """Ring KV-cache capacity: ``context`` or ``scale × original_context``."""
         if self.context is not None:
             return self.context
-        return int(math.ceil(self.scale * self.original_context))
+        return int(math.ceil(round(self.scale * self.original_context, 6)))  # 2.7·3000 → 8100
 
     @property
     def attention_factor(self) -> float:
