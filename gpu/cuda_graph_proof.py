@@ -124,6 +124,21 @@ def plain_lmgen_refused(lm) -> bool:
     return False
 
 
+def peak_growth(lm, lengths=(256, 2048)) -> dict:
+    """Peak memory of one parallel forward_text per length (bytes above the weights)."""
+    out = {}
+    for T in lengths:
+        seq = torch.randint(0, 2048, (1, 17, T), device="cuda")
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            lm.forward_text(seq)
+        torch.cuda.synchronize()
+        out[T] = torch.cuda.max_memory_allocated() - base
+    return out
+
+
 def step_times(lm, gen_cls, steps=300, warmup=30) -> dict:
     gen = gen_cls(lm)
     user = user_tokens(steps + warmup)
@@ -148,10 +163,18 @@ def main() -> None:
     out["proof_fp32"] = proof(torch.float32)
     lm_off = build(None)
     out["step_time_ttt_off_upstream"] = step_times(lm_off, LMGen)
+    mem_off = peak_growth(lm_off)
     del lm_off
     cfg = ttt.TTTConfig(layers=LAYERS, chunk_size=CHUNK, lr=1e-2, delta_clip_fro_norm=1e-5)
     lm_on = build(cfg)
     out["step_time_ttt_on"] = step_times(lm_on, ttt.TTTLMGen)
+    mem_on = peak_growth(lm_on)
+    w_bytes = SMALL["dim"] * ttt.ttt_layers(lm_on)[LAYERS[0]].w_down.shape[1] * 4
+    out["memory"] = {"peak_bytes_ttt_off": mem_off, "peak_bytes_ttt_on": mem_on,
+                     "fast_weight_bytes_per_layer": w_bytes,
+                     "extra_growth_256_to_2048_bytes": (mem_on[2048] - mem_on[256])
+                     - (mem_off[2048] - mem_off[256]),
+                     "chunks_at_2048": 2048 // CHUNK}
     out["step_time_ratio_on_over_off"] = (out["step_time_ttt_on"]["p50_ms"]
                                           / out["step_time_ttt_off_upstream"]["p50_ms"])
     p = out["proof"]
@@ -170,6 +193,9 @@ def main() -> None:
         "fp32 graph == one-block form (1e-5)": p32["w_max_rel_err_graph_vs_one_block"] <= 1e-5,
         "fp32 logits == parallel (1e-4)": p32["text_logits_rel_err_graph_vs_parallel"] <= 1e-4,
         "no recompiles after warm-up": p["dynamo_stats_after_warmup"] == p["dynamo_stats_end"],
+        # 128 chunks × 3 layers of per-chunk weights would be ~400 W; allow a few working copies.
+        "memory growth with length not per chunk": out["memory"]["extra_growth_256_to_2048_bytes"]
+        <= 8 * out["memory"]["fast_weight_bytes_per_layer"],
         "plain LMGen refused": p["plain_lmgen_refused"],
         "graph captured": p["graph_captured"],
     }

@@ -258,3 +258,28 @@ def test_telemetry_counters_equal_reference_exactly():
     assert s["updates"].item() == 6 == len(layer.delta_norms[0])
     assert s["clip_events"].item() == sum(layer.clipped[0])
     assert abs(s["last_delta_norm"].item() - layer.delta_norms[0][-1]) <= 1e-5 * layer.delta_norms[0][-1]
+
+
+# ---- memory ------------------------------------------------------------------------------------
+
+def test_parallel_scan_keeps_no_per_chunk_weights(monkeypatch):
+    """Inference memory must not grow with the number of chunks: while the scan runs, at most the
+    current fast weight (and the one being replaced) is alive, never one per chunk."""
+    import weakref
+    import ttt.gating as gating_module
+
+    alive_max = []
+    refs: list = []
+    original = gating_module.apply_fast_weight
+
+    def spying_apply(z, w):
+        refs.append(weakref.ref(w))
+        alive_max.append(sum(r() is not None for r in refs))
+        return original(z, w)
+
+    monkeypatch.setattr(gating_module, "apply_fast_weight", spying_apply)
+    cfg = ttt.TTTConfig(layers=(1,), chunk_size=2, lr=0.5)
+    _, ours = make_pair(cfg)
+    text_logits(ours, random_sequence(1, 64))
+    assert len(refs) == 32  # one apply per chunk
+    assert max(alive_max) <= 2
