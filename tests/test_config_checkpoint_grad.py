@@ -153,7 +153,7 @@ def test_training_gradients_match_finite_differences():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
         direction = torch.randn(p.shape, dtype=p.dtype, generator=g)
         analytic = (p.grad * direction).sum().item()
-        eps = 1e-4
+        eps = 1e-3  # smaller steps drown in the fp32 rope's rounding (checked down to 1e-5)
         with torch.no_grad():
             p.add_(eps * direction)
             up = loss().item()

@@ -2,8 +2,8 @@
 fast weight updated every ``chunk_size`` tokens (In-Place TTT).
 
 Execution modes, one semantics:
-- parallel (no streaming state): a scan over chunks with one running fast weight per row
-  (memory constant in the number of chunks);
+- parallel (no streaming state): the dual form (``inplace_math.dual_form_output``), no per-chunk
+  fast weights, memory constant in the number of chunks;
 - eager streaming (any block size): the block is cut at every row's chunk boundary, a full chunk
   is applied to the fast weights as soon as its last token has been processed;
 - CUDA-graphed streaming (moshi's ``in_cuda_graph()``): the per-token graph only writes Z and X₀
@@ -20,7 +20,7 @@ from moshi.modules.streaming import State, StreamingModule
 from moshi.utils.compile import in_cuda_graph
 
 from .config import TTTConfig
-from .inplace_math import apply_fast_weight, fast_weight_step
+from .inplace_math import apply_fast_weight, dual_form_output, fast_weight_step
 
 
 class EmbeddingTap:
@@ -85,6 +85,10 @@ class TTTGating(StreamingModule[TTTState]):
     ``target_generator.W_target.weight``.
     """
 
+    # Tokens per block of the parallel dual form: an execution detail, not part of the math
+    # (quadratic work inside a block, one d×hid state pass per block).
+    parallel_block: int = 2048
+
     def __init__(self, linear_in: nn.Linear, linear_out: nn.Linear, activation, cfg: TTTConfig,
                  tap: EmbeddingTap) -> None:
         super().__init__()
@@ -135,18 +139,11 @@ class TTTGating(StreamingModule[TTTState]):
 
     # ---- parallel form ----------------------------------------------------------------------
     def _parallel(self, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-        """Scan over chunks keeping one running W per row; chunk i never sees its own ΔW."""
-        C = self.cfg.chunk_size
-        T = z.shape[1]
-        w = self.w_down.float()
-        outs = []
-        for start in range(0, T, C):
-            stop = min(start + C, T)
-            outs.append(apply_fast_weight(z[:, start:stop], w))
-            if stop - start == C and stop < T:
-                step, _, _ = self._step(z[:, start:stop], x0[:, start:stop])
-                w = w + step
-        return torch.cat(outs, dim=1)
+        """All chunks at once in the dual form; chunk i never sees its own ΔW."""
+        tg = self.target_generator
+        return dual_form_output(z, x0, self.w_down, tg.conv1d.conv.weight, tg.W_target.weight,
+                                self.cfg.conv_padding, self.cfg.chunk_size, self.cfg.lr,
+                                self.cfg.clip, self.parallel_block)
 
     # ---- streaming ----------------------------------------------------------------------------
     def _init_streaming_state(self, batch_size: int) -> TTTState:

@@ -46,11 +46,15 @@ def clip_scale(delta: torch.Tensor, tau: float | None) -> tuple[torch.Tensor, to
     Returns (scale [N], norm [N], clipped [N] bool). With τ None the scale is 1 and nothing clips.
     """
     norm = torch.linalg.vector_norm(delta, dim=(-2, -1))
+    return clip_factor(norm, tau), norm, (norm > tau) if tau is not None else torch.zeros_like(
+        norm, dtype=torch.bool)
+
+
+def clip_factor(norm: torch.Tensor, tau: float | None) -> torch.Tensor:
+    """min(1, τ/‖ΔW‖_F), or 1 when clipping is off."""
     if tau is None:
-        return torch.ones_like(norm), norm, torch.zeros_like(norm, dtype=torch.bool)
-    clipped = norm > tau
-    scale = (tau / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp(max=1.0)
-    return scale, norm, clipped
+        return torch.ones_like(norm)
+    return (tau / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp(max=1.0)
 
 
 def fast_weight_step(z: torch.Tensor, x0: torch.Tensor, conv_weight: torch.Tensor,
@@ -70,3 +74,51 @@ def apply_fast_weight(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     if w.shape[0] == 1:
         return F.linear(z, w[0])
     return torch.matmul(z, w.transpose(1, 2))
+
+
+
+def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor, conv_weight: torch.Tensor,
+                     w_target: torch.Tensor, padding: str, chunk: int, lr: float,
+                     tau: float | None, block: int) -> torch.Tensor:
+    """Parallel In-Place TTT without per-chunk fast weights (the dual form), z [B, T, hid],
+    x0 [B, T, d] → O [B, T, d] in z's dtype.
+
+    O_s = z_s W^(0)ᵀ + Σ_{t in an earlier chunk} c_{chunk(t)} (z_s·z_t) v̂_t with
+    c_j = lr · min(1, τ/‖ΔW_j‖_F), and ‖ΔW_j‖²_F = Σ (V̂_j V̂_jᵀ) ⊙ (Z_j Z_jᵀ) from C×C Grams, so no
+    d×hid matrix is formed to clip. Tokens go in blocks of ``block`` (rounded to a multiple of
+    ``chunk``): inside a block the correction is a block-causal Gram product (quadratic in the
+    block only); earlier blocks enter through one running fp32 state S = Σ c_j ΔW_j [B, d, hid]
+    updated once per block. A sequence of at most one block never creates a d×hid tensor. Gram
+    products run in the model dtype (as attention does); norms, clip factors and S are fp32.
+    """
+    B, T, hid = z.shape
+    d = w0.shape[0]
+    out = F.linear(z, w0.to(z.dtype))
+    n_upd = (T - 1) // chunk  # chunks followed by at least one token: the only ones that update
+    if n_upd == 0:
+        return out
+    U = n_upd * chunk
+    v_hat = chunk_target(x0[:, :U].reshape(B * n_upd, chunk, d), conv_weight, w_target, padding)
+    zc = z[:, :U].reshape(B * n_upd, chunk, hid).float()
+    sq_norm = ((v_hat @ v_hat.transpose(1, 2)) * (zc @ zc.transpose(1, 2))).sum(dim=(1, 2))
+    c = lr * clip_factor(sq_norm.clamp_min(0).sqrt(), tau)
+    v_scaled = (v_hat * c[:, None, None]).reshape(B, U, d).to(z.dtype)  # ṽ_t = c_j v̂_t
+    chunk_id = torch.arange(T, device=z.device) // chunk
+    block = max(chunk, block // chunk * chunk)
+    parts, state = [], None
+    for lo in range(0, T, block):
+        hi, src_hi = min(lo + block, T), min(lo + block, U)
+        zq = z[:, lo:hi]
+        if src_hi > lo:
+            earlier_chunk = chunk_id[None, lo:src_hi] < chunk_id[lo:hi, None]
+            gram = (zq @ z[:, lo:src_hi].transpose(1, 2)).masked_fill(~earlier_chunk, 0)
+            part = gram @ v_scaled[:, lo:src_hi]
+        else:
+            part = torch.zeros_like(out[:, lo:hi])
+        if state is not None:
+            part = part + zq @ state.to(z.dtype).transpose(1, 2)
+        parts.append(part)
+        if hi < T and src_hi > lo:
+            inc = (v_scaled[:, lo:src_hi].transpose(1, 2) @ z[:, lo:src_hi]).float()
+            state = inc if state is None else state + inc
+    return out + torch.cat(parts, dim=1)
