@@ -50,6 +50,19 @@ def test_disabled_is_bitwise_upstream():
     assert torch.equal(stream_logits(upstream, codes, [1] * T), stream_logits(ours, codes, [1] * T))
 
 
+def test_remove_ttt_restores_upstream_bitwise():
+    upstream = tiny_lm(0)
+    ours = ttt.apply_ttt(tiny_lm(0), ttt.TTTConfig(layers=(0, 2), chunk_size=4, lr=1.0))
+    seq = random_sequence(1, T)
+    assert not torch.equal(text_logits(ours, seq), text_logits(upstream, seq))
+    ttt.remove_ttt(ours)
+    assert not ttt.ttt_layers(ours) and not hasattr(ours, "ttt_tap")
+    assert ours.state_dict().keys() == upstream.state_dict().keys()
+    assert torch.equal(text_logits(ours, seq), text_logits(upstream, seq))
+    assert torch.equal(stream_logits(ours, seq, [1] * T), stream_logits(upstream, seq, [1] * T))
+    ttt.apply_ttt(ours, ttt.TTTConfig(layers=(1,)))  # and it can be applied again
+
+
 # ---- parallel form vs the independent loop ---------------------------------------------------
 
 CASES = [

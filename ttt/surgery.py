@@ -27,16 +27,38 @@ def apply_ttt(lm: nn.Module, cfg: TTTConfig) -> nn.Module:
     layers = lm.transformer.layers
     indices = cfg.layer_indices(len(layers))
     tap = EmbeddingTap()
+    originals = {}
     for i in indices:
         layer = layers[i]
         gating = layer.gating
         if not isinstance(gating, ActivationGating) or not isinstance(gating.linear_in, nn.Linear):
             raise ValueError(f"ttt.layers: layer {i} has no plain gated MLP ({type(gating).__name__}); "
                              "TTT needs moshi's ActivationGating with nn.Linear weights")
+        originals[i] = gating
         layer.gating = TTTGating(gating.linear_in, gating.linear_out, gating.activation, cfg, tap)
     tap.attach(lm)
     lm.ttt_tap = tap
     lm.ttt_config = cfg
+    lm.__dict__["_ttt_originals"] = originals  # plain dict: not submodules, not in the state dict
+    _forget_streaming_children(lm)
+    return lm
+
+
+def remove_ttt(lm: nn.Module) -> nn.Module:
+    """Undo :func:`apply_ttt`: the original gated MLPs (same weights) and no embedding hooks.
+
+    Lets one job run the TTT-off twin of a model without building it twice.
+    """
+    if getattr(lm, "_streaming_state", None) is not None:
+        raise RuntimeError("remove_ttt: the model is streaming")
+    originals = lm.__dict__.pop("_ttt_originals", None)
+    if originals is None:
+        return lm
+    for i, gating in originals.items():
+        lm.transformer.layers[i].gating = gating
+    for handle in lm.ttt_tap.handles:
+        handle.remove()
+    del lm.ttt_tap, lm.ttt_config
     _forget_streaming_children(lm)
     return lm
 
