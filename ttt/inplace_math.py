@@ -15,24 +15,24 @@ import torch.nn.functional as F
 
 
 def chunk_target(x0: torch.Tensor, conv_weight: torch.Tensor, w_target: torch.Tensor,
-                 padding: str) -> torch.Tensor:
-    """V̂ for whole chunks: x0 [N, C, d] → [N, C, d] (fp32), zero padded at the chunk edges.
+                 padding: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """V̂ for whole chunks: x0 [N, C, d] → [N, C, d] in ``dtype``, zero padded at the chunk edges.
 
     'right': full conv, weight [d, d, k], target_t = Σ_j W[:, :, j] x_{t+j}  (t … t+k−1).
     'center': depthwise conv, weight [d, 1, k], target_t = Σ_j w[:, 0, j] x_{t−(k−1)/2+j}.
     """
     k = conv_weight.shape[-1]
-    x = x0.float().transpose(1, 2)  # [N, d, C]
+    x = x0.to(dtype).transpose(1, 2)  # [N, d, C]
     if padding == "right":
         x = F.pad(x, (0, k - 1))
-        y = F.conv1d(x, conv_weight.float())
+        y = F.conv1d(x, conv_weight.to(dtype))
     elif padding == "center":
         half = (k - 1) // 2
         x = F.pad(x, (half, half))
-        y = F.conv1d(x, conv_weight.float(), groups=x.shape[1])
+        y = F.conv1d(x, conv_weight.to(dtype), groups=x.shape[1])
     else:  # pragma: no cover - validated by TTTConfig
         raise ValueError(f"conv_padding: unknown {padding!r}")
-    return F.linear(y.transpose(1, 2), w_target.float())
+    return F.linear(y.transpose(1, 2), w_target.to(dtype))
 
 
 def chunk_delta(z: torch.Tensor, v_hat: torch.Tensor) -> torch.Tensor:
@@ -85,11 +85,12 @@ def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor, conv_w
 
     O_s = z_s W^(0)ᵀ + Σ_{t in an earlier chunk} c_{chunk(t)} (z_s·z_t) v̂_t with
     c_j = lr · min(1, τ/‖ΔW_j‖_F), and ‖ΔW_j‖²_F = Σ (V̂_j V̂_jᵀ) ⊙ (Z_j Z_jᵀ) from C×C Grams, so no
-    d×hid matrix is formed to clip. Tokens go in blocks of ``block`` (rounded to a multiple of
-    ``chunk``): inside a block the correction is a block-causal Gram product (quadratic in the
-    block only); earlier blocks enter through one running fp32 state S = Σ c_j ΔW_j [B, d, hid]
-    updated once per block. A sequence of at most one block never creates a d×hid tensor. Gram
-    products run in the model dtype (as attention does); norms, clip factors and S are fp32.
+    d×hid matrix is formed to clip. Inside a block of ``block`` tokens (rounded to a multiple of
+    ``chunk``) each query chunk multiplies with the earlier chunks of its block only (a
+    block-lower-triangular Gram product); earlier blocks enter through one running fp32 state
+    S = Σ c_j ΔW_j [B, d, hid], folded once per block. A sequence of at most one block never
+    creates a d×hid tensor. Targets and Grams run in the model dtype (tensor cores, as attention
+    does); norms, clip factors and S are fp32. The first chunk is exactly Z W^(0)ᵀ.
     """
     B, T, hid = z.shape
     d = w0.shape[0]
@@ -98,27 +99,26 @@ def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor, conv_w
     if n_upd == 0:
         return out
     U = n_upd * chunk
-    v_hat = chunk_target(x0[:, :U].reshape(B * n_upd, chunk, d), conv_weight, w_target, padding)
-    zc = z[:, :U].reshape(B * n_upd, chunk, hid).float()
-    sq_norm = ((v_hat @ v_hat.transpose(1, 2)) * (zc @ zc.transpose(1, 2))).sum(dim=(1, 2))
+    v_hat = chunk_target(x0[:, :U].reshape(B * n_upd, chunk, d), conv_weight, w_target, padding,
+                         dtype=z.dtype)
+    zc = z[:, :U].reshape(B * n_upd, chunk, hid)
+    sq_norm = ((v_hat @ v_hat.transpose(1, 2)).float() * (zc @ zc.transpose(1, 2)).float()).sum((1, 2))
     c = lr * clip_factor(sq_norm.clamp_min(0).sqrt(), tau)
-    v_scaled = (v_hat * c[:, None, None]).reshape(B, U, d).to(z.dtype)  # ṽ_t = c_j v̂_t
-    chunk_id = torch.arange(T, device=z.device) // chunk
+    v_scaled = (v_hat.float() * c[:, None, None]).reshape(B, U, d).to(z.dtype)  # ṽ_t = c_j v̂_t
     block = max(chunk, block // chunk * chunk)
-    parts, state = [], None
-    for lo in range(0, T, block):
-        hi, src_hi = min(lo + block, T), min(lo + block, U)
-        zq = z[:, lo:hi]
-        if src_hi > lo:
-            earlier_chunk = chunk_id[None, lo:src_hi] < chunk_id[lo:hi, None]
-            gram = (zq @ z[:, lo:src_hi].transpose(1, 2)).masked_fill(~earlier_chunk, 0)
-            part = gram @ v_scaled[:, lo:src_hi]
-        else:
-            part = torch.zeros_like(out[:, lo:hi])
-        if state is not None:
-            part = part + zq @ state.to(z.dtype).transpose(1, 2)
-        parts.append(part)
-        if hi < T and src_hi > lo:
-            inc = (v_scaled[:, lo:src_hi].transpose(1, 2) @ z[:, lo:src_hi]).float()
+    parts, state = [out[:, :chunk]], None
+    for start in range(chunk, T, chunk):  # query chunk [start, stop); its sources are < start ≤ U
+        stop = min(start + chunk, T)
+        lo = start // block * block
+        if start == lo:  # a new block: fold the previous one into the state
+            inc = (v_scaled[:, lo - block:lo].transpose(1, 2) @ z[:, lo - block:lo]).float()
             state = inc if state is None else state + inc
-    return out + torch.cat(parts, dim=1)
+        zq = z[:, start:stop]
+        corr = None
+        if start > lo:
+            corr = (zq @ z[:, lo:start].transpose(1, 2)) @ v_scaled[:, lo:start]
+        if state is not None:
+            from_state = zq @ state.to(z.dtype).transpose(1, 2)
+            corr = from_state if corr is None else corr + from_state
+        parts.append(out[:, start:stop] + corr)
+    return torch.cat(parts, dim=1)
