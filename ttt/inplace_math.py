@@ -21,18 +21,22 @@ def chunk_target(x0: torch.Tensor, conv_weight: torch.Tensor, w_target: torch.Te
     'right': full conv, weight [d, d, k], target_t = Σ_j W[:, :, j] x_{t+j}  (t … t+k−1).
     'center': depthwise conv, weight [d, 1, k], target_t = Σ_j w[:, 0, j] x_{t−(k−1)/2+j}.
     """
+    N, C, d = x0.shape
     k = conv_weight.shape[-1]
-    x = x0.to(dtype).transpose(1, 2)  # [N, d, C]
+    x = x0.to(dtype)
     if padding == "right":
-        x = F.pad(x, (0, k - 1))
-        y = F.conv1d(x, conv_weight.to(dtype))
+        # One GEMM over the k shifted copies: [N, C, k·d] @ [k·d, d] (cuDNN's conv1d with
+        # d×d×k weights was several times slower on an H100).
+        x = F.pad(x, (0, 0, 0, k - 1))
+        shifted = torch.cat([x[:, j:j + C] for j in range(k)], dim=-1)
+        y = F.linear(shifted, conv_weight.to(dtype).permute(0, 2, 1).reshape(d, k * d))
     elif padding == "center":
         half = (k - 1) // 2
-        x = F.pad(x, (half, half))
-        y = F.conv1d(x, conv_weight.to(dtype), groups=x.shape[1])
+        xt = F.pad(x.transpose(1, 2), (half, half))
+        y = F.conv1d(xt, conv_weight.to(dtype), groups=d).transpose(1, 2)
     else:  # pragma: no cover - validated by TTTConfig
         raise ValueError(f"conv_padding: unknown {padding!r}")
-    return F.linear(y.transpose(1, 2), w_target.to(dtype))
+    return F.linear(y, w_target.to(dtype))
 
 
 def chunk_delta(z: torch.Tensor, v_hat: torch.Tensor) -> torch.Tensor:
@@ -85,19 +89,19 @@ def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor, conv_w
 
     O_s = z_s W^(0)ᵀ + Σ_{t in an earlier chunk} c_{chunk(t)} (z_s·z_t) v̂_t with
     c_j = lr · min(1, τ/‖ΔW_j‖_F), and ‖ΔW_j‖²_F = Σ (V̂_j V̂_jᵀ) ⊙ (Z_j Z_jᵀ) from C×C Grams, so no
-    d×hid matrix is formed to clip. Inside a block of ``block`` tokens (rounded to a multiple of
-    ``chunk``) each query chunk multiplies with the earlier chunks of its block only (a
-    block-lower-triangular Gram product); earlier blocks enter through one running fp32 state
-    S = Σ c_j ΔW_j [B, d, hid], folded once per block. A sequence of at most one block never
-    creates a d×hid tensor. Targets and Grams run in the model dtype (tensor cores, as attention
-    does); norms, clip factors and S are fp32. The first chunk is exactly Z W^(0)ᵀ.
+    d×hid matrix is formed to clip. Tokens go in blocks of ``block`` (rounded to a multiple of
+    ``chunk``). A block starts from W_b = W^(0) + Σ_{earlier blocks} c_j ΔW_j (fp32, one d×hid
+    state folded and cast once per block: O = Z_b W_bᵀ costs what upstream's down projection
+    costs); inside the block each chunk adds its product with the block's earlier chunks (a
+    block-lower-triangular Gram product). A sequence of at most one block never creates a d×hid
+    tensor. Targets and Grams run in the model dtype (tensor cores, as attention does); norms,
+    clip factors and the state are fp32. The first chunk is exactly Z W^(0)ᵀ.
     """
     B, T, hid = z.shape
     d = w0.shape[0]
-    out = F.linear(z, w0.to(z.dtype))
     n_upd = (T - 1) // chunk  # chunks followed by at least one token: the only ones that update
     if n_upd == 0:
-        return out
+        return F.linear(z, w0.to(z.dtype))
     U = n_upd * chunk
     v_hat = chunk_target(x0[:, :U].reshape(B * n_upd, chunk, d), conv_weight, w_target, padding,
                          dtype=z.dtype)
@@ -106,19 +110,18 @@ def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor, conv_w
     c = lr * clip_factor(sq_norm.clamp_min(0).sqrt(), tau)
     v_scaled = (v_hat.float() * c[:, None, None]).reshape(B, U, d).to(z.dtype)  # ṽ_t = c_j v̂_t
     block = max(chunk, block // chunk * chunk)
-    parts, state = [out[:, :chunk]], None
-    for start in range(chunk, T, chunk):  # query chunk [start, stop); its sources are < start ≤ U
-        stop = min(start + chunk, T)
-        lo = start // block * block
-        if start == lo:  # a new block: fold the previous one into the state
+    parts, state = [], None  # state: Σ c_j ΔW_j over earlier blocks [B, d, hid] fp32
+    for lo in range(0, T, block):
+        hi = min(lo + block, T)
+        if lo > 0:
             inc = (v_scaled[:, lo - block:lo].transpose(1, 2) @ z[:, lo - block:lo]).float()
             state = inc if state is None else state + inc
-        zq = z[:, start:stop]
-        corr = None
-        if start > lo:
-            corr = (zq @ z[:, lo:start].transpose(1, 2)) @ v_scaled[:, lo:start]
-        if state is not None:
-            from_state = zq @ state.to(z.dtype).transpose(1, 2)
-            corr = from_state if corr is None else corr + from_state
-        parts.append(out[:, start:stop] + corr)
+        w_block = w0.to(z.dtype) if state is None else (w0[None] + state).to(z.dtype)
+        out = apply_fast_weight(z[:, lo:hi], w_block)
+        corrections = [out[:, :chunk]]
+        for start in range(lo + chunk, hi, chunk):  # sources: this block's earlier chunks (< U)
+            zq = z[:, start:start + chunk]
+            gram = zq @ z[:, lo:start].transpose(1, 2)
+            corrections.append(out[:, start - lo:start - lo + chunk] + gram @ v_scaled[:, lo:start])
+        parts.append(torch.cat(corrections, dim=1))
     return torch.cat(parts, dim=1)
