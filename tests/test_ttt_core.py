@@ -325,3 +325,37 @@ def test_blocked_dual_form_matches_token_loop(block):
     ref = build_reference(upstream, ours, (1, 3), cfg)
     seq = random_sequence(2, T)
     assert rel_err(text_logits(ours, seq), text_logits(ref, seq)) <= 1e-5
+
+
+def test_embedding_hook_tap_equals_transformer_input_tap():
+    """Unconditioned models take X₀ from the transformer input; conditioned ones rebuild it from
+    the embedding tables. Both must give the same X₀ bit for bit."""
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=5, lr=0.5, delta_clip_fro_norm=0.1)
+    _, ours = make_pair(cfg)
+    seq = random_sequence(2, 23)
+    default = text_logits(ours, seq)
+    seen = {}
+    hook = ours.transformer.register_forward_pre_hook(lambda m, a: seen.setdefault("input", a[0]))
+    tap = ours.ttt_tap
+    for handle in tap.handles:
+        handle.remove()
+    tap.handles.clear()
+    tap.attach(ours, from_embeddings=True)
+    rebuilt = text_logits(ours, seq)
+    hook.remove()
+    assert len(tap.handles) == 17  # 16 audio tables + text
+    assert torch.equal(tap.x0, seen["input"])
+    assert torch.equal(rebuilt, default)
+
+
+def test_cached_w0_follows_weight_updates():
+    cfg = ttt.TTTConfig(layers=(1,), chunk_size=4, lr=0.5)
+    _, ours = make_pair(cfg)
+    seq = random_sequence(1, 20)
+    before = text_logits(ours, seq)
+    with torch.no_grad():
+        ttt.ttt_layers(ours)[1].w_down.mul_(1.5)  # in place, as an optimizer or load would
+    after = text_logits(ours, seq)
+    assert not torch.allclose(before, after)
+    ours.load_state_dict({**ours.state_dict()})
+    assert torch.equal(text_logits(ours, seq), after)

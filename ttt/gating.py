@@ -36,19 +36,28 @@ def gated_hidden(weight_in: torch.Tensor, activation, x: torch.Tensor) -> torch.
 class EmbeddingTap:
     """Holds X₀, the summed token embeddings of the current ``forward_text`` call.
 
-    moshi adds the conditioning to the embedding sum before the transformer and passes no extra
-    kwargs to its layers, so X₀ is rebuilt from forward hooks on the embedding tables, summed in
-    the order ``forward_text`` sums them (audio codebooks, then text), bitwise equal to its sum.
+    moshi passes no extra kwargs to its layers, so X₀ reaches the TTT layers through hooks.
+    Without a condition fuser the transformer's input *is* X₀ (bitwise), taken by a pre-hook at no
+    cost. With a fuser, moshi adds the conditioning first, so X₀ is rebuilt from forward hooks on
+    the embedding tables, summed in ``forward_text``'s order (audio codebooks, then text).
     """
 
     def __init__(self) -> None:
         self.x0: torch.Tensor | None = None
         self.handles: list = []
 
-    def attach(self, lm: nn.Module) -> None:
+    def attach(self, lm: nn.Module, from_embeddings: bool | None = None) -> None:
+        if from_embeddings is None:
+            from_embeddings = getattr(lm, "fuser", None) is not None
+        if not from_embeddings:
+            self.handles.append(lm.transformer.register_forward_pre_hook(self._take_input))
+            return
         tables = [lm.emb[i] for i in range(lm.num_audio_codebooks)] + [lm.text_emb]
         for index, table in enumerate(tables):
             self.handles.append(table.register_forward_hook(self._hook(first=index == 0)))
+
+    def _take_input(self, _module, args) -> None:
+        self.x0 = args[0]
 
     def _hook(self, first: bool):
         def hook(_module, _inputs, output):
@@ -151,9 +160,22 @@ class TTTGating(StreamingModule[TTTState]):
     def _parallel(self, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """All chunks at once in the dual form; chunk i never sees its own ΔW."""
         tg = self.target_generator
-        return dual_form_output(z, x0, self.w_down, tg.conv1d.conv.weight, tg.W_target.weight,
-                                self.cfg.conv_padding, self.cfg.chunk_size, self.cfg.lr,
-                                self.cfg.clip, self.parallel_block)
+        return dual_form_output(z, x0, self._w0_as(z.dtype), tg.conv1d.conv.weight,
+                                tg.W_target.weight, self.cfg.conv_padding, self.cfg.chunk_size,
+                                self.cfg.lr, self.cfg.clip, self.parallel_block)
+
+    def _w0_as(self, dtype: torch.dtype) -> torch.Tensor:
+        """W^(0) in ``dtype``; without autograd, a cached copy refreshed whenever ``w_down``
+        changes (its version counter moves on every in-place write, load_state_dict included),
+        so a 7B forward does not re-cast 46 M fp32 weights per TTT layer."""
+        w = self.w_down
+        if torch.is_grad_enabled() and w.requires_grad:
+            return w
+        key = (w._version, w.data_ptr(), dtype)
+        if getattr(self, "_w0_cache_key", None) != key:
+            self._w0_cache = w.detach().to(dtype)
+            self._w0_cache_key = key
+        return self._w0_cache
 
     # ---- streaming ----------------------------------------------------------------------------
     def _init_streaming_state(self, batch_size: int) -> TTTState:

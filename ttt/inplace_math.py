@@ -85,7 +85,7 @@ def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor, conv_w
                      w_target: torch.Tensor, padding: str, chunk: int, lr: float,
                      tau: float | None, block: int) -> torch.Tensor:
     """Parallel In-Place TTT without per-chunk fast weights (the dual form), z [B, T, hid],
-    x0 [B, T, d] → O [B, T, d] in z's dtype.
+    x0 [B, T, d] → O [B, T, d] in z's dtype; w0 fp32 or already in z's dtype.
 
     O_s = z_s W^(0)ᵀ + Σ_{t in an earlier chunk} c_{chunk(t)} (z_s·z_t) v̂_t with
     c_j = lr · min(1, τ/‖ΔW_j‖_F), and ‖ΔW_j‖²_F = Σ (V̂_j V̂_jᵀ) ⊙ (Z_j Z_jᵀ) from C×C Grams, so no
@@ -116,7 +116,7 @@ def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor, conv_w
         if lo > 0:
             inc = (v_scaled[:, lo - block:lo].transpose(1, 2) @ z[:, lo - block:lo]).float()
             state = inc if state is None else state + inc
-        w_block = w0.to(z.dtype) if state is None else (w0[None] + state).to(z.dtype)
+        w_block = w0.to(z.dtype) if state is None else (w0.float()[None] + state).to(z.dtype)
         out = apply_fast_weight(z[:, lo:hi], w_block)
         corrections = [out[:, :chunk]]
         for start in range(lo + chunk, hi, chunk):  # sources: this block's earlier chunks (< U)
