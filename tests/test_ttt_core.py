@@ -348,7 +348,7 @@ def test_embedding_hook_tap_equals_transformer_input_tap():
     assert torch.equal(rebuilt, default)
 
 
-def test_cached_w0_follows_weight_updates():
+def test_cached_weights_follow_parameter_updates():
     cfg = ttt.TTTConfig(layers=(1,), chunk_size=4, lr=0.5)
     _, ours = make_pair(cfg)
     seq = random_sequence(1, 20)
@@ -357,5 +357,9 @@ def test_cached_w0_follows_weight_updates():
         ttt.ttt_layers(ours)[1].w_down.mul_(1.5)  # in place, as an optimizer or load would
     after = text_logits(ours, seq)
     assert not torch.allclose(before, after)
+    with torch.no_grad():
+        ttt.ttt_layers(ours)[1].target_generator.conv1d.conv.weight.mul_(-1.0)
+    flipped = text_logits(ours, seq)
+    assert not torch.allclose(flipped, after)
     ours.load_state_dict({**ours.state_dict()})
-    assert torch.equal(text_logits(ours, seq), after)
+    assert torch.equal(text_logits(ours, seq), flipped)

@@ -20,7 +20,7 @@ from moshi.modules.streaming import State, StreamingModule
 from moshi.utils.compile import in_cuda_graph, no_compile, torch_compile_lazy
 
 from .config import TTTConfig
-from .inplace_math import apply_fast_weight, dual_form_output, fast_weight_step
+from .inplace_math import apply_fast_weight, conv_as_matrix, dual_form_output, fast_weight_step
 
 
 @torch_compile_lazy
@@ -160,22 +160,26 @@ class TTTGating(StreamingModule[TTTState]):
     def _parallel(self, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """All chunks at once in the dual form; chunk i never sees its own ΔW."""
         tg = self.target_generator
-        return dual_form_output(z, x0, self._w0_as(z.dtype), tg.conv1d.conv.weight,
+        conv = tg.conv1d.conv.weight
+        if self.cfg.conv_padding == "right":
+            conv = self._derived("conv", conv, z.dtype, conv_as_matrix)
+        return dual_form_output(z, x0, self._derived("w0", self.w_down, z.dtype), conv,
                                 tg.W_target.weight, self.cfg.conv_padding, self.cfg.chunk_size,
                                 self.cfg.lr, self.cfg.clip, self.parallel_block)
 
-    def _w0_as(self, dtype: torch.dtype) -> torch.Tensor:
-        """W^(0) in ``dtype``; without autograd, a cached copy refreshed whenever ``w_down``
-        changes (its version counter moves on every in-place write, load_state_dict included),
-        so a 7B forward does not re-cast 46 M fp32 weights per TTT layer."""
-        w = self.w_down
-        if torch.is_grad_enabled() and w.requires_grad:
-            return w
-        key = (w._version, w.data_ptr(), dtype)
-        if getattr(self, "_w0_cache_key", None) != key:
-            self._w0_cache = w.detach().to(dtype)
-            self._w0_cache_key = key
-        return self._w0_cache
+    def _derived(self, name: str, param: torch.Tensor, dtype: torch.dtype,
+                 transform=lambda w: w) -> torch.Tensor:
+        """``transform(param)`` in ``dtype``. Without autograd it is cached and refreshed whenever
+        the parameter changes (its version counter moves on every in-place write,
+        load_state_dict included): a 7B forward need not re-cast 46 M fp32 weights or re-layout
+        the d×d×k conv in every TTT layer."""
+        if torch.is_grad_enabled() and param.requires_grad:
+            return transform(param).to(dtype)
+        key = (param._version, param.data_ptr(), dtype)
+        cache = self.__dict__.setdefault("_derived_cache", {})
+        if name not in cache or cache[name][0] != key:
+            cache[name] = (key, transform(param.detach()).to(dtype).contiguous())
+        return cache[name][1]
 
     # ---- streaming ----------------------------------------------------------------------------
     def _init_streaming_state(self, batch_size: int) -> TTTState:

@@ -18,25 +18,33 @@ def chunk_target(x0: torch.Tensor, conv_weight: torch.Tensor, w_target: torch.Te
                  padding: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """V̂ for whole chunks: x0 [N, C, d] → [N, C, d] in ``dtype``, zero padded at the chunk edges.
 
-    'right': full conv, weight [d, d, k], target_t = Σ_j W[:, :, j] x_{t+j}  (t … t+k−1).
+    'right': full conv, weight [d, d, k], target_t = Σ_j W[:, :, j] x_{t+j}  (t … t+k−1);
+             the weight may also come as :func:`conv_as_matrix` of it.
     'center': depthwise conv, weight [d, 1, k], target_t = Σ_j w[:, 0, j] x_{t−(k−1)/2+j}.
     """
     N, C, d = x0.shape
-    k = conv_weight.shape[-1]
     x = x0.to(dtype)
     if padding == "right":
         # One GEMM over the k shifted copies: [N, C, k·d] @ [k·d, d] (cuDNN's conv1d with
         # d×d×k weights was several times slower on an H100).
+        matrix = conv_weight if conv_weight.dim() == 2 else conv_as_matrix(conv_weight)
+        k = matrix.shape[1] // d
         x = F.pad(x, (0, 0, 0, k - 1))
         shifted = torch.cat([x[:, j:j + C] for j in range(k)], dim=-1)
-        y = F.linear(shifted, conv_weight.to(dtype).permute(0, 2, 1).reshape(d, k * d))
+        y = F.linear(shifted, matrix.to(dtype))
     elif padding == "center":
-        half = (k - 1) // 2
+        half = (conv_weight.shape[-1] - 1) // 2
         xt = F.pad(x.transpose(1, 2), (half, half))
         y = F.conv1d(xt, conv_weight.to(dtype), groups=d).transpose(1, 2)
     else:  # pragma: no cover - validated by TTTConfig
         raise ValueError(f"conv_padding: unknown {padding!r}")
     return F.linear(y, w_target.to(dtype))
+
+
+def conv_as_matrix(conv_weight: torch.Tensor) -> torch.Tensor:
+    """[d, d, k] full conv weight → [d, k·d] so that tap j multiplies columns j·d … (j+1)·d."""
+    d, _, k = conv_weight.shape
+    return conv_weight.permute(0, 2, 1).reshape(d, k * d)
 
 
 def chunk_delta(z: torch.Tensor, v_hat: torch.Tensor) -> torch.Tensor:
