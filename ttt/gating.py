@@ -106,7 +106,7 @@ class TTTGating(StreamingModule[TTTState]):
 
     # Tokens per block of the parallel dual form: an execution detail, not part of the math
     # (quadratic work inside a block, one d×hid state pass per block).
-    parallel_block: int = 2048
+    parallel_block: int = 4096
 
     def __init__(self, linear_in: nn.Linear, linear_out: nn.Linear, activation, cfg: TTTConfig,
                  tap: EmbeddingTap) -> None:
