@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import statistics
 import time
@@ -40,8 +41,12 @@ def sync(device: str) -> None:
 
 
 def reset_peak(device: str) -> None:
+    """Start a peak-memory window. LMGen sessions and removed TTT modules sit in reference
+    cycles (callbacks, hooks): collect them first or they inflate the next case's peak."""
+    gc.collect()
     if device == "cuda":
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 
 
