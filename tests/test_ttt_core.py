@@ -363,3 +363,21 @@ def test_cached_weights_follow_parameter_updates():
     assert not torch.allclose(flipped, after)
     ours.load_state_dict({**ours.state_dict()})
     assert torch.equal(text_logits(ours, seq), flipped)
+
+
+def test_figure5_inner_losses():
+    """ℓ(W) = −⟨W, ΔW⟩: on the first chunk W^(i) = W^(0); the update lowers the loss by exactly
+    lr·‖ΔW‖²_F without clipping; later chunks start from W^(i) ≠ W^(0)."""
+    cfg = ttt.TTTConfig(layers=(2,), chunk_size=4, lr=0.5, delta_clip_fro_norm=None)
+    _, ours = make_pair(cfg)
+    seq = random_sequence(1, 12, seed=6)
+    with torch.no_grad(), ours.streaming(1):
+        ours.forward_text(seq[:, :, :4])
+        first = ttt.ttt_state(ours)[2]
+        ours.forward_text(seq[:, :, 4:8])
+        second = ttt.ttt_state(ours)[2]
+    for s in (first, second):
+        drop = (s["inner_loss_before"] - s["inner_loss_after"]).item()
+        assert drop == pytest.approx(cfg.lr * s["last_delta_norm"].item() ** 2, rel=1e-4)
+    assert first["inner_loss_initial"].item() == pytest.approx(first["inner_loss_before"].item(), rel=1e-6)
+    assert second["inner_loss_initial"].item() != pytest.approx(second["inner_loss_before"].item(), rel=1e-3)

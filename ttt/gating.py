@@ -20,7 +20,8 @@ from moshi.modules.streaming import State, StreamingModule
 from moshi.utils.compile import in_cuda_graph, no_compile, torch_compile_lazy
 
 from .config import TTTConfig
-from .inplace_math import apply_fast_weight, conv_as_matrix, dual_form_output, fast_weight_step
+from .inplace_math import (apply_fast_weight, chunk_delta, chunk_target, clip_scale,
+                           conv_as_matrix, dual_form_output)
 
 
 @torch_compile_lazy
@@ -78,6 +79,7 @@ class TTTState(State):
     updates: torch.Tensor     # [B] long, applied chunk updates (cumulative, survives reset)
     clip_events: torch.Tensor  # [B] long, updates whose ‖ΔW‖_F exceeded τ
     last_delta_norm: torch.Tensor  # [B] fp32, ‖ΔW‖_F of the last update (before clipping)
+    inner_loss: torch.Tensor  # [B, 3] fp32, ℓ(W^(0)), ℓ(W^(i)), ℓ(W^(i+1)) on the last chunk
     fill: list[int] = field(default_factory=list)  # host mirror of ``pos`` for scheduling
     driven: bool = False      # set by TTTLMGen: the host drives updates between graph replays
 
@@ -134,11 +136,6 @@ class TTTGating(StreamingModule[TTTState]):
                 return gated_hidden(self.linear_in.weight, self.activation, x)
         return gated_hidden(self.linear_in.weight, self.activation, x)
 
-    def _step(self, z: torch.Tensor, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        conv = self.target_generator.conv1d.conv.weight
-        w_target = self.target_generator.W_target.weight
-        return fast_weight_step(z, x0, conv, w_target, self.cfg.conv_padding, self.cfg.lr, self.cfg.clip)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x0 = self._tap.x0
         if x0 is None or x0.shape[:2] != x.shape[:2]:
@@ -194,7 +191,8 @@ class TTTGating(StreamingModule[TTTState]):
             batch_size, device, w0=self.w_down.detach().float(), w=w, w_apply=w_apply,
             z_buf=zeros(batch_size, C, hid, dt=dtype), x0_buf=zeros(batch_size, C, d, dt=dtype),
             pos=zeros(batch_size), updates=zeros(batch_size), clip_events=zeros(batch_size),
-            last_delta_norm=zeros(batch_size, dt=torch.float32), fill=[0] * batch_size)
+            last_delta_norm=zeros(batch_size, dt=torch.float32),
+            inner_loss=zeros(batch_size, 3, dt=torch.float32), fill=[0] * batch_size)
         return state
 
     def _write_and_apply(self, state: TTTState, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -231,7 +229,16 @@ class TTTGating(StreamingModule[TTTState]):
         if not any(f >= self.cfg.chunk_size for f in state.fill):
             return False
         full = state.pos >= self.cfg.chunk_size
-        step, norm, clipped = self._step(state.z_buf, state.x0_buf)
+        tg = self.target_generator
+        delta = chunk_delta(state.z_buf, chunk_target(state.x0_buf, tg.conv1d.conv.weight,
+                                                      tg.W_target.weight, self.cfg.conv_padding))
+        scale, norm, clipped = clip_scale(delta, self.cfg.clip)
+        step = delta * (self.cfg.lr * scale)[:, None, None]
+        # Figure-5 inner losses ℓ(W) = −⟨Z Wᵀ, V̂⟩_F = −⟨W, ΔW⟩_F: initial, before, after.
+        before = -(state.w * delta).sum((1, 2))
+        losses = torch.stack([-(state.w0[None] * delta).sum((1, 2)), before,
+                              before - (step * delta).sum((1, 2))], dim=1)
+        state.inner_loss.copy_(torch.where(full[:, None], losses, state.inner_loss))
         state.w.copy_(torch.where(full[:, None, None], state.w + step, state.w))
         state.sync_apply_copy()
         state.updates.add_(full.long())

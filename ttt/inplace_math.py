@@ -69,15 +69,6 @@ def clip_factor(norm: torch.Tensor, tau: float | None) -> torch.Tensor:
     return (tau / norm.clamp_min(torch.finfo(norm.dtype).tiny)).clamp(max=1.0)
 
 
-def fast_weight_step(z: torch.Tensor, x0: torch.Tensor, conv_weight: torch.Tensor,
-                     w_target: torch.Tensor, padding: str, lr: float, tau: float | None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """lr · clip(ΔW) for one full chunk per row, plus ‖ΔW‖_F and the clip flags (all fp32)."""
-    delta = chunk_delta(z, chunk_target(x0, conv_weight, w_target, padding))
-    scale, norm, clipped = clip_scale(delta, tau)
-    return delta * (lr * scale)[:, None, None], norm, clipped
-
-
 def apply_fast_weight(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """O = Z Wᵀ in the dtype of z. w is [d, hid] (shared) or [B, d, hid] (one per row)."""
     w = w.to(z.dtype)

@@ -11,7 +11,9 @@ def ttt_state(lm: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
     """Per TTT layer (by index), device tensors with one value per batch row:
 
     ``w_norm`` ‖W‖_F, ``w_drift`` ‖W − W^(0)‖_F, ``clip_events``, ``updates``,
-    ``last_delta_norm`` (‖ΔW‖_F of the last update, before clipping), ``chunk_fill``.
+    ``last_delta_norm`` (‖ΔW‖_F of the last update, before clipping), ``chunk_fill``, and the
+    Figure-5 inner losses ℓ(W) = −⟨W, ΔW⟩_F of the last updated chunk under W^(0), before and
+    after its update (``inner_loss_initial/before/after``).
     Empty dict entries for layers that are not streaming.
     """
     out: dict[int, dict[str, torch.Tensor]] = {}
@@ -28,5 +30,8 @@ def ttt_state(lm: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
                 "updates": s.updates.clone(),
                 "last_delta_norm": s.last_delta_norm.clone(),
                 "chunk_fill": s.pos.clone(),
+                "inner_loss_initial": s.inner_loss[:, 0].clone(),
+                "inner_loss_before": s.inner_loss[:, 1].clone(),
+                "inner_loss_after": s.inner_loss[:, 2].clone(),
             }
     return out

@@ -1,0 +1,200 @@
+"""Inputs of a cell: moshi-finetune manifests (stereo wav, left = Moshi, right = user, plus the
+sibling alignments json), the demo conversations the embedded default generates, and their
+tokenisation into Moshi's 17 streams (text at 12.5 Hz, 8 Moshi + 8 user Mimi codebooks).
+
+Every problem with an input is a one-line ``DataError`` naming the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+
+SAMPLE_RATE = 24000
+FRAME_RATE = 12.5
+PAD_ID, END_OF_PADDING_ID = 3, 0
+MAIN, OTHER = "SPEAKER_MAIN", "SPEAKER_OTHER"
+
+
+class DataError(ValueError):
+    """An unusable input, with the file at fault in the message."""
+
+
+@dataclass
+class Item:
+    """One stereo conversation: wav path, duration (s), word alignments."""
+
+    path: Path
+    duration: float
+    alignments: list[tuple[str, tuple[float, float], str]]
+
+
+def read_manifest(path: str | os.PathLike) -> list[Item]:
+    """jsonl lines ``{"path", "duration"}`` (paths relative to the manifest)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    items = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            wav = (path.parent / entry["path"]).resolve()
+            duration = float(entry["duration"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            raise DataError(f"{path}:{number}: expected a JSON object with 'path' and "
+                            "'duration'") from None
+        items.append(Item(wav, duration, read_alignments(wav, duration)))
+    if not items:
+        raise DataError(f"{path}: empty manifest")
+    return items
+
+
+def read_alignments(wav: Path, duration: float) -> list:
+    sibling = wav.with_suffix(".json")
+    if not sibling.is_file():
+        raise DataError(f"{sibling}: alignments file missing (expected beside {wav.name})")
+    try:
+        raw = json.loads(sibling.read_text())["alignments"]
+        alignments = [(str(w), (float(a), float(b)), str(spk)) for w, (a, b), spk in raw]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise DataError(f"{sibling}: expected {{\"alignments\": [[word, [start, end], speaker], "
+                        "...]}") from None
+    for word, (start, end), _ in alignments:
+        if not 0 <= start <= end <= duration + 1e-3:
+            raise DataError(f"{sibling}: word {word!r} at [{start}, {end}] s lies outside the "
+                            f"audio (0 … {duration:.3f} s)")
+    return alignments
+
+
+def load_audio(path: Path, channels: int = 2) -> np.ndarray:
+    """float32 [channels, samples] at 24 kHz (resampled with soxr when needed)."""
+    if not path.is_file():
+        raise DataError(f"{path}: audio file not found")
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise DataError(f"{path}: unreadable or unsupported audio ({str(exc).strip()})") from None
+    if audio.shape[1] != channels:
+        raise DataError(f"{path}: {audio.shape[1]} channel(s), expected {channels} "
+                        "(left = Moshi, right = user)" if channels == 2 else
+                        f"{path}: {audio.shape[1]} channel(s), expected {channels}")
+    if audio.shape[0] == 0:
+        raise DataError(f"{path}: no samples")
+    if rate != SAMPLE_RATE:
+        import soxr
+        audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+    return np.ascontiguousarray(audio.T)
+
+
+def text_stream(alignments, tokenizer, frames: int, speaker: str = MAIN) -> torch.Tensor:
+    """Moshi's text stream: each word of ``speaker`` tokenised at the frame of its start (12.5 Hz),
+    padding (3) elsewhere, end-of-padding (0) on the frame before a word that follows padding."""
+    stream = torch.full((frames,), PAD_ID, dtype=torch.long)
+    cursor = 0
+    for word, (start, _end), spk in alignments:
+        if spk != speaker:
+            continue
+        frame = max(int(start * FRAME_RATE), cursor)
+        tokens = tokenizer.encode(word)
+        if frame > 0 and frame - 1 >= cursor and stream[frame - 1] == PAD_ID:
+            stream[frame - 1] = END_OF_PADDING_ID
+        for tok in tokens:
+            if frame >= frames:
+                break
+            stream[frame] = tok
+            frame += 1
+        cursor = frame
+    return stream
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def mimi_codes(mimi, item: Item, cache_dir: Path, model_key: str) -> torch.Tensor:
+    """[2, n_q, frames] codes (left, right), computed once per file content and Mimi."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached = cache_dir / f"{file_digest(item.path)[:24]}-{model_key}.pt"
+    if cached.is_file():
+        return torch.load(cached)
+    audio = torch.from_numpy(load_audio(item.path))
+    codes = mimi.encode(audio[:, None].to(next(mimi.parameters()).device)).cpu()
+    tmp = cached.with_name(f".{cached.name}.tmp{os.getpid()}")
+    torch.save(codes, tmp)
+    os.replace(tmp, cached)
+    return codes
+
+
+def conversation_codes(mimi, tokenizer, item: Item, cache_dir: Path, model_key: str) -> torch.Tensor:
+    """[1, 17, T] input of ``lm(codes)``: text, 8 Moshi codebooks (left), 8 user (right)."""
+    audio = mimi_codes(mimi, item, cache_dir, model_key)
+    frames = audio.shape[-1]
+    text = text_stream(item.alignments, tokenizer, frames)
+    return torch.cat([text[None], audio[0], audio[1]], dim=0)[None]
+
+
+# ---- demo conversations for the embedded default ---------------------------------------------
+
+def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[str]) -> Item:
+    """A deterministic stereo 'conversation': speakers alternate turns of 3–8 words; each word is
+    a short harmonic tone whose pitch depends on the word. Writes the wav and its alignments."""
+    rng = np.random.default_rng(seed)
+    n = int(duration * SAMPLE_RATE)
+    audio = np.zeros((n, 2), dtype=np.float32)
+    alignments = []
+    t, channel = 0.2, 0
+    while t < duration - 0.5:
+        for _ in range(int(rng.integers(3, 9))):
+            word = words[int(rng.integers(len(words)))]
+            length = float(rng.uniform(0.25, 0.5))
+            if t + length > duration - 0.1:
+                break
+            start = int(t * SAMPLE_RATE)
+            k = np.arange(int(length * SAMPLE_RATE))
+            f0 = 120 + 15 * (sum(map(ord, word)) % 20) + 60 * channel
+            tone = sum(np.sin(2 * np.pi * f0 * h * k / SAMPLE_RATE) / h for h in (1, 2, 3))
+            envelope = np.sin(np.pi * k / len(k)) ** 2
+            audio[start:start + len(k), channel] += 0.2 * (tone * envelope).astype(np.float32)
+            alignments.append([word, [round(t, 3), round(t + length, 3)], MAIN if channel == 0 else OTHER])
+            t += length + float(rng.uniform(0.02, 0.12))
+        t += float(rng.uniform(0.2, 0.6))
+        channel = 1 - channel
+    audio += 0.003 * rng.standard_normal(audio.shape).astype(np.float32)
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(wav), audio, SAMPLE_RATE, subtype="PCM_16")
+    wav.with_suffix(".json").write_text(json.dumps({"alignments": alignments}))
+    return Item(wav, duration, read_alignments(wav, duration))
+
+
+def write_demo_manifest(directory: Path, durations: list[float], seed: int, words: list[str]) -> Path:
+    """A manifest of demo conversations (reused when already written with the same settings)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    manifest = directory / "manifest.jsonl"
+    lines = []
+    for i, duration in enumerate(durations):
+        wav = directory / f"conversation{i:03d}-{duration:g}s-seed{seed}.wav"
+        if not wav.is_file() or not wav.with_suffix(".json").is_file():
+            write_demo_conversation(wav, duration, seed + i, words)
+        lines.append(json.dumps({"path": wav.name, "duration": duration}))
+    tmp = manifest.with_name(f".{manifest.name}.tmp{os.getpid()}")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, manifest)
+    return manifest
+
+
+def frames_for(duration: float) -> int:
+    return math.ceil(duration * FRAME_RATE)
