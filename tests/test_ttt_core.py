@@ -50,6 +50,18 @@ def test_disabled_is_bitwise_upstream():
     assert torch.equal(stream_logits(upstream, codes, [1] * T), stream_logits(ours, codes, [1] * T))
 
 
+def test_ttt_disabled_context_gives_upstream_then_restores_ttt():
+    upstream = tiny_lm(0)
+    _, ours = make_pair(ttt.TTTConfig(layers=(0, 2), chunk_size=4, lr=1.0))
+    seq = random_sequence(1, T)
+    with_ttt = text_logits(ours, seq)
+    from ttt.surgery import ttt_disabled
+    with ttt_disabled(ours):
+        assert torch.equal(text_logits(ours, seq), text_logits(upstream, seq))
+        assert torch.equal(stream_logits(ours, seq, [3] * 13 + [1]), stream_logits(upstream, seq, [3] * 13 + [1]))
+    assert torch.equal(text_logits(ours, seq), with_ttt)
+
+
 def test_remove_ttt_restores_upstream_bitwise():
     upstream = tiny_lm(0)
     ours = ttt.apply_ttt(tiny_lm(0), ttt.TTTConfig(layers=(0, 2), chunk_size=4, lr=1.0))

@@ -55,9 +55,47 @@ def _selfcheck(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def run_cell_command(args: argparse.Namespace) -> int:
+    """Exit 0 for a completed or diverged cell, 2 for bad input, anything else is a crash."""
+    import sys
+    from .cell import load_cell_config, run_cell
+    from .data import DataError
+    from .model import CheckpointError
+
+    try:
+        cfg = load_cell_config(args.config)
+        if args.device:
+            cfg = type(cfg).from_dict({**cfg.to_dict(), "device": args.device})
+        with no_compile() if cfg.device == "cpu" else _nullcontext():
+            metrics = run_cell(cfg, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (ValueError, FileExistsError, DataError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ppl = metrics["perplexity"]
+    print(f"{cfg.cell}: text ppl {ppl['text']:.3f}, audio ppl {ppl['audio']:.3f}, "
+          f"{metrics['throughput']['tokens_per_s']:.0f} tokens/s, diverged={metrics['diverged']}"
+          f" → {args.out}")
+    return 0
+
+
+def _nullcontext():
+    import contextlib
+    return contextlib.nullcontext()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ttt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser(
+        "run-cell", help="run one matrix cell (see examples/cells/*.yaml)",
+        description="Run one cell: load the model (a checkpoint directory or the embedded 'tiny' "
+                    "default), tokenise the data once (cached), run the mode, and write "
+                    "metrics.json, timeseries.csv, telemetry.csv and plots into --out, atomically. "
+                    "Exit codes: 0 completed or diverged (recorded), 2 bad input, other = crash.")
+    r.add_argument("--config", required=True, help="cell YAML (keys: see README 'Cell config')")
+    r.add_argument("--out", required=True, help="output directory (must not exist)")
+    r.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
+    r.set_defaults(func=run_cell_command)
     p = sub.add_parser("selfcheck", help="run TTT on the embedded tiny model and compare modes")
     p.add_argument("--tokens", type=int, default=64, help="sequence length (default 64)")
     p.add_argument("--chunk", type=int, default=16, help="TTT chunk size (default 16)")

@@ -52,6 +52,7 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
         except (json.JSONDecodeError, KeyError, TypeError, ValueError):
             raise DataError(f"{path}:{number}: expected a JSON object with 'path' and "
                             "'duration'") from None
+        check_audio(wav)
         items.append(Item(wav, duration, read_alignments(wav, duration)))
     if not items:
         raise DataError(f"{path}: empty manifest")
@@ -75,20 +76,28 @@ def read_alignments(wav: Path, duration: float) -> list:
     return alignments
 
 
-def load_audio(path: Path, channels: int = 2) -> np.ndarray:
-    """float32 [channels, samples] at 24 kHz (resampled with soxr when needed)."""
+def check_audio(path: Path, channels: int = 2) -> None:
+    """Header-only check, so a bad file fails before any model is loaded."""
     if not path.is_file():
         raise DataError(f"{path}: audio file not found")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise DataError(f"{path}: unreadable or unsupported audio ({str(exc).strip()})") from None
+    if info.channels != channels:
+        raise DataError(f"{path}: {info.channels} channel(s), expected {channels}"
+                        + (" (left = Moshi, right = user)" if channels == 2 else ""))
+    if info.frames == 0:
+        raise DataError(f"{path}: no samples")
+
+
+def load_audio(path: Path, channels: int = 2) -> np.ndarray:
+    """float32 [channels, samples] at 24 kHz (resampled with soxr when needed)."""
+    check_audio(path, channels)
     try:
         audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
         raise DataError(f"{path}: unreadable or unsupported audio ({str(exc).strip()})") from None
-    if audio.shape[1] != channels:
-        raise DataError(f"{path}: {audio.shape[1]} channel(s), expected {channels} "
-                        "(left = Moshi, right = user)" if channels == 2 else
-                        f"{path}: {audio.shape[1]} channel(s), expected {channels}")
-    if audio.shape[0] == 0:
-        raise DataError(f"{path}: no samples")
     if rate != SAMPLE_RATE:
         import soxr
         audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)

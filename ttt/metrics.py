@@ -25,10 +25,13 @@ class TokenNLL:
 
 
 @torch.no_grad()
-def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256) -> TokenNLL:
+def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None) -> TokenNLL:
     """What ``lm(codes)`` scores, computed by streaming ``forward_text`` over blocks of ``block``
     steps (TTT layers update exactly as in one pass), so a 60-minute input runs in memory bounded
-    by the block, not the length. codes [B, K, T] as for ``lm(codes)``."""
+    by the block, not the length. codes [B, K, T] as for ``lm(codes)``.
+
+    ``on_block(end_step, nll_so_far)`` runs after each block (telemetry, progress, divergence
+    checks); returning True stops early, leaving NaN for the steps not reached."""
     B, K, T = codes.shape
     delays = lm.delays
     initial = lm._get_initial_token().expand(B, -1, -1)
@@ -56,6 +59,8 @@ def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256) -> TokenNLL:
                 nll = torch.where(codes[:, k, t[ok]] != zero, nll, torch.nan).cpu().numpy()
                 view = dest if q is None else dest[:, q]
                 view[:, t[ok].cpu().numpy()] = nll
+            if on_block is not None and on_block(b, TokenNLL(text=text, audio=audio)):
+                break
     return TokenNLL(text=text, audio=audio)
 
 

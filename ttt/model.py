@@ -87,7 +87,9 @@ def resolve_configs(config_path: Path, ttt_file: dict | None, yarn_file: dict | 
 
 
 def load_checkpoint(directory: str | os.PathLike, ttt: dict | None = None, yarn: dict | None = None,
-                    device: str = "cpu", dtype: torch.dtype = torch.float32) -> Bundle:
+                    device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> Bundle:
+    """Model, Mimi and tokenizer of a checkpoint directory, with TTT/YaRN applied. TTT parameters
+    absent from the checkpoint are initialised from ``seed`` (deterministic)."""
     files = checkpoint_files(directory)
     lm_kwargs, ttt_file, yarn_file, context = read_config(files["config.json"])
     ttt_cfg, yarn_cfg = resolve_configs(files["config.json"], ttt_file, yarn_file, ttt, yarn)
@@ -106,6 +108,7 @@ def load_checkpoint(directory: str | os.PathLike, ttt: dict | None = None, yarn:
     except TypeError as exc:
         raise CheckpointError(f"{files['config.json']}: bad LM kwargs ({exc})") from None
     if ttt_cfg is not None:
+        torch.manual_seed(seed)
         apply_ttt(lm, ttt_cfg)
     if yarn_cfg is not None:
         apply_yarn(lm, yarn_cfg)

@@ -1,6 +1,8 @@
 """Module surgery on an unforked moshi ``LMModel``: the only place that knows moshi's module names."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from torch import nn
 from moshi.modules.gating import ActivationGating
 from moshi.modules.streaming import StreamingModule
@@ -61,6 +63,25 @@ def remove_ttt(lm: nn.Module) -> nn.Module:
     del lm.ttt_tap, lm.ttt_config
     _forget_streaming_children(lm)
     return lm
+
+
+@contextmanager
+def ttt_disabled(lm: nn.Module):
+    """Temporarily run the model with its original gated MLPs (the TTT-off twin), keeping the
+    TTT modules and their weights to put back afterwards."""
+    originals = lm.__dict__.get("_ttt_originals") or {}
+    if getattr(lm, "_streaming_state", None) is not None:
+        raise RuntimeError("ttt_disabled: the model is streaming")
+    swapped = {i: lm.transformer.layers[i].gating for i in originals}
+    for i, gating in originals.items():
+        lm.transformer.layers[i].gating = gating
+    _forget_streaming_children(lm)
+    try:
+        yield lm
+    finally:
+        for i, gating in swapped.items():
+            lm.transformer.layers[i].gating = gating
+        _forget_streaming_children(lm)
 
 
 def ttt_layers(lm: nn.Module) -> dict[int, TTTGating]:

@@ -1,0 +1,126 @@
+"""The cell engine on the embedded default: outputs, perplexity vs lm(codes), bad inputs."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torch.nn.functional as F
+
+from ttt.cell import CellConfig, run_cell
+from ttt.data import DataError, conversation_codes, read_manifest, write_demo_conversation
+from ttt.model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
+
+TTT = {"start_layer": 1, "layer_frequency": 2, "chunk_size": 8, "lr": 0.01,
+       "delta_clip_fro_norm": 1.0, "init_std": 0.5}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def cell(cache, **kw):
+    base = dict(cell="t", model="tiny", data={"demo": {"durations": [6.0], "seed": 3}},
+                ttt=TTT, window_s=2.0, cache_dir=str(cache))
+    return CellConfig.from_dict({**base, **kw})
+
+
+def test_teacher_forced_cell_outputs_and_perplexity(cache, tmp_path):
+    out = tmp_path / "cell"
+    metrics = run_cell(cell(cache, ab=True), out, log=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "metrics.json", "perplexity.png", "telemetry.csv", "telemetry.png", "timeseries.csv"]
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("cell", "family", "mode", "ttt", "config", "provenance", "perplexity", "wer",
+                "throughput", "memory", "ttt_telemetry", "diverged", "requeues"):
+        assert key in saved, key
+    assert saved["provenance"]["versions"]["moshi"] == "0.2.13"
+    assert saved["ttt"] is True and saved["diverged"] is False
+    assert saved["ttt_telemetry"]["updates"] == 2 * (math.ceil(6 * 12.5) // 8)  # 2 layers, 9 chunks
+    assert saved["ab"]["pre_update_logits_rel_err"] < 1e-6
+    # Independent: exp(mean CE) from lm(codes) on the same tokens, with moshi's masks.
+    bundle = load_checkpoint(resolve_model("tiny", cache / "models"), ttt=TTT, seed=0)
+    item = read_manifest(cache / "demo" / "manifest.jsonl")[0]
+    codes = conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes", bundle.directory.name)
+    with torch.no_grad():
+        lm_out = bundle.lm(codes)
+    mask = lm_out.text_mask
+    ce = F.cross_entropy(lm_out.text_logits[mask], codes[:, :1][mask])
+    assert metrics["perplexity"]["text"] == pytest.approx(math.exp(ce.item()), rel=1e-5)
+    rows = (out / "timeseries.csv").read_text().splitlines()
+    assert rows[0].startswith("item,start_s,text_ppl,audio_ppl") and len(rows) > 2
+
+
+def test_ttt_off_cell_has_no_telemetry(cache, tmp_path):
+    metrics = run_cell(cell(cache, ttt={"enabled": False}), tmp_path / "off", log=lambda m: None)
+    assert metrics["ttt"] is False and metrics["ttt_telemetry"] is None
+
+
+def test_existing_output_directory_is_refused(cache, tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(FileExistsError, match="never shares a directory"):
+        run_cell(cell(cache), tmp_path / "taken", log=lambda m: None)
+
+
+def _manifest(tmp_path, wav_name="a.wav", duration=3.0):
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": wav_name, "duration": duration}) + "\n")
+    return tmp_path / "m.jsonl"
+
+
+@pytest.mark.parametrize("problem,message", [
+    ("missing_audio", "audio file not found"),
+    ("corrupt_audio", "unreadable or unsupported audio"),
+    ("unsupported_format", "unreadable or unsupported audio"),
+    ("mono", "1 channel"),
+    ("empty_manifest", "empty manifest"),
+    ("outside", "lies outside the audio"),
+    ("no_alignments", "alignments file missing"),
+])
+def test_bad_inputs_fail_with_one_line_error_and_no_output(cache, tmp_path, problem, message):
+    wav = tmp_path / "a.wav"
+    write_demo_conversation(wav, 3.0, seed=1, words=DEMO_WORDS)
+    manifest = _manifest(tmp_path)
+    if problem == "missing_audio":
+        wav.unlink()
+    elif problem == "corrupt_audio":
+        wav.write_bytes(b"RIFF\x00\x00not really a wav file")
+    elif problem == "unsupported_format":
+        wav.write_bytes(b"%PDF-1.4 this is a document, not audio")
+    elif problem == "mono":
+        sf.write(str(wav), np.zeros(24000, dtype=np.float32), 24000)
+    elif problem == "empty_manifest":
+        manifest.write_text("\n")
+    elif problem == "outside":
+        (tmp_path / "a.json").write_text(json.dumps({"alignments": [["hi", [2.0, 9.0], "SPEAKER_MAIN"]]}))
+    elif problem == "no_alignments":
+        (tmp_path / "a.json").unlink()
+    config = tmp_path / "cell.yaml"
+    config.write_text(json.dumps({"cell": "bad", "model": "tiny", "data": {"manifest": str(manifest)},
+                                  "cache_dir": str(cache)}))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "ttt", "run-cell", "--config", str(config),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    error = done.stderr.strip().splitlines()[-1]
+    assert message in error and ("a.wav" in error or "a.json" in error or "m.jsonl" in error), error
+    assert not out.exists() and not list(tmp_path.glob(".out.tmp*"))
+
+
+def test_bad_cell_config_and_checkpoint_errors(cache, tmp_path):
+    with pytest.raises(ValueError, match="^mode:"):
+        CellConfig.from_dict({"cell": "x", "mode": "dance"})
+    with pytest.raises(ValueError, match="unknown key.*windows"):
+        CellConfig.from_dict({"cell": "x", "windows": 3})
+    with pytest.raises(ValueError, match="^chunk_size:"):
+        CellConfig.from_dict({"cell": "x", "ttt": {"chunk_size": 0}})
+    with pytest.raises(CheckpointError, match="config.json: missing from the checkpoint"):
+        load_checkpoint(tmp_path)
+    tiny = resolve_model("tiny", cache / "models")
+    with pytest.raises(CheckpointError, match="config.json: TTT layers \\[7\\]"):
+        load_checkpoint(tiny, ttt={"layers": [7]})
+    with pytest.raises(DataError, match="manifest not found"):
+        read_manifest(tmp_path / "nope.jsonl")

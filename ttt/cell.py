@@ -1,0 +1,323 @@
+"""Run one matrix cell end to end: model, data, mode, metrics, telemetry, outputs.
+
+A cell writes into a temporary sibling of its output directory and renames it into place when
+done, so a cell directory is either complete or absent (a failed run leaves nothing behind).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .config import TTTConfig, YarnConfig, _strict_kwargs
+from .data import FRAME_RATE, DataError, conversation_codes, read_manifest, write_demo_manifest
+from .metrics import perplexity, sliding_perplexity, teacher_forced_nll
+from .model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
+from .surgery import ttt_disabled, ttt_layers
+from .telemetry import ttt_state
+
+MODES = ("teacher_forced",)
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """One cell. ``ttt``/``yarn`` are TTTConfig/YarnConfig dicts overriding the checkpoint's own
+    settings (``ttt: {enabled: false}`` for a TTT-off cell); ``data`` is ``{manifest: PATH}`` or
+    ``{demo: {durations: [s, ...], seed: N}}``."""
+
+    cell: str
+    mode: str = "teacher_forced"
+    family: str = "adhoc"
+    model: str = "tiny"
+    data: Mapping[str, Any] = field(default_factory=lambda: {"demo": {"durations": [20.0], "seed": 0}})
+    ttt: Mapping[str, Any] | None = None
+    yarn: Mapping[str, Any] | None = None
+    window_s: float = 30.0
+    block: int = 256
+    ab: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    clip_saturation: float | None = None
+    cache_dir: str = "results/cache"
+
+    def __post_init__(self) -> None:
+        def check(ok, name, msg):
+            if not ok:
+                raise ValueError(f"{name}: {msg}")
+        check(isinstance(self.cell, str) and self.cell, "cell", "must be a non-empty string")
+        check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        check(isinstance(self.data, Mapping) and len(self.data) == 1 and
+              set(self.data) <= {"manifest", "demo"}, "data",
+              "must be {manifest: PATH} or {demo: {durations: [...], seed: N}}")
+        check(isinstance(self.window_s, (int, float)) and self.window_s > 0, "window_s", "must be > 0")
+        check(isinstance(self.block, int) and self.block >= 1, "block", "must be an integer >= 1")
+        check(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
+              f"must be float32, bfloat16 or float16, got {self.dtype!r}")
+        check(self.clip_saturation is None or 0 < self.clip_saturation <= 1, "clip_saturation",
+              "must be null (off) or in (0, 1]")
+        if self.ttt is not None:
+            TTTConfig.from_dict({k: v for k, v in self.ttt.items()})  # validate early
+        if self.yarn is not None:
+            YarnConfig.from_dict(dict(self.yarn))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CellConfig":
+        return cls(**_strict_kwargs(cls, data, "cell"))
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def load_cell_config(path: str | os.PathLike) -> CellConfig:
+    import yaml
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: cell config not found") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of cell settings")
+    try:
+        return CellConfig.from_dict(raw)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
+    """Run ``cfg`` and write its directory atomically; returns metrics.json's content."""
+    out = Path(out_dir)
+    if out.exists():
+        raise FileExistsError(f"{out}: exists already (a cell never shares a directory)")
+    started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    torch.manual_seed(cfg.seed)
+    cache = Path(cfg.cache_dir)
+    items = _items(cfg, cache)
+    ckpt = resolve_model(cfg.model, cache / "models")
+    bundle = load_checkpoint(ckpt, ttt=cfg.ttt, yarn=cfg.yarn, device=cfg.device,
+                             dtype=getattr(torch, cfg.dtype), seed=cfg.seed)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        metrics = _teacher_forced(cfg, bundle, items, cache, tmp, log)
+        metrics.update(cell=cfg.cell, family=cfg.family, mode=cfg.mode,
+                       ttt=bool(ttt_layers(bundle.lm)), requeues=0,
+                       config={**cfg.to_dict(),
+                               "resolved_ttt": bundle.ttt.to_dict() if bundle.ttt else None,
+                               "resolved_yarn": bundle.yarn.to_dict() if bundle.yarn else None},
+                       provenance=_provenance(cfg, started))
+        _write_json(tmp / "metrics.json", metrics)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return metrics
+
+
+def _items(cfg: CellConfig, cache: Path):
+    if "manifest" in cfg.data:
+        return read_manifest(cfg.data["manifest"])
+    demo = dict(cfg.data["demo"])
+    durations = [float(d) for d in demo.get("durations", [20.0])]
+    seed = int(demo.get("seed", 0))
+    manifest = write_demo_manifest(cache / "demo", durations, seed, DEMO_WORDS)
+    return [item for item in read_manifest(manifest)
+            if any(item.path.name.endswith(f"-{d:g}s-seed{seed}.wav") for d in durations)]
+
+
+def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
+    lm = bundle.lm
+    model_key = bundle.directory.name
+    chunk = bundle.ttt.chunk_size if ttt_layers(lm) else None
+    block = chunk or cfg.block  # a block per chunk: telemetry at every update
+    window = max(1, int(round(cfg.window_s * FRAME_RATE)))
+    rows, telemetry, block_times = [], [], []
+    diverged, text_all, audio_all, offset = False, [], [], 0
+    for n, item in enumerate(items):
+        codes = conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes", model_key)
+        codes = codes.to(cfg.device)
+        T = codes.shape[-1]
+        last = {"t": time.perf_counter(), "step": 0}
+        clip_count = {}
+
+        def on_block(end, nll, item_index=n):
+            nonlocal diverged
+            now = time.perf_counter()
+            block_times.append(((now - last["t"]) * 1e3, end - last["step"]))
+            last.update(t=now, step=end)
+            for layer, s in ttt_state(lm).items():
+                row = {k: float(v[0]) for k, v in s.items()}
+                row.update(item=item_index, step=offset + end, layer=layer)
+                telemetry.append(row)
+                clip_count[layer] = row["clip_events"]
+                if not all(math.isfinite(v) for v in row.values()):
+                    diverged = True
+            if np.isinf(nll.text[0, :end]).any() or np.isinf(nll.audio[0, :, :end]).any():
+                diverged = True
+            updates = end // chunk if chunk else 0
+            if cfg.clip_saturation is not None and updates >= 4 and any(
+                    c >= cfg.clip_saturation * updates for c in clip_count.values()):
+                diverged = True
+            if end % (block * 20) < block or end == T:
+                log(f"[{cfg.cell}] item {item_index + 1}/{len(items)}: step {end}/{T}"
+                    f" ({end / FRAME_RATE:.0f} s of {T / FRAME_RATE:.0f} s)")
+            return diverged
+
+        nll = teacher_forced_nll(lm, codes, block=block, on_block=on_block)
+        text_all.append(nll.text[0])
+        audio_all.append(nll.audio[0].reshape(-1))
+        for start, ppl in sliding_perplexity(nll.text[0], window):
+            audio_ppl = perplexity(nll.audio[0][:, start:start + window])
+            rows.append({"item": n, "start_s": (offset + start) / FRAME_RATE, "text_ppl": ppl,
+                         "audio_ppl": audio_ppl})
+        offset += T
+        if diverged:
+            log(f"[{cfg.cell}] diverged at item {n + 1}: stopping, partial results kept")
+            break
+    text = np.concatenate(text_all)
+    audio_tokens = np.concatenate(audio_all)
+    ab = _ab(cfg, bundle, items, cache, model_key, chunk) if cfg.ab and ttt_layers(lm) else None
+    _write_csv(tmp / "timeseries.csv", rows)
+    _write_csv(tmp / "telemetry.csv", telemetry)
+    _plots(tmp, rows, telemetry)
+    per_token = [ms / max(steps, 1) for ms, steps in block_times[1:]] or \
+        [ms / max(steps, 1) for ms, steps in block_times]
+    total_ms = sum(ms for ms, _ in block_times[1:]) or sum(ms for ms, _ in block_times)
+    total_steps = sum(s for _, s in block_times[1:]) or sum(s for _, s in block_times)
+    last_by_layer = {}
+    for row in telemetry:
+        last_by_layer[row["layer"]] = row
+    return {
+        "perplexity": {"text": perplexity(text), "audio": perplexity(audio_tokens)},
+        "wer": None,
+        "throughput": {"ms_per_step_p50": float(np.percentile(per_token, 50)),
+                       "ms_per_step_p90": float(np.percentile(per_token, 90)),
+                       "rtf": float(np.percentile(per_token, 50)) / (1000 / FRAME_RATE),
+                       "tokens_per_s": 1000 * total_steps / total_ms if total_ms else None},
+        "memory": {"peak_bytes": torch.cuda.max_memory_allocated() if cfg.device.startswith("cuda")
+                   else _peak_rss()},
+        "ttt_telemetry": {
+            "updates": int(sum(r["updates"] for r in last_by_layer.values())),
+            "clip_events": int(sum(r["clip_events"] for r in last_by_layer.values())),
+            "final_w_norm": {str(k): r["w_norm"] for k, r in last_by_layer.items()},
+            "max_delta_norm": max((r["last_delta_norm"] for r in telemetry), default=None),
+        } if telemetry else None,
+        "diverged": diverged,
+        "steps": offset,
+        "ab": ab,
+    }
+
+
+def _ab(cfg, bundle, items, cache, model_key, chunk) -> dict:
+    """TTT-off twin on the same input in the same job: pre-update logits error and the deltas."""
+    lm = bundle.lm
+    codes = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes", model_key)
+    codes = codes.to(cfg.device)
+    head = codes[:, :, :chunk]
+    with torch.no_grad():
+        on_logits = lm(head).text_logits
+        on = teacher_forced_nll(lm, codes, block=chunk)
+        with ttt_disabled(lm):
+            off_logits = lm(head).text_logits
+            off = teacher_forced_nll(lm, codes, block=chunk)
+    ok = torch.isfinite(off_logits)
+    err = ((on_logits - off_logits).abs()[ok].max() / off_logits.abs()[ok].max()).item()
+    return {"pre_update_logits_rel_err": err,
+            "text_ppl_on": perplexity(on.text), "text_ppl_off": perplexity(off.text),
+            "audio_ppl_on": perplexity(on.audio), "audio_ppl_off": perplexity(off.audio)}
+
+
+def _plots(tmp: Path, rows: list[dict], telemetry: list[dict]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.plot([r["start_s"] for r in rows], [r["text_ppl"] for r in rows], label="text")
+    ax.plot([r["start_s"] for r in rows], [r["audio_ppl"] for r in rows], label="audio")
+    ax.set(xlabel="time (s)", ylabel="perplexity (window)", title="Sliding perplexity")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(tmp / "perplexity.png", dpi=100)
+    plt.close(fig)
+    if not telemetry:
+        return
+    layers = sorted({r["layer"] for r in telemetry})
+    panels = [("w_norm", "‖W‖_F"), ("clip_events", "clip events (cumulative)"),
+              ("inner_loss", "Figure-5 inner loss")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+    for ax, (key, title) in zip(axes, panels):
+        for layer in layers:
+            rs = [r for r in telemetry if r["layer"] == layer]
+            x = [r["step"] / FRAME_RATE for r in rs]
+            if key == "inner_loss":
+                ax.plot(x, [r["inner_loss_initial"] for r in rs], ":", label=f"L{layer} W0")
+                ax.plot(x, [r["inner_loss_before"] for r in rs], "--", label=f"L{layer} before")
+                ax.plot(x, [r["inner_loss_after"] for r in rs], label=f"L{layer} after")
+            else:
+                ax.plot(x, [r[key] for r in rs], label=f"layer {layer}")
+        ax.set(xlabel="time (s)", title=title)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(tmp / "telemetry.png", dpi=100)
+    plt.close(fig)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["empty"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
+
+
+def _peak_rss() -> int | None:
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    except ImportError:  # pragma: no cover
+        return None
+
+
+def _provenance(cfg: CellConfig, started: str) -> dict:
+    import moshi
+    from . import __version__
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    device = torch.cuda.get_device_name() if cfg.device.startswith("cuda") else platform.processor() or "cpu"
+    return {"git_sha": sha, "versions": {"torch": torch.__version__, "moshi": moshi.__version__,
+                                         "ttt": __version__},
+            "device": device, "seed": cfg.seed, "started_at": started,
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+__all__ = ["CellConfig", "load_cell_config", "run_cell", "CheckpointError", "DataError"]
