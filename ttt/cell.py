@@ -29,7 +29,7 @@ from .model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
 from .surgery import ttt_disabled, ttt_layers
 from .telemetry import ttt_state
 
-MODES = ("teacher_forced",)
+MODES = ("teacher_forced", "generate", "transcribe")
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,9 @@ class CellConfig:
     dtype: str = "float32"
     seed: int = 0
     clip_saturation: float | None = None
+    temperature: float = 0.8
+    temperature_text: float = 0.7
+    snapshot_every: int = 0
     cache_dir: str = "results/cache"
 
     def __post_init__(self) -> None:
@@ -69,6 +72,10 @@ class CellConfig:
               f"must be float32, bfloat16 or float16, got {self.dtype!r}")
         check(self.clip_saturation is None or 0 < self.clip_saturation <= 1, "clip_saturation",
               "must be null (off) or in (0, 1]")
+        check(isinstance(self.snapshot_every, int) and self.snapshot_every >= 0, "snapshot_every",
+              "must be an integer >= 0 (0 = no snapshots)")
+        check(self.temperature > 0 and self.temperature_text > 0, "temperature",
+              "temperatures must be > 0")
         if self.ttt is not None:
             TTTConfig.from_dict({k: v for k, v in self.ttt.items()})  # validate early
         if self.yarn is not None:
@@ -115,15 +122,20 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        metrics = _teacher_forced(cfg, bundle, items, cache, tmp, log)
+        if cfg.mode == "teacher_forced":
+            metrics = _teacher_forced(cfg, bundle, items, cache, tmp, log)
+        else:
+            metrics = _streamed(cfg, bundle, items, cache, tmp, out, log)
+        metrics.setdefault("requeues", 0)
         metrics.update(cell=cfg.cell, family=cfg.family, mode=cfg.mode,
-                       ttt=bool(ttt_layers(bundle.lm)), requeues=0,
+                       ttt=bool(ttt_layers(bundle.lm)),
                        config={**cfg.to_dict(),
                                "resolved_ttt": bundle.ttt.to_dict() if bundle.ttt else None,
                                "resolved_yarn": bundle.yarn.to_dict() if bundle.yarn else None},
                        provenance=_provenance(cfg, started))
         _write_json(tmp / "metrics.json", metrics)
         tmp.rename(out)
+        shutil.rmtree(_replay_dir(out), ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -224,6 +236,92 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
     }
 
 
+def _replay_dir(out: Path) -> Path:
+    """Where a streamed cell keeps its snapshots between attempts (removed once it completes)."""
+    return out.with_name(f".{out.name}.replay")
+
+
+def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
+    """``generate``: Moshi answers the user channel; ``transcribe``: its text stream is scored as a
+    transcript of the user channel (WER against the user's words)."""
+    import soundfile as sf
+
+    from .data import OTHER, SAMPLE_RATE
+    from .generate import collapse_indicators, stream_user_channel, windowed_words, words_with_times
+    from .metrics import word_errors
+
+    lm, tok = bundle.lm, bundle.tokenizer
+    chunk = bundle.ttt.chunk_size if ttt_layers(lm) else None
+    replay = _replay_dir(out)
+    if cfg.snapshot_every:
+        replay.mkdir(parents=True, exist_ok=True)
+    rows, telemetry, step_ms, all_words, all_tokens = [], [], [], [], []
+    refs, hyps, requeues, diverged, seconds = [], [], 0, False, 0.0
+    for n, item in enumerate(items):
+        codes = conversation_codes(bundle.mimi, tok, item, cache / "codes", bundle.directory.name)
+        user = codes[:, 1 + lm.dep_q:].to(cfg.device)
+        result = stream_user_channel(
+            lm, bundle.mimi, user, seed=cfg.seed + n, chunk=chunk,
+            snapshot_path=replay / f"item{n}.pt" if cfg.snapshot_every else None,
+            snapshot_every=cfg.snapshot_every or 1, temp=cfg.temperature,
+            temp_text=cfg.temperature_text, decode=cfg.mode == "generate", log=lambda m, n=n: log(f"[{cfg.cell}] item {n + 1}: {m}"))
+        requeues += result.requeues
+        diverged |= result.diverged
+        step_ms += result.step_ms[10:] or result.step_ms
+        telemetry += [{**r, "item": n} for r in result.telemetry]
+        words = words_with_times(result.text_tokens, tok)
+        all_words += [w for _, w in words]
+        all_tokens += result.text_tokens
+        seconds += result.steps_done / FRAME_RATE
+        reference = [(a, w) for w, (a, _), spk in item.alignments if spk == OTHER]
+        for start in np.arange(0.0, result.steps_done / FRAME_RATE, cfg.window_s):
+            ref = windowed_words(reference, cfg.window_s, start) if cfg.mode == "transcribe" else None
+            hyp = windowed_words(words, cfg.window_s, start)
+            row = {"item": n, "start_s": float(start), "hypothesis": hyp}
+            if ref is not None:
+                row.update(reference=ref, wer=word_errors([ref], [hyp])["wer"])
+                refs.append(ref)
+                hyps.append(hyp)
+            rows.append(row)
+        if n == 0 and cfg.mode == "generate" and result.pcm:
+            sf.write(str(tmp / "out.wav"), np.concatenate(result.pcm), SAMPLE_RATE)
+        (tmp / "transcript.txt").open("a").write(
+            "".join(f"[item {n} {t:8.2f} s] {w}\n" for t, w in words))
+        if diverged:
+            break
+    with open(tmp / "transcript.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    _write_csv(tmp / "timeseries.csv", [{k: r[k] for k in ("item", "start_s", "wer") if k in r}
+                                        for r in rows])
+    _write_csv(tmp / "telemetry.csv", telemetry)
+    _plots(tmp, [], telemetry)
+    last = {}
+    for row in telemetry:
+        last[row["layer"]] = row
+    p50 = float(np.percentile(step_ms, 50)) if step_ms else None
+    return {
+        "perplexity": None,
+        "wer": word_errors(refs, hyps) if refs else None,
+        "collapse": collapse_indicators(all_tokens, all_words, seconds / 60),
+        "throughput": {"ms_per_step_p50": p50,
+                       "ms_per_step_p90": float(np.percentile(step_ms, 90)) if step_ms else None,
+                       "rtf": p50 / (1000 / FRAME_RATE) if p50 else None,
+                       "tokens_per_s": 1000 / float(np.mean(step_ms)) if step_ms else None},
+        "memory": {"peak_bytes": torch.cuda.max_memory_allocated() if cfg.device.startswith("cuda")
+                   else _peak_rss()},
+        "ttt_telemetry": {
+            "updates": int(sum(r["updates"] for r in last.values())),
+            "clip_events": int(sum(r["clip_events"] for r in last.values())),
+            "final_w_norm": {str(k): r["w_norm"] for k, r in last.items()},
+            "max_delta_norm": max((r["last_delta_norm"] for r in telemetry), default=None),
+        } if telemetry else None,
+        "diverged": diverged,
+        "steps": int(seconds * FRAME_RATE),
+        "requeues": requeues,
+    }
+
+
 def _ab(cfg, bundle, items, cache, model_key, chunk) -> dict:
     """TTT-off twin on the same input in the same job: pre-update logits error and the deltas."""
     lm = bundle.lm
@@ -248,14 +346,15 @@ def _plots(tmp: Path, rows: list[dict], telemetry: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.plot([r["start_s"] for r in rows], [r["text_ppl"] for r in rows], label="text")
-    ax.plot([r["start_s"] for r in rows], [r["audio_ppl"] for r in rows], label="audio")
-    ax.set(xlabel="time (s)", ylabel="perplexity (window)", title="Sliding perplexity")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(tmp / "perplexity.png", dpi=100)
-    plt.close(fig)
+    if rows:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        ax.plot([r["start_s"] for r in rows], [r["text_ppl"] for r in rows], label="text")
+        ax.plot([r["start_s"] for r in rows], [r["audio_ppl"] for r in rows], label="audio")
+        ax.set(xlabel="time (s)", ylabel="perplexity (window)", title="Sliding perplexity")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(tmp / "perplexity.png", dpi=100)
+        plt.close(fig)
     if not telemetry:
         return
     layers = sorted({r["layer"] for r in telemetry})

@@ -71,10 +71,12 @@ def run_cell_command(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError, DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ppl = metrics["perplexity"]
-    print(f"{cfg.cell}: text ppl {ppl['text']:.3f}, audio ppl {ppl['audio']:.3f}, "
-          f"{metrics['throughput']['tokens_per_s']:.0f} tokens/s, diverged={metrics['diverged']}"
-          f" → {args.out}")
+    ppl, wer = metrics["perplexity"], metrics["wer"]
+    parts = [f"text ppl {ppl['text']:.3f}, audio ppl {ppl['audio']:.3f}" if ppl else None,
+             f"WER {wer['wer']:.3f}" if wer and wer["wer"] is not None else None,
+             f"{metrics['throughput']['ms_per_step_p50']:.1f} ms/step",
+             f"diverged={metrics['diverged']}"]
+    print(f"{cfg.cell}: " + ", ".join(p for p in parts if p) + f" → {args.out}")
     return 0
 
 

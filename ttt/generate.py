@@ -1,0 +1,119 @@
+"""Streaming generation over the user channel (``generate`` and ``transcribe`` modes), with
+periodic snapshots to resume from, and the collapse indicators a listener would notice.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
+from .snapshot import load_snapshot, restore, save_snapshot, snapshot
+from .streaming import TTTLMGen
+from .surgery import ttt_layers
+from .telemetry import ttt_state
+
+
+@dataclass
+class StreamResult:
+    text_tokens: list[tuple[int, int]] = field(default_factory=list)  # (step, token id)
+    pcm: list[np.ndarray] = field(default_factory=list)
+    step_ms: list[float] = field(default_factory=list)
+    telemetry: list[dict] = field(default_factory=list)
+    steps_done: int = 0
+    requeues: int = 0
+    diverged: bool = False
+
+
+@torch.no_grad()
+def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk: int | None,
+                        snapshot_path: Path | None, snapshot_every: int, log,
+                        temp: float = 0.8, temp_text: float = 0.7, decode: bool = True
+                        ) -> StreamResult:
+    """Feed ``user_codes`` [1, 8, T] step by step through :class:`TTTLMGen`, decoding Moshi's audio
+    with Mimi as it goes. With ``snapshot_path``, the complete state (LM, fast weights, LMGen,
+    Mimi, RNG, outputs so far) is saved every ``snapshot_every`` steps and, if a snapshot is
+    already there, the run resumes from it (preemption)."""
+    gen = TTTLMGen(lm, temp=temp, temp_text=temp_text)
+    T = user_codes.shape[-1]
+    result = StreamResult()
+    device = user_codes.device
+    torch.manual_seed(seed)
+    with gen.streaming(1), mimi.streaming(1):
+        modules = {"gen": gen, "lm": lm, "mimi": mimi}
+        if snapshot_path is not None and snapshot_path.is_file():
+            extra = restore(modules, load_snapshot(snapshot_path))
+            result = extra["result"]
+            result.requeues += 1
+            log(f"resumed from {snapshot_path} at step {result.steps_done}")
+        for t in range(result.steps_done, T):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = gen.step(user_codes[:, :, t:t + 1])
+            if out is not None:
+                text = int(out[0, 0, 0])
+                result.text_tokens.append((t, text))
+                audio = out[:, 1:]
+                if decode and (audio >= 0).all():
+                    result.pcm.append(mimi.decode(audio)[0, 0].float().cpu().numpy())
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            result.step_ms.append((time.perf_counter() - t0) * 1e3)
+            result.steps_done = t + 1
+            if chunk and result.steps_done % chunk == 0 and ttt_layers(lm):
+                for layer, s in ttt_state(lm).items():
+                    row = {k: float(v[0]) for k, v in s.items()}
+                    row.update(step=result.steps_done, layer=layer)
+                    result.telemetry.append(row)
+                    if not all(np.isfinite(v) for v in row.values()):
+                        result.diverged = True
+            if result.steps_done % 250 == 0 or result.steps_done == T:
+                log(f"step {result.steps_done}/{T} ({result.steps_done / FRAME_RATE:.0f} s)")
+            if snapshot_path is not None and result.steps_done % snapshot_every == 0:
+                save_snapshot(snapshot_path, snapshot(modules, extra={"result": result}))
+            if result.diverged:
+                break
+    return result
+
+
+def words_with_times(tokens: list[tuple[int, int]], tokenizer) -> list[tuple[float, str]]:
+    """Group sentencepiece pieces into words ('▁' starts a word), timed by their first step."""
+    words: list[list] = []
+    for step, token in tokens:
+        if token in (PAD_ID, END_OF_PADDING_ID) or token >= tokenizer.vocab_size():
+            continue
+        piece = tokenizer.id_to_piece(token)
+        if piece.startswith("▁") or not words:
+            words.append([step / FRAME_RATE, piece.lstrip("▁")])
+        else:
+            words[-1][1] += piece
+    return [(t, w) for t, w in words if w]
+
+
+def collapse_indicators(tokens: list[tuple[int, int]], words: list[str], minutes: float) -> dict:
+    """What tells a listener the model stopped talking sense: speaking rate, lexical diversity,
+    the longest n-gram said twice, and how much of the text stream is padding."""
+    def distinct(n: int) -> float | None:
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        return len(set(grams)) / len(grams) if grams else None
+
+    longest = 0
+    for n in range(1, min(len(words), 200) + 1):
+        counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        if not counts or max(counts.values()) < 2:
+            break
+        longest = n
+    pads = sum(1 for _, tok in tokens if tok in (PAD_ID, END_OF_PADDING_ID))
+    return {"words_per_min": len(words) / minutes if minutes > 0 else None,
+            "distinct_1": distinct(1), "distinct_2": distinct(2),
+            "longest_repeated_ngram": longest,
+            "pad_fraction": pads / len(tokens) if tokens else None}
+
+
+def windowed_words(words: list[tuple[float, str]], window_s: float, start: float) -> str:
+    return " ".join(w for t, w in words if start <= t < start + window_s)
