@@ -102,3 +102,20 @@ def test_resume_from_snapshot_in_new_process_is_identical(cache, tmp_path):
     assert resumed["tokens"] == full["tokens"]
     assert resumed["telemetry"] == full["telemetry"]
     assert resumed["pcm"] == pytest.approx(full["pcm"], rel=1e-5)
+
+
+def test_mono_recording_with_reference_text(cache, tmp_path):
+    import numpy as np
+    from ttt.data import SAMPLE_RATE
+    t = np.arange(int(3.0 * 16000)) / 16000  # 16 kHz on purpose: resampled to 24 kHz
+    sf.write(str(tmp_path / "u.wav"), (0.1 * np.sin(2 * np.pi * 220 * t)).astype("float32"), 16000)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "u.wav", "duration": 3.0,
+                                                  "text": "Hello there, Mr. Smith"}) + "\n")
+    metrics = run_cell(cell(cache, mode="transcribe", ttt={"enabled": False},
+                            data={"manifest": str(tmp_path / "m.jsonl")}), tmp_path / "mono",
+                       log=lambda m: None)
+    assert metrics["wer"]["ref_words"] == 4  # "hello there mister smith"
+    assert metrics["steps"] == int(np.ceil(3.0 * 12.5))
+    with pytest.raises(Exception, match="teacher_forced needs stereo"):
+        run_cell(cell(cache, data={"manifest": str(tmp_path / "m.jsonl")}), tmp_path / "x",
+                 log=lambda m: None)

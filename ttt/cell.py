@@ -144,7 +144,11 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
 
 def _items(cfg: CellConfig, cache: Path):
     if "manifest" in cfg.data:
-        return read_manifest(cfg.data["manifest"])
+        items = read_manifest(cfg.data["manifest"])
+        if cfg.mode == "teacher_forced" and any(i.reference is not None for i in items):
+            raise DataError(f"{cfg.data['manifest']}: teacher_forced needs stereo conversations "
+                            "with alignments, not mono recordings with text")
+        return items
     demo = dict(cfg.data["demo"])
     durations = [float(d) for d in demo.get("durations", [20.0])]
     seed = int(demo.get("seed", 0))
@@ -274,7 +278,15 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
         all_tokens += result.text_tokens
         seconds += result.steps_done / FRAME_RATE
         reference = [(a, w) for w, (a, _), spk in item.alignments if spk == OTHER]
+        if item.reference is not None and cfg.mode == "transcribe":  # mono + text: one row
+            hyp = " ".join(w for _, w in words)
+            rows.append({"item": n, "start_s": 0.0, "reference": item.reference, "hypothesis": hyp,
+                         "wer": word_errors([item.reference], [hyp])["wer"]})
+            refs.append(item.reference)
+            hyps.append(hyp)
         for start in np.arange(0.0, result.steps_done / FRAME_RATE, cfg.window_s):
+            if item.reference is not None and cfg.mode == "transcribe":
+                break
             ref = windowed_words(reference, cfg.window_s, start) if cfg.mode == "transcribe" else None
             hyp = windowed_words(words, cfg.window_s, start)
             row = {"item": n, "start_s": float(start), "hypothesis": hyp}
@@ -336,9 +348,12 @@ def _ab(cfg, bundle, items, cache, model_key, chunk) -> dict:
             off = teacher_forced_nll(lm, codes, block=chunk)
     ok = torch.isfinite(off_logits)
     err = ((on_logits - off_logits).abs()[ok].max() / off_logits.abs()[ok].max()).item()
-    return {"pre_update_logits_rel_err": err,
-            "text_ppl_on": perplexity(on.text), "text_ppl_off": perplexity(off.text),
-            "audio_ppl_on": perplexity(on.audio), "audio_ppl_off": perplexity(off.audio)}
+    out = {"pre_update_logits_rel_err": err,
+           "text_ppl_on": perplexity(on.text), "text_ppl_off": perplexity(off.text),
+           "audio_ppl_on": perplexity(on.audio), "audio_ppl_off": perplexity(off.audio)}
+    out["text_ppl_delta"] = out["text_ppl_on"] - out["text_ppl_off"]
+    out["audio_ppl_delta"] = out["audio_ppl_on"] - out["audio_ppl_off"]
+    return out
 
 
 def _plots(tmp: Path, rows: list[dict], telemetry: list[dict]) -> None:

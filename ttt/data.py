@@ -29,15 +29,23 @@ class DataError(ValueError):
 
 @dataclass
 class Item:
-    """One stereo conversation: wav path, duration (s), word alignments."""
+    """One input: a stereo conversation with word alignments, or (``reference`` set) a mono
+    recording of the user with its reference text, for ``transcribe``/``generate``."""
 
     path: Path
     duration: float
     alignments: list[tuple[str, tuple[float, float], str]]
+    reference: str | None = None
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.reference is not None else 2
 
 
 def read_manifest(path: str | os.PathLike) -> list[Item]:
-    """jsonl lines ``{"path", "duration"}`` (paths relative to the manifest)."""
+    """jsonl lines ``{"path", "duration"}`` (paths relative to the manifest) for stereo
+    conversations with sibling alignments, or ``{"path", "duration", "text"}`` for a mono
+    recording with its reference transcript."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
@@ -49,11 +57,16 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
             entry = json.loads(line)
             wav = (path.parent / entry["path"]).resolve()
             duration = float(entry["duration"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            text = entry.get("text")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             raise DataError(f"{path}:{number}: expected a JSON object with 'path' and "
                             "'duration'") from None
-        check_audio(wav)
-        items.append(Item(wav, duration, read_alignments(wav, duration)))
+        if text is not None:
+            check_audio(wav, channels=1)
+            items.append(Item(wav, duration, [], reference=str(text)))
+        else:
+            check_audio(wav)
+            items.append(Item(wav, duration, read_alignments(wav, duration)))
     if not items:
         raise DataError(f"{path}: empty manifest")
     return items
@@ -140,7 +153,9 @@ def mimi_codes(mimi, item: Item, cache_dir: Path, model_key: str) -> torch.Tenso
     cached = cache_dir / f"{file_digest(item.path)[:24]}-{model_key}.pt"
     if cached.is_file():
         return torch.load(cached)
-    audio = torch.from_numpy(load_audio(item.path))
+    audio = torch.from_numpy(load_audio(item.path, channels=item.channels))
+    if item.channels == 1:  # the user speaks; Moshi's channel is silent
+        audio = torch.cat([torch.zeros_like(audio), audio])
     codes = mimi.encode(audio[:, None].to(next(mimi.parameters()).device)).cpu()
     tmp = cached.with_name(f".{cached.name}.tmp{os.getpid()}")
     torch.save(codes, tmp)

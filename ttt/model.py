@@ -54,6 +54,8 @@ def checkpoint_files(directory: str | os.PathLike) -> dict[str, Path]:
     if not root.is_dir():
         raise CheckpointError(f"{directory}: not a directory")
     files = {name: root / name for name in FILES}
+    if not files["model.safetensors"].is_file() and (root / "consolidated.safetensors").is_file():
+        files["model.safetensors"] = root / "consolidated.safetensors"  # seeds' name
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise CheckpointError(f"{missing[0]}: missing from the checkpoint directory")
