@@ -27,8 +27,16 @@ test: setup
 gpu-proof: setup
 	$(BIN)/python gpu/cuda_graph_proof.py gpu/results/latest.json
 
+# The main job on the embedded default: the TTT self-check, then every example cell (teacher-forced
+# with its TTT-off twin, generate, transcribe) into a fresh results/runs/<time>/ directory.
+RUN_DIR ?= results/runs/$(shell date +%Y%m%d-%H%M%S)
+EXAMPLES := teacher_forced_tiny teacher_forced_tiny_off generate_tiny transcribe_tiny
 run: setup
 	$(BIN)/python -m ttt selfcheck
+	@for c in $(EXAMPLES); do \
+	  $(BIN)/python -m ttt run-cell --config examples/cells/$$c.yaml --out $(RUN_DIR)/$$c || exit 1; \
+	done
+	@echo "cells written to $(RUN_DIR)"
 
 clean:
 	rm -rf $(VENV) results .pytest_cache
