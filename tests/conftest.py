@@ -44,3 +44,21 @@ def report(request):
     def _report(name, value):
         print(f"[measure] {request.node.name}: {name} = {value:.3e}")
     return _report
+
+
+# TTT settings for cells on the embedded default: every other layer, small chunks, mild updates.
+CELL_TTT = {"start_layer": 1, "layer_frequency": 2, "chunk_size": 8, "lr": 0.01,
+            "delta_clip_fro_norm": 1.0, "init_std": 0.5}
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    """One cache (tiny checkpoint, demo data, Mimi codes) shared by every cell test."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def make_cell(cache, name, durations, **overrides):
+    from ttt.cell import CellConfig
+    base = dict(cell=name, model="tiny", data={"demo": {"durations": durations, "seed": 3}},
+                ttt=CELL_TTT, window_s=2.0, cache_dir=str(cache))
+    return CellConfig.from_dict({**base, **overrides})

@@ -10,23 +10,16 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from ttt.cell import CellConfig, run_cell
+from ttt.cell import CellConfig, cell_items, run_cell
+from conftest import CELL_TTT, make_cell
 from ttt.data import DataError, conversation_codes, read_manifest, write_demo_conversation
 from ttt.model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
 
-TTT = {"start_layer": 1, "layer_frequency": 2, "chunk_size": 8, "lr": 0.01,
-       "delta_clip_fro_norm": 1.0, "init_std": 0.5}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+TTT = CELL_TTT
 
 
 def cell(cache, **kw):
-    base = dict(cell="t", model="tiny", data={"demo": {"durations": [6.0], "seed": 3}},
-                ttt=TTT, window_s=2.0, cache_dir=str(cache))
-    return CellConfig.from_dict({**base, **kw})
+    return make_cell(cache, "t", [6.0], **kw)
 
 
 def test_teacher_forced_cell_outputs_and_perplexity(cache, tmp_path):
@@ -44,7 +37,7 @@ def test_teacher_forced_cell_outputs_and_perplexity(cache, tmp_path):
     assert saved["ab"]["pre_update_logits_rel_err"] < 1e-6
     # Independent: exp(mean CE) from lm(codes) on the same tokens, with moshi's masks.
     bundle = load_checkpoint(resolve_model("tiny", cache / "models"), ttt=TTT, seed=0)
-    item = read_manifest(cache / "demo" / "manifest.jsonl")[0]
+    item = cell_items(cell(cache), cache)[0]
     codes = conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes", bundle.directory.name)
     with torch.no_grad():
         lm_out = bundle.lm(codes)

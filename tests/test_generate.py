@@ -7,23 +7,16 @@ import jiwer
 import pytest
 import soundfile as sf
 
-from ttt.cell import CellConfig, run_cell
+from ttt.cell import run_cell
+from conftest import CELL_TTT, make_cell
 from ttt.generate import collapse_indicators
 from ttt.metrics import normalize
 
-TTT = {"start_layer": 1, "layer_frequency": 2, "chunk_size": 8, "lr": 0.01,
-       "delta_clip_fro_norm": 1.0, "init_std": 0.5}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+TTT = CELL_TTT
 
 
 def cell(cache, **kw):
-    base = dict(cell="g", model="tiny", data={"demo": {"durations": [4.0], "seed": 5}},
-                ttt=TTT, window_s=2.0, cache_dir=str(cache))
-    return CellConfig.from_dict({**base, **kw})
+    return make_cell(cache, "g", [4.0], **kw)
 
 
 def test_generate_cell(cache, tmp_path):
@@ -69,12 +62,13 @@ import json, sys, torch
 from moshi.utils.compile import no_compile
 from ttt.model import load_checkpoint, resolve_model
 from ttt.generate import stream_user_channel
-from ttt.data import conversation_codes, read_manifest
+from ttt.data import conversation_codes
+from ttt.cell import CellConfig, cell_items
 cache, snap, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 from pathlib import Path
 cache = Path(cache)
 b = load_checkpoint(resolve_model("tiny", cache / "models"), ttt=%r, seed=0)
-item = read_manifest(cache / "demo" / "manifest.jsonl")[0]
+item = cell_items(CellConfig(cell="r", data={"demo": {"durations": [4.0], "seed": 3}}), cache)[0]
 codes = conversation_codes(b.mimi, b.tokenizer, item, cache / "codes", b.directory.name)
 user = codes[:, 9:, :steps]
 with no_compile():

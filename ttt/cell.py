@@ -114,7 +114,7 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     torch.manual_seed(cfg.seed)
     cache = Path(cfg.cache_dir)
-    items = _items(cfg, cache)
+    items = cell_items(cfg, cache)
     ckpt = resolve_model(cfg.model, cache / "models")
     bundle = load_checkpoint(ckpt, ttt=cfg.ttt, yarn=cfg.yarn, device=cfg.device,
                              dtype=getattr(torch, cfg.dtype), seed=cfg.seed)
@@ -142,7 +142,8 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
     return metrics
 
 
-def _items(cfg: CellConfig, cache: Path):
+def cell_items(cfg: CellConfig, cache: Path):
+    """The inputs of a cell (demo conversations are written on first use)."""
     if "manifest" in cfg.data:
         items = read_manifest(cfg.data["manifest"])
         if cfg.mode == "teacher_forced" and any(i.reference is not None for i in items):
@@ -152,9 +153,7 @@ def _items(cfg: CellConfig, cache: Path):
     demo = dict(cfg.data["demo"])
     durations = [float(d) for d in demo.get("durations", [20.0])]
     seed = int(demo.get("seed", 0))
-    manifest = write_demo_manifest(cache / "demo", durations, seed, DEMO_WORDS)
-    return [item for item in read_manifest(manifest)
-            if any(item.path.name.endswith(f"-{d:g}s-seed{seed}.wav") for d in durations)]
+    return read_manifest(write_demo_manifest(cache / "demo", durations, seed, DEMO_WORDS))
 
 
 def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
@@ -216,9 +215,6 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
         [ms / max(steps, 1) for ms, steps in block_times]
     total_ms = sum(ms for ms, _ in block_times[1:]) or sum(ms for ms, _ in block_times)
     total_steps = sum(s for _, s in block_times[1:]) or sum(s for _, s in block_times)
-    last_by_layer = {}
-    for row in telemetry:
-        last_by_layer[row["layer"]] = row
     return {
         "perplexity": {"text": perplexity(text), "audio": perplexity(audio_tokens)},
         "wer": None,
@@ -226,14 +222,8 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
                        "ms_per_step_p90": float(np.percentile(per_token, 90)),
                        "rtf": float(np.percentile(per_token, 50)) / (1000 / FRAME_RATE),
                        "tokens_per_s": 1000 * total_steps / total_ms if total_ms else None},
-        "memory": {"peak_bytes": torch.cuda.max_memory_allocated() if cfg.device.startswith("cuda")
-                   else _peak_rss()},
-        "ttt_telemetry": {
-            "updates": int(sum(r["updates"] for r in last_by_layer.values())),
-            "clip_events": int(sum(r["clip_events"] for r in last_by_layer.values())),
-            "final_w_norm": {str(k): r["w_norm"] for k, r in last_by_layer.items()},
-            "max_delta_norm": max((r["last_delta_norm"] for r in telemetry), default=None),
-        } if telemetry else None,
+        "memory": {"peak_bytes": _peak_memory(cfg.device)},
+        "ttt_telemetry": _telemetry_summary(telemetry),
         "diverged": diverged,
         "steps": offset,
         "ab": ab,
@@ -308,9 +298,6 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
                                         for r in rows])
     _write_csv(tmp / "telemetry.csv", telemetry)
     _plots(tmp, [], telemetry)
-    last = {}
-    for row in telemetry:
-        last[row["layer"]] = row
     p50 = float(np.percentile(step_ms, 50)) if step_ms else None
     return {
         "perplexity": None,
@@ -320,14 +307,8 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
                        "ms_per_step_p90": float(np.percentile(step_ms, 90)) if step_ms else None,
                        "rtf": p50 / (1000 / FRAME_RATE) if p50 else None,
                        "tokens_per_s": 1000 / float(np.mean(step_ms)) if step_ms else None},
-        "memory": {"peak_bytes": torch.cuda.max_memory_allocated() if cfg.device.startswith("cuda")
-                   else _peak_rss()},
-        "ttt_telemetry": {
-            "updates": int(sum(r["updates"] for r in last.values())),
-            "clip_events": int(sum(r["clip_events"] for r in last.values())),
-            "final_w_norm": {str(k): r["w_norm"] for k, r in last.items()},
-            "max_delta_norm": max((r["last_delta_norm"] for r in telemetry), default=None),
-        } if telemetry else None,
+        "memory": {"peak_bytes": _peak_memory(cfg.device)},
+        "ttt_telemetry": _telemetry_summary(telemetry),
         "diverged": diverged,
         "steps": int(seconds * FRAME_RATE),
         "requeues": requeues,
@@ -411,7 +392,21 @@ def _json_default(value):
     return str(value)
 
 
-def _peak_rss() -> int | None:
+def _telemetry_summary(telemetry: list[dict]) -> dict | None:
+    """metrics.json's ``ttt_telemetry`` from the per-chunk rows (counters are cumulative)."""
+    if not telemetry:
+        return None
+    last = {row["layer"]: row for row in telemetry}
+    return {"updates": int(sum(r["updates"] for r in last.values())),
+            "clip_events": int(sum(r["clip_events"] for r in last.values())),
+            "final_w_norm": {str(k): r["w_norm"] for k, r in last.items()},
+            "max_delta_norm": max(r["last_delta_norm"] for r in telemetry)}
+
+
+def _peak_memory(device: str) -> int | None:
+    """CUDA peak allocation, or the process's peak RSS on CPU."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated()
     try:
         import resource
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -207,7 +207,7 @@ def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[s
 def write_demo_manifest(directory: Path, durations: list[float], seed: int, words: list[str]) -> Path:
     """A manifest of demo conversations (reused when already written with the same settings)."""
     directory.mkdir(parents=True, exist_ok=True)
-    manifest = directory / "manifest.jsonl"
+    manifest = directory / f"manifest-seed{seed}-{'_'.join(f'{d:g}' for d in durations)}s.jsonl"
     lines = []
     for i, duration in enumerate(durations):
         wav = directory / f"conversation{i:03d}-{duration:g}s-seed{seed}.wav"
