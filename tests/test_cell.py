@@ -117,3 +117,16 @@ def test_bad_cell_config_and_checkpoint_errors(cache, tmp_path):
         load_checkpoint(tiny, ttt={"layers": [7]})
     with pytest.raises(DataError, match="manifest not found"):
         read_manifest(tmp_path / "nope.jsonl")
+
+
+def test_divergence_ends_the_cell_cleanly_with_partial_results(cache, tmp_path):
+    """An absurd learning rate without clipping blows the fast weights up: the cell stops at the
+    first non-finite telemetry, records diverged, and still writes its directory."""
+    boom = {**TTT, "lr": 1e30, "delta_clip_fro_norm": None}
+    metrics = run_cell(cell(cache, ttt=boom), tmp_path / "boom", log=lambda m: None)
+    assert metrics["diverged"] is True
+    rows = (tmp_path / "boom" / "telemetry.csv").read_text().splitlines()
+    assert 1 < len(rows) < 1 + 2 * 9  # stopped before the last of 9 chunks × 2 layers
+    saturated = run_cell(cell(cache, ttt={**TTT, "delta_clip_fro_norm": 1e-9}, clip_saturation=0.9),
+                         tmp_path / "sat", log=lambda m: None)
+    assert saturated["diverged"] is True and saturated["ttt_telemetry"]["clip_events"] >= 8
