@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_TORCH_COMPILE := 1
 
-.PHONY: setup test gpu-proof run clean
+.PHONY: setup test gpu-proof run examples clean
 
 setup: $(BIN)/.installed
 
@@ -16,8 +16,9 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q --no-deps moshi==0.2.13
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,workflow]"
 	$(BIN)/python -c "import torch, moshi, ttt; print('torch', torch.__version__, '| moshi', moshi.__version__, '| ttt', ttt.__version__)"
+	ln -sfn profiles/slurm slurm   # `snakemake --profile slurm` looks for ./slurm, not profiles/slurm
 	touch $@
 
 test: setup
@@ -27,16 +28,17 @@ test: setup
 gpu-proof: setup
 	$(BIN)/python gpu/cuda_graph_proof.py gpu/results/latest.json
 
-# The main job on the embedded default: the TTT self-check, then every example cell (teacher-forced
-# with its TTT-off twin, generate, transcribe) into a fresh results/runs/<time>/ directory.
-RUN_DIR ?= results/runs/$(shell date +%Y%m%d-%H%M%S)
-EXAMPLES := teacher_forced_tiny teacher_forced_tiny_off generate_tiny transcribe_tiny
+# The main job: the whole matrix on the embedded default (tiny random Moshi, CPU, no downloads),
+# through the same Snakemake DAG and submitit drivers a cluster uses. Results in results/.
 run: setup
-	$(BIN)/python -m ttt selfcheck
-	@for c in $(EXAMPLES); do \
-	  $(BIN)/python -m ttt run-cell --config examples/cells/$$c.yaml --out $(RUN_DIR)/$$c || exit 1; \
-	done
-	@echo "cells written to $(RUN_DIR)"
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --profile profiles/local
+
+# Every example cell once, into a fresh directory (no Snakemake).
+EXAMPLES := teacher_forced_tiny teacher_forced_tiny_off generate_tiny transcribe_tiny
+examples: setup
+	@d=results/runs/$$(date +%Y%m%d-%H%M%S); for c in $(EXAMPLES); do \
+	  $(BIN)/python -m ttt run-cell --config examples/cells/$$c.yaml --out $$d/$$c || exit 1; \
+	done; echo "cells written to $$d"
 
 clean:
-	rm -rf $(VENV) results .pytest_cache
+	rm -rf $(VENV) results .pytest_cache .snakemake slurm

@@ -55,6 +55,7 @@ class CellConfig:
     temperature: float = 0.8
     temperature_text: float = 0.7
     snapshot_every: int = 0
+    check_upstream: bool = False
     cache_dir: str = "results/cache"
 
     def __post_init__(self) -> None:
@@ -208,6 +209,7 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
     text = np.concatenate(text_all)
     audio_tokens = np.concatenate(audio_all)
     ab = _ab(cfg, bundle, items, cache, model_key, chunk) if cfg.ab and ttt_layers(lm) else None
+    regression = _upstream_regression(cfg, bundle, items, cache) if cfg.check_upstream else None
     _write_csv(tmp / "timeseries.csv", rows)
     _write_csv(tmp / "telemetry.csv", telemetry)
     _plots(tmp, rows, telemetry)
@@ -227,7 +229,32 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
         "diverged": diverged,
         "steps": offset,
         "ab": ab,
+        "regression": regression,
     }
+
+
+def _upstream_regression(cfg, bundle, items, cache) -> dict:
+    """This cell's model vs the same checkpoint loaded by upstream moshi's own loader, on the first
+    block of the first input: the TTT-off regression guard (seed 000 item 9)."""
+    from moshi.models import loaders
+
+    from .model import checkpoint_files, read_config
+
+    files = checkpoint_files(bundle.directory)
+    lm_kwargs, _, _, context = read_config(files["config.json"])
+    if context is not None:
+        lm_kwargs = {**lm_kwargs, "context": context}
+    plain = loaders.get_moshi_lm(str(files["model.safetensors"]), lm_kwargs=lm_kwargs,
+                                 device=cfg.device, dtype=getattr(torch, cfg.dtype))
+    codes = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes",
+                               bundle.directory.name)[:, :, :cfg.block].to(cfg.device)
+    with torch.no_grad():
+        ours, theirs = bundle.lm(codes), plain(codes)
+    diffs = [(a - b).abs().nan_to_num().max().item() for a, b in
+             ((ours.text_logits, theirs.text_logits), (ours.logits, theirs.logits))]
+    equal = all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in
+                ((ours.text_logits, theirs.text_logits), (ours.logits, theirs.logits)))
+    return {"bitwise_equal": equal, "max_abs_diff": max(diffs), "steps": codes.shape[-1]}
 
 
 def _replay_dir(out: Path) -> Path:

@@ -80,6 +80,59 @@ def run_cell_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def submit_command(args: argparse.Namespace) -> int:
+    """The Snakemake driver: submit one cell, wait, write status.json. A failed cell exits 0 (its
+    status says why) so the matrix goes on; a bad launcher config exits 2."""
+    from pathlib import Path
+    from .launcher import read_launcher, submit_and_wait
+
+    try:
+        launcher = read_launcher(args.launcher)
+    except ValueError as exc:
+        print(f"error: {exc}")
+        return 2
+    status = submit_and_wait(Path(args.config), Path(args.out), Path(args.status), launcher,
+                             Path(args.log_dir))
+    print(f"{args.out}: {status['status']}" + (f" ({status['error']})" if status.get("error") else ""))
+    return 0
+
+
+def prepare_command(args: argparse.Namespace) -> int:
+    """Tokenise a cell's inputs once (Mimi codes cached by content) before its cells run."""
+    import json
+    from pathlib import Path
+    from .cell import cell_items, load_cell_config
+    from .data import DataError, conversation_codes
+    from .model import CheckpointError, load_checkpoint, resolve_model
+
+    try:
+        cfg = load_cell_config(args.config)
+        cache = Path(cfg.cache_dir)
+        with no_compile() if cfg.device == "cpu" else _nullcontext():
+            items = cell_items(cfg, cache)
+            bundle = load_checkpoint(resolve_model(cfg.model, cache / "models"), device=cfg.device)
+            frames = [conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes",
+                                         bundle.directory.name).shape[-1] for item in items]
+    except (ValueError, DataError, CheckpointError) as exc:
+        # Not fatal for the matrix: the cells reading these inputs fail with this same error in
+        # their own status rows, and every other cell goes on.
+        print(f"error: {exc}")
+        Path(args.out).write_text(json.dumps({"error": str(exc)}) + "\n")
+        return 0
+    Path(args.out).write_text(json.dumps({"items": [str(i.path) for i in items],
+                                          "frames": frames}, indent=1) + "\n")
+    print(f"prepared {len(items)} input(s), {sum(frames)} frames")
+    return 0
+
+
+def aggregate_command(args: argparse.Namespace) -> int:
+    from .aggregate import aggregate
+    rows = aggregate(args.cells, args.tables, args.plots, args.families)
+    failed = [r["cell"] for r in rows if r.get("status") not in ("ok", "diverged")]
+    print(f"{len(rows)} cells → {args.tables}/cells.csv" + (f"; not ok: {failed}" if failed else ""))
+    return 0
+
+
 def _nullcontext():
     import contextlib
     return contextlib.nullcontext()
@@ -98,6 +151,23 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True, help="output directory (must not exist)")
     r.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
     r.set_defaults(func=run_cell_command)
+    s = sub.add_parser("submit", help="submit one cell through submitit and wait (Snakemake driver)")
+    s.add_argument("--config", required=True, help="cell YAML")
+    s.add_argument("--out", required=True, help="cell output directory")
+    s.add_argument("--status", required=True, help="status.json to write")
+    s.add_argument("--launcher", default=None, help="launcher YAML (profiles/*/submitit.yaml)")
+    s.add_argument("--log-dir", required=True, help="submitit log folder (shared filesystem on SLURM)")
+    s.set_defaults(func=submit_command)
+    p2 = sub.add_parser("prepare", help="tokenise a cell's inputs once (Mimi codes cache)")
+    p2.add_argument("--config", required=True)
+    p2.add_argument("--out", required=True, help="marker JSON to write")
+    p2.set_defaults(func=prepare_command)
+    a = sub.add_parser("aggregate", help="tables and plots over results/cells")
+    a.add_argument("--cells", default="results/cells")
+    a.add_argument("--tables", default="results/tables")
+    a.add_argument("--plots", default="results/plots")
+    a.add_argument("--families", nargs="*", default=[])
+    a.set_defaults(func=aggregate_command)
     p = sub.add_parser("selfcheck", help="run TTT on the embedded tiny model and compare modes")
     p.add_argument("--tokens", type=int, default=64, help="sequence length (default 64)")
     p.add_argument("--chunk", type=int, default=16, help="TTT chunk size (default 16)")

@@ -1,0 +1,111 @@
+"""The Snakemake DAG on a reduced embedded-default matrix, through submitit's local executor."""
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def snakemake(workdir: Path, *args, check=True):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "NO_TORCH_COMPILE": "1"}
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
+           str(workdir), "--profile", str(REPO / "profiles" / "local"), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, cache):
+    wd = tmp_path_factory.mktemp("pipeline")
+    shutil.copytree(REPO / "config", wd / "config")
+    base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    base.update(
+        cache_dir=str(cache), launcher=str(REPO / "profiles" / "local" / "submitit.yaml"),
+        families=["lr_grid", "regression", "telemetry"],
+        lr_grid={**base["lr_grid"], "lrs": [1.0e-3, 1.0e30], "chunks": [8], "duration_s": 4},
+        telemetry={**base["telemetry"], "duration_s": 4},
+        # A family whose input does not exist: its cell must fail alone, with the reason.
+        regression={**base["regression"], "duration_s": 4, "manifest": str(wd / "missing.jsonl")})
+    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(base))
+    snakemake(wd)
+    return wd
+
+
+def read(path):
+    with open(path) as f:
+        return {r["cell"]: r for r in csv.DictReader(f)}
+
+
+def test_reduced_matrix_tables(workdir):
+    cells = read(workdir / "results/tables/cells.csv")
+    assert set(cells) == {"lr_grid/lr~0.001/chunk~8/ttt~on", "lr_grid/lr~1e+30/chunk~8/ttt~on",
+                          "lr_grid/ttt~off", "regression/ttt~off", "telemetry/tau~1e-09/ttt~on",
+                          "telemetry/tau~1e-09/ttt~off"}
+    ok = cells["lr_grid/lr~0.001/chunk~8/ttt~on"]
+    assert ok["status"] == "ok" and ok["twin"] == "lr_grid/ttt~off"
+    assert float(ok["perplexity_text_off"]) == float(cells["lr_grid/ttt~off"]["perplexity_text"])
+    assert ok["best_lr_for_chunk"] == "True" and ok["updates"] == str(2 * ((50 - 1) // 8))
+    boom = cells["lr_grid/lr~1e+30/chunk~8/ttt~on"]  # lr 1e30 without clipping: a result, not a failure
+    assert boom["status"] == "diverged" and boom["diverged"] == "True"
+    assert ok["divergence_boundary_lr"] == "1e+30"
+    clip = cells["telemetry/tau~1e-09/ttt~on"]
+    assert clip["clip_events"] == clip["updates"] != "0"  # forced clipping: every chunk clips
+    bad = cells["regression/ttt~off"]
+    assert bad["status"] == "failed" and "missing.jsonl: manifest not found" in bad["error"]
+    assert set(read(workdir / "results/tables/lr_grid.csv")) == {
+        c for c in cells if c.startswith("lr_grid/")}
+    for plot in ("lr_grid", "long_form", "yarn", "figure5"):
+        assert (workdir / "results/plots" / f"{plot}.png").stat().st_size > 1000
+    metrics = workdir / "results/cells/lr_grid/lr~0.001/chunk~8/ttt~on/cell/metrics.json"
+    assert metrics.is_file()
+
+
+def test_rerun_of_one_cell_reruns_only_that_cell(workdir):
+    """`snakemake results/cells/<cell>/status.json` reruns that cell alone; the next plain run
+    only refreshes the tables."""
+    cell = "results/cells/telemetry/tau~1e-09/ttt~off"
+    target = workdir / cell
+    (target / "status.json").unlink()
+    shutil.rmtree(target / "cell")
+    dry = snakemake(workdir, "-n", f"{cell}/status.json")
+    assert (dry.stdout + dry.stderr).count("rule run_cell:") == 1
+    snakemake(workdir, f"{cell}/status.json")
+    after = snakemake(workdir, "-n")
+    text = after.stdout + after.stderr
+    assert text.count("rule run_cell:") == 0 and "rule aggregate:" in text
+    snakemake(workdir)
+    assert read(workdir / "results/tables/cells.csv")["telemetry/tau~1e-09/ttt~off"]["status"] == "ok"
+
+
+def test_schema_error_names_the_key_before_any_job(tmp_path):
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg["lr_grid"]["chunks"] = ["big"]
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    done = snakemake(tmp_path, check=False)
+    assert done.returncode != 0
+    text = done.stdout + done.stderr
+    assert "lr_grid" in text and "chunks" in text and "'big' is not of type 'integer'" in text
+    assert not (tmp_path / "results").exists()
+
+
+def test_slurm_profile_dry_run_lists_the_full_matrix(tmp_path):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    done = subprocess.run([str(BIN / "snakemake"), "-n", "--profile", "profiles/slurm",
+                           "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"),
+                           "--configfile", str(REPO / "config/config.yaml"), str(REPO / "config/full.yaml")],
+                          cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    for path in ("long_form/duration~3600/ttt~on", "yarn/tokens~32768/ttt~off",
+                 "lr_grid/lr~0.01/chunk~512/ttt~on", "short_form/duration~120/ttt~on"):
+        assert f"results/cells/{path}/status.json" in text, path

@@ -1,0 +1,226 @@
+"""Collect every cell under ``results/cells`` into tables and plots.
+
+A cell is ``results/cells/<family>/<key>~<value>/.../`` holding ``status.json`` (how its job
+ended) and ``cell/metrics.json`` (when it completed). Failed cells keep their row, with why.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+TWIN_FREE = {"ttt", "lr", "chunk"}  # parameters an off-twin does not need to share
+
+
+def collect(cells_root: str | os.PathLike) -> list[dict]:
+    rows = []
+    root = Path(cells_root)
+    for status_path in sorted(root.glob("**/status.json")):
+        rel = status_path.parent.relative_to(root)
+        family, *parts = rel.parts
+        params = dict(p.split("~", 1) for p in parts if "~" in p)
+        status = json.loads(status_path.read_text())
+        row: dict[str, Any] = {"family": family, "cell": str(rel), **params,
+                               "status": status.get("status"), "error": status.get("error"),
+                               "job_id": status.get("job_id")}
+        metrics_path = status_path.parent / "cell" / "metrics.json"
+        if metrics_path.is_file():
+            row.update(_metrics_columns(json.loads(metrics_path.read_text())))
+        rows.append(row)
+    return rows
+
+
+def _metrics_columns(m: dict) -> dict:
+    tel = m.get("ttt_telemetry") or {}
+    thr = m.get("throughput") or {}
+    ppl = m.get("perplexity") or {}
+    wer = m.get("wer") or {}
+    ab = m.get("ab") or {}
+    reg = m.get("regression") or {}
+    return {
+        "ttt": "on" if m.get("ttt") else "off", "mode": m.get("mode"),
+        "wer": wer.get("wer"), "perplexity_text": ppl.get("text"), "perplexity_audio": ppl.get("audio"),
+        "ms_per_step": thr.get("ms_per_step_p50"), "ms_per_step_p90": thr.get("ms_per_step_p90"),
+        "rtf": thr.get("rtf"), "tokens_per_s": thr.get("tokens_per_s"),
+        "peak_mem_bytes": (m.get("memory") or {}).get("peak_bytes"),
+        "updates": tel.get("updates"), "clip_events": tel.get("clip_events"),
+        "final_w_norm": max(tel["final_w_norm"].values()) if tel.get("final_w_norm") else None,
+        "max_delta_norm": tel.get("max_delta_norm"),
+        "pre_update_logits_rel_err": ab.get("pre_update_logits_rel_err"),
+        "upstream_bitwise_equal": reg.get("bitwise_equal"),
+        "diverged": m.get("diverged"), "requeues": m.get("requeues"), "steps": m.get("steps"),
+        "git_sha": (m.get("provenance") or {}).get("git_sha"),
+        "device": (m.get("provenance") or {}).get("device"),
+    }
+
+
+def pair_twins(rows: list[dict]) -> list[dict]:
+    """Add the TTT-off twin's numbers and the deltas to every TTT-on row of a family."""
+    out = []
+    offs = [r for r in rows if r.get("ttt") == "off"]
+    for row in rows:
+        row = dict(row)
+        if row.get("ttt") == "on":
+            shared = {k: v for k, v in row.items() if k in _param_keys(rows) and k not in TWIN_FREE}
+            twins = [o for o in offs if o["family"] == row["family"]
+                     and all(o.get(k) == v for k, v in shared.items())]
+            if twins:
+                twin = twins[0]
+                row["twin"] = twin["cell"]
+                for key in ("perplexity_text", "perplexity_audio", "wer", "ms_per_step"):
+                    a, b = row.get(key), twin.get(key)
+                    row[f"{key}_off"] = b
+                    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                        row[f"{key}_delta"] = a - b
+                if row.get("ms_per_step") and twin.get("ms_per_step"):
+                    row["ms_per_step_ratio"] = row["ms_per_step"] / twin["ms_per_step"]
+        out.append(row)
+    return out
+
+
+def _param_keys(rows: list[dict]) -> set[str]:
+    keys = set()
+    for r in rows:
+        keys |= {p.split("~", 1)[0] for p in r["cell"].split("/")[1:] if "~" in p}
+    return keys
+
+
+def mark_lr_grid(rows: list[dict]) -> list[dict]:
+    """Best learning rate per chunk size (lowest text perplexity among non-diverged cells) and
+    the divergence boundary (smallest lr that diverged for that chunk size)."""
+    grid = [r for r in rows if r.get("ttt") == "on" and "lr" in r and "chunk" in r]
+    for chunk in {r["chunk"] for r in grid}:
+        cells = [r for r in grid if r["chunk"] == chunk]
+        ok = [r for r in cells if not r.get("diverged") and r.get("status") == "ok"
+              and isinstance(r.get("perplexity_text"), float)]
+        best = min(ok, key=lambda r: r["perplexity_text"]) if ok else None
+        diverged = sorted(float(r["lr"]) for r in cells if r.get("diverged"))
+        for r in cells:
+            r["best_lr_for_chunk"] = r is best
+            r["divergence_boundary_lr"] = diverged[0] if diverged else None
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["empty"]
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def aggregate(cells_root: str | os.PathLike, tables: str | os.PathLike, plots: str | os.PathLike,
+              families: list[str]) -> list[dict]:
+    tables, plots = Path(tables), Path(plots)
+    tables.mkdir(parents=True, exist_ok=True)
+    plots.mkdir(parents=True, exist_ok=True)
+    rows = mark_lr_grid(pair_twins(collect(cells_root)))
+    write_csv(tables / "cells.csv", rows)
+    for family in families:
+        write_csv(tables / f"{family}.csv", [r for r in rows if r["family"] == family])
+    make_plots(Path(cells_root), rows, plots)
+    return rows
+
+
+def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    # LR × chunk heatmap of text perplexity (TTT on).
+    grid = [r for r in rows if r["family"] == "lr_grid" and r.get("ttt") == "on"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if grid:
+        lrs = sorted({float(r["lr"]) for r in grid})
+        chunks = sorted({int(r["chunk"]) for r in grid})
+        values = [[_num(next((r.get("perplexity_text") for r in grid if float(r["lr"]) == lr
+                              and int(r["chunk"]) == c), None)) for lr in lrs] for c in chunks]
+        image = ax.imshow(values, cmap="viridis")
+        ax.set(xticks=range(len(lrs)), xticklabels=[f"{lr:g}" for lr in lrs],
+               yticks=range(len(chunks)), yticklabels=chunks, xlabel="lr", ylabel="chunk")
+        fig.colorbar(image, label="text perplexity")
+        for (i, j), r in [((chunks.index(int(r["chunk"])), lrs.index(float(r["lr"]))), r) for r in grid]:
+            if r.get("diverged"):
+                ax.text(j, i, "div", ha="center", va="center", color="red")
+    ax.set_title("LR grid (TTT on)")
+    fig.tight_layout()
+    fig.savefig(plots / "lr_grid.png", dpi=100)
+    plt.close(fig)
+
+    # Long-form: ‖W‖ and sliding perplexity vs time.
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    for r in rows:
+        if r["family"] != "long_form":
+            continue
+        cell = cells_root / r["cell"] / "cell"
+        series = _read_csv(cell / "timeseries.csv")
+        if series and "text_ppl" in series[0]:
+            axes[1].plot([_num(s["start_s"]) for s in series], [_num(s["text_ppl"]) for s in series],
+                         label=r["cell"].split("/", 1)[1])
+        if r.get("ttt") == "on":
+            tel = _read_csv(cell / "telemetry.csv")
+            for layer in sorted({t["layer"] for t in tel}):
+                pts = [t for t in tel if t["layer"] == layer]
+                axes[0].plot([_num(t["step"]) / 12.5 for t in pts], [_num(t["w_norm"]) for t in pts],
+                             label=f"{r['cell'].split('/', 1)[1]} L{layer}")
+    axes[0].set(title="‖W‖_F vs time (long form)", xlabel="time (s)")
+    axes[1].set(title="sliding text perplexity (long form)", xlabel="time (s)")
+    for ax in axes:
+        if ax.lines:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(plots / "long_form.png", dpi=100)
+    plt.close(fig)
+
+    # YaRN: throughput and pre-update logits error vs length.
+    yarn = [r for r in rows if r["family"] == "yarn" and "tokens" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+    for ttt in ("off", "on"):
+        pts = sorted((int(r["tokens"]), r) for r in yarn if r.get("ttt") == ttt)
+        axes[0].plot([p for p, _ in pts], [_num(r.get("tokens_per_s")) for _, r in pts], "o-", label=f"TTT {ttt}")
+        if ttt == "on":
+            axes[1].plot([p for p, _ in pts], [_num(r.get("pre_update_logits_rel_err")) for _, r in pts], "o-")
+    axes[0].set(title="YaRN: teacher-forced tokens/s", xlabel="tokens")
+    axes[1].set(title="pre-update logits rel. error (TTT on vs off)", xlabel="tokens")
+    if axes[0].lines:
+        axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(plots / "yarn.png", dpi=100)
+    plt.close(fig)
+
+    # Figure-5 curves of the longest TTT-on long-form cell.
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    longest = sorted((r for r in rows if r["family"] == "long_form" and r.get("ttt") == "on"),
+                     key=lambda r: _num(r.get("steps")) or 0)
+    if longest:
+        tel = _read_csv(cells_root / longest[-1]["cell"] / "cell" / "telemetry.csv")
+        layer = tel[0]["layer"] if tel else None
+        pts = [t for t in tel if t["layer"] == layer]
+        x = [_num(t["step"]) / 12.5 for t in pts]
+        for key, style in (("inner_loss_initial", ":"), ("inner_loss_before", "--"), ("inner_loss_after", "-")):
+            ax.plot(x, [_num(t[key]) for t in pts], style, label=key.replace("inner_loss_", ""))
+        ax.legend()
+        ax.set(title=f"Figure-5 inner losses, layer {layer}", xlabel="time (s)")
+    fig.tight_layout()
+    fig.savefig(plots / "figure5.png", dpi=100)
+    plt.close(fig)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def _num(value) -> float | None:
+    try:
+        x = float(value)
+        return x if math.isfinite(x) else None
+    except (TypeError, ValueError):
+        return None

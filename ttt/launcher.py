@@ -1,0 +1,128 @@
+"""Submit one cell through submitit (SLURM on a cluster, a local process otherwise), wait with a
+bounded wall time, and record how it ended.
+
+The driver runs where Snakemake runs (a login node or a laptop); the cell runs in the job. A cell
+that fails or times out is written down as such in ``status.json`` (with the job's traceback in
+its log), so one bad cell never stops the matrix and its table row says why.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+import submitit
+import yaml
+
+# Keys of a launcher YAML (profiles/*/submitit.yaml). Unknown keys are errors.
+LAUNCHER_KEYS = {
+    "executor": "local | slurm",
+    "timeout_min": "wall time of one job attempt (minutes)",
+    "max_wait_min": "the driver gives up (cancels the job) after this long",
+    "max_requeues": "preemptions / timeouts a Checkpointable cell may be requeued",
+    "poll_s": "seconds between job state checks",
+    "slurm": "mapping of submitit slurm_* parameters without the prefix "
+             "(partition, account, gpus_per_node, cpus_per_task, mem_gb, qos, constraint, ...)",
+}
+DEFAULTS = {"executor": "local", "timeout_min": 60, "max_wait_min": 240, "max_requeues": 3,
+            "poll_s": 1.0, "slurm": {}}
+
+
+def read_launcher(path: str | os.PathLike | None) -> dict:
+    if path is None:
+        return dict(DEFAULTS)
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ValueError(f"{path}: launcher config not found") from None
+    unknown = sorted(set(raw) - set(LAUNCHER_KEYS))
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys are {sorted(LAUNCHER_KEYS)}")
+    cfg = {**DEFAULTS, **raw}
+    if cfg["executor"] not in ("local", "slurm"):
+        raise ValueError(f"{path}: executor must be 'local' or 'slurm', got {cfg['executor']!r}")
+    return cfg
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """The job: run a cell. On preemption/timeout submitit requeues it with the same arguments;
+    a streamed cell then resumes from its replay snapshot (``snapshot_every``)."""
+
+    def __call__(self, cell_yaml: str, out: str) -> dict:
+        from contextlib import nullcontext
+
+        from moshi.utils.compile import no_compile
+
+        from .cell import load_cell_config, run_cell
+
+        cfg = load_cell_config(cell_yaml)
+        with no_compile() if cfg.device == "cpu" else nullcontext():
+            metrics = run_cell(cfg, out, log=lambda m: print(m, flush=True))
+        return {"diverged": metrics["diverged"], "requeues": metrics.get("requeues", 0)}
+
+
+def submit_and_wait(cell_yaml: Path, out: Path, status_path: Path, launcher: Mapping[str, Any],
+                    log_dir: Path) -> dict:
+    """Submit, wait (bounded), write ``status_path`` (atomic). Never raises for a failed cell."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cluster = "slurm" if launcher["executor"] == "slurm" else "local"
+    executor = submitit.AutoExecutor(folder=str(log_dir), cluster=cluster)
+    params = {"timeout_min": launcher["timeout_min"], "name": f"ttt-{out.parent.name}"}
+    if cluster == "slurm":
+        params.update({f"slurm_{k}": v for k, v in (launcher.get("slurm") or {}).items()})
+        params["slurm_max_num_timeout"] = launcher["max_requeues"]
+    executor.update_parameters(**params)
+    job = executor.submit(CellJob(), str(cell_yaml), str(out))
+    print(f"submitted {out.parent} as job {job.job_id} ({cluster}); log: {job.paths.stdout}", flush=True)
+    deadline = time.monotonic() + 60 * launcher["max_wait_min"]
+    status: dict[str, Any] = {"job_id": str(job.job_id), "executor": cluster,
+                              "log": str(job.paths.stdout)}
+    while not job.done():
+        if time.monotonic() > deadline:
+            job.cancel()
+            status.update(status="timeout", error=f"no result after {launcher['max_wait_min']} min; "
+                          f"job {job.job_id} cancelled")
+            _mark_failed(out, status)
+            _write_status(status_path, status)
+            return status
+        time.sleep(launcher["poll_s"])
+    try:
+        result = job.result()
+        status.update(status="diverged" if result["diverged"] else "ok",
+                      requeues=result.get("requeues", 0))
+    except Exception as exc:  # the job's own traceback is in its log; keep its last line here
+        state = getattr(job, "state", "FAILED")
+        status.update(status="failed", state=str(state), error=_root_error(str(exc))[:500])
+        print(f"cell {out.parent} failed (job {job.job_id}, {state}):\n{exc}", flush=True)
+        traceback.print_exc()
+        _mark_failed(out, status)
+    _write_status(status_path, status)
+    return status
+
+
+def _root_error(text: str) -> str:
+    """The job's own exception line (``SomeError: message``) out of submitit's failure report."""
+    import re
+    found = re.findall(r"^\s*((?:[\w.]+)(?:Error|Exception|Interrupt)\b.*)$", text, flags=re.M)
+    if found:
+        return found[-1].strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "unknown failure"
+
+
+def _mark_failed(out: Path, status: Mapping[str, Any]) -> None:
+    """A failed cell still gets its directory (Snakemake's declared output), holding why."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "FAILED.txt").write_text(f"{status.get('status')}: {status.get('error')}\n"
+                                    f"job {status.get('job_id')}, log {status.get('log')}\n")
+
+
+def _write_status(path: Path, status: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(dict(status), indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,18 @@
+# Tables and plots over every cell of the matrix.
+
+
+rule aggregate:
+    input:
+        expand("results/cells/{cell}/status.json", cell=list(MATRIX)),
+    output:
+        cells=report("results/tables/cells.csv", category="Tables"),
+        families=[report(f"results/tables/{f}.csv", category="Tables") for f in config["families"]],
+        plots=[report(f"results/plots/{p}.png", category="Plots") for p in PLOTS],
+    log:
+        "results/tables/aggregate.log",
+    params:
+        families=" ".join(config["families"]),
+    localrule: True
+    shell:
+        "python -m ttt aggregate --cells results/cells --tables results/tables --plots results/plots"
+        " --families {params.families} > {log} 2>&1"

@@ -1,0 +1,99 @@
+# Config validation and the matrix: every cell's path and its cell config.
+import hashlib
+import json
+
+from snakemake.utils import validate
+
+validate(config, "../schemas/config.schema.yaml")
+
+PLOTS = ["lr_grid", "long_form", "yarn", "figure5"]
+FAMILY_KEYS = ("model", "device", "dtype", "cache_dir")
+
+
+def _num(x):
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _data(family_cfg, duration, seed):
+    """A family's inputs: its manifest when given, else a demo conversation of `duration`."""
+    if family_cfg.get("manifest"):
+        return {"manifest": family_cfg["manifest"]}
+    return {"demo": {"durations": [float(duration)], "seed": int(seed)}}
+
+
+def _cell(family, path_params, mode, data, ttt_on, ttt_extra=None, **extra):
+    base = {k: config[k] for k in FAMILY_KEYS}
+    ttt = {**(config.get("ttt") or {}), **(ttt_extra or {})} if ttt_on else {"enabled": False}
+    path = "/".join([family] + [f"{k}~{_num(v)}" for k, v in path_params] + [f"ttt~{'on' if ttt_on else 'off'}"])
+    return path, {**base, "cell": path, "family": family, "mode": mode, "data": data,
+                  "ttt": ttt or None, **extra}
+
+
+def build_matrix():
+    cells = {}
+    fams = config["families"]
+    if "short_form" in fams:
+        f = config["short_form"]
+        for on in (True, False):
+            p, c = _cell("short_form", [("duration", f["duration_s"])], f["mode"],
+                         _data(f, f["duration_s"], f["seed"]), on, window_s=f["window_s"],
+                         snapshot_every=f["snapshot_every"])
+            cells[p] = c
+    if "long_form" in fams:
+        f = config["long_form"]
+        for d in f["durations_s"]:
+            for on in (True, False):
+                p, c = _cell("long_form", [("duration", d)], f["mode"], _data(f, d, f["seed"]), on,
+                             window_s=f["window_s"], snapshot_every=f["snapshot_every"])
+                cells[p] = c
+    if "yarn" in fams:
+        f = config["yarn"]
+        for tokens in f["tokens"]:
+            yarn = {"scale": tokens / f["original_context"], "original_context": f["original_context"],
+                    "context": tokens}
+            duration = tokens / 12.5 + 1
+            for on in (True, False):
+                p, c = _cell("yarn", [("tokens", tokens)], "teacher_forced",
+                             _data(f, duration, f["seed"]), on, yarn=yarn, ab=on,
+                             window_s=f["window_s"])
+                cells[p] = c
+    if "lr_grid" in fams:
+        f = config["lr_grid"]
+        for lr in f["lrs"]:
+            for chunk in f["chunks"]:
+                p, c = _cell("lr_grid", [("lr", float(lr)), ("chunk", chunk)], "teacher_forced",
+                             _data(f, f["duration_s"], f["seed"]), True,
+                             {"lr": float(lr), "chunk_size": chunk,
+                              "delta_clip_fro_norm": f["delta_clip_fro_norm"]},
+                             window_s=f["window_s"], clip_saturation=f["clip_saturation"])
+                cells[p] = c
+        p, c = _cell("lr_grid", [], "teacher_forced", _data(f, f["duration_s"], f["seed"]), False,
+                     window_s=f["window_s"])
+        cells[p] = c
+    if "regression" in fams:
+        f = config["regression"]
+        p, c = _cell("regression", [], "teacher_forced", _data(f, f["duration_s"], f["seed"]), False,
+                     check_upstream=True, window_s=f["window_s"])
+        cells[p] = c
+    if "telemetry" in fams:
+        f = config["telemetry"]
+        for on in (True, False):
+            p, c = _cell("telemetry", [("tau", float(f["delta_clip_fro_norm"]))], "teacher_forced",
+                         _data(f, f["duration_s"], f["seed"]), on,
+                         {"delta_clip_fro_norm": float(f["delta_clip_fro_norm"])},
+                         window_s=f["window_s"])
+            cells[p] = c
+    return cells
+
+
+MATRIX = build_matrix()
+
+
+def dataset_id(cell_path):
+    """Cells reading the same inputs with the same model share one data preparation."""
+    c = MATRIX[cell_path]
+    key = json.dumps({"data": c["data"], "model": c["model"], "cache": c["cache_dir"]}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+DATASETS = {dataset_id(p): p for p in MATRIX}
