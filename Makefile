@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_TORCH_COMPILE := 1
 
-.PHONY: setup test gpu-proof run examples clean
+.PHONY: setup test test-slurm gpu-proof run examples clean
 
 setup: $(BIN)/.installed
 
@@ -21,8 +21,13 @@ $(BIN)/.installed: pyproject.toml Makefile
 	ln -sfn profiles/slurm slurm   # `snakemake --profile slurm` looks for ./slurm, not profiles/slurm
 	touch $@
 
+# Includes the SLURM suite, which starts a real single-node cluster (tests/slurm_lab.sh) when run
+# as root on Debian and skips with the reason otherwise.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
+
+test-slurm: setup
+	$(BIN)/python -m pytest -q -rs -m slurm tests/test_slurm.py
 
 # GPU proof (CUDA graphs, needs a CUDA device); see gpu/README.md.
 gpu-proof: setup

@@ -119,8 +119,9 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
     ckpt = resolve_model(cfg.model, cache / "models")
     bundle = load_checkpoint(ckpt, ttt=cfg.ttt, yarn=cfg.yarn, device=cfg.device,
                              dtype=getattr(torch, cfg.dtype), seed=cfg.seed)
+    for stale in out.parent.glob(f".{out.name}.tmp*"):  # left by a preempted or killed attempt
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         if cfg.mode == "teacher_forced":

@@ -27,6 +27,7 @@ LAUNCHER_KEYS = {
     "slurm": "mapping of submitit slurm_* parameters without the prefix "
              "(partition, account, gpus_per_node, cpus_per_task, mem_gb, qos, constraint, ...)",
 }
+GENERIC = {"mem_gb", "cpus_per_task", "gpus_per_node", "nodes", "tasks_per_node"}
 DEFAULTS = {"executor": "local", "timeout_min": 60, "max_wait_min": 240, "max_requeues": 3,
             "poll_s": 1.0, "slurm": {}}
 
@@ -70,11 +71,12 @@ def submit_and_wait(cell_yaml: Path, out: Path, status_path: Path, launcher: Map
     """Submit, wait (bounded), write ``status_path`` (atomic). Never raises for a failed cell."""
     log_dir.mkdir(parents=True, exist_ok=True)
     cluster = "slurm" if launcher["executor"] == "slurm" else "local"
-    executor = submitit.AutoExecutor(folder=str(log_dir), cluster=cluster)
+    extra = {"slurm_max_num_timeout": launcher["max_requeues"]} if cluster == "slurm" else {}
+    executor = submitit.AutoExecutor(folder=str(log_dir), cluster=cluster, **extra)
     params = {"timeout_min": launcher["timeout_min"], "name": f"ttt-{out.parent.name}"}
-    if cluster == "slurm":
-        params.update({f"slurm_{k}": v for k, v in (launcher.get("slurm") or {}).items()})
-        params["slurm_max_num_timeout"] = launcher["max_requeues"]
+    if cluster == "slurm":  # submitit's generic names stay as they are, the rest get slurm_
+        params.update({k if k in GENERIC else f"slurm_{k}": v
+                       for k, v in (launcher.get("slurm") or {}).items()})
     executor.update_parameters(**params)
     job = executor.submit(CellJob(), str(cell_yaml), str(out))
     print(f"submitted {out.parent} as job {job.job_id} ({cluster}); log: {job.paths.stdout}", flush=True)
