@@ -12,6 +12,8 @@ rule aggregate:
         "results/tables/aggregate.log",
     params:
         families=" ".join(config["families"]),
+    conda:
+        "../../envs/ttt.yaml"
     localrule: True
     shell:
         "python -m ttt aggregate --cells results/cells --tables results/tables --plots results/plots"

@@ -28,6 +28,8 @@ rule run_cell:
     params:
         launcher=config["launcher"],
         jobs="results/cells/{cell}/jobs",
+    conda:
+        "../../envs/ttt.yaml"
     localrule: True
     shell:
         "python -m ttt submit --config {input.cfg} --out {output.cell} --status {output.status}"

@@ -21,6 +21,8 @@ rule prepare:
         "results/prepare/{dataset}/prepared.json",
     log:
         "results/prepare/{dataset}/prepare.log",
+    conda:
+        "../../envs/ttt.yaml"
     localrule: True
     shell:
         "python -m ttt prepare --config {input} --out {output} > {log} 2>&1"
