@@ -78,8 +78,11 @@ EOF
   slurmdbd
   wait_for 30 slurmdbd bash -c "echo > /dev/tcp/127.0.0.1/6819"
 
+  # A new cluster name per lab: accounting records of earlier labs in the same MariaDB (same job
+  # ids, other states) must never be mistaken for this lab's jobs.
+  cluster="ttt$(date +%s | tail -c 7)$$"
   cat >/etc/slurm/slurm.conf <<EOF
-ClusterName=tttlab
+ClusterName=$cluster
 SlurmctldHost=$host(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge

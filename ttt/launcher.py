@@ -83,7 +83,7 @@ def submit_and_wait(cell_yaml: Path, out: Path, status_path: Path, launcher: Map
     deadline = time.monotonic() + 60 * launcher["max_wait_min"]
     status: dict[str, Any] = {"job_id": str(job.job_id), "executor": cluster,
                               "log": str(job.paths.stdout)}
-    while not job.done():
+    while not _finished(job, cluster):
         if time.monotonic() > deadline:
             job.cancel()
             status.update(status="timeout", error=f"no result after {launcher['max_wait_min']} min; "
@@ -97,13 +97,42 @@ def submit_and_wait(cell_yaml: Path, out: Path, status_path: Path, launcher: Map
         status.update(status="diverged" if result["diverged"] else "ok",
                       requeues=result.get("requeues", 0))
     except Exception as exc:  # the job's own traceback is in its log; keep its last line here
-        state = getattr(job, "state", "FAILED")
+        state = _slurm_end_state(job) if cluster == "slurm" else getattr(job, "state", "FAILED")
         status.update(status="failed", state=str(state), error=_root_error(str(exc))[:500])
         print(f"cell {out.parent} failed (job {job.job_id}, {state}):\n{exc}", flush=True)
         traceback.print_exc()
         _mark_failed(out, status)
     _write_status(status_path, status)
     return status
+
+
+def _finished(job, cluster: str) -> bool:
+    """submitit's view, checked against the queue on SLURM: right after a requeue the accounting
+    can still show the interrupted attempt's end state while the job is pending again."""
+    if not job.done():
+        return False
+    if cluster != "slurm":
+        return True
+    import subprocess
+    queued = subprocess.run(["squeue", "-h", "-j", str(job.job_id), "-o", "%T"],
+                            capture_output=True, text=True).stdout.strip()
+    if queued:
+        job.watcher.clear()  # submitit caches finished states: forget the stale one, poll again
+        return False
+    return True
+
+
+def _slurm_end_state(job) -> str:
+    """The state SLURM wrote into the job's stderr (CANCELLED, TIME LIMIT, ...), else submitit's."""
+    import re
+    try:
+        text = job.stderr() or ""
+    except Exception:  # noqa: BLE001 - a missing log must not hide the failure itself
+        text = ""
+    found = re.findall(r"\*\*\* JOB \S+ ON \S+ (CANCELLED|DUE TO TIME LIMIT|DUE TO PREEMPTION)[^*]*\*\*\*", text)
+    if found:
+        return found[-1]
+    return str(getattr(job, "state", "UNKNOWN"))
 
 
 def _root_error(text: str) -> str:
