@@ -393,3 +393,21 @@ def test_figure5_inner_losses():
         assert drop == pytest.approx(cfg.lr * s["last_delta_norm"].item() ** 2, rel=1e-4)
     assert first["inner_loss_initial"].item() == pytest.approx(first["inner_loss_before"].item(), rel=1e-6)
     assert second["inner_loss_initial"].item() != pytest.approx(second["inner_loss_before"].item(), rel=1e-3)
+
+
+def test_reset_never_touches_the_trained_initial_weight_and_it_is_saved():
+    """The seeds' reset wiped a trained w_down and never saved it: here W^(0) is a parameter that
+    streaming, updates and resets only read, and it is in the state dict."""
+    cfg = ttt.TTTConfig(layers=(1,), chunk_size=4, lr=0.5)
+    _, ours = make_pair(cfg)
+    layer = ttt.ttt_layers(ours)[1]
+    with torch.no_grad():
+        layer.w_down.add_(0.01)  # as if trained
+    trained = layer.w_down.detach().clone()
+    with torch.no_grad(), ours.streaming(1):
+        ours.forward_text(random_sequence(1, 13))
+        assert not torch.equal(layer._streaming_state.w[0], trained)
+        ours.reset_streaming()
+        assert torch.equal(layer._streaming_state.w[0], trained)
+    assert torch.equal(layer.w_down, trained)
+    assert torch.equal(ours.state_dict()["transformer.layers.1.gating.w_down"], trained)
