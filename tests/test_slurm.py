@@ -187,3 +187,25 @@ def test_several_drivers_at_once_do_not_collide(slurm, cache, tmp_path):
     assert len({r["job_id"] for r in results}) == 3
     for i in range(3):
         assert json.loads((tmp_path / f"c{i}" / "cell" / "metrics.json").read_text())["cell"] == f"par{i}"
+
+
+def test_time_limit_requeues_up_to_the_maximum_then_reports_timeout(slurm, cache, tmp_path):
+    """1-minute jobs signalled 20 s before their limit: the cell (≈ 2 min of work) is requeued
+    once (max_requeues 1), runs out of time again and is reported as timed out — never as a
+    success, never hanging. (Resuming from the snapshot is the preemption test's subject.)"""
+    from ttt.launcher import read_launcher
+    cfg = make_cell(cache, "slow", [120.0], mode="generate", ttt={"enabled": False}, snapshot_every=50)
+    cfg_path = write_cell(tmp_path, cfg)
+    launcher = read_launcher(launcher_file(tmp_path, timeout_min=1, max_requeues=1,
+                                           slurm={"partition": "ttt", "cpus_per_task": 1,
+                                                  "mem_gb": 4, "signal_delay_s": 20}))
+    out, status = tmp_path / "slow" / "cell", tmp_path / "slow" / "status.json"
+    t0 = time.monotonic()
+    result = submit_and_wait(cfg_path, out, status, launcher, tmp_path / "jobs")
+    elapsed = time.monotonic() - t0
+    assert result["status"] == "timeout", result
+    assert json.loads(status.read_text())["status"] == "timeout"
+    log = (tmp_path / "jobs" / f"{result['job_id']}_0_log.out").read_text()
+    assert "Requeued job" in log and "timed-out too many times" in log
+    assert (out / "FAILED.txt").is_file()
+    print(f"[measure] timed out after {elapsed:.0f} s")

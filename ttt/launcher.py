@@ -98,7 +98,10 @@ def submit_and_wait(cell_yaml: Path, out: Path, status_path: Path, launcher: Map
                       requeues=result.get("requeues", 0))
     except Exception as exc:  # the job's own traceback is in its log; keep its last line here
         state = _slurm_end_state(job) if cluster == "slurm" else getattr(job, "state", "FAILED")
-        status.update(status="failed", state=str(state), error=_root_error(str(exc))[:500])
+        timed_out = ("TIME" in str(state).upper() or "state: TIMEOUT" in str(exc)
+                     or "timed-out too many times" in str(exc))
+        status.update(status="timeout" if timed_out else "failed", state=str(state),
+                      error=_root_error(str(exc))[:500])
         print(f"cell {out.parent} failed (job {job.job_id}, {state}):\n{exc}", flush=True)
         traceback.print_exc()
         _mark_failed(out, status)
