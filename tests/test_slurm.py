@@ -131,7 +131,7 @@ def test_cancelled_job_fails_the_driver_quickly(slurm, cache, tmp_path):
     elapsed = time.monotonic() - t0
     saved = json.loads(status.read_text())
     assert saved["status"] == "failed" and saved["job_id"] == job_id
-    assert saved["state"] == "CANCELLED" and f"Job {job_id}" in saved["error"], saved
+    assert saved["state"].startswith("CANCELLED") and f"Job {job_id}" in saved["error"], saved
     assert (out / "FAILED.txt").is_file()
     print(f"[measure] driver returned {elapsed:.1f} s after scancel")
 
@@ -209,3 +209,20 @@ def test_time_limit_requeues_up_to_the_maximum_then_reports_timeout(slurm, cache
     assert "Requeued job" in log and "timed-out too many times" in log
     assert (out / "FAILED.txt").is_file()
     print(f"[measure] timed out after {elapsed:.0f} s")
+
+
+def test_job_array_of_cells_without_collisions(slurm, cache, tmp_path):
+    from ttt.launcher import read_launcher, submit_array_and_wait
+    launcher = read_launcher(launcher_file(tmp_path))
+    cells = []
+    for i in range(3):
+        cfg = make_cell(cache, f"arr{i}", [4.0], seed=10 + i, ttt={"enabled": False})
+        cells.append((write_cell(tmp_path, cfg, f"arr{i}.yaml"), tmp_path / f"a{i}" / "cell",
+                      tmp_path / f"a{i}" / "status.json"))
+    results = submit_array_and_wait(cells, launcher, tmp_path / "jobs")
+    assert [r["status"] for r in results] == ["ok"] * 3
+    ids = [r["job_id"] for r in results]
+    assert len(set(ids)) == 3 and len({i.split("_")[0] for i in ids}) == 1  # one array
+    for i in range(3):
+        assert json.loads((tmp_path / f"a{i}" / "cell" / "metrics.json").read_text())["cell"] == f"arr{i}"
+        assert json.loads((tmp_path / f"a{i}" / "status.json").read_text())["job_id"] == ids[i]

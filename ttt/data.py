@@ -199,8 +199,12 @@ def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[s
         channel = 1 - channel
     audio += 0.003 * rng.standard_normal(audio.shape).astype(np.float32)
     wav.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(wav), audio, SAMPLE_RATE, subtype="PCM_16")
-    wav.with_suffix(".json").write_text(json.dumps({"alignments": alignments}))
+    # Atomic (temporary name, then rename): cells starting together may write the same demo.
+    tag = f".tmp{os.getpid()}"
+    sf.write(str(wav) + tag, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    Path(str(wav.with_suffix(".json")) + tag).write_text(json.dumps({"alignments": alignments}))
+    os.replace(str(wav.with_suffix(".json")) + tag, wav.with_suffix(".json"))
+    os.replace(str(wav) + tag, wav)
     return Item(wav, duration, read_alignments(wav, duration))
 
 

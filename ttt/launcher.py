@@ -66,20 +66,41 @@ class CellJob(submitit.helpers.Checkpointable):
         return {"diverged": metrics["diverged"], "requeues": metrics.get("requeues", 0)}
 
 
-def submit_and_wait(cell_yaml: Path, out: Path, status_path: Path, launcher: Mapping[str, Any],
-                    log_dir: Path) -> dict:
-    """Submit, wait (bounded), write ``status_path`` (atomic). Never raises for a failed cell."""
-    log_dir.mkdir(parents=True, exist_ok=True)
+def _executor(launcher: Mapping[str, Any], log_dir: Path, name: str):
     cluster = "slurm" if launcher["executor"] == "slurm" else "local"
     extra = {"slurm_max_num_timeout": launcher["max_requeues"]} if cluster == "slurm" else {}
     executor = submitit.AutoExecutor(folder=str(log_dir), cluster=cluster, **extra)
-    params = {"timeout_min": launcher["timeout_min"], "name": f"ttt-{out.parent.name}"}
+    params = {"timeout_min": launcher["timeout_min"], "name": name}
     if cluster == "slurm":  # submitit's generic names stay as they are, the rest get slurm_
         params.update({k if k in GENERIC else f"slurm_{k}": v
                        for k, v in (launcher.get("slurm") or {}).items()})
     executor.update_parameters(**params)
+    return executor, cluster
+
+
+def submit_and_wait(cell_yaml: Path, out: Path, status_path: Path, launcher: Mapping[str, Any],
+                    log_dir: Path) -> dict:
+    """Submit, wait (bounded), write ``status_path`` (atomic). Never raises for a failed cell."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    executor, cluster = _executor(launcher, log_dir, f"ttt-{out.parent.name}")
     job = executor.submit(CellJob(), str(cell_yaml), str(out))
     print(f"submitted {out.parent} as job {job.job_id} ({cluster}); log: {job.paths.stdout}", flush=True)
+    return _wait_and_record(job, cluster, out, status_path, launcher)
+
+
+def submit_array_and_wait(cells: list[tuple[Path, Path, Path]], launcher: Mapping[str, Any],
+                          log_dir: Path) -> list[dict]:
+    """Several cells as one job array (``map_array``); each gets its own status like a driver."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    executor, cluster = _executor(launcher, log_dir, "ttt-array")
+    jobs = executor.map_array(CellJob(), [str(c) for c, _, _ in cells], [str(o) for _, o, _ in cells])
+    print(f"submitted {len(jobs)} cells as array {jobs[0].job_id.split('_')[0]} ({cluster})", flush=True)
+    return [_wait_and_record(job, cluster, out, status, launcher)
+            for job, (_, out, status) in zip(jobs, cells)]
+
+
+def _wait_and_record(job, cluster: str, out: Path, status_path: Path,
+                     launcher: Mapping[str, Any]) -> dict:
     deadline = time.monotonic() + 60 * launcher["max_wait_min"]
     status: dict[str, Any] = {"job_id": str(job.job_id), "executor": cluster,
                               "log": str(job.paths.stdout)}

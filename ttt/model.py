@@ -185,7 +185,11 @@ def build_tiny_checkpoint(directory: str | os.PathLike, seed: int = 0) -> Path:
     save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(tmp / "mimi.safetensors"))
     (tmp / "tokenizer.model").write_bytes(_train_tokenizer())
     (tmp / "config.json").write_text(json.dumps({"lm_kwargs": DEFAULT_LM_KWARGS}, indent=1))
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process built it first (cells starting together): use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        checkpoint_files(target)
     return target
 
 
