@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
 
 import torch
 from moshi.utils.compile import no_compile
@@ -66,7 +67,7 @@ def run_cell_command(args: argparse.Namespace) -> int:
         cfg = load_cell_config(args.config)
         if args.device:
             cfg = type(cfg).from_dict({**cfg.to_dict(), "device": args.device})
-        with no_compile() if cfg.device == "cpu" else _nullcontext():
+        with no_compile() if cfg.device == "cpu" else nullcontext():
             metrics = run_cell(cfg, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))
     except (ValueError, FileExistsError, DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -108,7 +109,7 @@ def prepare_command(args: argparse.Namespace) -> int:
     try:
         cfg = load_cell_config(args.config)
         cache = Path(cfg.cache_dir)
-        with no_compile() if cfg.device == "cpu" else _nullcontext():
+        with no_compile() if cfg.device == "cpu" else nullcontext():
             items = cell_items(cfg, cache)
             bundle = load_checkpoint(resolve_model(cfg.model, cache / "models"), device=cfg.device)
             frames = [conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes",
@@ -131,11 +132,6 @@ def aggregate_command(args: argparse.Namespace) -> int:
     failed = [r["cell"] for r in rows if r.get("status") not in ("ok", "diverged")]
     print(f"{len(rows)} cells → {args.tables}/cells.csv" + (f"; not ok: {failed}" if failed else ""))
     return 0
-
-
-def _nullcontext():
-    import contextlib
-    return contextlib.nullcontext()
 
 
 def main(argv: list[str] | None = None) -> int:

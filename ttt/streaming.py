@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 from moshi.models.lm import LMGen
+from moshi.utils.compile import _is_cuda_graph_enabled
 
 from .surgery import ttt_layers
 
@@ -29,7 +30,9 @@ class TTTLMGen(LMGen):
     @torch.no_grad()
     def _step(self, input_tokens, depformer_replace_tokens=None):
         state = self._streaming_state
-        graphed = state is not None and not state.graphed_main.disable
+        # Exactly the condition under which moshi's CUDAGraphed runs the step without Python
+        # (NO_CUDA_GRAPH=1 makes it call forward_text eagerly, and the layers update themselves).
+        graphed = state is not None and not state.graphed_main.disable and _is_cuda_graph_enabled()
         out = super()._step(input_tokens, depformer_replace_tokens)
         if graphed:
             for layer in self._ttt:
