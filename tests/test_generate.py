@@ -100,7 +100,6 @@ def test_resume_from_snapshot_in_new_process_is_identical(cache, tmp_path):
 
 def test_mono_recording_with_reference_text(cache, tmp_path):
     import numpy as np
-    from ttt.data import SAMPLE_RATE
     t = np.arange(int(3.0 * 16000)) / 16000  # 16 kHz on purpose: resampled to 24 kHz
     sf.write(str(tmp_path / "u.wav"), (0.1 * np.sin(2 * np.pi * 220 * t)).astype("float32"), 16000)
     (tmp_path / "m.jsonl").write_text(json.dumps({"path": "u.wav", "duration": 3.0,

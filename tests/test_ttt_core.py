@@ -4,7 +4,6 @@ import copy
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
-from moshi.models.lm import LMGen
 
 import ttt
 from conftest import randomize_ttt_params, random_sequence, rel_err, tiny_lm

@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .config import TTTConfig, YarnConfig, _strict_kwargs
+from .config import TTTConfig, YarnConfig, strict_kwargs
 from .data import FRAME_RATE, DataError, conversation_codes, read_manifest, write_demo_manifest
 from .metrics import perplexity, sliding_perplexity, teacher_forced_nll
 from .model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
@@ -78,13 +78,13 @@ class CellConfig:
         check(self.temperature > 0 and self.temperature_text > 0, "temperature",
               "temperatures must be > 0")
         if self.ttt is not None:
-            TTTConfig.from_dict({k: v for k, v in self.ttt.items()})  # validate early
+            TTTConfig.from_dict(dict(self.ttt))  # validate early
         if self.yarn is not None:
             YarnConfig.from_dict(dict(self.yarn))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "CellConfig":
-        return cls(**_strict_kwargs(cls, data, "cell"))
+        return cls(**strict_kwargs(cls, data, "cell"))
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -22,7 +22,7 @@ def _check(cond: bool, name: str, msg: str) -> None:
         raise ValueError(f"{name}: {msg}")
 
 
-def _strict_kwargs(cls, data: Mapping[str, Any], where: str) -> dict:
+def strict_kwargs(cls, data: Mapping[str, Any], where: str) -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -102,7 +102,7 @@ class TTTConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TTTConfig":
-        kwargs = _strict_kwargs(cls, data, "ttt")
+        kwargs = strict_kwargs(cls, data, "ttt")
         if kwargs.get("layers") is not None:
             kwargs["layers"] = tuple(kwargs["layers"])
         return cls(**kwargs)
@@ -176,7 +176,7 @@ class YarnConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "YarnConfig":
-        return cls(**_strict_kwargs(cls, data, "yarn"))
+        return cls(**strict_kwargs(cls, data, "yarn"))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,7 +221,3 @@ def write_demo_manifest(directory: Path, durations: list[float], seed: int, word
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, manifest)
     return manifest
-
-
-def frames_for(duration: float) -> int:
-    return math.ceil(duration * FRAME_RATE)
