@@ -51,6 +51,12 @@ class TTTConfig:
     delta_clip_fro_norm: float | None = 1e-5
     target: str = "input_embed"
     init_std: float = 0.02
+    # Paper Fig. 3c ablations of the target V̂ = Conv1D(X₀) W_targetᵀ. With ``target_conv`` off
+    # the target of token t is X₀ of token t alone; with ``target_projection`` off W_target is
+    # the identity (it maps d → d). A switched-off part has no parameters (a checkpoint's weights
+    # for it are ignored on load).
+    target_conv: bool = True
+    target_projection: bool = True
 
     def __post_init__(self) -> None:
         _check(isinstance(self.enabled, bool), "enabled", f"must be a bool, got {self.enabled!r}")
@@ -82,6 +88,9 @@ class TTTConfig:
         _check(self.target in TARGETS, "target", f"must be one of {TARGETS}, got {self.target!r}")
         _check(_is_number(self.init_std) and self.init_std >= 0, "init_std",
                f"must be a number >= 0, got {self.init_std!r}")
+        for name in ("target_conv", "target_projection"):
+            _check(isinstance(getattr(self, name), bool), name,
+                   f"must be a bool, got {getattr(self, name)!r}")
 
     @property
     def clip(self) -> float | None:
