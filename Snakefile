@@ -12,6 +12,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/cells.smk"
 include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/panel.smk"
 
 
 rule all:
@@ -19,3 +20,4 @@ rule all:
         "results/tables/cells.csv",
         expand("results/tables/{family}.csv", family=config["families"]),
         expand("results/plots/{plot}.png", plot=PLOTS),
+        PANEL_TARGETS,
