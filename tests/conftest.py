@@ -23,10 +23,12 @@ def randomize_ttt_params(lm, seed: int = 3, conv_scale: float = 0.5, target_scal
     with torch.no_grad():
         for layer in ttt_layers(lm).values():
             tg = layer.target_generator
-            w = tg.conv1d.conv.weight
-            w.copy_(torch.randn(w.shape, generator=g).to(w) * conv_scale / w.shape[1] ** 0.5)
-            wt = tg.W_target.weight
-            wt.copy_(torch.randn(wt.shape, generator=g).to(wt) * target_scale / wt.shape[1] ** 0.5)
+            w = tg.conv_weight  # None when an ablation switched the part off
+            if w is not None:
+                w.copy_(torch.randn(w.shape, generator=g).to(w) * conv_scale / w.shape[1] ** 0.5)
+            wt = tg.projection
+            if wt is not None:
+                wt.copy_(torch.randn(wt.shape, generator=g).to(wt) * target_scale / wt.shape[1] ** 0.5)
     return lm
 
 

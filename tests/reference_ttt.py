@@ -26,7 +26,17 @@ class RefTTTLayer(nn.Module):
         self.clipped: list[list[bool]] = []
 
     def target(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """v̂_s for one chunk, zero outside the chunk."""
+        """v̂_s for one chunk, zero outside the chunk. Ablations (paper Fig. 3c): no conv
+        (``conv`` None) takes x_s alone; no W_target (``w_target`` None) is the identity."""
+        if self.conv is None:
+            convolved = [x.float() for x in xs]
+        else:
+            convolved = self._conv(xs)
+        if self.w_target is None:
+            return convolved
+        return [self.w_target.float() @ v for v in convolved]
+
+    def _conv(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         C, k = len(xs), self.conv.shape[-1]
         out = []
         for s in range(C):
@@ -38,7 +48,7 @@ class RefTTTLayer(nn.Module):
                         acc = acc + self.conv[:, :, j].float() @ xs[src].float()
                     else:
                         acc = acc + self.conv[:, 0, j].float() * xs[src].float()
-            out.append(self.w_target.float() @ acc)
+            out.append(acc)
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,8 +93,8 @@ def build_reference(upstream_lm: nn.Module, ttt_lm: nn.Module, layers: dict, cfg
     for i in layers:
         p = f"transformer.layers.{i}.gating."
         refs[i] = RefTTTLayer(sd[p + "linear_in.weight"], sd[p + "w_down"],
-                              sd[p + "target_generator.conv1d.conv.weight"],
-                              sd[p + "target_generator.W_target.weight"],
+                              sd.get(p + "target_generator.conv1d.conv.weight"),  # None: ablated
+                              sd.get(p + "target_generator.W_target.weight"),
                               cfg.conv_padding, cfg.chunk_size, cfg.lr, cfg.delta_clip_fro_norm)
         ref.transformer.layers[i].gating = refs[i]
     original = ref.forward_text

@@ -17,7 +17,8 @@ BASE = dict(enabled=True, variant="inplace", layers=None, start_layer=1, layer_f
 
 # One changed value per field (variant/target have a single valid value: checked separately).
 CHANGED = dict(enabled=False, layers=[0], start_layer=0, layer_frequency=3, chunk_size=4, lr=0.3,
-               conv_kernel_size=5, conv_padding="center", delta_clip_fro_norm=0.01, init_std=0.2)
+               conv_kernel_size=5, conv_padding="center", delta_clip_fro_norm=0.01, init_std=0.2,
+               target_conv=False, target_projection=False)
 
 
 @pytest.mark.parametrize("bad,field", [
@@ -64,9 +65,10 @@ def _logits_for(cfg_dict):
     g = torch.Generator().manual_seed(7)
     for layer in ttt.ttt_layers(lm).values():
         assert layer.cfg is cfg  # the object from YAML reaches the module unchanged
-        conv = layer.target_generator.conv1d.conv.weight  # all taps active, so k matters
-        with torch.no_grad():
-            conv.copy_(torch.randn(conv.shape, generator=g) / conv.shape[1] ** 0.5)
+        conv = layer.target_generator.conv_weight  # all taps active, so k matters
+        if conv is not None:  # None: switched off by target_conv
+            with torch.no_grad():
+                conv.copy_(torch.randn(conv.shape, generator=g) / conv.shape[1] ** 0.5)
     with torch.no_grad():
         return lm.forward_text(random_sequence(1, 30))[1]
 

@@ -157,11 +157,11 @@ class TTTGating(StreamingModule[TTTState]):
     def _parallel(self, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """All chunks at once in the dual form; chunk i never sees its own ΔW."""
         tg = self.target_generator
-        conv = tg.conv1d.conv.weight
-        if self.cfg.conv_padding == "right":
+        conv = tg.conv_weight
+        if conv is not None and self.cfg.conv_padding == "right":
             conv = self._derived("conv", conv, z.dtype, conv_as_matrix)
         return dual_form_output(z, x0, self._derived("w0", self.w_down, z.dtype), conv,
-                                tg.W_target.weight, self.cfg.conv_padding, self.cfg.chunk_size,
+                                tg.projection, self.cfg.conv_padding, self.cfg.chunk_size,
                                 self.cfg.lr, self.cfg.clip, self.parallel_block)
 
     def _derived(self, name: str, param: torch.Tensor, dtype: torch.dtype,
@@ -230,8 +230,8 @@ class TTTGating(StreamingModule[TTTState]):
             return False
         full = state.pos >= self.cfg.chunk_size
         tg = self.target_generator
-        delta = chunk_delta(state.z_buf, chunk_target(state.x0_buf, tg.conv1d.conv.weight,
-                                                      tg.W_target.weight, self.cfg.conv_padding))
+        delta = chunk_delta(state.z_buf, chunk_target(state.x0_buf, tg.conv_weight,
+                                                      tg.projection, self.cfg.conv_padding))
         scale, norm, clipped = clip_scale(delta, self.cfg.clip)
         step = delta * (self.cfg.lr * scale)[:, None, None]
         # Figure-5 inner losses ℓ(W) = −⟨Z Wᵀ, V̂⟩_F = −⟨W, ΔW⟩_F: initial, before, after.
@@ -272,27 +272,51 @@ class TargetGenerator(nn.Module):
     Initialisation: the conv passes X₀ of the current token through (identity tap at offset 0),
     W_target is diagonal N(0, init_std²) as in the official code, so the model starts identical to
     the pretrained one in its first chunk and a trained checkpoint overwrites both.
+
+    Ablations (``cfg.target_conv`` / ``cfg.target_projection`` off): the part is not created
+    (no parameters, no state-dict keys) and :attr:`conv_weight` / :attr:`projection` are None,
+    which the target computation reads as "no conv" / "identity".
     """
 
     def __init__(self, d: int, cfg: TTTConfig, **factory) -> None:
         super().__init__()
-        self.conv1d = _Conv(d, cfg, **factory)
-        self.W_target = nn.Linear(d, d, bias=False, **factory)
+        if cfg.target_conv:
+            self.conv1d = _Conv(d, cfg, **factory)
+        if cfg.target_projection:
+            self.W_target = nn.Linear(d, d, bias=False, **factory)
         with torch.no_grad():
-            tap = 0 if cfg.conv_padding == "right" else (cfg.conv_kernel_size - 1) // 2
-            w = self.conv1d.conv.weight
-            if cfg.conv_padding == "right":
-                w[:, :, tap] = torch.eye(d, **factory)
-            else:
-                w[:, 0, tap] = 1.0
+            if cfg.target_conv:
+                tap = 0 if cfg.conv_padding == "right" else (cfg.conv_kernel_size - 1) // 2
+                w = self.conv1d.conv.weight
+                if cfg.conv_padding == "right":
+                    w[:, :, tap] = torch.eye(d, **factory)
+                else:
+                    w[:, 0, tap] = 1.0
+            # Drawn even when unused, so an ablation leaves the random stream of later draws as is.
             diag = torch.randn(d, device=factory["device"], dtype=torch.float32) * cfg.init_std
-            self.W_target.weight.copy_(torch.diag(diag).to(self.W_target.weight.dtype))
+            if cfg.target_projection:
+                self.W_target.weight.copy_(torch.diag(diag).to(self.W_target.weight.dtype))
+
+    @property
+    def conv_weight(self) -> torch.Tensor | None:
+        return self.conv1d.conv.weight if hasattr(self, "conv1d") else None
+
+    @property
+    def projection(self) -> torch.Tensor | None:
+        return self.W_target.weight if hasattr(self, "W_target") else None
 
 
 def _seeds_load_hook(module, state_dict, prefix, *_args) -> None:
     """Seeds' checkpoints also carry ``w_down_pretrained`` (a copy of the pretrained down
     projection, identical to ``linear_out.weight``); it has no role here and is dropped.
-    Upstream checkpoints carry no ``w_down``: W^(0) then starts from ``linear_out.weight``."""
+    Upstream checkpoints carry no ``w_down``: W^(0) then starts from ``linear_out.weight``.
+    Weights of a target part switched off by an ablation (``target_conv`` / ``target_projection``)
+    have nothing to load into and are dropped too."""
     state_dict.pop(prefix + "w_down_pretrained", None)
+    tg = module.target_generator
+    for key, present in (("conv1d.conv.weight", tg.conv_weight is not None),
+                         ("W_target.weight", tg.projection is not None)):
+        if not present:
+            state_dict.pop(prefix + "target_generator." + key, None)
     if prefix + "w_down" not in state_dict and prefix + "linear_out.weight" in state_dict:
         state_dict[prefix + "w_down"] = state_dict[prefix + "linear_out.weight"].float()

@@ -14,17 +14,22 @@ import torch
 import torch.nn.functional as F
 
 
-def chunk_target(x0: torch.Tensor, conv_weight: torch.Tensor, w_target: torch.Tensor,
-                 padding: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def chunk_target(x0: torch.Tensor, conv_weight: torch.Tensor | None,
+                 w_target: torch.Tensor | None, padding: str,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """V̂ for whole chunks: x0 [N, C, d] → [N, C, d] in ``dtype``, zero padded at the chunk edges.
 
     'right': full conv, weight [d, d, k], target_t = Σ_j W[:, :, j] x_{t+j}  (t … t+k−1);
              the weight may also come as :func:`conv_as_matrix` of it.
     'center': depthwise conv, weight [d, 1, k], target_t = Σ_j w[:, 0, j] x_{t−(k−1)/2+j}.
+    Ablations (paper Fig. 3c): ``conv_weight`` None = no conv (target_t from x_t alone),
+    ``w_target`` None = identity projection.
     """
     N, C, d = x0.shape
     x = x0.to(dtype)
-    if padding == "right":
+    if conv_weight is None:
+        y = x
+    elif padding == "right":
         # One GEMM over the k shifted copies: [N, C, k·d] @ [k·d, d] (cuDNN's conv1d with
         # d×d×k weights was several times slower on an H100).
         matrix = conv_weight if conv_weight.dim() == 2 else conv_as_matrix(conv_weight)
@@ -38,7 +43,7 @@ def chunk_target(x0: torch.Tensor, conv_weight: torch.Tensor, w_target: torch.Te
         y = F.conv1d(xt, conv_weight.to(dtype), groups=d).transpose(1, 2)
     else:  # pragma: no cover - validated by TTTConfig
         raise ValueError(f"conv_padding: unknown {padding!r}")
-    return F.linear(y, w_target.to(dtype))
+    return y if w_target is None else F.linear(y, w_target.to(dtype))
 
 
 def conv_as_matrix(conv_weight: torch.Tensor) -> torch.Tensor:
@@ -80,8 +85,8 @@ def apply_fast_weight(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 
-def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor, conv_weight: torch.Tensor,
-                     w_target: torch.Tensor, padding: str, chunk: int, lr: float,
+def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor,
+                     conv_weight: torch.Tensor | None, w_target: torch.Tensor | None, padding: str, chunk: int, lr: float,
                      tau: float | None, block: int) -> torch.Tensor:
     """Parallel In-Place TTT without per-chunk fast weights (the dual form), z [B, T, hid],
     x0 [B, T, d] → O [B, T, d] in z's dtype; w0 fp32 or already in z's dtype.

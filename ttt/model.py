@@ -133,13 +133,20 @@ def load_checkpoint(directory: str | os.PathLike, ttt: dict | None = None, yarn:
 
 def _check_keys(path: Path, lm, shapes: dict[str, tuple]) -> None:
     want = {k: tuple(v.shape) for k, v in lm.state_dict().items()}
-    ttt_extra = {k for k in want if ".gating.w_down" in k or ".gating.target_generator." in k}
+    ttt_extra = {k for k in want if ".gating.w_down" in k or ".gating.target_generator." in k
+                 or ".ttt_mlp." in k}
     # A checkpoint without any TTT weights (upstream, or trained with TTT off) gets fresh TTT
-    # parameters: W^(0) from linear_out, the target generator from its initialisation.
-    has_ttt_weights = any(".gating.target_generator." in k for k in shapes)
+    # parameters: W^(0) from linear_out, the target generator (or the TTT-MLP branch) from its
+    # initialisation.
+    has_ttt_weights = any(".gating.target_generator." in k or ".ttt_mlp." in k for k in shapes)
     optional = {k for k in ttt_extra if k.endswith(".gating.w_down") or not has_ttt_weights}
     missing = sorted(set(want) - set(shapes) - optional)
     ignored = {k for k in shapes if k.endswith(".gating.w_down_pretrained")}
+    # Target weights of a TTT layer whose config ablates that part (target_conv /
+    # target_projection off) are dropped on load (gating._seeds_load_hook).
+    ignored |= {k for k in shapes if k.endswith((".gating.target_generator.conv1d.conv.weight",
+                                                 ".gating.target_generator.W_target.weight"))
+                and k.split(".target_generator.")[0] + ".w_down" in want}
     unexpected = sorted(set(shapes) - set(want) - ignored)
     if missing:
         raise CheckpointError(f"{path}: {len(missing)} missing key(s), e.g. {missing[0]} "
