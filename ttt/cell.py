@@ -27,7 +27,7 @@ from .data import FRAME_RATE, DataError, conversation_codes, read_manifest, writ
 from .metrics import perplexity, sliding_perplexity, teacher_forced_nll
 from .model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
 from .surgery import ttt_disabled, ttt_layers
-from .telemetry import ttt_state
+from .telemetry import telemetry_line, ttt_state
 
 MODES = ("teacher_forced", "generate", "transcribe")
 
@@ -131,6 +131,9 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
         metrics.setdefault("requeues", 0)
         metrics.update(cell=cfg.cell, family=cfg.family, mode=cfg.mode,
                        ttt=bool(ttt_layers(bundle.lm)),
+                       model_layers=len(bundle.lm.transformer.layers),
+                       plumbing=_embedding_plumbing(cfg, bundle, items, cache)
+                       if ttt_layers(bundle.lm) else None,
                        config={**cfg.to_dict(),
                                "resolved_ttt": bundle.ttt.to_dict() if bundle.ttt else None,
                                "resolved_yarn": bundle.yarn.to_dict() if bundle.yarn else None},
@@ -178,7 +181,8 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
             now = time.perf_counter()
             block_times.append(((now - last["t"]) * 1e3, end - last["step"]))
             last.update(t=now, step=end)
-            for layer, s in ttt_state(lm).items():
+            states = ttt_state(lm)
+            for layer, s in states.items():
                 row = {k: float(v[0]) for k, v in s.items()}
                 row.update(item=item_index, step=offset + end, layer=layer)
                 telemetry.append(row)
@@ -194,6 +198,8 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
             if end % (block * 20) < block or end == T:
                 log(f"[{cfg.cell}] item {item_index + 1}/{len(items)}: step {end}/{T}"
                     f" ({end / FRAME_RATE:.0f} s of {T / FRAME_RATE:.0f} s)")
+                if states:
+                    log(telemetry_line(states, offset + end, cell=cfg.cell, item=item_index))
             return diverged
 
         nll = teacher_forced_nll(lm, codes, block=block, on_block=on_block)
@@ -256,6 +262,33 @@ def _upstream_regression(cfg, bundle, items, cache) -> dict:
     equal = all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in
                 ((ours.text_logits, theirs.text_logits), (ours.logits, theirs.logits)))
     return {"bitwise_equal": equal, "max_abs_diff": max(diffs), "steps": codes.shape[-1]}
+
+
+def _embedding_plumbing(cfg, bundle, items, cache) -> dict:
+    """Seed 000 item 3: the X₀ each TTT layer receives equals the summed token embeddings
+    recomputed from moshi's own tables (audio codebooks, then text; before conditioning), on the
+    first block of the first input. ``max_abs_diff`` 0.0 means bitwise identical."""
+    lm = bundle.lm
+    seq = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes",
+                             bundle.directory.name)[:, :, :cfg.block].to(cfg.device)
+    seen = {}
+    handles = [layer.register_forward_pre_hook(
+        lambda module, _args, i=i: seen.__setitem__(i, module._tap.x0))
+        for i, layer in ttt_layers(lm).items() if hasattr(layer, "_tap")]  # In-Place layers
+    if not handles:
+        return None
+    try:
+        with torch.no_grad():
+            lm.forward_text(seq)
+            x0 = sum(lm.emb[c](seq[:, c + lm.audio_offset]) for c in range(lm.num_audio_codebooks))
+            x0 = x0 + lm.text_emb(seq[:, 0])
+    finally:
+        for handle in handles:
+            handle.remove()
+    diffs = [float("inf") if got is None or got.shape != x0.shape else
+             (got.float() - x0.float()).abs().max().item() for got in seen.values()]
+    return {"layers": sorted(seen), "max_abs_diff": max(diffs) if diffs else None,
+            "steps": seq.shape[-1]}
 
 
 def _replay_dir(out: Path) -> Path:

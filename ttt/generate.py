@@ -15,7 +15,7 @@ from .data import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
 from .snapshot import load_snapshot, restore, save_snapshot, snapshot
 from .streaming import TTTLMGen
 from .surgery import ttt_layers
-from .telemetry import ttt_state
+from .telemetry import telemetry_line, ttt_state
 
 
 @dataclass
@@ -74,6 +74,8 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
                         result.diverged = True
             if result.steps_done % 250 == 0 or result.steps_done == T:
                 log(f"step {result.steps_done}/{T} ({result.steps_done / FRAME_RATE:.0f} s)")
+                if ttt_layers(lm):
+                    log(telemetry_line(ttt_state(lm), result.steps_done))
             if snapshot_path is not None and result.steps_done % snapshot_every == 0:
                 save_snapshot(snapshot_path, snapshot(modules, extra={"result": result}))
             if result.diverged:

@@ -35,3 +35,45 @@ def ttt_state(lm: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
                 "inner_loss_after": s.inner_loss[:, 2].clone(),
             }
     return out
+
+
+# ---- the structured log line (seed 000 item 10: "log line structure stable") ------------------
+
+LOG_PREFIX = "TTT-TELEMETRY "
+LOG_FIELDS = ("updates", "clip_events", "w_norm", "last_delta_norm")
+
+
+def telemetry_line(state: dict[int, dict[str, torch.Tensor]], step: int, row: int = 0,
+                   **fields) -> str:
+    """One log line, ``TTT-TELEMETRY {json}``: ``step``, the extra ``fields`` (cell, item) and
+    per layer ``updates``, ``clip_events``, ``w_norm``, ``last_delta_norm`` of batch row ``row``
+    (one host sync; call it at the logging cadence, not per token)."""
+    import json
+    counters = ("updates", "clip_events")
+    layers = {str(i): {k: (int if k in counters else float)(s[k][row]) for k in LOG_FIELDS}
+              for i, s in state.items() if s}
+    return LOG_PREFIX + json.dumps({**fields, "step": int(step), "layers": layers},
+                                   separators=(",", ":"))
+
+
+def parse_telemetry_line(line: str) -> dict | None:
+    """The record of a :func:`telemetry_line` anywhere in ``line`` (log prefixes allowed), or None
+    when the line has none. Raises ``ValueError`` for a line that has the prefix but not a
+    well-formed record."""
+    import json
+    at = line.find(LOG_PREFIX)
+    if at < 0:
+        return None
+    try:
+        record = json.loads(line[at + len(LOG_PREFIX):])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int) \
+            or not isinstance(record.get("layers"), dict):
+        raise ValueError("needs an integer 'step' and a 'layers' mapping")
+    for layer, values in record["layers"].items():
+        if not isinstance(values, dict) or set(values) != set(LOG_FIELDS):
+            raise ValueError(f"layer {layer}: needs exactly {list(LOG_FIELDS)}")
+        if not all(isinstance(v, (int, float)) for v in values.values()):
+            raise ValueError(f"layer {layer}: values must be numbers")
+    return record
