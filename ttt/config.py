@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-VARIANTS = ("inplace",)
+VARIANTS = ("inplace", "ttt_mlp")
 CONV_PADDINGS = ("right", "center")
 TARGETS = ("input_embed",)
 YARN_RAMPS = ("standard", "seeds")
@@ -37,6 +37,11 @@ class TTTConfig:
     Layer selection: ``layers`` (explicit indices of the main transformer) wins; otherwise layer i
     is a TTT layer iff ``i >= start_layer`` and ``(i - start_layer) % layer_frequency == 0``.
     The depformer is never touched.
+
+    ``variant='ttt_mlp'`` is the older TTT-MLP hybrid (``ttt.ttt_mlp``): there ``chunk_size`` is
+    the inner-loop mini-batch M, ``lr`` the base learning rate η_base (Sun et al. use 0.1),
+    ``init_std`` the std of its fresh projections and fast weights, and the In-Place keys (conv,
+    clip, target) are unused.
     """
 
     enabled: bool = True
@@ -57,6 +62,12 @@ class TTTConfig:
     # for it are ignored on load).
     target_conv: bool = True
     target_projection: bool = True
+    # TTT-MLP hybrid only: heads of the fast-weight MLP (None = the attention's head count), the
+    # initial gate α (out = attn + tanh(α)·ttt per channel) and an optional α forced at run time
+    # (seed 002's gate experiment; None = the learned α).
+    mlp_heads: int | None = None
+    gate_alpha_init: float = 0.1
+    gate_override: float | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.enabled, bool), "enabled", f"must be a bool, got {self.enabled!r}")
@@ -88,6 +99,14 @@ class TTTConfig:
         _check(self.target in TARGETS, "target", f"must be one of {TARGETS}, got {self.target!r}")
         _check(_is_number(self.init_std) and self.init_std >= 0, "init_std",
                f"must be a number >= 0, got {self.init_std!r}")
+        _check(self.mlp_heads is None or (_is_int(self.mlp_heads) and self.mlp_heads >= 1),
+               "mlp_heads", f"must be null or an integer >= 1, got {self.mlp_heads!r}")
+        for name in ("gate_alpha_init", "gate_override"):
+            value = getattr(self, name)
+            _check((value is None and name == "gate_override")
+                   or (_is_number(value) and math.isfinite(value)), name,
+                   f"must be a finite number{' or null' if name == 'gate_override' else ''}, "
+                   f"got {value!r}")
         for name in ("target_conv", "target_projection"):
             _check(isinstance(getattr(self, name), bool), name,
                    f"must be a bool, got {getattr(self, name)!r}")

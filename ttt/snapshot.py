@@ -22,7 +22,7 @@ from moshi.utils.compile import CUDAGraphed
 
 FORMAT = "ttt-streaming-snapshot/1"
 # Process-local or derived from parameters: never saved, never overwritten.
-_SKIP = {"device", "w0", "graphed_main", "graphed_depth", "exit_stack", "reset_callback",
+_SKIP = {"device", "w0", "base_params", "graphed_main", "graphed_depth", "exit_stack", "reset_callback",
          "set_exec_mask_callback", "_set_exec_mask_graphed"}
 _PLAIN = (int, float, bool, str, type(None))
 

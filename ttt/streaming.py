@@ -14,6 +14,7 @@ import torch
 from moshi.models.lm import LMGen
 from moshi.utils.compile import _is_cuda_graph_enabled
 
+from .gating import TTTGating
 from .surgery import ttt_layers
 
 
@@ -22,7 +23,9 @@ class TTTLMGen(LMGen):
 
     def _init_streaming_state(self, batch_size: int):
         state = super()._init_streaming_state(batch_size)
-        self._ttt = list(ttt_layers(self.lm_model).values())
+        # Only In-Place layers need a host driver; the TTT-MLP hybrid commits its mini-batches
+        # with device-side selects inside the graph.
+        self._ttt = [m for m in ttt_layers(self.lm_model).values() if isinstance(m, TTTGating)]
         for layer in self._ttt:
             layer._streaming_state.driven = True
         return state

@@ -6,9 +6,11 @@ from contextlib import contextmanager
 from torch import nn
 from moshi.modules.gating import ActivationGating
 from moshi.modules.streaming import StreamingModule
+from moshi.modules.transformer import StreamingTransformerLayer
 
 from .config import TTTConfig
 from .gating import EmbeddingTap, TTTGating
+from .ttt_mlp import HybridTransformerLayer, TTTMLPBranch
 
 
 def apply_ttt(lm: nn.Module, cfg: TTTConfig) -> nn.Module:
@@ -24,10 +26,12 @@ def apply_ttt(lm: nn.Module, cfg: TTTConfig) -> nn.Module:
         return lm
     if getattr(lm, "_streaming_state", None) is not None:
         raise RuntimeError("apply_ttt: the model is streaming; apply TTT before lm.streaming()")
-    if getattr(lm, "ttt_tap", None) is not None:
+    if "_ttt_originals" in lm.__dict__:
         raise RuntimeError("apply_ttt: TTT is already applied to this model")
     layers = lm.transformer.layers
     indices = cfg.layer_indices(len(layers))
+    if cfg.variant == "ttt_mlp":
+        return _apply_hybrid(lm, cfg, indices)
     tap = EmbeddingTap()
     originals = {}
     for i in indices:
@@ -46,6 +50,38 @@ def apply_ttt(lm: nn.Module, cfg: TTTConfig) -> nn.Module:
     return lm
 
 
+def _apply_hybrid(lm: nn.Module, cfg: TTTConfig, indices: list[int]) -> nn.Module:
+    """TTT-MLP hybrid: a gated fast-weight MLP branch after the chosen layers' self-attention,
+    installed by swapping the layer's class for a subclass (no upstream parameter changes)."""
+    layers = lm.transformer.layers
+    originals = {}
+    for i in indices:
+        layer = layers[i]
+        if type(layer) is not StreamingTransformerLayer:
+            raise ValueError(f"ttt.layers: layer {i} is a {type(layer).__name__}, not moshi's "
+                             "StreamingTransformerLayer")
+        attn = layer.self_attn
+        heads = cfg.mlp_heads or attn.num_heads
+        device = next(layer.parameters()).device
+        layer.ttt_mlp = TTTMLPBranch(attn.embed_dim, heads, cfg, device=device)
+        originals[i] = type(layer)
+        layer.__class__ = HybridTransformerLayer
+    lm.ttt_tap = None
+    lm.ttt_config = cfg
+    lm.__dict__["_ttt_originals"] = originals
+    _forget_streaming_children(lm)
+    return lm
+
+
+def _swap(layer: nn.Module, original) -> nn.Module | type:
+    """Put ``original`` (a gating module or a layer class) back; returns what it replaced."""
+    if isinstance(original, type):
+        current, layer.__class__ = type(layer), original
+        return current
+    current, layer.gating = layer.gating, original
+    return current
+
+
 def remove_ttt(lm: nn.Module) -> nn.Module:
     """Undo :func:`apply_ttt`: the original gated MLPs (same weights) and no embedding hooks.
 
@@ -56,9 +92,12 @@ def remove_ttt(lm: nn.Module) -> nn.Module:
     originals = lm.__dict__.pop("_ttt_originals", None)
     if originals is None:
         return lm
-    for i, gating in originals.items():
-        lm.transformer.layers[i].gating = gating
-    for handle in lm.ttt_tap.handles:
+    for i, original in originals.items():
+        layer = lm.transformer.layers[i]
+        _swap(layer, original)
+        if isinstance(original, type):
+            del layer.ttt_mlp
+    for handle in lm.ttt_tap.handles if lm.ttt_tap is not None else []:
         handle.remove()
     del lm.ttt_tap, lm.ttt_config
     _forget_streaming_children(lm)
@@ -72,22 +111,26 @@ def ttt_disabled(lm: nn.Module):
     originals = lm.__dict__.get("_ttt_originals") or {}
     if getattr(lm, "_streaming_state", None) is not None:
         raise RuntimeError("ttt_disabled: the model is streaming")
-    swapped = {i: lm.transformer.layers[i].gating for i in originals}
-    for i, gating in originals.items():
-        lm.transformer.layers[i].gating = gating
+    swapped = {i: _swap(lm.transformer.layers[i], original) for i, original in originals.items()}
     _forget_streaming_children(lm)
     try:
         yield lm
     finally:
-        for i, gating in swapped.items():
-            lm.transformer.layers[i].gating = gating
+        for i, current in swapped.items():
+            _swap(lm.transformer.layers[i], current)
         _forget_streaming_children(lm)
 
 
-def ttt_layers(lm: nn.Module) -> dict[int, TTTGating]:
-    """TTT gating modules by main-transformer layer index."""
-    return {i: layer.gating for i, layer in enumerate(lm.transformer.layers)
-            if isinstance(layer.gating, TTTGating)}
+def ttt_layers(lm: nn.Module) -> dict[int, TTTGating | TTTMLPBranch]:
+    """TTT modules by main-transformer layer index (In-Place gating or TTT-MLP branch); a layer
+    whose TTT is temporarily disabled (:func:`ttt_disabled`) is not listed."""
+    out = {}
+    for i, layer in enumerate(lm.transformer.layers):
+        if isinstance(layer.gating, TTTGating):
+            out[i] = layer.gating
+        elif isinstance(layer, HybridTransformerLayer):
+            out[i] = layer.ttt_mlp
+    return out
 
 
 def _forget_streaming_children(model: nn.Module) -> None:

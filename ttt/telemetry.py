@@ -19,6 +19,9 @@ def ttt_state(lm: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
     out: dict[int, dict[str, torch.Tensor]] = {}
     for index, layer in ttt_layers(lm).items():
         s = layer._streaming_state
+        if hasattr(layer, "telemetry"):  # the TTT-MLP hybrid reports its own (same keys)
+            out[index] = layer.telemetry()
+            continue
         if s is None:
             out[index] = {}
             continue

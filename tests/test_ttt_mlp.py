@@ -1,0 +1,176 @@
+"""TTT-MLP hybrid (issue #8): against an independent token loop with autograd gradients, causality,
+gradients to W_base and α, reset, batch independence, α = 0 is the model without the branch."""
+import copy
+
+import pytest
+import torch
+
+import ttt
+from conftest import random_sequence, rel_err, tiny_lm
+from ttt.surgery import ttt_disabled
+from reference_ttt_mlp import reference_branch
+from ttt.ttt_mlp import TTTMLPBranch
+
+D, HEADS, M = 32, 4, 4
+
+
+def branch(seed=0, dtype=torch.float32, **cfg):
+    torch.manual_seed(seed)
+    kw = dict(variant="ttt_mlp", chunk_size=M, lr=1.0, init_std=0.3, gate_alpha_init=0.7)
+    b = TTTMLPBranch(D, HEADS, ttt.TTTConfig(**{**kw, **cfg}))
+    with torch.no_grad():  # non-trivial norms, biases and lr gate
+        for name in ("ttt_norm_weight", "ttt_norm_bias", "b1", "b2", "learnable_ttt_lr_bias",
+                     "post_norm.weight", "post_norm.bias", "wq.bias", "wv.bias"):
+            p = b.get_parameter(name)
+            p.add_(0.2 * torch.randn_like(p))
+    return b.to(dtype)
+
+
+def xs(batch=2, T=11, seed=1):
+    return torch.randn(batch, T, D, generator=torch.Generator().manual_seed(seed))
+
+
+def stream(b, x, blocks):
+    outs, t = [], 0
+    with torch.no_grad(), b.streaming(x.shape[0]):
+        for size in blocks:
+            outs.append(b(x[:, t:t + size]))
+            t += size
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("T", [3, 8, 11])  # inside one mini-batch, exact multiple, partial last
+def test_parallel_and_streaming_match_independent_loop(T, report):
+    b, x = branch(), xs(T=T)
+    ref = reference_branch(b, x, M, lr=1.0)
+    with torch.no_grad():
+        par = b(x)
+    assert rel_err(par, ref) <= 1e-5
+    for blocks in ([1] * T, [2, T - 2] if T > 2 else [T], [T]):
+        assert rel_err(stream(b, x, blocks), ref) <= 1e-5
+    report("parallel vs reference", rel_err(par, ref))
+    # TTT really acts: freezing the fast weights (lr 0) changes the output after the first token.
+    frozen = branch(lr=0.0)
+    with torch.no_grad():
+        assert rel_err(frozen(x)[:, 1:], par[:, 1:]) > 1e-3
+
+
+def test_causal():
+    b, x = branch(), xs(T=10)
+    x2 = x.clone()
+    x2[:, 6] += 1.0
+    with torch.no_grad():
+        y, y2 = b(x), b(x2)
+    assert torch.equal(y[:, :6], y2[:, :6])
+    assert not torch.allclose(y[:, 6:], y2[:, 6:])
+
+
+def test_gradients_reach_w_base_and_alpha():
+    """Autograd through the inner loop vs central finite differences, in float64."""
+    b, x = branch(dtype=torch.float64), xs(batch=1, T=9).double()
+    probe = torch.randn(1, 9, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+    def loss():
+        return (b(x) * probe).sum()
+
+    loss().backward()
+    g = torch.Generator().manual_seed(7)
+    for name in ("W1", "b1", "W2", "b2", "gating_alpha", "learnable_ttt_lr_weight", "wk.weight"):
+        p = b.get_parameter(name)
+        assert p.grad is not None and p.grad.abs().max() > 0, name
+        direction = torch.randn(p.shape, generator=g, dtype=torch.float64)
+        eps = 1e-6
+        with torch.no_grad():
+            p.add_(eps * direction)
+            up = loss().item()
+            p.sub_(2 * eps * direction)
+            down = loss().item()
+            p.add_(eps * direction)
+        numeric = (up - down) / (2 * eps)
+        analytic = (p.grad * direction).sum().item()
+        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic)), (name, numeric, analytic)
+
+
+def test_reset_restores_w_base_per_row():
+    b, x = branch(), xs(batch=2, T=14)
+    fresh = stream(b, x[:1, 7:], [7])
+    with torch.no_grad(), b.streaming(2):
+        b(x[:, :7])  # both rows adapt
+        b._streaming_state.reset(torch.tensor([True, False]))
+        assert torch.equal(b._streaming_state.start.W1[0], b.W1)
+        assert not torch.equal(b._streaming_state.start.W1[1], b.W1)
+        after = b(x[:, 7:])
+    assert rel_err(after[:1], fresh) <= 1e-6       # row 0 starts over from W_base
+    assert rel_err(after[1:], stream(b, x[1:], [14])[:, 7:]) <= 1e-6  # row 1 kept adapting
+
+
+def test_batch_rows_independent():
+    b, x = branch(), xs(batch=3, T=10)
+    together = stream(b, x, [3, 7])
+    for row in range(3):
+        assert rel_err(together[row:row + 1], stream(b, x[row:row + 1], [10])) <= 1e-6
+
+
+@pytest.mark.parametrize("how", ["override", "init"])
+def test_alpha_zero_is_the_model_without_the_branch(how):
+    upstream = tiny_lm(0)
+    cfg = dict(variant="ttt_mlp", start_layer=1, layer_frequency=2, chunk_size=M, lr=1.0,
+               init_std=0.3)
+    cfg.update(gate_override=0.0) if how == "override" else cfg.update(gate_alpha_init=0.0)
+    ours = ttt.apply_ttt(copy.deepcopy(upstream), ttt.TTTConfig(**cfg))
+    seq = random_sequence(2, 20)
+    with torch.no_grad():
+        assert torch.equal(ours.forward_text(seq)[1], upstream.forward_text(seq)[1])
+        loud = ttt.apply_ttt(copy.deepcopy(upstream), ttt.TTTConfig(**{**cfg, "gate_override": 1.0}))
+        assert rel_err(loud.forward_text(seq)[1], upstream.forward_text(seq)[1]) > 1e-3
+
+
+def test_whole_model_streaming_equals_parallel_and_surgery_is_reversible():
+    upstream = tiny_lm(0)
+    cfg = ttt.TTTConfig(variant="ttt_mlp", start_layer=1, layer_frequency=2, chunk_size=M,
+                        lr=1.0, init_std=0.3, gate_alpha_init=0.5)
+    ours = ttt.apply_ttt(copy.deepcopy(upstream), cfg)
+    assert sorted(ttt.ttt_layers(ours)) == [1, 3]
+    seq = random_sequence(2, 23)
+    with torch.no_grad():
+        par = ours.forward_text(seq)[1]
+        with ours.streaming(2):
+            steps = torch.cat([ours.forward_text(seq[:, :, t:t + 1])[1] for t in range(23)], 2)
+            state = ttt.ttt_state(ours)
+        with ttt_disabled(ours):
+            assert torch.equal(ours.forward_text(seq)[1], upstream.forward_text(seq)[1])
+    assert rel_err(steps, par) <= 1e-5
+    assert all(int(s["updates"][0]) == 23 // M for s in state.values())
+    # Figure 5 on the last mini-batch: ℓ(W_base) against an independent evaluation.
+    assert all(torch.isfinite(s["inner_loss_after"]).all() for s in state.values())
+    ttt.remove_ttt(ours)
+    assert type(ours.transformer.layers[1]).__name__ == "StreamingTransformerLayer"
+    with torch.no_grad():
+        assert torch.equal(ours.forward_text(seq)[1], upstream.forward_text(seq)[1])
+
+
+def test_figure5_losses_match_an_independent_evaluation():
+    b, x = branch(), xs(batch=1, T=8)
+    with torch.no_grad(), b.streaming(1):
+        b(x)
+        s = b._streaming_state
+        losses = s.inner_loss[0].tolist()
+        xq, xk, target, eta = b.inputs(x)
+        w_after = {n: getattr(s.start, n)[0] for n in ("W1", "b1", "W2", "b2")}
+    # ℓ(W) on the second mini-batch (tokens 4..7), recomputed per token and head by hand.
+    from reference_ttt_mlp import _ln, _mlp
+    g, be = b.ttt_norm_weight.detach().double(), b.ttt_norm_bias.detach().double()
+
+    def loss(W):
+        total = 0.0
+        for h in range(HEADS):
+            for t in range(4, 8):
+                pred = _ln(_mlp(xk[0, h, t].double(), W["W1"][h].double(), W["b1"][h, 0].double(),
+                                W["W2"][h].double(), W["b2"][h, 0].double()), g[h], be[h])
+                total += 0.5 * ((pred - target[0, h, t].double()) ** 2).sum().item()
+        return total / (HEADS * 4)
+
+    base = {n: getattr(b, n).detach() for n in ("W1", "b1", "W2", "b2")}
+    assert abs(losses[0] - loss(base)) <= 1e-5 * abs(loss(base))
+    assert abs(losses[2] - loss(w_after)) <= 1e-5 * abs(loss(w_after))
+    assert losses[2] < losses[1]  # a gradient step with a small lr lowers the mini-batch loss
