@@ -24,12 +24,12 @@ import zipfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-KEY_FORMAT = "ttt-listening-key"
-RATINGS_FORMAT = "ttt-listening-ratings"
+KEY_FORMAT = "listening-panel-key"
+RATINGS_FORMAT = "listening-panel-ratings"
 VERSION = 1
 RATER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CHOICES = ("A", "B", "tie")
@@ -122,7 +122,7 @@ def read_audio(system: System) -> tuple[np.ndarray, int]:
 def cut_clip(samples: np.ndarray, rate: int, offset_s: float, clip_s: float) -> np.ndarray | None:
     """``clip_s`` seconds from ``offset_s`` with short fades, or None when the audio ends first
     (a clip must never be shorter than the others: its length would identify it)."""
-    start, n = int(round(offset_s * rate)), int(round(clip_s * rate))
+    start, n = round(offset_s * rate), round(clip_s * rate)
     if start + n > len(samples):
         return None
     clip = samples[start:start + n].copy()
@@ -134,10 +134,12 @@ def cut_clip(samples: np.ndarray, rate: int, offset_s: float, clip_s: float) -> 
     return clip
 
 
-def clip_id(seed: int, label: str, offset_s: float, audio_digest: str) -> str:
-    """Opaque but reproducible: the source audio's digest is not on the page, so a rater cannot
-    recompute which label produced an id."""
-    return hashlib.sha256(f"{seed}|{label}|{offset_s:g}|{audio_digest}".encode()).hexdigest()[:12]
+def clip_id(seed: int, label: str, offset_s: float, clip_s: float, audio_digest: str) -> str:
+    """Opaque but reproducible, and new whenever the clip's sound changes (so old ratings cannot
+    match a rebuilt page). The source digest is not on the page: a rater cannot recompute which
+    label produced an id."""
+    text = f"{seed}|{label}|{offset_s:g}|{clip_s:g}|{audio_digest}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _item_id(kind: str, clips: Iterable[str]) -> str:
@@ -243,12 +245,12 @@ def build_panel(name: str, systems: Sequence[System], offsets_s: Sequence[float]
                     raise PanelError(f"{system.wav}: system {system.label!r} has "
                                      f"{len(samples) / rate:.2f} s of audio, too short for a "
                                      f"{clip_s:g} s clip at offset {off:g} s (panel offsets_s/clip_s)")
-                cid = clip_id(seed, system.label, off, digest)
+                cid = clip_id(seed, system.label, off, clip_s, digest)
                 sf.write(str(tmp / "clips" / f"{cid}.wav"), clip, rate, subtype="PCM_16")
                 clips[cid] = {"system": system.label, "offset_s": off}
         labels = [s.label for s in systems]
         items = make_items(clips, labels, offsets)
-        panel_id = hashlib.sha256(json.dumps([seed, sorted(clips.items()), items],
+        panel_id = hashlib.sha256(json.dumps([seed, clip_s, sorted(clips.items()), items],
                                              sort_keys=True).encode()).hexdigest()[:16]
         _refuse_orphaning_ratings(out, panel_id)
         key = {"format": KEY_FORMAT, "version": VERSION, "panel": name, "panel_id": panel_id,
@@ -601,7 +603,7 @@ def make_server(panel_dir: str | os.PathLike, host: str = "127.0.0.1", port: int
         def __init__(self, *a, **kw):
             super().__init__(*a, directory=str(root), **kw)
 
-        def do_GET(self):  # noqa: N802 (http.server's naming)
+        def do_GET(self):
             path = self.path.split("?", 1)[0]
             if path == "/":
                 self.path = "/index.html" + self.path[1:]
@@ -610,10 +612,10 @@ def make_server(panel_dir: str | os.PathLike, host: str = "127.0.0.1", port: int
                 return
             super().do_GET()
 
-        def do_HEAD(self):  # noqa: N802
+        def do_HEAD(self):
             self.do_GET()
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             if self.path.split("?", 1)[0] != "/ratings":
                 self.send_error(404)
                 return
