@@ -174,3 +174,56 @@ def test_figure5_losses_match_an_independent_evaluation():
     assert abs(losses[0] - loss(base)) <= 1e-5 * abs(loss(base))
     assert abs(losses[2] - loss(w_after)) <= 1e-5 * abs(loss(w_after))
     assert losses[2] < losses[1]  # a gradient step with a small lr lowers the mini-batch loss
+
+
+# ---- attention-vs-TTT diagnostics (both variants) ----------------------------------------------
+
+def _layer_io(lm, index):
+    """Independent capture: layer input/output, the self-attention update, the feed-forward input."""
+    got = {}
+    layer = lm.transformer.layers[index]
+    hs = [layer.register_forward_hook(lambda m, a, o: got.update(inp=a[0], out=o)),
+          layer.self_attn.register_forward_hook(lambda m, a, o: got.update(attn=o)),
+          layer.norm2.register_forward_pre_hook(lambda m, a: got.update(ff_in=a[0]))]
+    return got, hs
+
+
+@pytest.mark.parametrize("variant", ["inplace", "ttt_mlp"])
+def test_diagnostics_describe_the_layer(variant):
+    import json
+    from ttt.diagnostics import LOG_PREFIX, Diagnostics, diagnostics_line
+    cfg = dict(variant=variant, start_layer=1, layer_frequency=2, chunk_size=M, lr=1.0,
+               init_std=0.3)
+    lm = ttt.apply_ttt(tiny_lm(0), ttt.TTTConfig(**cfg))
+    diag = Diagnostics(lm)
+    got, hooks = _layer_io(lm, 1)
+    seq = random_sequence(1, 12)
+    with torch.no_grad(), lm.streaming(1):
+        lm.forward_text(seq[:, :, :8])
+        first = diag.record()
+        lm.forward_text(seq[:, :, 8:])
+        rec = diag.record()[1]
+    for h in hooks:
+        h.remove()
+    x_attn = got["inp"] + got["attn"]
+    if variant == "inplace":  # attn = attention update, ttt = feed-forward update, sum = layer's
+        ttt_part, combined = got["out"] - x_attn, got["out"] - got["inp"]
+        attn = got["attn"]
+    else:  # hybrid, as the seeds logged it: stream after attention, branch, gated sum
+        attn, combined = x_attn, got["ff_in"]
+        ttt_part = (combined - x_attn) / torch.tanh(torch.tensor(0.1))
+        assert rec["gate_tanh_mean"] == pytest.approx(torch.tanh(torch.tensor(0.1)).item(), rel=1e-6)
+        assert rec["alpha_min"] == pytest.approx(0.1) and rec["alpha_std"] < 1e-6
+    for name, ref in (("attn", attn), ("ttt", ttt_part), ("combined", combined)):
+        assert rec[f"{name}_norm"] == pytest.approx(ref[0].norm().item(), rel=1e-4), name
+        assert rec[f"{name}_norm_per_token"] == pytest.approx(ref[0].norm(dim=-1).mean().item(), rel=1e-4)
+    assert rec["ttt_attn_ratio"] == pytest.approx(ttt_part.norm().item() / attn.norm().item(), rel=1e-4)
+    cos = torch.nn.functional.cosine_similarity(attn.flatten(), ttt_part.flatten(), dim=0).item()
+    assert rec["cos_attn_ttt"] == pytest.approx(cos, abs=1e-4)
+    assert "attn_delta" not in first[1] and rec["attn_delta"] > 0 and rec["ttt_delta_rel"] > 0
+    assert rec["w_norm"] > 0
+    line = diagnostics_line({1: rec}, 12, cell="c")
+    assert line.startswith(LOG_PREFIX)
+    assert json.loads(line[len(LOG_PREFIX):])["layers"]["1"]["cos_attn_ttt"] == rec["cos_attn_ttt"]
+    diag.close()
+    assert not diag.handles

@@ -27,6 +27,7 @@ from .data import FRAME_RATE, DataError, conversation_codes, read_manifest, writ
 from .metrics import perplexity, sliding_perplexity, teacher_forced_nll
 from .model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
 from .surgery import ttt_disabled, ttt_layers
+from .diagnostics import Diagnostics, diagnostics_line
 from .telemetry import telemetry_line, ttt_state
 
 MODES = ("teacher_forced", "generate", "transcribe")
@@ -57,6 +58,7 @@ class CellConfig:
     snapshot_every: int = 0
     check_upstream: bool = False
     cache_dir: str = "results/cache"
+    diagnostics_every: int = 100  # steps between attention-vs-TTT diagnostics (0 = off)
 
     def __post_init__(self) -> None:
         def check(ok, name, msg):
@@ -75,6 +77,8 @@ class CellConfig:
               "must be null (off) or in (0, 1]")
         check(isinstance(self.snapshot_every, int) and self.snapshot_every >= 0, "snapshot_every",
               "must be an integer >= 0 (0 = no snapshots)")
+        check(isinstance(self.diagnostics_every, int) and self.diagnostics_every >= 0,
+              "diagnostics_every", "must be an integer >= 0 (0 = off)")
         check(self.temperature > 0 and self.temperature_text > 0, "temperature",
               "temperatures must be > 0")
         if self.ttt is not None:
@@ -167,7 +171,8 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
     chunk = bundle.ttt.chunk_size if ttt_layers(lm) else None
     block = chunk or cfg.block  # a block per chunk: telemetry at every update
     window = max(1, int(round(cfg.window_s * FRAME_RATE)))
-    rows, telemetry, block_times = [], [], []
+    rows, telemetry, block_times, diagnostics = [], [], [], []
+    diag = Diagnostics(lm) if cfg.diagnostics_every and ttt_layers(lm) else None
     diverged, text_all, audio_all, offset = False, [], [], 0
     for n, item in enumerate(items):
         codes = conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes", model_key)
@@ -180,6 +185,12 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
             nonlocal diverged
             now = time.perf_counter()
             block_times.append(((now - last["t"]) * 1e3, end - last["step"]))
+            if diag is not None and (end // cfg.diagnostics_every > last["step"] // cfg.diagnostics_every
+                                     or end == T):
+                record = diag.record()
+                diagnostics.extend({"item": item_index, "step": offset + end, "layer": i, **r}
+                                   for i, r in record.items())
+                log(diagnostics_line(record, offset + end, cell=cfg.cell, item=item_index))
             last.update(t=now, step=end)
             states = ttt_state(lm)
             for layer, s in states.items():
@@ -217,8 +228,11 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
     audio_tokens = np.concatenate(audio_all)
     ab = _ab(cfg, bundle, items, cache, model_key, chunk) if cfg.ab and ttt_layers(lm) else None
     regression = _upstream_regression(cfg, bundle, items, cache) if cfg.check_upstream else None
+    if diag is not None:
+        diag.close()
     _write_csv(tmp / "timeseries.csv", rows)
     _write_csv(tmp / "telemetry.csv", telemetry)
+    _write_csv(tmp / "diagnostics.csv", diagnostics)
     _plots(tmp, rows, telemetry)
     per_token = [ms / max(steps, 1) for ms, steps in block_times[1:]] or \
         [ms / max(steps, 1) for ms, steps in block_times]
@@ -310,7 +324,7 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
     replay = _replay_dir(out)
     if cfg.snapshot_every:
         replay.mkdir(parents=True, exist_ok=True)
-    rows, telemetry, step_ms, all_words, all_tokens = [], [], [], [], []
+    rows, telemetry, step_ms, all_words, all_tokens, diagnostics = [], [], [], [], [], []
     refs, hyps, requeues, diverged, seconds = [], [], 0, False, 0.0
     for n, item in enumerate(items):
         codes = conversation_codes(bundle.mimi, tok, item, cache / "codes", bundle.directory.name)
@@ -319,11 +333,13 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
             lm, bundle.mimi, user, seed=cfg.seed + n, chunk=chunk,
             snapshot_path=replay / f"item{n}.pt" if cfg.snapshot_every else None,
             snapshot_every=cfg.snapshot_every or 1, temp=cfg.temperature,
-            temp_text=cfg.temperature_text, decode=cfg.mode == "generate", log=lambda m, n=n: log(f"[{cfg.cell}] item {n + 1}: {m}"))
+            temp_text=cfg.temperature_text, decode=cfg.mode == "generate",
+            diagnostics_every=cfg.diagnostics_every, log=lambda m, n=n: log(f"[{cfg.cell}] item {n + 1}: {m}"))
         requeues += result.requeues
         diverged |= result.diverged
         step_ms += result.step_ms[10:] or result.step_ms
         telemetry += [{**r, "item": n} for r in result.telemetry]
+        diagnostics += [{"item": n, **r} for r in result.diagnostics]
         words = words_with_times(result.text_tokens, tok)
         all_words += [w for _, w in words]
         all_tokens += result.text_tokens
@@ -358,6 +374,7 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
     _write_csv(tmp / "timeseries.csv", [{k: r[k] for k in ("item", "start_s", "wer") if k in r}
                                         for r in rows])
     _write_csv(tmp / "telemetry.csv", telemetry)
+    _write_csv(tmp / "diagnostics.csv", diagnostics)
     _plots(tmp, [], telemetry)
     p50 = float(np.percentile(step_ms, 50)) if step_ms else None
     return {

@@ -15,6 +15,7 @@ from .data import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
 from .snapshot import load_snapshot, restore, save_snapshot, snapshot
 from .streaming import TTTLMGen
 from .surgery import ttt_layers
+from .diagnostics import Diagnostics, diagnostics_line
 from .telemetry import telemetry_line, ttt_state
 
 
@@ -24,6 +25,7 @@ class StreamResult:
     pcm: list[np.ndarray] = field(default_factory=list)
     step_ms: list[float] = field(default_factory=list)
     telemetry: list[dict] = field(default_factory=list)
+    diagnostics: list[dict] = field(default_factory=list)
     steps_done: int = 0
     requeues: int = 0
     diverged: bool = False
@@ -32,17 +34,19 @@ class StreamResult:
 @torch.no_grad()
 def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk: int | None,
                         snapshot_path: Path | None, snapshot_every: int, log,
-                        temp: float = 0.8, temp_text: float = 0.7, decode: bool = True
-                        ) -> StreamResult:
+                        temp: float = 0.8, temp_text: float = 0.7, decode: bool = True,
+                        diagnostics_every: int = 0) -> StreamResult:
     """Feed ``user_codes`` [1, 8, T] step by step through :class:`TTTLMGen`, decoding Moshi's audio
     with Mimi as it goes. With ``snapshot_path``, the complete state (LM, fast weights, LMGen,
     Mimi, RNG, outputs so far) is saved every ``snapshot_every`` steps and, if a snapshot is
-    already there, the run resumes from it (preemption)."""
+    already there, the run resumes from it (preemption). ``diagnostics_every`` > 0 records the
+    attention-vs-TTT diagnostics every that many steps (``result.diagnostics`` and a log line)."""
     gen = TTTLMGen(lm, temp=temp, temp_text=temp_text)
     T = user_codes.shape[-1]
     result = StreamResult()
     device = user_codes.device
     torch.manual_seed(seed)
+    diag = Diagnostics(lm) if diagnostics_every and ttt_layers(lm) else None
     with gen.streaming(1), mimi.streaming(1):
         modules = {"gen": gen, "lm": lm, "mimi": mimi}
         if snapshot_path is not None and snapshot_path.is_file():
@@ -72,6 +76,11 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
                     result.telemetry.append(row)
                     if not all(np.isfinite(v) for v in row.values()):
                         result.diverged = True
+            if diag is not None and result.steps_done % diagnostics_every == 0:
+                record = diag.record()
+                result.diagnostics += [{"step": result.steps_done, "layer": i, **r}
+                                       for i, r in record.items()]
+                log(diagnostics_line(record, result.steps_done))
             if result.steps_done % 250 == 0 or result.steps_done == T:
                 log(f"step {result.steps_done}/{T} ({result.steps_done / FRAME_RATE:.0f} s)")
                 if ttt_layers(lm):
@@ -80,6 +89,8 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
                 save_snapshot(snapshot_path, snapshot(modules, extra={"result": result}))
             if result.diverged:
                 break
+    if diag is not None:
+        diag.close()
     return result
 
 
