@@ -21,10 +21,10 @@ import os
 import re
 import shutil
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -33,6 +33,7 @@ RATINGS_FORMAT = "listening-panel-ratings"
 VERSION = 1
 RATER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 CHOICES = ("A", "B", "tie")
+MAX_POST = 8 << 20  # bytes; a ratings file is a few kB
 FADE_S = 0.01  # a cut in mid-waveform clicks; the click would tell clips apart, not systems
 TEMPLATE = Path(__file__).parent / "templates" / "panel.html"
 
@@ -564,19 +565,21 @@ def plot_mos(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    minutes = max((r["offset_s"] for r in rows), default=0) >= 120
+    unit = 60 if max((r["offset_s"] for r in rows), default=0) >= 120 else 1
     panels = sorted({r["panel"] for r in rows})
     fig, ax = plt.subplots(figsize=(6, 3.8))
-    for panel in panels:
-        for label in dict.fromkeys(r["system"] for r in rows if r["panel"] == panel):
-            pts = [r for r in rows if r["panel"] == panel and r["system"] == label and r["mos"] is not None]
-            x = [r["offset_s"] / (60 if minutes else 1) for r in pts]
-            y = [r["mos"] for r in pts]
-            err = [[r["mos"] - r["ci95_low"] if r["ci95_low"] is not None else 0 for r in pts],
-                   [r["ci95_high"] - r["mos"] if r["ci95_high"] is not None else 0 for r in pts]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=4,
-                        label=label if len(panels) == 1 else f"{panel}: {label}")
-    ax.set(xlabel=f"conversation time ({'min' if minutes else 's'})", ylabel="MOS (1–5, 95 % CI)",
+    lines = [(p, s) for p in panels for s in dict.fromkeys(r["system"] for r in rows if r["panel"] == p)]
+    span = max((r["offset_s"] for r in rows), default=0) / unit or 1
+    for k, (panel, label) in enumerate(lines):
+        dodge = 0.012 * span * (k - (len(lines) - 1) / 2)  # keep the CI bars apart
+        pts = [r for r in rows if r["panel"] == panel and r["system"] == label and r["mos"] is not None]
+        x = [r["offset_s"] / unit + dodge for r in pts]
+        y = [r["mos"] for r in pts]
+        err = [[r["mos"] - r["ci95_low"] if r["ci95_low"] is not None else 0 for r in pts],
+               [r["ci95_high"] - r["mos"] if r["ci95_high"] is not None else 0 for r in pts]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=4,
+                    label=label if len(panels) == 1 else f"{panel}: {label}")
+    ax.set(xlabel=f"conversation time ({'min' if unit == 60 else 's'})", ylabel="MOS (1–5, 95 % CI)",
            ylim=(0.8, 5.2), title="Listening panel: naturalness vs time")
     if ax.lines:
         ax.legend()
@@ -603,23 +606,29 @@ def make_server(panel_dir: str | os.PathLike, host: str = "127.0.0.1", port: int
         def __init__(self, *a, **kw):
             super().__init__(*a, directory=str(root), **kw)
 
-        def do_GET(self):
+        def _allowed(self) -> bool:
             path = self.path.split("?", 1)[0]
             if path == "/":
                 self.path = "/index.html" + self.path[1:]
             elif path != "/index.html" and not clip_re.match(path):
                 self.send_error(404)
-                return
-            super().do_GET()
+                return False
+            return True
+
+        def do_GET(self):
+            if self._allowed():
+                super().do_GET()
 
         def do_HEAD(self):
-            self.do_GET()
+            if self._allowed():
+                super().do_HEAD()
 
         def do_POST(self):
-            if self.path.split("?", 1)[0] != "/ratings":
-                self.send_error(404)
+            length = int(self.headers.get("Content-Length") or 0)
+            if self.path.split("?", 1)[0] != "/ratings" or length > MAX_POST:
+                self.send_error(404 if length <= MAX_POST else 413)
                 return
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = self.rfile.read(length)
             status, message = _store_posted(root, key, body)
             payload = json.dumps({"ok": status == 200, "message": message}).encode()
             self.send_response(status)
