@@ -13,6 +13,11 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/cells.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/panel.smk"
+include: "workflow/rules/verdicts.smk"
+include: "workflow/rules/compare.smk"
+
+
+report: REPORT_TEXT
 
 
 rule all:
@@ -21,3 +26,5 @@ rule all:
         expand("results/tables/{family}.csv", family=config["families"]),
         expand("results/plots/{plot}.png", plot=PLOTS),
         PANEL_TARGETS,
+        VERDICT_TARGETS,
+        COMPARE_TARGETS,

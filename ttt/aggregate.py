@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-TWIN_FREE = {"ttt", "lr", "chunk"}  # parameters an off-twin does not need to share
+TWIN_FREE = {"ttt", "lr", "chunk", "ablation"}  # parameters an off-twin does not need to share
 
 
 def collect(cells_root: str | os.PathLike) -> list[dict]:
@@ -104,6 +104,20 @@ def mark_lr_grid(rows: list[dict]) -> list[dict]:
     return rows
 
 
+def mark_ablation(rows: list[dict]) -> list[dict]:
+    """Ablation rows (paper Fig. 3c) add their difference to the full target:
+    ``<metric>_vs_full`` = variant − full, for text and audio perplexity."""
+    full = next((r for r in rows if r["family"] == "ablation" and r.get("ablation") == "full"), None)
+    for r in rows:
+        if r["family"] != "ablation" or r.get("ttt") != "on" or full is None:
+            continue
+        for key in ("perplexity_text", "perplexity_audio"):
+            a, b = r.get(key), full.get(key)
+            if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+                r[f"{key}_vs_full"] = a - b
+    return rows
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     keys = list(dict.fromkeys(k for r in rows for k in r)) or ["empty"]
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -119,7 +133,7 @@ def aggregate(cells_root: str | os.PathLike, tables: str | os.PathLike, plots: s
     tables, plots = Path(tables), Path(plots)
     tables.mkdir(parents=True, exist_ok=True)
     plots.mkdir(parents=True, exist_ok=True)
-    rows = mark_lr_grid(pair_twins(collect(cells_root)))
+    rows = mark_ablation(mark_lr_grid(pair_twins(collect(cells_root))))
     write_csv(tables / "cells.csv", rows)
     for family in families:
         write_csv(tables / f"{family}.csv", [r for r in rows if r["family"] == family])

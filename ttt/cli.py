@@ -221,6 +221,11 @@ def add_panel_parser(sub) -> None:
     v.set_defaults(func=panel_serve_command)
 
 
+def _lazy(module: str, name: str):
+    import importlib
+    return getattr(importlib.import_module(f".{module}", __package__), name)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ttt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -251,6 +256,32 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--plots", default="results/plots")
     a.add_argument("--families", nargs="*", default=[])
     a.set_defaults(func=aggregate_command)
+    v = sub.add_parser(
+        "verdicts", help="test-plan gates over a results folder → tables/verdicts.csv",
+        description="Evaluate the success signals (stability, correctness, responsiveness, "
+                    "observability, cost) over RESULTS/tables/cells.csv and the cell folders; write "
+                    "verdicts.csv (one row per signal) and verdicts_cells.csv (every check). Exit "
+                    "codes: 0 written, 1 with --strict when a gate fails, 2 bad input.")
+    v.add_argument("--results", default="results", help="results folder (tables/, cells/)")
+    v.add_argument("--tables", default=None, help="where to write (default RESULTS/tables)")
+    v.add_argument("--thresholds", default=None,
+                   help="YAML of gate settings (the config's verdicts: section); default: built-in")
+    v.add_argument("--strict", action="store_true", help="exit 1 when any gate fails (CI)")
+    v.add_argument("--rst", default=None, help="also write the summary as reStructuredText")
+    v.add_argument("--rst-intro", default=None, help="text appended after the --rst summary")
+    v.set_defaults(func=lambda args: _lazy("verdicts", "verdicts_command")(args))
+    c = sub.add_parser(
+        "compare", help="diff two runs' tables cell by cell (matched by parameters)",
+        description="Match the cells of two runs by their parameters and write OUT/diff.csv (every "
+                    "metric, regressions flagged), OUT/unmatched.csv and OUT/summary.txt. Exit "
+                    "codes: 0 written, 1 with --strict when a regression is flagged, 2 bad input.")
+    c.add_argument("a", metavar="RESULTS_A", help="earlier run: results folder or its cells.csv")
+    c.add_argument("b", metavar="RESULTS_B", help="later run: results folder or its cells.csv")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--thresholds", default=None,
+                   help="YAML metric: relative threshold (the config's compare: section)")
+    c.add_argument("--strict", action="store_true", help="exit 1 when a regression is flagged")
+    c.set_defaults(func=lambda args: _lazy("compare", "compare_command")(args))
     p = sub.add_parser("selfcheck", help="run TTT on the embedded tiny model and compare modes")
     p.add_argument("--tokens", type=int, default=64, help="sequence length (default 64)")
     p.add_argument("--chunk", type=int, default=16, help="TTT chunk size (default 16)")

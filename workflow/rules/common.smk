@@ -83,8 +83,26 @@ def build_matrix():
                          {"delta_clip_fro_norm": float(f["delta_clip_fro_norm"])},
                          window_s=f["window_s"])
             cells[p] = c
+    if "ablation" in fams:
+        f = config["ablation"]
+        for variant in f["variants"]:
+            p, c = _cell("ablation", [("ablation", variant)], "teacher_forced",
+                         _data(f, f["duration_s"], f["seed"]), True, ABLATIONS[variant],
+                         window_s=f["window_s"])
+            cells[p] = c
+        p, c = _cell("ablation", [], "teacher_forced", _data(f, f["duration_s"], f["seed"]), False,
+                     window_s=f["window_s"])
+        cells[p] = c
     return cells
 
+
+# Paper Fig. 3c: the TTT target V̂ = Conv1D(X0) W_target with parts switched off (TTTConfig keys).
+ABLATIONS = {
+    "full": {"target_conv": True, "target_projection": True},
+    "no_conv": {"target_conv": False, "target_projection": True},
+    "no_target": {"target_conv": True, "target_projection": False},
+    "neither": {"target_conv": False, "target_projection": False},
+}
 
 MATRIX = build_matrix()
 

@@ -1,0 +1,133 @@
+"""Constructed ``results/`` folders, written like real runs (status.json, cell/metrics.json,
+timeseries.csv, telemetry.csv, the job log with TTT-TELEMETRY lines, tables/cells.csv through
+ttt.aggregate), so the verdict gates and the run comparison can be tested on planted faults."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from ttt.aggregate import collect, mark_ablation, mark_lr_grid, pair_twins, write_csv
+from ttt.cell import _write_csv
+
+TTT = {"enabled": True, "variant": "inplace", "layers": None, "start_layer": 1, "layer_frequency": 2,
+       "chunk_size": 16, "lr": 0.001, "conv_kernel_size": 2, "conv_padding": "right",
+       "delta_clip_fro_norm": 1.0, "target": "input_embed", "init_std": 0.5,
+       "target_conv": True, "target_projection": True}
+LAYERS = (1, 3)
+STEPS = 160  # 10 chunks of 16
+
+
+def telemetry_rows(layers=LAYERS, steps=STEPS, chunk=16, w0=5.0, drift=0.0, clips=0):
+    """Per chunk per layer, cumulative counters; ‖W‖ = w0 + drift · (fraction of the run)."""
+    rows = []
+    for n, step in enumerate(range(chunk, steps + 1, chunk), 1):
+        for layer in layers:
+            rows.append({"w_norm": w0 + layer * 0.1 + drift * step / steps, "w_drift": 1e-6 * n,
+                         "clip_events": min(n, clips), "updates": n, "last_delta_norm": 0.5,
+                         "chunk_fill": 0, "inner_loss_initial": 1.0, "inner_loss_before": 0.9,
+                         "inner_loss_after": 0.8, "item": 0, "step": step, "layer": layer})
+    return rows
+
+
+def windows(ppl, n=6, noise=0.0):
+    return [{"item": 0, "start_s": 2.0 * i, "text_ppl": ppl * (1 + noise * (-1) ** i),
+             "audio_ppl": 10 * ppl * (1 + noise * (-1) ** i)} for i in range(n)]
+
+
+def log_lines(cell, telemetry):
+    steps = sorted({r["step"] for r in telemetry})
+    lines = ["submitit INFO - Starting"]
+    for step in steps[::3] + [steps[-1]] if steps else []:
+        layers = {str(r["layer"]): {"updates": r["updates"], "clip_events": r["clip_events"],
+                                    "w_norm": r["w_norm"], "last_delta_norm": r["last_delta_norm"]}
+                  for r in telemetry if r["step"] == step}
+        lines.append(f"[{cell}] item 1/1: step {step}/{STEPS}")
+        lines.append("TTT-TELEMETRY " + json.dumps({"cell": cell, "item": 0, "step": step,
+                                                     "layers": layers}))
+    return lines
+
+
+def cell_spec(path, on, ppl=20.0, ms=1.0, **extra):
+    """A completed teacher-forced cell; ``extra`` overrides metrics keys or gives files."""
+    telemetry = telemetry_rows() if on else []
+    metrics = {
+        "cell": path, "family": path.split("/")[0], "mode": "teacher_forced", "ttt": on,
+        "model_layers": 4, "steps": STEPS,
+        "config": {"cell": path, "resolved_ttt": TTT if on else None, "resolved_yarn": None},
+        "perplexity": {"text": ppl, "audio": 10 * ppl}, "wer": None,
+        "throughput": {"ms_per_step_p50": ms, "ms_per_step_p90": ms * 1.1, "rtf": ms / 80,
+                       "tokens_per_s": 1000 / ms},
+        "memory": {"peak_bytes": 1_000_000},
+        "ttt_telemetry": {"updates": 20, "clip_events": 0, "final_w_norm": {"1": 5.1, "3": 5.3},
+                          "max_delta_norm": 0.5} if on else None,
+        "diverged": False, "requeues": 0, "ab": None, "regression": None,
+        "plumbing": {"layers": list(LAYERS), "max_abs_diff": 0.0, "steps": 16} if on else None,
+        "provenance": {"git_sha": "abc", "device": "cpu"},
+    }
+    spec = {"path": path, "status": "ok", "metrics": metrics, "timeseries": windows(ppl),
+            "telemetry": telemetry, "log": None}
+    for key, value in extra.items():
+        if key in spec:
+            spec[key] = value
+        else:
+            metrics[key] = value
+    return spec
+
+
+def healthy_specs():
+    """A small matrix where every gate passes: long form (on slightly better), YaRN A/B, the
+    TTT-off regression cell, an lr_grid cell."""
+    specs = [
+        cell_spec("long_form/duration~60/ttt~on", True, ppl=19.0, ms=1.01),
+        cell_spec("long_form/duration~60/ttt~off", False, ppl=20.0, ms=1.0),
+        cell_spec("yarn/tokens~64/ttt~on", True, ppl=19.5, ms=2.02,
+                  ab={"pre_update_logits_rel_err": 0.0}),
+        cell_spec("yarn/tokens~64/ttt~off", False, ppl=20.0, ms=2.0),
+        cell_spec("regression/ttt~off", False, regression={"bitwise_equal": True, "max_abs_diff": 0.0,
+                                                           "steps": 16}),
+        cell_spec("lr_grid/lr~0.001/chunk~16/ttt~on", True, ppl=18.0),
+        cell_spec("lr_grid/ttt~off", False, ppl=20.0),
+    ]
+    return specs
+
+
+def write_results(root: Path, specs: list[dict]) -> Path:
+    """Write the cells and aggregate tables/cells.csv (no plots)."""
+    for spec in specs:
+        d = root / "cells" / spec["path"]
+        (d / "jobs").mkdir(parents=True, exist_ok=True)
+        job = str(abs(hash(spec["path"])) % 100000)
+        log = d / "jobs" / f"{job}_0_log.out"
+        status = {"job_id": job, "executor": "local", "log": str(log), "status": spec["status"]}
+        if spec["status"] in ("ok", "diverged"):
+            cell = d / "cell"
+            cell.mkdir(exist_ok=True)
+            (cell / "metrics.json").write_text(json.dumps(spec["metrics"], indent=1))
+            _write_csv(cell / "timeseries.csv", spec["timeseries"])
+            _write_csv(cell / "telemetry.csv", spec["telemetry"])
+            lines = spec["log"] if spec["log"] is not None else log_lines(spec["path"], spec["telemetry"])
+            log.write_text("\n".join(lines) + "\n")
+        else:
+            status["error"] = "RuntimeError: boom"
+        (d / "status.json").write_text(json.dumps(status))
+    aggregate_tables(root)
+    return root
+
+
+def aggregate_tables(root: Path) -> None:
+    (root / "tables").mkdir(parents=True, exist_ok=True)
+    rows = mark_ablation(mark_lr_grid(pair_twins(collect(root / "cells"))))
+    write_csv(root / "tables" / "cells.csv", rows)
+
+
+def modified(specs, path, **changes):
+    """A deep copy of ``specs`` where cell ``path`` gets ``changes`` (metrics keys or files)."""
+    specs = copy.deepcopy(specs)
+    spec = next(s for s in specs if s["path"] == path)
+    for key, value in changes.items():
+        if key in spec:
+            spec[key] = value
+        else:
+            spec["metrics"][key] = value
+    return specs

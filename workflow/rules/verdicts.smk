@@ -1,0 +1,57 @@
+# Test-plan verdicts (seed 000 §1) over the whole matrix, the report's front page, and the CI gate
+# (`--config strict=true`): it fails after verdicts.csv is written, so the table is always there.
+import os
+
+REPORT_INTRO = workflow.source_path("../report/workflow.rst")
+# The report's front page: the verdict summary once the verdicts rule has written it.
+REPORT_TEXT = (os.path.abspath("results/tables/verdicts.rst")
+               if os.path.exists("results/tables/verdicts.rst") else REPORT_INTRO)
+VERDICT_TARGETS = ["results/tables/verdicts.csv"] + (
+    ["results/tables/verdicts.strict"] if config.get("strict") else [])
+
+
+rule verdicts_config:
+    output:
+        "results/tables/verdicts.yaml",
+    params:
+        verdicts=config.get("verdicts") or {},
+    localrule: True
+    run:
+        import yaml
+
+        with open(output[0], "w") as f:
+            yaml.safe_dump(params.verdicts, f, sort_keys=False)
+
+
+rule verdicts:
+    input:
+        cells="results/tables/cells.csv",
+        thresholds="results/tables/verdicts.yaml",
+    output:
+        verdicts=report("results/tables/verdicts.csv", category="Verdicts"),
+        checks=report("results/tables/verdicts_cells.csv", category="Verdicts"),
+        rst="results/tables/verdicts.rst",
+    log:
+        "results/tables/verdicts.log",
+    params:
+        intro=REPORT_INTRO,
+    conda:
+        "../../envs/ttt.yaml"
+    localrule: True
+    shell:
+        "python -m ttt verdicts --results results --thresholds {input.thresholds}"
+        " --rst {output.rst} --rst-intro {params.intro} > {log} 2>&1"
+
+
+rule strict_verdicts:
+    input:
+        verdicts="results/tables/verdicts.csv",
+        thresholds="results/tables/verdicts.yaml",
+    output:
+        "results/tables/verdicts.strict",
+    conda:
+        "../../envs/ttt.yaml"
+    localrule: True
+    shell:
+        "python -m ttt verdicts --results results --thresholds {input.thresholds}"
+        " --tables results/tables/.strict --strict && touch {output}"
