@@ -12,7 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-TWIN_FREE = {"ttt", "lr", "chunk", "ablation"}  # parameters an off-twin does not need to share
+TWIN_FREE = {"ttt", "lr", "chunk", "ablation", "alpha"}  # parameters an off-twin need not share
+TRANSCRIPT_WORDS = 40  # words of each transcript shown side by side in gate_override.csv
 
 
 def collect(cells_root: str | os.PathLike) -> list[dict]:
@@ -29,6 +30,8 @@ def collect(cells_root: str | os.PathLike) -> list[dict]:
         metrics_path = status_path.parent / "cell" / "metrics.json"
         if metrics_path.is_file():
             row.update(_metrics_columns(json.loads(metrics_path.read_text())))
+        if family == "gate_override":
+            row.update(_gate_columns(status_path.parent / "cell", params.get("alpha")))
         rows.append(row)
     return rows
 
@@ -55,6 +58,21 @@ def _metrics_columns(m: dict) -> dict:
         "git_sha": (m.get("provenance") or {}).get("git_sha"),
         "device": (m.get("provenance") or {}).get("device"),
     }
+
+
+def _gate_columns(cell: Path, alpha: str | None) -> dict:
+    """Effective TTT weight tanh(α) (forced, or the learned α's mean from the diagnostics) and the
+    beginning of the transcript, so the α rows read side by side (seed 002's table)."""
+    gate = None
+    if alpha not in (None, "learned"):
+        gate = math.tanh(float(alpha))
+    else:
+        diag = [r for r in _read_csv(cell / "diagnostics.csv") if r.get("gate_tanh_mean")]
+        gate = _num(diag[-1]["gate_tanh_mean"]) if diag else None
+    path = cell / "transcript.txt"
+    words = [line.split("] ", 1)[1].strip() for line in path.read_text().splitlines()
+             if "] " in line] if path.is_file() else []
+    return {"gate_tanh": gate, "transcript": " ".join(words[:TRANSCRIPT_WORDS])}
 
 
 def pair_twins(rows: list[dict]) -> list[dict]:
@@ -207,21 +225,30 @@ def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
     fig.savefig(plots / "yarn.png", dpi=100)
     plt.close(fig)
 
-    # Figure-5 curves of the longest TTT-on long-form cell.
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    # Figure-5 curves: the longest TTT-on long-form cell; the hybrid's learned-gate cell.
     longest = sorted((r for r in rows if r["family"] == "long_form" and r.get("ttt") == "on"),
                      key=lambda r: _num(r.get("steps")) or 0)
-    if longest:
-        tel = _read_csv(cells_root / longest[-1]["cell"] / "cell" / "telemetry.csv")
+    _figure5(cells_root, longest[-1:], plots / "figure5.png", "")
+    hybrid = [r for r in rows if r["family"] == "gate_override" and r.get("alpha") == "learned"]
+    _figure5(cells_root, hybrid, plots / "figure5_hybrid.png", "TTT-MLP, learned gate: ")
+
+
+def _figure5(cells_root: Path, cells: list[dict], path: Path, title: str) -> None:
+    """ℓ(W₀), ℓ before and after each update of the first TTT layer of ``cells[0]`` over time."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if cells:
+        tel = _read_csv(cells_root / cells[0]["cell"] / "cell" / "telemetry.csv")
         layer = tel[0]["layer"] if tel else None
         pts = [t for t in tel if t["layer"] == layer]
         x = [_num(t["step"]) / 12.5 for t in pts]
         for key, style in (("inner_loss_initial", ":"), ("inner_loss_before", "--"), ("inner_loss_after", "-")):
             ax.plot(x, [_num(t[key]) for t in pts], style, label=key.replace("inner_loss_", ""))
         ax.legend()
-        ax.set(title=f"Figure-5 inner losses, layer {layer}", xlabel="time (s)")
+        ax.set(title=f"{title}Figure-5 inner losses, layer {layer}", xlabel="time (s)")
     fig.tight_layout()
-    fig.savefig(plots / "figure5.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

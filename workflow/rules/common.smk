@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
 
-PLOTS = ["lr_grid", "long_form", "yarn", "figure5"]
+PLOTS = ["lr_grid", "long_form", "yarn", "figure5", "figure5_hybrid"]
 FAMILY_KEYS = ("model", "device", "dtype", "cache_dir")
 
 
@@ -92,6 +92,16 @@ def build_matrix():
             cells[p] = c
         p, c = _cell("ablation", [], "teacher_forced", _data(f, f["duration_s"], f["seed"]), False,
                      window_s=f["window_s"])
+        cells[p] = c
+    if "gate_override" in fams:
+        f = config["gate_override"]
+        data = _data(f, f["duration_s"], f["seed"])
+        for alpha in f["alphas"]:
+            forced = None if alpha == "learned" else float(alpha)
+            p, c = _cell("gate_override", [("alpha", alpha if forced is None else forced)], f["mode"],
+                         data, True, {**f["ttt"], "gate_override": forced}, window_s=f["window_s"])
+            cells[p] = c
+        p, c = _cell("gate_override", [], f["mode"], data, False, window_s=f["window_s"])
         cells[p] = c
     return cells
 
