@@ -30,7 +30,9 @@ def workdir(tmp_path_factory, cache):
     base = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     base.update(
         cache_dir=str(cache), launcher=str(REPO / "profiles" / "local" / "submitit.yaml"),
-        families=["lr_grid", "regression", "telemetry"],
+        families=["lr_grid", "regression", "telemetry", "ablation"],
+        ablation={"variants": ["full", "no_conv", "no_target", "neither"], "duration_s": 4,
+                  "seed": 6, "window_s": 2},
         lr_grid={**base["lr_grid"], "lrs": [1.0e-3, 1.0e30], "chunks": [8], "duration_s": 4},
         telemetry={**base["telemetry"], "duration_s": 4},
         # A family whose input does not exist: its cell must fail alone, with the reason.
@@ -47,7 +49,7 @@ def read(path):
 
 def test_reduced_matrix_tables(workdir):
     cells = read(workdir / "results/tables/cells.csv")
-    assert set(cells) == {"lr_grid/lr~0.001/chunk~8/ttt~on", "lr_grid/lr~1e+30/chunk~8/ttt~on",
+    assert {c for c in cells if not c.startswith("ablation/")} == {"lr_grid/lr~0.001/chunk~8/ttt~on", "lr_grid/lr~1e+30/chunk~8/ttt~on",
                           "lr_grid/ttt~off", "regression/ttt~off", "telemetry/tau~1e-09/ttt~on",
                           "telemetry/tau~1e-09/ttt~off"}
     ok = cells["lr_grid/lr~0.001/chunk~8/ttt~on"]
@@ -67,6 +69,54 @@ def test_reduced_matrix_tables(workdir):
         assert (workdir / "results/plots" / f"{plot}.png").stat().st_size > 1000
     metrics = workdir / "results/cells/lr_grid/lr~0.001/chunk~8/ttt~on/cell/metrics.json"
     assert metrics.is_file()
+
+
+def test_ablation_family_twins_and_verdicts(workdir):
+    """Paper Fig. 3c on the tiny default: each variant against the one TTT-off twin. Fresh TTT
+    parameters start the conv as the identity tap, so no_conv equals full exactly here, while
+    dropping W_target (diag N(0, 0.5²) → I) changes the updates."""
+    import json
+    abl = read(workdir / "results/tables/ablation.csv")
+    on = {f"ablation/ablation~{v}/ttt~on" for v in ("full", "no_conv", "no_target", "neither")}
+    assert set(abl) == on | {"ablation/ttt~off"}
+    for cell in on:
+        row = abl[cell]
+        assert row["status"] == "ok" and row["twin"] == "ablation/ttt~off"
+        assert float(row["perplexity_text_delta"]) == float(row["perplexity_text"]) - float(
+            abl["ablation/ttt~off"]["perplexity_text"])
+        resolved = json.loads((workdir / "results/cells" / cell / "cell/metrics.json").read_text())[
+            "config"]["resolved_ttt"]
+        variant = cell.split("~")[1].split("/")[0]
+        assert (resolved["target_conv"], resolved["target_projection"]) == {
+            "full": (True, True), "no_conv": (False, True), "no_target": (True, False),
+            "neither": (False, False)}[variant]
+    ppl = {c.split("~")[1].split("/")[0]: float(abl[c]["perplexity_text"]) for c in on}
+    assert ppl["no_conv"] == ppl["full"] and ppl["neither"] == ppl["no_target"]
+    assert ppl["no_target"] != ppl["full"]
+    assert float(abl["ablation/ablation~no_target/ttt~on"]["perplexity_text_vs_full"]) == \
+        ppl["no_target"] - ppl["full"]
+    verdicts = read_by(workdir / "results/tables/verdicts.csv", "signal")
+    assert verdicts["run.completed"]["verdict"] == "fail"  # the regression cell's missing manifest
+    assert "missing.jsonl" in verdicts["run.completed"]["explanation"]
+    for signal in ("observability.telemetry_layers", "observability.counters_monotonic",
+                   "observability.log_line", "correctness.embedding_plumbing", "stability.finite"):
+        assert verdicts[signal]["verdict"] == "pass", verdicts[signal]
+    assert (workdir / "results/tables/verdicts.rst").read_text().startswith("Verdicts")
+
+
+def test_strict_run_fails_after_writing_the_verdicts(workdir):
+    done = snakemake(workdir, "--config", "strict=true", check=False)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0 and "strict_verdicts" in text, text[-2000:]
+    assert "FAIL run.completed" in text
+    assert (workdir / "results/tables/verdicts.csv").is_file()
+    assert not (workdir / "results/tables/verdicts.strict").exists()
+    snakemake(workdir)  # not strict: the same failing gate is a result, the run succeeds
+
+
+def read_by(path, key):
+    with open(path) as f:
+        return {r[key]: r for r in csv.DictReader(f)}
 
 
 def test_rerun_of_one_cell_reruns_only_that_cell(workdir):

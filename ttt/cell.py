@@ -206,7 +206,7 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
             if cfg.clip_saturation is not None and updates >= 4 and any(
                     c >= cfg.clip_saturation * updates for c in clip_count.values()):
                 diverged = True
-            if end % (block * 20) < block or end == T:
+            if end % (block * 20) < block or end == T or diverged:  # the last state logged too
                 log(f"[{cfg.cell}] item {item_index + 1}/{len(items)}: step {end}/{T}"
                     f" ({end / FRAME_RATE:.0f} s of {T / FRAME_RATE:.0f} s)")
                 if states:

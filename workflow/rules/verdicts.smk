@@ -6,8 +6,8 @@ REPORT_INTRO = workflow.source_path("../report/workflow.rst")
 # The report's front page: the verdict summary once the verdicts rule has written it.
 REPORT_TEXT = (os.path.abspath("results/tables/verdicts.rst")
                if os.path.exists("results/tables/verdicts.rst") else REPORT_INTRO)
-VERDICT_TARGETS = ["results/tables/verdicts.csv"] + (
-    ["results/tables/verdicts.strict"] if config.get("strict") else [])
+STRICT = str(config.get("strict")).lower() == "true"  # `--config strict=true` gives a string
+VERDICT_TARGETS = ["results/tables/verdicts.csv"] + (["results/tables/verdicts.strict"] if STRICT else [])
 
 
 rule verdicts_config:
