@@ -15,7 +15,7 @@ BASE = dict(enabled=True, variant="inplace", layers=None, start_layer=1, layer_f
             chunk_size=6, lr=1.0, conv_kernel_size=3, conv_padding="right",
             delta_clip_fro_norm=0.5, target="input_embed", init_std=0.5)
 
-# One changed value per field (variant/target have a single valid value: checked separately).
+# One changed value per In-Place field (the TTT-MLP hybrid's fields: tests/test_ttt_mlp.py).
 CHANGED = dict(enabled=False, layers=[0], start_layer=0, layer_frequency=3, chunk_size=4, lr=0.3,
                conv_kernel_size=5, conv_padding="center", delta_clip_fro_norm=0.01, init_std=0.2,
                target_conv=False, target_projection=False)
@@ -23,11 +23,13 @@ CHANGED = dict(enabled=False, layers=[0], start_layer=0, layer_frequency=3, chun
 
 @pytest.mark.parametrize("bad,field", [
     (dict(chunk_size=0), "chunk_size"), (dict(lr=-1.0), "lr"), (dict(lr=float("nan")), "lr"),
-    (dict(conv_padding="left"), "conv_padding"), (dict(variant="ttt_mlp"), "variant"),
+    (dict(conv_padding="left"), "conv_padding"), (dict(variant="mlp"), "variant"),
     (dict(conv_padding="center", conv_kernel_size=2), "conv_kernel_size"),
     (dict(layers=(1, 1)), "layers"), (dict(layer_frequency=0), "layer_frequency"),
     (dict(target="output"), "target"), (dict(enabled="yes"), "enabled"),
     (dict(delta_clip_fro_norm="1e-5"), "delta_clip_fro_norm"), (dict(start_layer=-1), "start_layer"),
+    (dict(mlp_heads=0), "mlp_heads"), (dict(gate_override="on"), "gate_override"),
+    (dict(gate_alpha_init=None), "gate_alpha_init"),
 ])
 def test_bad_config_names_the_field(bad, field):
     with pytest.raises(ValueError, match=f"^{field}:"):

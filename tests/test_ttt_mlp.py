@@ -227,3 +227,25 @@ def test_diagnostics_describe_the_layer(variant):
     assert json.loads(line[len(LOG_PREFIX):])["layers"]["1"]["cos_attn_ttt"] == rec["cos_attn_ttt"]
     diag.close()
     assert not diag.handles
+
+
+HYBRID_BASE = dict(variant="ttt_mlp", start_layer=1, layer_frequency=2, chunk_size=4, lr=1.0,
+                   init_std=0.3, gate_alpha_init=0.5)
+HYBRID_CHANGED = dict(start_layer=0, layer_frequency=3, chunk_size=3, lr=0.3, init_std=0.2,
+                      mlp_heads=2, gate_alpha_init=0.9, gate_override=0.2)
+
+
+@pytest.mark.parametrize("field", sorted(HYBRID_CHANGED))
+def test_every_hybrid_config_field_from_yaml_changes_behaviour(field):
+    """Each key, through YAML, reaches the TTT-MLP branch and changes the logits."""
+    import yaml
+
+    def logits(cfg_dict):
+        cfg = ttt.TTTConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg_dict)))
+        torch.manual_seed(123)
+        lm = ttt.apply_ttt(tiny_lm(0), cfg)
+        assert all(m.cfg is cfg for m in ttt.ttt_layers(lm).values())
+        with torch.no_grad():
+            return lm.forward_text(random_sequence(1, 24))[1]
+
+    assert not torch.allclose(logits(HYBRID_BASE), logits({**HYBRID_BASE, field: HYBRID_CHANGED[field]}))

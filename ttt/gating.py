@@ -157,25 +157,32 @@ class TTTGating(StreamingModule[TTTState]):
     def _parallel(self, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """All chunks at once in the dual form; chunk i never sees its own ΔW."""
         tg = self.target_generator
-        conv = tg.conv_weight
+        conv, projection = tg.conv_weight, tg.projection
         if conv is not None and self.cfg.conv_padding == "right":
-            conv = self._derived("conv", conv, z.dtype, conv_as_matrix)
-        return dual_form_output(z, x0, self._derived("w0", self.w_down, z.dtype), conv,
-                                tg.projection, self.cfg.conv_padding, self.cfg.chunk_size,
+            if projection is not None:
+                # W_target · [conv taps] as one [d, k·d] matrix (product in fp32): the target
+                # then costs k·d² per token instead of (k + 1)·d².
+                conv = self._derived("target", (conv, projection), z.dtype,
+                                     lambda c, p: p.float() @ conv_as_matrix(c.float()))
+                projection = None
+            else:
+                conv = self._derived("conv", (conv,), z.dtype, conv_as_matrix)
+        return dual_form_output(z, x0, self._derived("w0", (self.w_down,), z.dtype), conv,
+                                projection, self.cfg.conv_padding, self.cfg.chunk_size,
                                 self.cfg.lr, self.cfg.clip, self.parallel_block)
 
-    def _derived(self, name: str, param: torch.Tensor, dtype: torch.dtype,
+    def _derived(self, name: str, params: tuple[torch.Tensor, ...], dtype: torch.dtype,
                  transform=lambda w: w) -> torch.Tensor:
-        """``transform(param)`` in ``dtype``. Without autograd it is cached and refreshed whenever
-        the parameter changes (its version counter moves on every in-place write,
+        """``transform(*params)`` in ``dtype``. Without autograd it is cached and refreshed
+        whenever a parameter changes (its version counter moves on every in-place write,
         load_state_dict included): a 7B forward need not re-cast 46 M fp32 weights or re-layout
         the d×d×k conv in every TTT layer."""
-        if torch.is_grad_enabled() and param.requires_grad:
-            return transform(param).to(dtype)
-        key = (param._version, param.data_ptr(), dtype)
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return transform(*params).to(dtype)
+        key = (tuple((p._version, p.data_ptr()) for p in params), dtype)
         cache = self.__dict__.setdefault("_derived_cache", {})
         if name not in cache or cache[name][0] != key:
-            cache[name] = (key, transform(param.detach()).to(dtype).contiguous())
+            cache[name] = (key, transform(*(p.detach() for p in params)).to(dtype).contiguous())
         return cache[name][1]
 
     # ---- streaming ----------------------------------------------------------------------------

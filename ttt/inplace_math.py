@@ -113,24 +113,40 @@ def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor,
     zc = z[:, :U].reshape(B * n_upd, chunk, hid)
     sq_norm = ((v_hat @ v_hat.transpose(1, 2)).float() * (zc @ zc.transpose(1, 2)).float()).sum((1, 2))
     c = lr * clip_factor(sq_norm.clamp_min(0).sqrt(), tau)
-    v_scaled = (v_hat.float() * c[:, None, None]).reshape(B, U, d).to(z.dtype)  # ṽ_t = c_j v̂_t
+    v_scaled = (v_hat * c.to(z.dtype)[:, None, None]).reshape(B, U, d)  # ṽ_t = c_j v̂_t
     block = max(chunk, block // chunk * chunk)
     parts, w_fast = [], None  # w_fast: W^(0) + Σ c_j ΔW_j over earlier blocks [B, d, hid] fp32
     for lo in range(0, T, block):
         hi = min(lo + block, T)
         if lo > 0:
-            inc = v_scaled[:, lo - block:lo].transpose(1, 2) @ z[:, lo - block:lo]  # model dtype
-            if w_fast is None:
-                w_fast = w0.float()[None] + inc
-            elif torch.is_grad_enabled():
-                w_fast = w_fast + inc
-            else:
-                w_fast.add_(inc)  # in place: one fp32 read-modify-write per block, no temporaries
+            w_fast = _fold(w0 if w_fast is None else w_fast, v_scaled[:, lo - block:lo],
+                           z[:, lo - block:lo], fresh=w_fast is None)
         out = apply_fast_weight(z[:, lo:hi], w0 if w_fast is None else w_fast.to(z.dtype))
-        corrections = [out[:, :chunk]]
+        pieces = [out[:, :chunk]]
         for start in range(lo + chunk, hi, chunk):  # sources: this block's earlier chunks (< U)
             zq = z[:, start:start + chunk]
             gram = zq @ z[:, lo:start].transpose(1, 2)
-            corrections.append(out[:, start - lo:start - lo + chunk] + gram @ v_scaled[:, lo:start])
-        parts.append(torch.cat(corrections, dim=1))
-    return torch.cat(parts, dim=1)
+            rows = out[:, start - lo:start - lo + chunk]
+            if torch.is_grad_enabled():
+                pieces.append(rows + gram @ v_scaled[:, lo:start])
+            else:
+                rows.baddbmm_(gram, v_scaled[:, lo:start])  # in place: the block is not copied
+        parts.append(torch.cat(pieces, dim=1) if torch.is_grad_enabled() else out)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _fold(w: torch.Tensor, v: torch.Tensor, z: torch.Tensor, fresh: bool) -> torch.Tensor:
+    """W + vᵀ z for one block: w [d, hid] (W^(0)) or [B, d, hid] fp32, v [B, n, d], z [B, n, hid].
+
+    On CUDA with a half-precision model the product accumulates straight into the fp32 state
+    (``addmm`` with ``out_dtype``: one pass over the d×hid state, no model-dtype temporary);
+    elsewhere the product is formed in the model dtype and added."""
+    if fresh:
+        w = w.float()[None].expand(v.shape[0], *w.shape).clone()
+    if torch.is_grad_enabled():
+        return w + v.transpose(1, 2) @ z
+    if w.is_cuda and v.dtype in (torch.bfloat16, torch.float16):
+        for b in range(v.shape[0]):
+            torch.addmm(w[b], v[b].t(), z[b], out_dtype=torch.float32, out=w[b])
+        return w
+    return w.add_(v.transpose(1, 2) @ z)

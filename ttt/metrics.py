@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from moshi.models.lm_utils import _delay_sequence
+from moshi.modules.transformer import RingKVCache
 
 
 @dataclass
@@ -31,7 +32,12 @@ def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None)
     by the block, not the length. codes [B, K, T] as for ``lm(codes)``.
 
     ``on_block(end_step, nll_so_far)`` runs after each block (telemetry, progress, divergence
-    checks); returning True stops early, leaving NaN for the steps not reached."""
+    checks); returning True stops early, leaving NaN for the steps not reached.
+
+    The main transformer's KV rings get ``block − 1`` extra slots (the attention mask still
+    limits every query to moshi's ``context``): with rings of exactly ``context`` slots, as
+    upstream allocates them, a block overwrites keys its own earlier queries still need, and the
+    scores would depend on the block size."""
     B, K, T = codes.shape
     delays = lm.delays
     initial = lm._get_initial_token().expand(B, -1, -1)
@@ -40,6 +46,7 @@ def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None)
     audio = np.full((B, lm.dep_q, T), np.nan)
     zero = lm.zero_token_id
     with lm.streaming(B):
+        widen_kv_rings(lm.transformer, block - 1)
         for a in range(0, T, block):
             b = min(a + block, T)
             out, text_logits = lm.forward_text(delayed[:, :, a:b])
@@ -62,6 +69,21 @@ def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None)
             if on_block is not None and on_block(b, TokenNLL(text=text, audio=audio)):
                 break
     return TokenNLL(text=text, audio=audio)
+
+
+def widen_kv_rings(transformer: torch.nn.Module, extra: int) -> None:
+    """Replace every streaming self-attention's ring KV cache by an empty one ``extra`` slots
+    larger (call right after entering streaming, before the first token)."""
+    if extra <= 0:
+        return
+    for module in transformer.modules():
+        state = getattr(module, "_streaming_state", None)
+        kv = getattr(state, "kv_cache", None)
+        if isinstance(kv, RingKVCache):
+            _, batch, heads, capacity, dim = kv.cache.shape
+            state.kv_cache = RingKVCache(batch, heads, dim, capacity + extra,
+                                         respect_exec_mask=kv.respect_exec_mask,
+                                         device=kv.cache.device, dtype=kv.cache.dtype)
 
 
 def perplexity(nll: np.ndarray) -> float | None:
