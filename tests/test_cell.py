@@ -26,7 +26,8 @@ def test_teacher_forced_cell_outputs_and_perplexity(cache, tmp_path):
     out = tmp_path / "cell"
     metrics = run_cell(cell(cache, ab=True), out, log=lambda m: None)
     assert sorted(p.name for p in out.iterdir()) == [
-        "metrics.json", "perplexity.png", "telemetry.csv", "telemetry.png", "timeseries.csv"]
+        "diagnostics.csv", "metrics.json", "perplexity.png", "telemetry.csv", "telemetry.png",
+        "timeseries.csv"]
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("cell", "family", "mode", "ttt", "config", "provenance", "perplexity", "wer",
                 "throughput", "memory", "ttt_telemetry", "diverged", "requeues"):

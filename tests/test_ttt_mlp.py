@@ -249,3 +249,27 @@ def test_every_hybrid_config_field_from_yaml_changes_behaviour(field):
             return lm.forward_text(random_sequence(1, 24))[1]
 
     assert not torch.allclose(logits(HYBRID_BASE), logits({**HYBRID_BASE, field: HYBRID_CHANGED[field]}))
+
+
+def test_snapshot_mid_mini_batch_restores_the_hybrid_state(tmp_path):
+    """W_b, W_cur, the mini-batch buffers and counters travel; W_base (a parameter) does not."""
+    from ttt.snapshot import load_snapshot, restore, save_snapshot, snapshot
+    cfg = ttt.TTTConfig(variant="ttt_mlp", layers=(1, 2), chunk_size=M, lr=1.0, init_std=0.3)
+    lm = ttt.apply_ttt(tiny_lm(0), cfg)
+    seq = random_sequence(1, 15)
+    with torch.no_grad():
+        with lm.streaming(1):  # the same blocks without interruption
+            lm.forward_text(seq[:, :, :6])
+            whole = lm.forward_text(seq[:, :, 6:])[1]
+        with lm.streaming(1):
+            lm.forward_text(seq[:, :, :6])  # 6 = one and a half mini-batches
+            snap = snapshot({"lm": lm})
+        assert "base_params" not in str(snap)
+        save_snapshot(tmp_path / "s.pt", snap)
+        with lm.streaming(1):
+            lm.forward_text(random_sequence(1, 9, seed=5))  # a different history...
+            restore({"lm": lm}, load_snapshot(tmp_path / "s.pt"))  # ...replaced by the snapshot
+            rest = lm.forward_text(seq[:, :, 6:])[1]
+            updates = {i: int(s["updates"][0]) for i, s in ttt.ttt_state(lm).items()}
+    assert torch.equal(rest, whole)
+    assert updates == {1: 15 // M, 2: 15 // M}
