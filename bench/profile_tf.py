@@ -19,6 +19,8 @@ def main() -> None:
     p.add_argument("--length", type=int, default=2048)
     p.add_argument("--case", default="every6_c256", choices=list(CASES))
     p.add_argument("--rows", type=int, default=25)
+    p.add_argument("--ops", action="store_true",
+                   help="also list aten ops with input shapes (which op launches each kernel)")
     args = p.parse_args()
     torch.manual_seed(0)
     lm = loaders.get_moshi_lm(None, device="cuda", dtype=torch.bfloat16).eval()
@@ -31,12 +33,17 @@ def main() -> None:
             for _ in range(3):
                 lm.forward_text(seq)
             torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            activities = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if args.ops else [])
+            with profile(activities=activities, record_shapes=args.ops) as prof:
                 lm.forward_text(seq)
                 torch.cuda.synchronize()
         total = sum(e.self_device_time_total for e in prof.key_averages()) / 1e3
         print(f"==== TTT {label} ({args.case}, T={args.length}): CUDA time {total:.1f} ms")
         print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=args.rows))
+        if args.ops:
+            print(prof.key_averages(group_by_input_shape=True).table(
+                sort_by="device_time_total", row_limit=3 * args.rows, max_name_column_width=40,
+                max_shapes_column_width=90))
 
 
 if __name__ == "__main__":

@@ -410,3 +410,12 @@ def test_reset_never_touches_the_trained_initial_weight_and_it_is_saved():
         assert torch.equal(layer._streaming_state.w[0], trained)
     assert torch.equal(layer.w_down, trained)
     assert torch.equal(ours.state_dict()["transformer.layers.1.gating.w_down"], trained)
+
+
+@pytest.mark.parametrize("variant", ["inplace", "ttt_mlp"])
+def test_new_modules_follow_the_model_train_eval_mode(variant):
+    """apply_ttt on an eval model must not leave the TTT modules in training mode (the In-Place
+    gate then ran uncompiled: found by the 7B profile)."""
+    cfg = ttt.TTTConfig(variant=variant, layers=(1,), chunk_size=4)
+    assert all(not m.training for m in ttt.apply_ttt(tiny_lm(0).eval(), cfg).modules())
+    assert all(m.training for m in ttt.apply_ttt(tiny_lm(0).train(), cfg).modules())

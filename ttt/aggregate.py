@@ -137,6 +137,8 @@ def mark_ablation(rows: list[dict]) -> list[dict]:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """All rows' keys as columns (first-seen order), written atomically (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     keys = list(dict.fromkeys(k for r in rows for k in r)) or ["empty"]
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w", newline="") as f:

@@ -5,7 +5,6 @@ done, so a cell directory is either complete or absent (a failed run leaves noth
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import datetime as dt
 import json
@@ -22,12 +21,13 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from .aggregate import write_csv
 from .config import TTTConfig, YarnConfig, strict_kwargs
 from .data import FRAME_RATE, DataError, conversation_codes, read_manifest, write_demo_manifest
+from .diagnostics import Diagnostics, diagnostics_line
 from .metrics import perplexity, sliding_perplexity, teacher_forced_nll
 from .model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
 from .surgery import ttt_disabled, ttt_layers
-from .diagnostics import Diagnostics, diagnostics_line
 from .telemetry import telemetry_line, ttt_state
 
 MODES = ("teacher_forced", "generate", "transcribe")
@@ -230,9 +230,9 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
     regression = _upstream_regression(cfg, bundle, items, cache) if cfg.check_upstream else None
     if diag is not None:
         diag.close()
-    _write_csv(tmp / "timeseries.csv", rows)
-    _write_csv(tmp / "telemetry.csv", telemetry)
-    _write_csv(tmp / "diagnostics.csv", diagnostics)
+    write_csv(tmp / "timeseries.csv", rows)
+    write_csv(tmp / "telemetry.csv", telemetry)
+    write_csv(tmp / "diagnostics.csv", diagnostics)
     _plots(tmp, rows, telemetry)
     per_token = [ms / max(steps, 1) for ms, steps in block_times[1:]] or \
         [ms / max(steps, 1) for ms, steps in block_times]
@@ -371,10 +371,10 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
     with open(tmp / "transcript.jsonl", "w") as f:
         for row in rows:
             f.write(json.dumps(row) + "\n")
-    _write_csv(tmp / "timeseries.csv", [{k: r[k] for k in ("item", "start_s", "wer") if k in r}
+    write_csv(tmp / "timeseries.csv", [{k: r[k] for k in ("item", "start_s", "wer") if k in r}
                                         for r in rows])
-    _write_csv(tmp / "telemetry.csv", telemetry)
-    _write_csv(tmp / "diagnostics.csv", diagnostics)
+    write_csv(tmp / "telemetry.csv", telemetry)
+    write_csv(tmp / "diagnostics.csv", diagnostics)
     _plots(tmp, [], telemetry)
     p50 = float(np.percentile(step_ms, 50)) if step_ms else None
     return {
@@ -452,14 +452,6 @@ def _plots(tmp: Path, rows: list[dict], telemetry: list[dict]) -> None:
     plt.close(fig)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["empty"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
 
@@ -494,6 +486,7 @@ def _peak_memory(device: str) -> int | None:
 
 def _provenance(cfg: CellConfig, started: str) -> dict:
     import moshi
+
     from . import __version__
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,

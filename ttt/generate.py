@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from .data import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
+from .diagnostics import Diagnostics, diagnostics_line
 from .snapshot import load_snapshot, restore, save_snapshot, snapshot
 from .streaming import TTTLMGen
 from .surgery import ttt_layers
-from .diagnostics import Diagnostics, diagnostics_line
 from .telemetry import telemetry_line, ttt_state
 
 

@@ -10,7 +10,6 @@ before unblinding. Outputs are written to temporary names and renamed into place
 """
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
 import http.server
@@ -27,6 +26,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
+
+from .aggregate import write_csv
 
 KEY_FORMAT = "listening-panel-key"
 RATINGS_FORMAT = "listening-panel-ratings"
@@ -526,8 +527,8 @@ def collect_ratings(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
         pref_rows += preference_table(panel, p, labels, offsets)
     out = Path(out)
     preference_out = Path(preference_out) if preference_out else out.with_name("preference.csv")
-    _write_csv(out, mos_rows)
-    _write_csv(preference_out, pref_rows)
+    write_csv(out, mos_rows)
+    write_csv(preference_out, pref_rows)
     if plot_out:
         plot_mos(mos_rows, Path(plot_out))
     return {"files": len(files), "mos": mos_rows, "preference": pref_rows}
@@ -546,17 +547,6 @@ def _ratings_files(paths: Sequence[str | os.PathLike]) -> list[Path]:
     if not files:
         raise PanelError("no ratings files given")
     return files
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["empty"]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def plot_mos(rows: list[dict], path: Path) -> None:

@@ -42,6 +42,7 @@ def apply_ttt(lm: nn.Module, cfg: TTTConfig) -> nn.Module:
                              "TTT needs moshi's ActivationGating with nn.Linear weights")
         originals[i] = gating
         layer.gating = TTTGating(gating.linear_in, gating.linear_out, gating.activation, cfg, tap)
+        layer.gating.train(layer.training)  # a new module starts in training mode
     tap.attach(lm)
     lm.ttt_tap = tap
     lm.ttt_config = cfg
@@ -64,6 +65,7 @@ def _apply_hybrid(lm: nn.Module, cfg: TTTConfig, indices: list[int]) -> nn.Modul
         heads = cfg.mlp_heads or attn.num_heads
         device = next(layer.parameters()).device
         layer.ttt_mlp = TTTMLPBranch(attn.embed_dim, heads, cfg, device=device)
+        layer.ttt_mlp.train(layer.training)  # a new module starts in training mode
         originals[i] = type(layer)
         layer.__class__ = HybridTransformerLayer
     lm.ttt_tap = None
