@@ -131,3 +131,13 @@ def test_divergence_ends_the_cell_cleanly_with_partial_results(cache, tmp_path):
     saturated = run_cell(cell(cache, ttt={**TTT, "delta_clip_fro_norm": 1e-9}, clip_saturation=0.9),
                          tmp_path / "sat", log=lambda m: None)
     assert saturated["diverged"] is True and saturated["ttt_telemetry"]["clip_events"] >= 8
+
+
+def test_telemetry_totals_add_every_input(cache, tmp_path):
+    """Each input streams from a fresh state; the cell's update count is the sum over inputs."""
+    one = run_cell(make_cell(cache, "one", [4.0], diagnostics_every=0), tmp_path / "one",
+                   log=lambda m: None)
+    two = run_cell(make_cell(cache, "two", [4.0, 4.0], diagnostics_every=0), tmp_path / "two",
+                   log=lambda m: None)
+    assert one["ttt_telemetry"]["updates"] > 0
+    assert two["ttt_telemetry"]["updates"] == 2 * one["ttt_telemetry"]["updates"]

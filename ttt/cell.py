@@ -463,12 +463,14 @@ def _json_default(value):
 
 
 def _telemetry_summary(telemetry: list[dict]) -> dict | None:
-    """metrics.json's ``ttt_telemetry`` from the per-chunk rows (counters are cumulative)."""
+    """metrics.json's ``ttt_telemetry`` from the per-chunk rows. Counters are cumulative within
+    one input (each input streams from a fresh state), so totals add each input's last row."""
     if not telemetry:
         return None
+    per_input = {(row.get("item"), row["layer"]): row for row in telemetry}
     last = {row["layer"]: row for row in telemetry}
-    return {"updates": int(sum(r["updates"] for r in last.values())),
-            "clip_events": int(sum(r["clip_events"] for r in last.values())),
+    return {"updates": int(sum(r["updates"] for r in per_input.values())),
+            "clip_events": int(sum(r["clip_events"] for r in per_input.values())),
             "final_w_norm": {str(k): r["w_norm"] for k, r in last.items()},
             "max_delta_norm": max(r["last_delta_norm"] for r in telemetry)}
 
