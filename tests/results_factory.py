@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from ttt.aggregate import collect, mark_ablation, mark_lr_grid, pair_twins, write_csv
-from ttt.cell import _write_csv
+from ttt.aggregate import write_csv
 
 TTT = {"enabled": True, "variant": "inplace", "layers": None, "start_layer": 1, "layer_frequency": 2,
        "chunk_size": 16, "lr": 0.001, "conv_kernel_size": 2, "conv_padding": "right",
@@ -104,8 +104,8 @@ def write_results(root: Path, specs: list[dict]) -> Path:
             cell = d / "cell"
             cell.mkdir(exist_ok=True)
             (cell / "metrics.json").write_text(json.dumps(spec["metrics"], indent=1))
-            _write_csv(cell / "timeseries.csv", spec["timeseries"])
-            _write_csv(cell / "telemetry.csv", spec["telemetry"])
+            write_csv(cell / "timeseries.csv", spec["timeseries"])
+            write_csv(cell / "telemetry.csv", spec["telemetry"])
             lines = spec["log"] if spec["log"] is not None else log_lines(spec["path"], spec["telemetry"])
             log.write_text("\n".join(lines) + "\n")
         else:
