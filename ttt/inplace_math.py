@@ -30,13 +30,14 @@ def chunk_target(x0: torch.Tensor, conv_weight: torch.Tensor | None,
     if conv_weight is None:
         y = x
     elif padding == "right":
-        # One GEMM over the k shifted copies: [N, C, k·d] @ [k·d, d] (cuDNN's conv1d with
-        # d×d×k weights was several times slower on an H100).
-        matrix = conv_weight if conv_weight.dim() == 2 else conv_as_matrix(conv_weight)
-        k = matrix.shape[1] // d
-        x = F.pad(x, (0, 0, 0, k - 1))
-        shifted = torch.cat([x[:, j:j + C] for j in range(k)], dim=-1)
-        y = F.linear(shifted, matrix.to(dtype))
+        # One GEMM per tap on the unshifted tokens, the products added shifted in place (no
+        # padded or concatenated copy of X₀; cuDNN's conv1d with d×d×k weights was several
+        # times slower on an H100).
+        matrix = (conv_weight if conv_weight.dim() == 2 else conv_as_matrix(conv_weight)).to(dtype)
+        y = F.linear(x, matrix[:, :d])
+        for j in range(1, matrix.shape[1] // d):
+            if j < C:
+                y[:, :C - j] += F.linear(x, matrix[:, j * d:(j + 1) * d])[:, j:]
     elif padding == "center":
         half = (conv_weight.shape[-1] - 1) // 2
         xt = F.pad(x.transpose(1, 2), (half, half))
