@@ -30,7 +30,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "pre_update_logits": {"families": ["yarn"], "max_rel_err": 1.0e-4},
     "ttt_off_bitwise": {"families": ["regression"]},
     "embedding_plumbing": {"families": None, "max_abs_diff": 0.0},
-    "responsiveness": {"families": ["short_form", "long_form", "yarn"], "max_rel_worse": 0.0,
+    "responsiveness": {"families": ["short_form", "long_form", "yarn"], "max_rel_worse": 1e-4,
                        "max_wer_worse": 0.0, "confidence": 0.95, "resamples": 2000},
     "observability": {"families": None},
     "cost": {"families": ["short_form", "long_form", "yarn"], "max_regression": 0.03},
