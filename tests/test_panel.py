@@ -23,19 +23,9 @@ import soundfile as sf
 import yaml
 
 from ttt.cli import main
-from ttt.panel import (
-    PanelError,
-    System,
-    build_panel,
-    collect_ratings,
-    fnv1a32,
-    make_server,
-    mulberry32,
-    pair_sides,
-    rater_plan,
-    sign_test,
-    t_quantile_975,
-)
+from ttt.panel import System, build_panel, make_server
+from ttt.ratings import (PanelError, collect_ratings, fnv1a32, mulberry32, pair_sides, rater_plan,
+                         sign_test, t_quantile_975)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

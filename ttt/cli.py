@@ -137,7 +137,8 @@ def aggregate_command(args: argparse.Namespace) -> int:
 def panel_build_command(args: argparse.Namespace) -> int:
     """Build a blind listening page; exit 2 with one line naming the file or key on bad input."""
     import sys
-    from .panel import PanelError, build_panel, parse_system
+    from .panel import build_panel, parse_system
+    from .ratings import PanelError
 
     try:
         key = build_panel(args.name, [parse_system(s) for s in args.system], args.offsets,
@@ -153,7 +154,7 @@ def panel_build_command(args: argparse.Namespace) -> int:
 def panel_collect_command(args: argparse.Namespace) -> int:
     """Unblind and table returned ratings; nothing is written when any file is malformed."""
     import sys
-    from .panel import PanelError, collect_ratings
+    from .ratings import PanelError, collect_ratings
 
     try:
         done = collect_ratings(args.ratings, args.out, args.preference, args.plot, args.key,
@@ -169,7 +170,8 @@ def panel_collect_command(args: argparse.Namespace) -> int:
 def panel_serve_command(args: argparse.Namespace) -> int:
     """Serve one panel on this machine; raters' Save posts their ratings into ratings/."""
     import sys
-    from .panel import PanelError, make_server
+    from .panel import make_server
+    from .ratings import PanelError
 
     try:
         server = make_server(args.panel_dir, args.host, args.port)
