@@ -273,3 +273,47 @@ def test_snapshot_mid_mini_batch_restores_the_hybrid_state(tmp_path):
             updates = {i: int(s["updates"][0]) for i, s in ttt.ttt_state(lm).items()}
     assert torch.equal(rest, whole)
     assert updates == {1: 15 // M, 2: 15 // M}
+
+
+def _seeds_layout(state: dict, layers) -> dict:
+    """Our hybrid state dict rewritten in the seeds' layout: the wrapped moshi layer under
+    ``original_layer`` (and again under ``seq_modeling_block.original_layer``), the branch under
+    ``seq_modeling_block.ttt_layer.ttt``, the gate as ``forward_ssm_gating`` (+ a reverse gate)."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[:2] != ["transformer", "layers"] or int(parts[2]) not in layers:
+            out[key] = value
+            continue
+        head, name = ".".join(parts[:3]) + ".", ".".join(parts[3:])
+        if name == "ttt_mlp.gating_alpha":
+            out[head + "seq_modeling_block.forward_ssm_gating.gating_alpha"] = value
+            out[head + "seq_modeling_block.backward_ssm_gating.gating_alpha"] = value.clone()
+        elif name.startswith("ttt_mlp."):
+            out[head + "seq_modeling_block.ttt_layer.ttt." + name[len("ttt_mlp."):]] = value
+        else:
+            out[head + "original_layer." + name] = value
+            out[head + "seq_modeling_block.original_layer." + name] = value.clone()
+    return out
+
+
+def test_seeds_hybrid_checkpoint_loads(tmp_path):
+    """A checkpoint directory in the seeds' hybrid layout loads through load_checkpoint (keys and
+    shapes checked) and gives the logits of the model it was written from."""
+    from safetensors.torch import save_file
+    from ttt.model import build_tiny_checkpoint, load_checkpoint
+    ckpt = build_tiny_checkpoint(tmp_path / "ckpt", seed=0)
+    cfg = dict(variant="ttt_mlp", layers=[1, 3], chunk_size=M, lr=1.0, init_std=0.3)
+    source = load_checkpoint(ckpt, ttt=cfg, seed=1).lm
+    with torch.no_grad():
+        for p in source.transformer.layers[1].ttt_mlp.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    state = {k: v.contiguous() for k, v in source.state_dict().items()}
+    save_file(_seeds_layout(state, (1, 3)), str(ckpt / "model.safetensors"))
+    loaded = load_checkpoint(ckpt, ttt=cfg, seed=2).lm  # another fresh init: all from disk
+    seq = random_sequence(1, 14)
+    with torch.no_grad():
+        assert torch.equal(loaded.forward_text(seq)[1], source.forward_text(seq)[1])
+    from ttt.model import CheckpointError
+    with pytest.raises(CheckpointError, match="unexpected key.*ttt_mlp"):
+        load_checkpoint(ckpt, ttt={**cfg, "layers": [1]})  # layer 3 holds a branch too

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from safetensors.torch import save_file
 from .config import TTTConfig, YarnConfig
 from .surgery import apply_ttt
 from .tiny import TINY_LM_KWARGS
+from .ttt_mlp import seeds_hybrid_key
 from .yarn import apply_yarn
 
 FILES = ("config.json", "model.safetensors", "tokenizer.model", "mimi.safetensors")
@@ -105,6 +107,8 @@ def load_checkpoint(directory: str | os.PathLike, ttt: dict | None = None, yarn:
                                   f"{num_layers} layers")
     with safe_open(str(files["model.safetensors"]), "pt") as f:
         shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    if any(".seq_modeling_block." in k for k in shapes):  # the seeds' TTT-MLP hybrid layout
+        shapes = {new: v for k, v in shapes.items() if (new := _seeds_hybrid_name(k)) is not None}
     try:
         lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, device=device, dtype=dtype)
     except TypeError as exc:
@@ -129,6 +133,15 @@ def load_checkpoint(directory: str | os.PathLike, ttt: dict | None = None, yarn:
     except (RuntimeError, OSError) as exc:
         raise CheckpointError(f"{files['mimi.safetensors']}: {str(exc).splitlines()[0]}") from None
     return Bundle(lm, mimi, tokenizer, Path(directory), ttt_cfg, yarn_cfg)
+
+
+def _seeds_hybrid_name(key: str) -> str | None:
+    """A full key of a seeds' hybrid checkpoint in our names (the layer does the same on load)."""
+    match = re.match(r"(transformer\.layers\.\d+\.)(.*)", key)
+    if not match:
+        return key
+    name = seeds_hybrid_key(match.group(2))
+    return None if name is None else match.group(1) + name
 
 
 def _check_keys(path: Path, lm, shapes: dict[str, tuple]) -> None:

@@ -312,11 +312,37 @@ class TTTMLPBranch(StreamingModule[MLPState]):
                     "gate_mean": self.gate().mean().expand_as(norm).clone()}
 
 
+def seeds_hybrid_key(name: str) -> str | None:
+    """Our key, relative to a transformer layer, for a key of the seeds' hybrid layer (which
+    wrapped moshi's layer as ``original_layer`` and held the branch as
+    ``seq_modeling_block.ttt_layer.ttt`` + ``forward_ssm_gating``); None = not loaded (the same
+    wrapped layer seen again through the block, and bidirectional Video-DiT's reverse gate)."""
+    if name.startswith(("seq_modeling_block.original_layer.",
+                        "seq_modeling_block.backward_ssm_gating.")):
+        return None
+    for old, new in (("original_layer.", ""), ("seq_modeling_block.ttt_layer.ttt.", "ttt_mlp."),
+                     ("seq_modeling_block.forward_ssm_gating.", "ttt_mlp.")):
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
+
+
 class HybridTransformerLayer(StreamingTransformerLayer):
     """moshi's layer with the TTT-MLP branch right after self-attention (where the seeds put it);
-    installed by class swap, so every upstream parameter keeps its name and value."""
+    installed by class swap, so every upstream parameter keeps its name and value. Loads the
+    seeds' hybrid checkpoints too (:func:`seeds_hybrid_key`)."""
 
     ttt_mlp: TTTMLPBranch
 
     def _sa_block(self, x: torch.Tensor):
         return self.ttt_mlp(super()._sa_block(x))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Runs before the children look for their keys: rename the seeds' keys in place.
+        for key in [k for k in state_dict if k.startswith(prefix + "seq_modeling_block.")
+                    or k.startswith(prefix + "original_layer.")]:
+            value = state_dict.pop(key)
+            new = seeds_hybrid_key(key[len(prefix):])
+            if new is not None:
+                state_dict[prefix + new] = value
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
