@@ -2,7 +2,7 @@
 
 One TTT layer's ``dual_form_output`` (d 4096, hid 11264, chunk 256, block 4096, τ 1e-5) on random
 bf16 inputs: relative error of the bf16 result against the same computation in float64 from the
-same inputs, and its time (CUDA events, median of 5). With ``--old FILE`` (another version of
+same inputs, and its time (CUDA events, median of 20 interleaved calls after warm-up). With ``--old FILE`` (another version of
 ``ttt/inplace_math.py``) both are measured side by side in the same run.
 
     python bench/dual_form_check.py --lengths 2048 8192 [--old /tmp/old_inplace_math.py]
@@ -27,16 +27,22 @@ def load(path: str):
     return module
 
 
-def timed(fn, repeats: int = 5) -> float:
-    times = []
+def timed(fns: dict, repeats: int = 20) -> dict:
+    """Median ms per implementation, calls interleaved (A, B, A, B, ...) after 3 warm-up calls
+    each, so clock and thermal drift hit every implementation alike."""
+    for fn in fns.values():
+        for _ in range(3):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times[name].append(start.elapsed_time(end))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -63,13 +69,17 @@ def main() -> None:
             ref = inplace_math.dual_form_output(
                 z.double(), x0.double(), w0.double(), conv_as_matrix(conv).bfloat16().double(),
                 w_target.bfloat16().double(), "right", chunk, 1e-3, 1e-5, 4096)
-            row = {}
+            row, runs = {}, {}
             for name, (module, conv_w, proj) in impls.items():
-                run = lambda: module.dual_form_output(z, x0, w0, conv_w, proj, "right",  # noqa: E731
-                                                      chunk, 1e-3, 1e-5, 4096)
+                def run(module=module, conv_w=conv_w, proj=proj):
+                    return module.dual_form_output(z, x0, w0, conv_w, proj, "right", chunk, 1e-3,
+                                                   1e-5, 4096)
                 got = run()
                 err = ((got.double() - ref).abs().max() / ref.abs().max()).item()
-                row[name] = {"ms": timed(run), "max_rel_err_vs_fp64": err}
+                row[name] = {"max_rel_err_vs_fp64": err}
+                runs[name] = run
+            for name, ms in timed(runs).items():
+                row[name]["ms"] = ms
             if "old" in row:
                 row["ms_ratio_current_over_old"] = row["current"]["ms"] / row["old"]["ms"]
             out["lengths"][T] = row

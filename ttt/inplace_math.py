@@ -98,7 +98,7 @@ def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor,
     ``chunk``). A block starts from W_b = W^(0) + Σ_{earlier blocks} c_j ΔW_j (fp32, one d×hid
     state folded and cast once per block: O = Z_b W_bᵀ costs what upstream's down projection
     costs); inside the block each chunk adds its product with the block's earlier chunks (a
-    block-lower-triangular Gram product). A sequence of at most one block never creates a d×hid
+    block-lower-triangular Gram product, :func:`_add_chunk_causal`). A sequence of at most one block never creates a d×hid
     tensor. Per token, the Gram work grows with the block and the fold cost shrinks with it;
     4096 was the better side of that trade on an H100 at 7B. Targets and Grams run in the model dtype (tensor cores, as attention does); norms,
     clip factors and the state are fp32. The first chunk is exactly Z W^(0)ᵀ.
@@ -123,17 +123,26 @@ def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor,
             w_fast = _fold(w0 if w_fast is None else w_fast, v_scaled[:, lo - block:lo],
                            z[:, lo - block:lo], fresh=w_fast is None)
         out = apply_fast_weight(z[:, lo:hi], w0 if w_fast is None else w_fast.to(z.dtype))
-        pieces = [out[:, :chunk]]
-        for start in range(lo + chunk, hi, chunk):  # sources: this block's earlier chunks (< U)
-            zq = z[:, start:start + chunk]
-            gram = zq @ z[:, lo:start].transpose(1, 2)
-            rows = out[:, start - lo:start - lo + chunk]
-            if torch.is_grad_enabled():
-                pieces.append(rows + gram @ v_scaled[:, lo:start])
-            else:
-                rows.baddbmm_(gram, v_scaled[:, lo:start])  # in place: the block is not copied
-        parts.append(torch.cat(pieces, dim=1) if torch.is_grad_enabled() else out)
+        _add_chunk_causal(out, z[:, lo:hi], v_scaled[:, lo:min(hi, U)], chunk)
+        parts.append(out)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def _add_chunk_causal(out: torch.Tensor, z: torch.Tensor, v: torch.Tensor, chunk: int) -> None:
+    """out_s += Σ_{t: chunk(t) < chunk(s)} (z_s·z_t) v_t, in place, for one block: out/z over its
+    tokens, v over its source tokens (a prefix). Split at a chunk boundary near the middle: the
+    second half's queries see every first-half source (one rectangular Gram product, no mask),
+    then each half recursively — the triangle's FLOPs in a few large GEMMs rather than one
+    256-row product per chunk."""
+    n, m = z.shape[1], v.shape[1]
+    if n <= chunk or m == 0:
+        return
+    half = (n // chunk + 1) // 2 * chunk
+    first = min(half, m)
+    gram = z[:, half:] @ z[:, :first].transpose(1, 2)
+    out[:, half:].baddbmm_(gram, v[:, :first])
+    _add_chunk_causal(out[:, :half], z[:, :half], v[:, :first], chunk)
+    _add_chunk_causal(out[:, half:], z[:, half:], v[:, half:], chunk)
 
 
 def _fold(w: torch.Tensor, v: torch.Tensor, z: torch.Tensor, fresh: bool) -> torch.Tensor:
