@@ -132,53 +132,64 @@ def run(args) -> dict:
     short = [n for n in args.lengths if n <= kwargs["context"]]
     streaming_ms(lm, LMGen, args.steps, args.warmup, device)  # untimed: the first session ran
     # ~10 % faster than every later one on the H100 (clocks/allocator), whatever its case
+    tf_rounds: dict = {n: {} for n in names}  # every round's tokens/s, to show the spread
+
+    def measure_tf(name: str, lengths: list[int], reps: int) -> None:
+        for length in lengths:
+            reset_peak(device)
+            tps = teacher_forced_tps(lm, length, device, reps)
+            tf_rounds[name].setdefault(length, []).append(tps)
+            tf[name][length] = max(tf_rounds[name][length])  # best of the rounds
+            mem[name][f"tf_{length}"] = peak(device)
+
     for rnd in range(args.rounds):
         for name in names:
             if name in cases:
                 ttt.apply_ttt(lm, ttt_config(cases, name, args.lr))
                 randomize_targets(lm)
-            chunk = cases.get(name, {}).get("chunk_size", 256)
-            steps = max(args.steps, 2 * chunk + 8) if args.config == "7b" else args.steps
-            reset_peak(device)
-            gen_cls = LMGen if name == "upstream" else ttt.TTTLMGen
-            runs[name].append(streaming_ms(lm, gen_cls, steps, args.warmup, device))
-            mem[name]["streaming"] = peak(device)
-            for length in short:
+            if args.streaming:
+                chunk = cases.get(name, {}).get("chunk_size", 256)
+                steps = max(args.steps, 2 * chunk + 8) if args.config == "7b" else args.steps
                 reset_peak(device)
-                tps = teacher_forced_tps(lm, length, device, args.reps)
-                tf[name][length] = max(tps, tf[name].get(length, 0.0))  # best of the rounds
-                mem[name][f"tf_{length}"] = peak(device)
+                gen_cls = LMGen if name == "upstream" else ttt.TTTLMGen
+                runs[name].append(streaming_ms(lm, gen_cls, steps, args.warmup, device))
+                mem[name]["streaming"] = peak(device)
+            measure_tf(name, short, args.reps)
             if name in cases:
                 ttt.remove_ttt(lm)
-            print(f"[A{rnd}] {name}: {statistics.median(runs[name][-1]['times']):.2f} ms/step p50, "
-                  f"tf {tf[name]}", flush=True)
-    stream = {n: summarize(r) for n, r in runs.items()}
-    # Phase B: YaRN (the same rope for every case) for the long teacher-forced lengths.
+            step = (f"{statistics.median(runs[name][-1]['times']):.2f} ms/step p50, "
+                    if args.streaming else "")
+            print(f"[A{rnd}] {name}: {step}tf {tf[name]}", flush=True)
+    stream = {n: summarize(r) for n, r in runs.items()} if args.streaming else None
+    # Phase B: YaRN (the same rope for every case) for the long teacher-forced lengths, cases
+    # interleaved over the rounds as in phase A.
     long = [n for n in args.lengths if n > kwargs["context"]]
     if long:
         ttt.apply_yarn(lm, ttt.YarnConfig(scale=args.yarn_scale, original_context=kwargs["context"],
                                           context=max(long)))
-        for name in names:
-            if name in cases:
-                ttt.apply_ttt(lm, ttt_config(cases, name, args.lr))
-                randomize_targets(lm)
-            for length in long:
-                reset_peak(device)
-                tf[name][length] = teacher_forced_tps(lm, length, device, max(1, args.reps // 2))
-                mem[name][f"tf_{length}"] = peak(device)
-            if name in cases:
-                ttt.remove_ttt(lm)
-            print(f"[B] {name}: tf {tf[name]}", flush=True)
+        for rnd in range(args.rounds):
+            for name in names:
+                if name in cases:
+                    ttt.apply_ttt(lm, ttt_config(cases, name, args.lr))
+                    randomize_targets(lm)
+                measure_tf(name, long, max(1, args.reps // 2))
+                if name in cases:
+                    ttt.remove_ttt(lm)
+                print(f"[B{rnd}] {name}: tf {tf[name]}", flush=True)
+    tf_ratios = {n: {L: tf[n][L] / tf["ttt_off"][L] for L in tf[n]} for n in cases}
+    if stream is None:
+        out.update({"teacher_forced": tf, "teacher_forced_rounds": tf_rounds,
+                    "peak_mem_bytes": mem, "ratios": {"ttt_on_over_ttt_off_tokens_per_s": tf_ratios}})
+        return out
     off = stream["ttt_off"]["p50"]
     out.update({
         "upstream_step_ms": stream["upstream"], "ttt_off_step_ms": stream["ttt_off"],
         "ttt_on_step_ms": {n: stream[n] for n in cases},
-        "teacher_forced": tf, "peak_mem_bytes": mem,
+        "teacher_forced": tf, "teacher_forced_rounds": tf_rounds, "peak_mem_bytes": mem,
         "ratios": {
             "ttt_off_over_upstream_step": off / stream["upstream"]["p50"],
             "ttt_on_over_ttt_off_step": {n: stream[n]["p50"] / off for n in cases},
-            "ttt_on_over_ttt_off_tokens_per_s": {
-                n: {L: tf[n][L] / tf["ttt_off"][L] for L in tf[n]} for n in cases},
+            "ttt_on_over_ttt_off_tokens_per_s": tf_ratios,
         },
     })
     return out
@@ -194,6 +205,8 @@ def main(argv=None) -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
     p.add_argument("--reps", type=int, default=4)
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds over the cases")
+    p.add_argument("--no-streaming", dest="streaming", action="store_false",
+                   help="teacher-forced only (more rounds for the same time)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--yarn-scale", type=float, default=10.9)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/...)")
