@@ -40,6 +40,20 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs()[ok].max() / b.abs()[ok].max()).item()
 
 
+def directional_derivatives(loss, p: torch.Tensor, generator: torch.Generator, eps: float):
+    """(autograd, central finite difference) of ``loss()`` along one random direction of ``p``;
+    ``p.grad`` must already hold the gradient of ``loss()``."""
+    assert p.grad is not None and p.grad.abs().max() > 0
+    direction = torch.randn(p.shape, dtype=p.dtype, generator=generator)
+    with torch.no_grad():
+        p.add_(eps * direction)
+        up = loss().item()
+        p.sub_(2 * eps * direction)
+        down = loss().item()
+        p.add_(eps * direction)
+    return (p.grad * direction).sum().item(), (up - down) / (2 * eps)
+
+
 @pytest.fixture
 def report(request):
     """Print a measured number so it shows in the pytest summary (-rP) and the CI log."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ttt
-from conftest import random_sequence, rel_err, tiny_lm
+from conftest import directional_derivatives, random_sequence, rel_err, tiny_lm
 from ttt.surgery import ttt_disabled
 from reference_ttt_mlp import reference_branch
 from ttt.ttt_mlp import TTTMLPBranch
@@ -76,18 +76,7 @@ def test_gradients_reach_w_base_and_alpha():
     loss().backward()
     g = torch.Generator().manual_seed(7)
     for name in ("W1", "b1", "W2", "b2", "gating_alpha", "learnable_ttt_lr_weight", "wk.weight"):
-        p = b.get_parameter(name)
-        assert p.grad is not None and p.grad.abs().max() > 0, name
-        direction = torch.randn(p.shape, generator=g, dtype=torch.float64)
-        eps = 1e-6
-        with torch.no_grad():
-            p.add_(eps * direction)
-            up = loss().item()
-            p.sub_(2 * eps * direction)
-            down = loss().item()
-            p.add_(eps * direction)
-        numeric = (up - down) / (2 * eps)
-        analytic = (p.grad * direction).sum().item()
+        analytic, numeric = directional_derivatives(loss, b.get_parameter(name), g, eps=1e-6)
         assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(analytic)), (name, numeric, analytic)
 
 
