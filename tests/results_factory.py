@@ -7,7 +7,8 @@ import copy
 import json
 from pathlib import Path
 
-from ttt.aggregate import collect, mark_ablation, mark_lr_grid, pair_twins, write_csv
+from ttt.aggregate import collect, mark_ablation, mark_lr_grid, pair_twins
+from ttt.files import write_csv
 
 TTT = {"enabled": True, "variant": "inplace", "layers": None, "start_layer": 1, "layer_frequency": 2,
        "chunk_size": 16, "lr": 0.001, "conv_kernel_size": 2, "conv_padding": "right",

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .files import write_csv
+
 TWIN_FREE = {"ttt", "lr", "chunk", "ablation", "alpha"}  # parameters an off-twin need not share
 TRANSCRIPT_WORDS = 40  # words of each transcript shown side by side in gate_override.csv
 
@@ -134,18 +136,6 @@ def mark_ablation(rows: list[dict]) -> list[dict]:
             if isinstance(a, (int, float)) and isinstance(b, (int, float)):
                 r[f"{key}_vs_full"] = a - b
     return rows
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """All rows' keys as columns (first-seen order), written atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["empty"]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def aggregate(cells_root: str | os.PathLike, tables: str | os.PathLike, plots: str | os.PathLike,

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .aggregate import write_csv
+from .files import read_yaml, write_csv
 from .config import TTTConfig, YarnConfig, strict_kwargs
 from .data import FRAME_RATE, DataError, conversation_codes, read_manifest, write_demo_manifest
 from .diagnostics import Diagnostics, diagnostics_line
@@ -95,14 +95,8 @@ class CellConfig:
 
 
 def load_cell_config(path: str | os.PathLike) -> CellConfig:
-    import yaml
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: cell config not found") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    raw = read_yaml(path, "cell config")
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of cell settings")
     try:

@@ -178,7 +178,7 @@ def summary_text(path_a, path_b, rows_a, rows_b, diff, unmatched) -> str:
 
 
 def run_compare(path_a, path_b, out, limits: dict | None = None) -> tuple[list[dict], str]:
-    from .aggregate import write_csv
+    from .files import write_csv
     file_a, rows_a = read_cells(path_a)
     file_b, rows_b = read_cells(path_b)
     diff, unmatched = compare(rows_a, rows_b, limits)
@@ -197,13 +197,8 @@ def run_compare(path_a, path_b, out, limits: dict | None = None) -> tuple[list[d
 def load_limits(path) -> dict:
     if path is None:
         return thresholds()
-    import yaml
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise CompareError(f"{path}: thresholds file not found") from None
-    except yaml.YAMLError as exc:
-        raise CompareError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    from .files import read_yaml
+    raw = read_yaml(path, "thresholds file", CompareError) or {}
     if not isinstance(raw, dict):
         raise CompareError(f"{path}: expected a mapping metric: threshold")
     return thresholds(raw)

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import submitit
-import yaml
+
+from .files import read_yaml
 
 # Keys of a launcher YAML (profiles/*/submitit.yaml). Unknown keys are errors.
 LAUNCHER_KEYS = {
@@ -36,10 +37,9 @@ def read_launcher(path: str | os.PathLike | None) -> dict:
     if path is None:
         return dict(DEFAULTS)
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ValueError(f"{path}: launcher config not found") from None
+    raw = read_yaml(path, "launcher config") or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of launcher settings")
     unknown = sorted(set(raw) - set(LAUNCHER_KEYS))
     if unknown:
         raise ValueError(f"{path}: unknown key(s) {unknown}; valid keys are {sorted(LAUNCHER_KEYS)}")

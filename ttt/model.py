@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .config import TTTConfig, YarnConfig
+from .files import read_json
 from .surgery import apply_ttt
 from .tiny import TINY_LM_KWARGS
 from .ttt_mlp import seeds_hybrid_key
@@ -65,10 +66,7 @@ def checkpoint_files(directory: str | os.PathLike) -> dict[str, Path]:
 
 
 def read_config(path: Path) -> tuple[dict, dict | None, dict | None, int | None]:
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    cfg = read_json(path, "config.json", CheckpointError)
     lm_kwargs = cfg.get("lm_kwargs") or {k: v for k, v in cfg.items() if k not in _NOT_LM_KWARGS}
     return lm_kwargs, cfg.get("ttt_config"), cfg.get("yarn_config"), cfg.get("context")
 

@@ -9,7 +9,6 @@ is built by :mod:`ttt.panel`.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import re
@@ -18,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 
 
-from .aggregate import write_csv
+from .files import read_json, write_csv
 
 
 KEY_FORMAT = "listening-panel-key"
@@ -83,12 +82,7 @@ def pair_sides(item: dict, swapped: bool) -> tuple[str, str]:
 
 def load_key(path: str | os.PathLike) -> dict:
     path = Path(path)
-    try:
-        key = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PanelError(f"{path}: panel key not found") from None
-    except ValueError as exc:
-        raise PanelError(f"{path}: not valid JSON ({exc})") from None
+    key = read_json(path, "panel key", PanelError)
     if not isinstance(key, dict) or key.get("format") != KEY_FORMAT or key.get("version") != VERSION:
         raise PanelError(f"{path}: not a listening-panel key ({KEY_FORMAT} v{VERSION})")
     return key
@@ -97,12 +91,7 @@ def load_key(path: str | os.PathLike) -> dict:
 def read_ratings(path: str | os.PathLike) -> dict:
     """Parse one returned ratings file; structural problems are PanelErrors naming the file."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PanelError(f"{path}: ratings file not found") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PanelError(f"{path}: not valid JSON ({exc})") from None
+    doc = read_json(path, "ratings file", PanelError)
     if not isinstance(doc, dict) or doc.get("format") != RATINGS_FORMAT:
         raise PanelError(f"{path}: not a listening-panel ratings file (format must be {RATINGS_FORMAT!r})")
     if doc.get("version") != VERSION:

@@ -65,7 +65,7 @@ def mini_batch_segment(xq, xk, target, eta, base: dict, cur: dict, gamma, beta):
     """Tokens of one mini-batch (all rows at the same offset in it), heads first:
     xq/xk/target [B, H, S, hd], eta [B, H, S]; ``base`` = W_b and ``cur`` = W_b minus the updates
     of the mini-batch's earlier tokens, each {W1 [B,H,hd,m], b1 [B,H,1,m], W2 [B,H,m,hd],
-    b2 [B,H,1,hd]}. Returns (XQ + LN(f(XQ; W_i)) [B, H, S, hd], cur after the segment, grads).
+    b2 [B,H,1,hd]}. Returns (XQ + LN(f(XQ; W_i)) [B, H, S, hd], W_cur after the segment).
 
     Gradients are taken at W_b (the mini-batch's start), so token i's weights are
     W_cur − Σ_{j ≤ i in the segment} η_j ∇ℓ_j: a causal (lower-triangular) dual form.

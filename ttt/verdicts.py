@@ -56,13 +56,8 @@ def thresholds(overrides: dict | None = None) -> dict[str, dict[str, Any]]:
 def load_thresholds(path: str | os.PathLike | None) -> dict[str, dict[str, Any]]:
     if path is None:
         return thresholds()
-    import yaml
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ValueError(f"{path}: thresholds file not found") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    from .files import read_yaml
+    raw = read_yaml(path, "thresholds file")
     if raw is not None and not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping of gates")
     try:
@@ -538,7 +533,7 @@ def _badness(c: dict) -> float:
 def write_verdicts(results: str | os.PathLike, tables: str | os.PathLike, cfg: dict | None = None,
                    rst: str | os.PathLike | None = None, rst_intro: str | os.PathLike | None = None
                    ) -> list[dict]:
-    from .aggregate import write_csv
+    from .files import write_csv
     summary, checks = evaluate(results, cfg)
     tables = Path(tables)
     tables.mkdir(parents=True, exist_ok=True)
