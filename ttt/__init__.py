@@ -1,9 +1,25 @@
-"""Test-time training (In-Place TTT) and YaRN for upstream Kyutai Moshi, by module surgery."""
-from .config import TTTConfig, YarnConfig
-from .surgery import apply_ttt, remove_ttt, ttt_layers
-from .streaming import TTTLMGen
-from .telemetry import ttt_state
-from .yarn import apply_yarn
+"""Test-time training (In-Place TTT) and YaRN for upstream Kyutai Moshi, by module surgery.
 
-__all__ = ["TTTConfig", "YarnConfig", "apply_ttt", "remove_ttt", "ttt_layers", "TTTLMGen", "ttt_state", "apply_yarn"]
+The public names are imported on first use (PEP 562), so ``import ttt.launcher`` / ``ttt.cli`` —
+the drivers Snakemake starts on a login node, one per cell in flight — load neither torch nor moshi.
+"""
+from importlib import import_module
+
+_EXPORTS = {"TTTConfig": "config", "YarnConfig": "config", "apply_ttt": "surgery",
+            "remove_ttt": "surgery", "ttt_layers": "surgery", "TTTLMGen": "streaming",
+            "ttt_state": "telemetry", "apply_yarn": "yarn"}
+
+__all__ = list(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import time
@@ -31,6 +32,7 @@ from .surgery import ttt_disabled, ttt_layers
 from .telemetry import telemetry_line, ttt_state
 
 MODES = ("teacher_forced", "generate", "transcribe")
+DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")  # what a cell can run on (torch.device names)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class CellConfig:
               "must be {manifest: PATH} or {demo: {durations: [...], seed: N}}")
         check(isinstance(self.window_s, (int, float)) and self.window_s > 0, "window_s", "must be > 0")
         check(isinstance(self.block, int) and self.block >= 1, "block", "must be an integer >= 1")
+        check(isinstance(self.device, str) and DEVICE.fullmatch(self.device), "device",
+              f"must be cpu, cuda, cuda:N or mps, got {self.device!r}")
         check(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
               f"must be float32, bfloat16 or float16, got {self.dtype!r}")
         check(self.clip_saturation is None or 0 < self.clip_saturation <= 1, "clip_saturation",
@@ -110,6 +114,7 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
     out = Path(out_dir)
     if out.exists():
         raise FileExistsError(f"{out}: exists already (a cell never shares a directory)")
+    check_device(cfg.device)
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     torch.manual_seed(cfg.seed)
     cache = Path(cfg.cache_dir)
@@ -143,6 +148,16 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return metrics
+
+
+def check_device(device: str) -> None:
+    """One line, before any loading, instead of torch's traceback deep inside the model build."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} but CUDA is not available on {platform.node()} "
+                         "(run the cell on a GPU node, or set device: cpu)")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise ValueError(f"device: {device!r} but this host has {torch.cuda.device_count()} "
+                         "CUDA device(s)")
 
 
 def cell_items(cfg: CellConfig, cache: Path):

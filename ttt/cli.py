@@ -5,13 +5,13 @@ import argparse
 import time
 from contextlib import nullcontext
 
-import torch
-from moshi.utils.compile import no_compile
+# torch and moshi are imported inside the commands that compute: `submit` (the Snakemake driver,
+# one per cell in flight on a login node) must stay light (tests/test_workflow_checks.py).
 
-from .config import TTTConfig
-from .surgery import apply_ttt, ttt_layers
-from .telemetry import ttt_state
-from .tiny import tiny_lm
+
+def no_compile():
+    from moshi.utils.compile import no_compile as upstream
+    return upstream()
 
 
 def selfcheck(args: argparse.Namespace) -> int:
@@ -21,6 +21,13 @@ def selfcheck(args: argparse.Namespace) -> int:
 
 
 def _selfcheck(args: argparse.Namespace) -> int:
+    import torch
+
+    from .config import TTTConfig
+    from .surgery import apply_ttt, ttt_layers
+    from .telemetry import ttt_state
+    from .tiny import tiny_lm
+
     cfg = TTTConfig(start_layer=1, layer_frequency=2, chunk_size=args.chunk, lr=args.lr,
                         delta_clip_fro_norm=args.clip, init_std=0.5)
     upstream = tiny_lm(args.seed)
@@ -99,30 +106,28 @@ def submit_command(args: argparse.Namespace) -> int:
 
 
 def prepare_command(args: argparse.Namespace) -> int:
-    """Tokenise a cell's inputs once (Mimi codes cached by content) before its cells run."""
+    """Tokenise a cell's inputs once (Mimi codes cache) before its cells run: Mimi alone, never
+    the LM, on the CPU where the configured GPU is absent (ttt/prepare.py)."""
     import json
     from pathlib import Path
-    from .cell import cell_items, load_cell_config
-    from .data import DataError, conversation_codes
-    from .model import CheckpointError, load_checkpoint, resolve_model
+    from .cell import load_cell_config
+    from .data import DataError
+    from .model import CheckpointError
+    from .prepare import preparation_device, prepare
 
     try:
         cfg = load_cell_config(args.config)
-        cache = Path(cfg.cache_dir)
-        with no_compile() if cfg.device == "cpu" else nullcontext():
-            items = cell_items(cfg, cache)
-            bundle = load_checkpoint(resolve_model(cfg.model, cache / "models"), device=cfg.device)
-            frames = [conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes",
-                                         bundle.directory.name).shape[-1] for item in items]
+        with no_compile() if preparation_device(cfg.device) == "cpu" else nullcontext():
+            marker = prepare(cfg)
     except (ValueError, DataError, CheckpointError) as exc:
         # Not fatal for the matrix: the cells reading these inputs fail with this same error in
         # their own status rows, and every other cell goes on.
         print(f"error: {exc}")
         Path(args.out).write_text(json.dumps({"error": str(exc)}) + "\n")
         return 0
-    Path(args.out).write_text(json.dumps({"items": [str(i.path) for i in items],
-                                          "frames": frames}, indent=1) + "\n")
-    print(f"prepared {len(items)} input(s), {sum(frames)} frames")
+    Path(args.out).write_text(json.dumps(marker, indent=1) + "\n")
+    print(f"prepared {len(marker['items'])} input(s), {sum(marker['frames'])} frames "
+          f"on {marker['device']}")
     return 0
 
 
