@@ -419,3 +419,18 @@ def test_new_modules_follow_the_model_train_eval_mode(variant):
     cfg = ttt.TTTConfig(variant=variant, layers=(1,), chunk_size=4)
     assert all(not m.training for m in ttt.apply_ttt(tiny_lm(0).eval(), cfg).modules())
     assert all(m.training for m in ttt.apply_ttt(tiny_lm(0).train(), cfg).modules())
+
+
+def test_clip_events_count_only_rows_that_updated():
+    """Rows out of step after a masked reset: a row whose chunk is not full neither updates nor
+    counts a clip event, although its (unapplied) delta would clip."""
+    cfg = ttt.TTTConfig(layers=(1,), chunk_size=6, lr=0.5, delta_clip_fro_norm=1e-9)
+    _, ours = make_pair(cfg)
+    seq = random_sequence(2, 8, seed=21)
+    with torch.no_grad(), ours.streaming(2):
+        ours.forward_text(seq[:, :, :4])
+        ours.reset_streaming(torch.tensor([True, False]))  # row 0 restarts its chunk
+        ours.forward_text(seq[:, :, 4:6])                  # row 1 reaches 6 tokens, row 0 has 2
+        stats = ttt.ttt_state(ours)[1]
+    assert stats["updates"].tolist() == [0, 1]
+    assert stats["clip_events"].tolist() == [0, 1]

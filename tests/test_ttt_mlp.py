@@ -93,6 +93,22 @@ def test_reset_restores_w_base_per_row():
     assert rel_err(after[1:], stream(b, x[1:], [14])[:, 7:]) <= 1e-6  # row 1 kept adapting
 
 
+def test_reset_reaches_every_row_including_the_last():
+    b, x = branch(), xs(batch=3, T=7)
+    with torch.no_grad(), b.streaming(3):
+        b(x)  # every row adapts and holds a partial mini-batch
+        b._streaming_state.reset(torch.tensor([False, False, True]))
+        s = b._streaming_state
+        assert torch.equal(s.start.W1[2], b.W1) and torch.equal(s.cur.W1[2], b.W1)
+        assert not torch.equal(s.cur.W1[1], b.W1)
+        assert s.pos.tolist()[2] == 0 and s.fill[2] == 0 and s.fill[1] != 0
+        s.reset(torch.ones(3, dtype=torch.bool))
+        for name in ("W1", "b1", "W2", "b2"):
+            w0 = b.get_parameter(name)
+            assert all(torch.equal(getattr(s.cur, name)[r], w0) for r in range(3)), name
+        assert s.pos.tolist() == [0, 0, 0] and s.fill == [0, 0, 0]
+
+
 def test_batch_rows_independent():
     b, x = branch(), xs(batch=3, T=10)
     together = stream(b, x, [3, 7])

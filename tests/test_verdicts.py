@@ -154,3 +154,16 @@ def test_schema_and_config_carry_the_documented_defaults():
             assert props[key]["default"] == value and props[key]["description"], (gate, key)
     config = yaml.safe_load((REPO / "config/config.yaml").read_text())
     assert verdicts.thresholds(config["verdicts"]) == verdicts.DEFAULTS
+
+
+def test_cost_at_exactly_the_threshold_passes_and_just_above_fails(tmp_path):
+    """'A gate passes when its value is at most its threshold' (README): 5 vs 4 ms/step is +25 %."""
+    specs = modified(healthy_specs(), ON, throughput={"ms_per_step_p50": 5.0})
+    specs = modified(specs, OFF, throughput={"ms_per_step_p50": 4.0})
+    at = verdicts.thresholds({"cost": {"max_regression": 0.25}})
+    summary, _ = judge(tmp_path / "at", specs, at)
+    assert summary["cost.throughput"]["value"] == 0.25
+    assert summary["cost.throughput"]["verdict"] == "pass"
+    below = verdicts.thresholds({"cost": {"max_regression": 0.2499}})
+    summary, _ = judge(tmp_path / "above", specs, below)
+    assert summary["cost.throughput"]["verdict"] == "fail"
