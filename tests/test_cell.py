@@ -39,7 +39,7 @@ def test_teacher_forced_cell_outputs_and_perplexity(cache, tmp_path):
     # Independent: exp(mean CE) from lm(codes) on the same tokens, with moshi's masks.
     bundle = load_checkpoint(resolve_model("tiny", cache / "models"), ttt=TTT, seed=0)
     item = cell_items(cell(cache), cache)[0]
-    codes = conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes", bundle.directory.name)
+    codes = conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes", bundle.mimi_id)
     with torch.no_grad():
         lm_out = bundle.lm(codes)
     mask = lm_out.text_mask

@@ -69,7 +69,7 @@ from pathlib import Path
 cache = Path(cache)
 b = load_checkpoint(resolve_model("tiny", cache / "models"), ttt=%r, seed=0)
 item = cell_items(CellConfig(cell="r", data={"demo": {"durations": [4.0], "seed": 3}}), cache)[0]
-codes = conversation_codes(b.mimi, b.tokenizer, item, cache / "codes", b.directory.name)
+codes = conversation_codes(b.mimi, b.tokenizer, item, cache / "codes", b.mimi_id)
 user = codes[:, 9:, :steps]
 with no_compile():
     r = stream_user_channel(b.lm, b.mimi, user, seed=7, chunk=8, log=lambda m: None,

@@ -176,7 +176,7 @@ def cell_items(cfg: CellConfig, cache: Path):
 
 def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
     lm = bundle.lm
-    model_key = bundle.directory.name
+    model_key = bundle.mimi_id
     chunk = bundle.ttt.chunk_size if ttt_layers(lm) else None
     block = chunk or cfg.block  # a block per chunk: telemetry at every update
     window = max(1, int(round(cfg.window_s * FRAME_RATE)))
@@ -277,7 +277,7 @@ def _upstream_regression(cfg, bundle, items, cache) -> dict:
     plain = loaders.get_moshi_lm(str(files["model.safetensors"]), lm_kwargs=lm_kwargs,
                                  device=cfg.device, dtype=getattr(torch, cfg.dtype))
     codes = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes",
-                               bundle.directory.name)[:, :, :cfg.block].to(cfg.device)
+                               bundle.mimi_id)[:, :, :cfg.block].to(cfg.device)
     with torch.no_grad():
         ours, theirs = bundle.lm(codes), plain(codes)
     diffs = [(a - b).abs().nan_to_num().max().item() for a, b in
@@ -293,7 +293,7 @@ def _embedding_plumbing(cfg, bundle, items, cache) -> dict:
     first block of the first input. ``max_abs_diff`` 0.0 means bitwise identical."""
     lm = bundle.lm
     seq = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes",
-                             bundle.directory.name)[:, :, :cfg.block].to(cfg.device)
+                             bundle.mimi_id)[:, :, :cfg.block].to(cfg.device)
     seen = {}
     handles = [layer.register_forward_pre_hook(
         lambda module, _args, i=i: seen.__setitem__(i, module._tap.x0))
@@ -336,7 +336,7 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
     rows, telemetry, step_ms, all_words, all_tokens, diagnostics = [], [], [], [], [], []
     refs, hyps, requeues, diverged, seconds = [], [], 0, False, 0.0
     for n, item in enumerate(items):
-        codes = conversation_codes(bundle.mimi, tok, item, cache / "codes", bundle.directory.name)
+        codes = conversation_codes(bundle.mimi, tok, item, cache / "codes", bundle.mimi_id)
         user = codes[:, 1 + lm.dep_q:].to(cfg.device)
         result = stream_user_channel(
             lm, bundle.mimi, user, seed=cfg.seed + n, chunk=chunk,

@@ -6,20 +6,24 @@ Every problem with an input is a one-line ``DataError`` naming the file.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
+from safetensors.torch import load_file, save_file
+
+from .identity import file_digest, value_digest
 
 SAMPLE_RATE = 24000
 FRAME_RATE = 12.5
 PAD_ID, END_OF_PADDING_ID = 3, 0
 MAIN, OTHER = "SPEAKER_MAIN", "SPEAKER_OTHER"
+CODES_FORMAT = "ttt-mimi-codes/2"
 
 
 class DataError(ValueError):
@@ -137,34 +141,43 @@ def text_stream(alignments, tokenizer, frames: int, speaker: str = MAIN) -> torc
     return stream
 
 
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+def _codes_key(mimi, item: Item, mimi_id: str) -> str:
+    """What a cached code file was computed from: Mimi's weights, the audio, the settings."""
+    return value_digest({"format": CODES_FORMAT, "mimi": mimi_id, "audio": file_digest(item.path),
+                         "channels": item.channels, "codebooks": getattr(mimi, "num_codebooks", None),
+                         "sample_rate": SAMPLE_RATE})
 
 
 @torch.no_grad()
-def mimi_codes(mimi, item: Item, cache_dir: Path, model_key: str) -> torch.Tensor:
-    """[2, n_q, frames] codes (left, right), computed once per file content and Mimi."""
+def mimi_codes(mimi, item: Item, cache_dir: Path, mimi_id: str) -> torch.Tensor:
+    """[2, n_q, frames] codes (left, right), computed once per audio content, Mimi weights
+    (``mimi_id``: their content digest) and settings. Stored as safetensors (nothing executable
+    is loaded from the cache); an unreadable cached file is discarded and recomputed."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    cached = cache_dir / f"{file_digest(item.path)[:24]}-{model_key}.pt"
+    cached = cache_dir / f"{_codes_key(mimi, item, mimi_id)[:32]}.safetensors"
     if cached.is_file():
-        return torch.load(cached)
+        try:
+            codes = load_file(str(cached))["codes"]
+            if codes.dtype == torch.long and codes.dim() == 3 and codes.shape[0] == 2:
+                return codes
+            raise ValueError(f"codes of shape {list(codes.shape)}, {codes.dtype}")
+        except Exception as exc:  # noqa: BLE001 - any unreadable cache file is recomputed
+            print(f"warning: {cached}: discarding a corrupt cached codes file "
+                  f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", file=sys.stderr)
+            cached.unlink(missing_ok=True)
     audio = torch.from_numpy(load_audio(item.path, channels=item.channels))
     if item.channels == 1:  # the user speaks; Moshi's channel is silent
         audio = torch.cat([torch.zeros_like(audio), audio])
-    codes = mimi.encode(audio[:, None].to(next(mimi.parameters()).device)).cpu()
+    codes = mimi.encode(audio[:, None].to(next(mimi.parameters()).device)).cpu().long().contiguous()
     tmp = cached.with_name(f".{cached.name}.tmp{os.getpid()}")
-    torch.save(codes, tmp)
+    save_file({"codes": codes}, str(tmp))
     os.replace(tmp, cached)
     return codes
 
 
-def conversation_codes(mimi, tokenizer, item: Item, cache_dir: Path, model_key: str) -> torch.Tensor:
+def conversation_codes(mimi, tokenizer, item: Item, cache_dir: Path, mimi_id: str) -> torch.Tensor:
     """[1, 17, T] input of ``lm(codes)``: text, 8 Moshi codebooks (left), 8 user (right)."""
-    audio = mimi_codes(mimi, item, cache_dir, model_key)
+    audio = mimi_codes(mimi, item, cache_dir, mimi_id)
     frames = audio.shape[-1]
     text = text_stream(item.alignments, tokenizer, frames)
     return torch.cat([text[None], audio[0], audio[1]], dim=0)[None]

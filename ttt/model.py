@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from .config import TTTConfig, YarnConfig
 from .files import read_json
+from .identity import file_digest, files_digest
 from .surgery import apply_ttt
 from .tiny import TINY_LM_KWARGS
 from .ttt_mlp import seeds_hybrid_key
@@ -49,6 +50,16 @@ class Bundle:
     ttt: TTTConfig | None
     yarn: YarnConfig | None
 
+    @property
+    def mimi_id(self) -> str:
+        """Content digest of the Mimi weights: keys the cache of Mimi codes."""
+        return mimi_id(self.directory)
+
+    @property
+    def content_id(self) -> str:
+        """Content digest of every file of the checkpoint: what a snapshot continues."""
+        return files_digest(checkpoint_files(self.directory))
+
 
 def checkpoint_files(directory: str | os.PathLike) -> dict[str, Path]:
     root = Path(directory)
@@ -63,6 +74,11 @@ def checkpoint_files(directory: str | os.PathLike) -> dict[str, Path]:
     if missing:
         raise CheckpointError(f"{missing[0]}: missing from the checkpoint directory")
     return files
+
+
+def mimi_id(directory: str | os.PathLike) -> str:
+    """Content digest of a checkpoint's Mimi weights (sha256, remembered beside the file)."""
+    return file_digest(checkpoint_files(directory)["mimi.safetensors"])
 
 
 def read_config(path: Path) -> tuple[dict, dict | None, dict | None, int | None]:

@@ -44,7 +44,7 @@ def prepare(cfg, log=print) -> dict:
     content (inputs and their frame counts)."""
     from .cell import cell_items
     from .data import conversation_codes
-    from .model import resolve_model
+    from .model import mimi_id, resolve_model
 
     cache = Path(cfg.cache_dir)
     items = cell_items(cfg, cache)
@@ -53,6 +53,6 @@ def prepare(cfg, log=print) -> dict:
     if device != cfg.device:
         log(f"{cfg.device} is not available here: preparing on the CPU")
     mimi, tokenizer = load_codec(directory, device)
-    frames = [conversation_codes(mimi, tokenizer, item, cache / "codes", directory.name).shape[-1]
+    frames = [conversation_codes(mimi, tokenizer, item, cache / "codes", mimi_id(directory)).shape[-1]
               for item in items]
     return {"items": [str(i.path) for i in items], "frames": frames, "device": device}
