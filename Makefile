@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_TORCH_COMPILE := 1
 
-.PHONY: setup test test-slurm gpu-proof run examples clean
+.PHONY: setup speech-deps test test-slurm gpu-proof run examples clean
 
 setup: $(BIN)/.installed
 
@@ -20,6 +20,12 @@ $(BIN)/.installed: pyproject.toml Makefile
 	$(BIN)/python -c "import torch, moshi, ttt; print('torch', torch.__version__, '| moshi', moshi.__version__, '| ttt', ttt.__version__)"
 	ln -sfn profiles/slurm slurm   # `snakemake --profile slurm` looks for ./slurm, not profiles/slurm
 	touch $@
+
+# Debian packages of the speech synthesiser (README "Speech data"), as root; tests/test_speech.py
+# installs the same when missing.
+SPEECH_DEBS := festival festvox-us-slt-hts festvox-kallpc16k dict-devil
+speech-deps:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SPEECH_DEBS)
 
 # Includes the SLURM suite, which starts a real single-node cluster (tests/slurm_lab.sh) when run
 # as root on Debian and skips with the reason otherwise.

@@ -228,6 +228,37 @@ def add_panel_parser(sub) -> None:
     v.set_defaults(func=panel_serve_command)
 
 
+def speech_command(args: argparse.Namespace) -> int:
+    """Exit 0 written, 2 for bad settings or a missing synthesiser/text package (one line)."""
+    from .speech import SpeechError, write_conversations
+    try:
+        manifest = write_conversations(args.out, count=args.count, duration_s=args.duration,
+                                       recurrence=args.recurrence, seed=args.seed,
+                                       recur_after_s=args.recur_after, cache_dir=args.cache)
+    except SpeechError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(manifest)
+    return 0
+
+
+def add_speech_parser(sub) -> None:
+    s = sub.add_parser(
+        "speech", help="synthesise two-speaker conversations (Festival voices, public-domain text)",
+        description="Write COUNT stereo 24 kHz conversations with word alignments in "
+                    "moshi-finetune's layout (OUT/manifest.jsonl); see README 'Speech data'. "
+                    "Exit codes: 0 written, 2 bad settings or missing Debian packages.")
+    s.add_argument("--out", required=True, help="output folder (manifest.jsonl, wavs, alignments)")
+    s.add_argument("--count", type=int, required=True, help="number of conversations")
+    s.add_argument("--duration", type=float, required=True, help="length of each (s)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--recurrence", action="store_true",
+                   help="repeat earlier turns verbatim more than --recur-after seconds later")
+    s.add_argument("--recur-after", type=float, default=10.0, help="minimum recurrence distance (s)")
+    s.add_argument("--cache", default=None, help="sentence cache (default OUT/sentences)")
+    s.set_defaults(func=speech_command)
+
+
 def _lazy(module: str, name: str):
     import importlib
     return getattr(importlib.import_module(f".{module}", __package__), name)
@@ -297,5 +328,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=selfcheck)
     add_panel_parser(sub)
+    add_speech_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)

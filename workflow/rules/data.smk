@@ -26,3 +26,37 @@ rule prepare:
     localrule: True
     shell:
         "python -m ttt prepare --config {input} --out {output} > {log} 2>&1"
+
+
+
+# Synthesised two-speaker conversations (README "Speech data"): one manifest per set named under
+# `speech:` in the config; `snakemake speech_all` builds them all. Sentences are cached by (voice,
+# text) in CACHE_DIR/speech, so sets and reruns share them. Needs Debian festival (no downloads).
+SPEECH_SETS = config.get("speech") or {}
+
+
+def _speech_args(w):
+    s = SPEECH_SETS[w.speech_set]
+    return (f"--count {int(s['count'])} --duration {float(s['duration_s'])} --seed {int(s.get('seed', 0))}"
+            f" --recur-after {float(s.get('recur_after_s', 10.0))}"
+            + (" --recurrence" if s.get("recurrence", False) else ""))
+
+
+rule speech:
+    output:
+        "results/data/speech/{speech_set}/manifest.jsonl",
+    params:
+        args=_speech_args,
+        cache=lambda w: f"{config['cache_dir']}/speech",
+    log:
+        "results/data/speech/{speech_set}.log",
+    localrule: True
+    shell:
+        "python -m ttt speech --out results/data/speech/{wildcards.speech_set} {params.args}"
+        " --cache {params.cache} > {log} 2>&1"
+
+
+rule speech_all:
+    input:
+        expand("results/data/speech/{speech_set}/manifest.jsonl", speech_set=list(SPEECH_SETS)),
+    localrule: True
