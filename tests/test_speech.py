@@ -181,3 +181,23 @@ def test_bad_settings_and_missing_text_are_one_line_errors(festival, tmp_path, c
     with pytest.raises(speech.SpeechError, match="nowhere.dz: text source missing"):
         speech.write_conversations(tmp_path / "y", count=1, duration_s=5, recurrence=False, seed=0,
                                    text_source=tmp_path / "nowhere.dz")
+
+
+def spoken(text: str) -> str:
+    """Text as Festival's words read it: lower case, letters and apostrophes only."""
+    return " ".join("".join(c if c.isalpha() or c == "'" else " " for c in text.lower()).split())
+
+
+def test_heldout_conversations_share_no_text_with_train(festival, tmp_path):
+    pool = speech.passages()
+    train, heldout = speech.text_entries(pool, "train"), speech.text_entries(pool, "heldout")
+    assert not set(train) & set(heldout) and sorted(train + heldout) == list(range(len(pool)))
+    text = {part: " | ".join(spoken(s) for i in idx for s in pool[i])
+            for part, idx in (("train", train), ("heldout", heldout))}
+    m = speech.write_conversations(tmp_path, count=1, duration_s=15.0, recurrence=False, seed=0,
+                                   text_part="heldout")
+    ts = turns(read_manifest(m)[0])
+    assert len(ts) >= 2
+    for _, words, _, _ in ts:
+        opening = spoken(" ".join(words[:4]))
+        assert opening in text["heldout"] and opening not in text["train"], opening

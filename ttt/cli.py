@@ -234,7 +234,9 @@ def speech_command(args: argparse.Namespace) -> int:
     try:
         manifest = write_conversations(args.out, count=args.count, duration_s=args.duration,
                                        recurrence=args.recurrence, seed=args.seed,
-                                       recur_after_s=args.recur_after, cache_dir=args.cache)
+                                       recur_after_s=args.recur_after,
+                                       recur_fraction=args.recur_fraction,
+                                       text_part=args.text_part, cache_dir=args.cache)
     except SpeechError as exc:
         print(f"error: {exc}")
         return 2
@@ -255,6 +257,10 @@ def add_speech_parser(sub) -> None:
     s.add_argument("--recurrence", action="store_true",
                    help="repeat earlier turns verbatim more than --recur-after seconds later")
     s.add_argument("--recur-after", type=float, default=10.0, help="minimum recurrence distance (s)")
+    s.add_argument("--recur-fraction", type=float, default=0.5,
+                   help="probability that a turn past --recur-after is a repeat")
+    s.add_argument("--text-part", choices=["all", "train", "heldout"], default="all",
+                   help="dictionary entries used: all, or the disjoint train / heldout parts")
     s.add_argument("--cache", default=None, help="sentence cache (default OUT/sentences)")
     s.set_defaults(func=speech_command)
 

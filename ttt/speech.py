@@ -38,6 +38,7 @@ DEFAULT_VOICES = ("slt", "kal")  # (Moshi / left / SPEAKER_MAIN, user / right / 
 DEBIAN_PACKAGES = ("festival", "festvox-us-slt-hts", "festvox-kallpc16k", "dict-devil")
 PEAK = 0.5            # every sentence is peak-normalised to this, so both voices are equally loud
 MAX_TURN_SENTENCES = 3
+HELDOUT_EVERY = 5     # text_part "heldout" = every 5th dictionary entry, "train" = the others
 MAX_TURN_WORDS = 20
 WORDS_PER_S = 2.6    # both voices speak about 2.5 words/s (measured)
 
@@ -228,17 +229,28 @@ class _FreshTurns:
         return out
 
 
+def text_entries(pool, text_part: str) -> list[int]:
+    """Indices of the entries of ``text_part``: ``all``, or the disjoint ``train`` / ``heldout``
+    parts, so held-out conversations hold no sentence a model was trained on."""
+    if text_part not in ("all", "train", "heldout"):
+        raise SpeechError(f"text_part {text_part!r}: expected all, train or heldout")
+    keep = {"all": lambda i: True, "heldout": lambda i: i % HELDOUT_EVERY == HELDOUT_EVERY - 1,
+            "train": lambda i: i % HELDOUT_EVERY != HELDOUT_EVERY - 1}[text_part]
+    return [i for i in range(len(pool)) if keep(i)]
+
+
 def write_conversations(directory, *, count: int, duration_s: float, recurrence: bool, seed: int,
                         recur_after_s: float = 10.0, recur_fraction: float = 0.5,
-                        voices: tuple[str, str] = DEFAULT_VOICES, cache_dir=None,
-                        text_source: Path = TEXT_SOURCE) -> Path:
+                        text_part: str = "all", voices: tuple[str, str] = DEFAULT_VOICES,
+                        cache_dir=None, text_source: Path = TEXT_SOURCE) -> Path:
     """Write ``count`` stereo conversations of ``duration_s`` seconds into ``directory`` and return
     their manifest. Speakers alternate turns (1–3 sentences of one dictionary entry, 0.2–0.7 s gap).
     With ``recurrence``, each turn starting past ``recur_after_s`` is, with probability
     ``recur_fraction``, a verbatim repeat (same speaker, same text, identical audio) of one of that
     speaker's fresh turns which ended more than ``recur_after_s`` earlier (each repeated at most
-    once); without it, no entry (hence no sentence) occurs twice in a conversation.
-    Deterministic in ``seed``; sentences are cached in ``cache_dir`` (default DIRECTORY/sentences)."""
+    once); without it, no entry (hence no sentence) occurs twice in a conversation. ``text_part``
+    picks the entries (see ``text_entries``). Deterministic in ``seed``; sentences are cached in
+    ``cache_dir`` (default DIRECTORY/sentences)."""
     if count < 1 or duration_s <= 0 or recur_after_s < 0 or not 0 <= recur_fraction <= 1:
         raise SpeechError(f"bad conversation settings: count={count}, duration_s={duration_s}, "
                           f"recur_after_s={recur_after_s}, recur_fraction={recur_fraction}")
@@ -247,12 +259,13 @@ def write_conversations(directory, *, count: int, duration_s: float, recurrence:
     directory.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else directory / "sentences"
     pool = passages(Path(text_source))
+    entries = text_entries(pool, text_part)
 
     # 1. each conversation's fresh turns per speaker (disjoint entries), and one synthesis batch
     #    per voice for the turns the conversation will most likely use; more are made on demand
     plans = []
     for index in range(count):
-        order = [int(i) for i in np.random.default_rng([seed, index]).permutation(len(pool))]
+        order = [entries[i] for i in np.random.default_rng([seed, index]).permutation(len(entries))]
         plans.append([_FreshTurns(pool, order[s::2], np.random.default_rng([seed, index, s]))
                       for s in (0, 1)])
     expected_words = 0.5 * duration_s * WORDS_PER_S * 1.2 + 10

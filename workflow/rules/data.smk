@@ -39,6 +39,8 @@ def _speech_args(w):
     s = SPEECH_SETS[w.speech_set]
     return (f"--count {int(s['count'])} --duration {float(s['duration_s'])} --seed {int(s.get('seed', 0))}"
             f" --recur-after {float(s.get('recur_after_s', 10.0))}"
+            f" --recur-fraction {float(s.get('recur_fraction', 0.5))}"
+            f" --text-part {s.get('text_part', 'all')}"
             + (" --recurrence" if s.get("recurrence", False) else ""))
 
 
