@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,25 @@ def test_heldout_conversations_share_no_text_with_train(festival, tmp_path):
     for _, words, _, _ in ts:
         opening = spoken(" ".join(words[:4]))
         assert opening in text["heldout"] and opening not in text["train"], opening
+
+
+def test_snakemake_rule_builds_a_set_once(festival, tmp_path):
+    """`snakemake speech_all` builds each configured set through `python -m ttt speech`, with the
+    sentence cache under cache_dir; a second run has nothing to do."""
+    import yaml
+    repo, bin_ = Path(__file__).resolve().parent.parent, Path(sys.executable).parent
+    shutil.copytree(repo / "config", tmp_path / "config")
+    cfg = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
+    cfg.update(cache_dir=str(tmp_path / "cache"),
+               speech={"tiny": {"count": 1, "duration_s": 8, "recurrence": True, "recur_after_s": 2}})
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "NO_TORCH_COMPILE": "1"}
+    cmd = [str(bin_ / "snakemake"), "--snakefile", str(repo / "Snakefile"), "--directory",
+           str(tmp_path), "-c1", "speech_all"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    items = read_manifest(tmp_path / "results/data/speech/tiny/manifest.jsonl")
+    assert len(items) == 1 and items[0].alignments
+    assert list((tmp_path / "cache" / "speech").glob("*/*.wav"))
+    again = subprocess.run(cmd + ["-n"], capture_output=True, text=True, env=env, timeout=600)
+    assert "Nothing to be done" in again.stdout + again.stderr
