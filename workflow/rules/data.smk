@@ -14,9 +14,16 @@ rule prepare_config:
             yaml.safe_dump(spec, f)
 
 
+def _built_manifest(w):
+    """A family reading a speech set this workflow builds (results/data/speech/...) waits for it."""
+    manifest = MATRIX[DATASETS[w.dataset]]["data"].get("manifest") or ""
+    return [manifest] if manifest.startswith("results/data/speech/") else []
+
+
 rule prepare:
     input:
         "results/prepare/{dataset}/prepare.yaml",
+        _built_manifest,
     output:
         "results/prepare/{dataset}/prepared.json",
     log:
