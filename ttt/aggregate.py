@@ -32,6 +32,7 @@ def collect(cells_root: str | os.PathLike) -> list[dict]:
         metrics_path = status_path.parent / "cell" / "metrics.json"
         if metrics_path.is_file():
             row.update(_metrics_columns(json.loads(metrics_path.read_text())))
+        row.update(asr_columns(status_path.parent / "asr"))
         if family == "gate_override":
             row.update(_gate_columns(status_path.parent / "cell", params.get("alpha")))
         rows.append(row)
@@ -62,6 +63,25 @@ def _metrics_columns(m: dict) -> dict:
     }
 
 
+ASR_COLUMNS = ("consistency_wer", "asr_words_per_min", "asr_distinct_1", "asr_distinct_2",
+               "asr_longest_repeated_ngram", "silence_fraction")
+
+
+def asr_columns(asr_dir: Path) -> dict:
+    """The ASR stage's per-cell numbers (``<cell>/asr/asr.json``); none for a cell without it."""
+    path = asr_dir / "asr.json"
+    if not path.is_file():
+        return {}
+    a = json.loads(path.read_text())
+    if a.get("status") != "ok":
+        return {"asr_status": a.get("status")}
+    ind = a.get("indicators") or {}
+    return {"asr_status": "ok", "consistency_wer": (a.get("consistency") or {}).get("wer"),
+            **{k: ind.get(k) for k in ASR_COLUMNS[1:]},
+            "codec_untrained": a.get("codec_untrained"),
+            "asr_x_realtime": (a.get("speed") or {}).get("x_realtime")}
+
+
 def _gate_columns(cell: Path, alpha: str | None) -> dict:
     """Effective TTT weight tanh(α) (forced, or the learned α's mean from the diagnostics) and the
     beginning of the transcript, so the α rows read side by side (seed 002's table)."""
@@ -90,7 +110,7 @@ def pair_twins(rows: list[dict]) -> list[dict]:
             if twins:
                 twin = twins[0]
                 row["twin"] = twin["cell"]
-                for key in ("perplexity_text", "perplexity_audio", "wer", "ms_per_step"):
+                for key in ("perplexity_text", "perplexity_audio", "wer", "ms_per_step", *ASR_COLUMNS):
                     a, b = row.get(key), twin.get(key)
                     row[f"{key}_off"] = b
                     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -217,12 +237,48 @@ def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
     fig.savefig(plots / "yarn.png", dpi=100)
     plt.close(fig)
 
+    _consistency_plot(cells_root, rows, plots / "consistency.png")
+
     # Figure-5 curves: the longest TTT-on long-form cell; the hybrid's learned-gate cell.
     longest = sorted((r for r in rows if r["family"] == "long_form" and r.get("ttt") == "on"),
                      key=lambda r: _num(r.get("steps")) or 0)
     _figure5(cells_root, longest[-1:], plots / "figure5.png", "")
     hybrid = [r for r in rows if r["family"] == "gate_override" and r.get("alpha") == "learned"]
     _figure5(cells_root, hybrid, plots / "figure5_hybrid.png", "TTT-MLP, learned gate: ")
+
+
+def _consistency_plot(cells_root: Path, rows: list[dict], path: Path) -> None:
+    """The gibberish detector: consistency WER (what the recogniser heard vs Moshi's text) per
+    window against time, for the long-form generate cells (the short-form ones when the run has
+    none), TTT on and off."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    family = next((f for f in ("long_form", "short_form")
+                   if any(r["family"] == f and r.get("asr_status") == "ok" for r in rows)), None)
+    untrained = False
+    for r in rows:
+        if r["family"] != family or r.get("asr_status") != "ok":
+            continue
+        untrained |= r.get("codec_untrained") is True
+        series = [(s["start_s"], s["consistency_wer"]) for s in
+                  _read_jsonl(cells_root / r["cell"] / "asr" / "asr.jsonl")]
+        ax.plot([_num(t) for t, _ in series], [_num(w) for _, w in series], "o-",
+                label=r["cell"].split("/", 1)[1])
+    note = " (untrained codec: noise)" if untrained else ""
+    ax.set(title=f"consistency WER vs time, {family or 'no generate cell'}{note}",
+           xlabel="time (s)", ylabel="WER heard vs text stream")
+    if ax.lines:
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _figure5(cells_root: Path, cells: list[dict], path: Path, title: str) -> None:

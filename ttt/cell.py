@@ -27,7 +27,7 @@ from .config import TTTConfig, YarnConfig, strict_kwargs
 from .data import FRAME_RATE, DataError, conversation_codes, read_manifest, write_demo_manifest
 from .diagnostics import Diagnostics, diagnostics_line
 from .metrics import perplexity, sliding_perplexity, teacher_forced_nll
-from .model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
+from .model import DEMO_WORDS, CheckpointError, codec_untrained, load_checkpoint, resolve_model
 from .surgery import ttt_disabled, ttt_layers
 from .telemetry import telemetry_line, ttt_state
 
@@ -334,7 +334,7 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
     if cfg.snapshot_every:
         replay.mkdir(parents=True, exist_ok=True)
     rows, telemetry, step_ms, all_words, all_tokens, diagnostics = [], [], [], [], [], []
-    refs, hyps, requeues, diverged, seconds = [], [], 0, False, 0.0
+    refs, hyps, requeues, diverged, seconds, audio = [], [], 0, False, 0.0, None
     for n, item in enumerate(items):
         codes = conversation_codes(bundle.mimi, tok, item, cache / "codes", bundle.mimi_id)
         user = codes[:, 1 + lm.dep_q:].to(cfg.device)
@@ -373,6 +373,9 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
             rows.append(row)
         if n == 0 and cfg.mode == "generate" and result.pcm:
             sf.write(str(tmp / "out.wav"), np.concatenate(result.pcm), SAMPLE_RATE)
+            # Output frames start after the acoustic delay: Moshi's text time = audio time + this.
+            audio = {"file": "out.wav", "offset_s": (result.steps_done - len(result.pcm)) / FRAME_RATE,
+                     "codec_untrained": codec_untrained(cfg.model, bundle.directory)}
         (tmp / "transcript.txt").open("a").write(
             "".join(f"[item {n} {t:8.2f} s] {w}\n" for t, w in words))
         if diverged:
@@ -399,6 +402,7 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
         "diverged": diverged,
         "steps": int(seconds * FRAME_RATE),
         "requeues": requeues,
+        **({"audio": audio} if audio else {}),
     }
 
 

@@ -326,6 +326,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="YAML metric: relative threshold (the config's compare: section)")
     c.add_argument("--strict", action="store_true", help="exit 1 when a regression is flagged")
     c.set_defaults(func=lambda args: _lazy("compare", "compare_command")(args))
+    t = sub.add_parser(
+        "asr", help="transcribe a generate cell's audio with faster-whisper and score it",
+        description="Transcribe a generate cell's out.wav with a real offline recogniser "
+                    "(faster-whisper, word timestamps) and write OUT/asr.json, asr.jsonl (per window: "
+                    "Moshi's text beside what was heard, consistency WER, collapse indicators, "
+                    "silence fraction) and words.jsonl; or --wav FILE prints one transcript. The "
+                    "recogniser's output is cached by the audio's sha256, model and settings. "
+                    "Exit codes: 0 written, 2 bad input.")
+    t.add_argument("--cell", default=None, help="the cell's output directory (holding out.wav)")
+    t.add_argument("--out", default=None, help="ASR output directory (replaced atomically)")
+    t.add_argument("--wav", default=None, help="transcribe this audio file only (print the text)")
+    t.add_argument("--config", default=None, help="YAML of the config's asr: section (default: built-in)")
+    t.add_argument("--cache", default=None, help="cache folder of recogniser outputs (none = no cache)")
+    t.add_argument("--threads", type=int, default=0, help="CPU threads of the recogniser (0 = all)")
+    t.set_defaults(func=lambda args: _lazy("asr", "asr_command")(args))
     p = sub.add_parser("selfcheck", help="run TTT on the embedded tiny model and compare modes")
     p.add_argument("--tokens", type=int, default=64, help="sequence length (default 64)")
     p.add_argument("--chunk", type=int, default=16, help="TTT chunk size (default 16)")

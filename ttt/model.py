@@ -34,7 +34,7 @@ from .ttt_mlp import seeds_hybrid_key
 from .yarn import apply_yarn
 
 FILES = ("config.json", "model.safetensors", "tokenizer.model", "mimi.safetensors")
-_NOT_LM_KWARGS = {"ttt_config", "yarn_config", "context", "lm_kwargs", "model_type"}
+_NOT_LM_KWARGS = {"ttt_config", "yarn_config", "context", "lm_kwargs", "model_type", "codec"}
 
 
 class CheckpointError(ValueError):
@@ -218,13 +218,29 @@ def build_tiny_checkpoint(directory: str | os.PathLike, seed: int = 0) -> Path:
     save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(tmp / "model.safetensors"))
     save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(tmp / "mimi.safetensors"))
     (tmp / "tokenizer.model").write_bytes(_train_tokenizer())
-    (tmp / "config.json").write_text(json.dumps({"lm_kwargs": DEFAULT_LM_KWARGS}, indent=1))
+    (tmp / "config.json").write_text(json.dumps({"lm_kwargs": DEFAULT_LM_KWARGS, "codec": UNTRAINED},
+                                                indent=1))
     try:
         tmp.rename(target)
     except OSError:  # another process built it first (cells starting together): use theirs
         shutil.rmtree(tmp, ignore_errors=True)
         checkpoint_files(target)
     return target
+
+
+UNTRAINED = "untrained"  # config.json "codec" of a checkpoint whose Mimi is random (its audio is noise)
+
+
+def codec_untrained(spec: str, directory: str | os.PathLike) -> bool:
+    """Whether the checkpoint's Mimi is the random one the embedded default builds: its audio is
+    noise, so nothing heard in it can be judged (the ASR verdict says n/a). ``tiny`` specs are
+    always random (also checkpoints cached before the marker existed)."""
+    if spec == "tiny" or spec.startswith("tiny:"):
+        return True
+    try:
+        return read_json(checkpoint_files(directory)["config.json"], "config.json").get("codec") == UNTRAINED
+    except (ValueError, AttributeError):
+        return False
 
 
 def _train_tokenizer() -> bytes:

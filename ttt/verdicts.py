@@ -34,6 +34,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                        "max_wer_worse": 0.0, "confidence": 0.95, "resamples": 2000},
     "observability": {"families": None},
     "cost": {"families": ["short_form", "long_form", "yarn"], "max_regression": 0.03},
+    "consistency": {"families": None, "max_wer": 0.3, "max_worse": 0.0, "confidence": 0.95,
+                    "resamples": 2000},
 }
 DONE = ("ok", "diverged")
 
@@ -483,15 +485,80 @@ def gate_cost(cells, cfg):
     return out
 
 
+# ---- quality (what was heard) ------------------------------------------------------------------
+
+UNTRAINED_CODEC = "n/a: the codec is untrained (random Mimi: its audio is noise, nothing to hear)"
+
+
+def _asr(c: Cell) -> dict | None:
+    path = c.root / "asr" / "asr.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def gate_consistency(cells, cfg):
+    """What a recogniser heard in a generate cell's audio matches Moshi's text stream: the cell's
+    consistency WER at most ``max_wer``; and TTT on is not less consistent than its TTT-off twin
+    (per-window on − off, bootstrap CI, fails when the whole CI is above ``max_worse``). Never
+    judged on an untrained codec's noise."""
+    g = cfg["consistency"]
+    by_name = {c.name: c for c in cells}
+    out = []
+    for c in _in(cells, g):
+        asr = _asr(c) if c.done else None
+        if not asr or asr.get("status") != "ok":
+            continue
+        untrained = bool(asr.get("codec_untrained"))
+        wer = num((asr.get("consistency") or {}).get("wer"))
+        if untrained:
+            out.append(check("quality.consistency_wer", c.name, wer, g["max_wer"], None, UNTRAINED_CODEC))
+        elif wer is None:
+            out.append(check("quality.consistency_wer", c.name, None, g["max_wer"], None,
+                             "Moshi's text stream has no word: nothing to compare"))
+        else:
+            ref = (asr.get("consistency") or {}).get("ref_words")
+            out.append(check("quality.consistency_wer", c.name, wer, g["max_wer"], wer <= g["max_wer"],
+                             f"heard vs text stream: WER {wer:.3f} over {ref} text words"))
+        twin = by_name.get(c.row.get("twin") or "")
+        twin_asr = _asr(twin) if twin is not None and twin.done and c.ttt_on else None
+        if not twin_asr or twin_asr.get("status") != "ok":
+            continue
+        name = f"{c.name} vs {twin.name}"
+        if untrained or twin_asr.get("codec_untrained"):
+            out.append(check("quality.consistency_wer_vs_off", name, None, g["max_worse"], None,
+                             UNTRAINED_CODEC))
+            continue
+        on = {num(r.get("start_s")): num(r.get("consistency_wer")) for r in _jsonl(c.root / "asr" / "asr.jsonl")}
+        off = {num(r.get("start_s")): num(r.get("consistency_wer")) for r in _jsonl(twin.root / "asr" / "asr.jsonl")}
+        pairs = [(on[k], off[k]) for k in on if k in off and on[k] is not None and off[k] is not None]
+        if not pairs:
+            out.append(check("quality.consistency_wer_vs_off", name, None, g["max_worse"], None,
+                             "no window where both text streams have words"))
+            continue
+        d = np.array([a - b for a, b in pairs])
+        lo, hi = bootstrap_ci(d, g["confidence"], g["resamples"])
+        out.append(check("quality.consistency_wer_vs_off", name, float(d.mean()), g["max_worse"],
+                         lo <= g["max_worse"],
+                         f"consistency WER on − off {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] "
+                         f"{g['confidence']:.0%} CI over {len(d)} windows"))
+    return out
+
+
+def _jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 GATES: list[Callable] = [gate_completed, gate_finite, gate_w_norm_plateau, gate_clip_saturation,
                          gate_pre_update_logits, gate_ttt_off_bitwise, gate_embedding_plumbing,
-                         gate_responsiveness, gate_observability, gate_cost]
+                         gate_responsiveness, gate_observability, gate_cost, gate_consistency]
 SIGNALS = ["run.completed", "stability.finite", "stability.w_norm_plateau",
            "stability.clip_saturation", "correctness.pre_update_logits",
            "correctness.ttt_off_bitwise", "correctness.embedding_plumbing",
            "responsiveness.perplexity_text", "responsiveness.perplexity_audio", "responsiveness.wer",
            "observability.telemetry_layers", "observability.counters_monotonic",
-           "observability.log_line", "cost.throughput"]
+           "observability.log_line", "cost.throughput", "quality.consistency_wer",
+           "quality.consistency_wer_vs_off"]
 
 
 def evaluate(results: str | os.PathLike, cfg: dict | None = None) -> tuple[list[dict], list[dict]]:

@@ -4,6 +4,7 @@
 rule aggregate:
     input:
         expand("results/cells/{cell}/status.json", cell=list(MATRIX)),
+        ASR_TARGETS,
     output:
         cells=report("results/tables/cells.csv", category="Tables"),
         families=[report(f"results/tables/{f}.csv", category="Tables") for f in config["families"]],

@@ -6,7 +6,7 @@ from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
 
-PLOTS = ["lr_grid", "long_form", "yarn", "figure5", "figure5_hybrid"]
+PLOTS = ["lr_grid", "long_form", "yarn", "figure5", "figure5_hybrid", "consistency"]
 FAMILY_KEYS = ("model", "device", "dtype", "cache_dir")
 
 

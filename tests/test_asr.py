@@ -1,0 +1,200 @@
+"""The ASR stage: consistency metric on constructed cases, the recogniser on real recorded speech
+(LibriVox clips from Debian's pocketsphinx-testdata, pyannote.audio's two-speaker sample) through
+the project vs faster-whisper run directly, the cache, bad input, and the verdict."""
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from ttt.asr import (DECODE, SEED, AsrConfig, asr_indicators, consistency, model_source, run_stage,
+                     silence_fraction)
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+PYANNOTE = "pyannote.audio==4.0.7"  # ships pyannote/audio/sample/sample.wav + sample.stm
+
+
+# ---- the metric on constructed cases (expected values computed by hand) -----------------------
+
+def test_consistency_same_words_is_zero_after_normalisation():
+    assert consistency("Hello, world! How are you?", "hello world how are you")["wer"] == 0.0
+
+
+def test_consistency_shifted_transcript():
+    # text: the cat sat on the mat (6); heard one word later: "the" missing, "today" added.
+    out = consistency("the cat sat on the mat", "cat sat on the mat today")
+    assert (out["deletions"], out["insertions"], out["substitutions"]) == (1, 1, 0)
+    assert out["wer"] == pytest.approx(2 / 6)
+
+
+def test_consistency_garbled_transcript():
+    # hello→yellow, world→word (2 substitutions), "you" not heard (1 deletion): 3 / 5.
+    out = consistency("hello world how are you", "yellow word how are")
+    assert (out["substitutions"], out["deletions"], out["insertions"]) == (2, 1, 0)
+    assert out["wer"] == pytest.approx(0.6)
+
+
+def test_asr_indicators_by_hand():
+    # normalised: hello hello world hello world over 30 s
+    out = asr_indicators(["Hello,", "hello", "world", "Hello", "world."], 30.0)
+    assert out["asr_words"] == 5 and out["asr_words_per_min"] == pytest.approx(10.0)
+    assert out["asr_distinct_1"] == pytest.approx(2 / 5)
+    assert out["asr_distinct_2"] == pytest.approx(3 / 4)   # (h,h) (h,w) (w,h) (h,w)
+    assert out["asr_longest_repeated_ngram"] == 2          # "hello world" twice
+
+
+def test_silence_fraction_by_hand():
+    spans = [(1.0, 2.0), (3.0, 5.0)]
+    assert silence_fraction(spans, 0.0, 4.0) == pytest.approx(0.5)
+    assert silence_fraction(spans, 4.0, 8.0) == pytest.approx(0.75)
+    assert silence_fraction(spans, 2.0, 2.0) is None
+
+
+def fake_cell(root: Path, windows: list[str], window_s: float, offset_s: float, wav: np.ndarray,
+              rate: int = 16000, untrained: bool = False) -> Path:
+    """A generate cell's directory as ttt.cell writes it: metrics.json, transcript.jsonl, out.wav."""
+    root.mkdir(parents=True)
+    sf.write(str(root / "out.wav"), wav, rate)
+    (root / "metrics.json").write_text(json.dumps({
+        "mode": "generate", "config": {"window_s": window_s},
+        "audio": {"file": "out.wav", "offset_s": offset_s, "codec_untrained": untrained}}))
+    (root / "transcript.jsonl").write_text("".join(
+        json.dumps({"item": 0, "start_s": i * window_s, "hypothesis": h}) + "\n"
+        for i, h in enumerate(windows)))
+    return root
+
+
+def test_windows_follow_the_audio_offset(tmp_path, monkeypatch):
+    """Recognised words are placed on Moshi's text axis (audio time + offset_s) before windowing;
+    without the offset "world" (heard at 3.9 s) would fall in the first window."""
+    import ttt.asr as asr
+
+    cell = fake_cell(tmp_path / "cell", ["hello", "world"], 4.0, 0.16, np.zeros(8 * 16000, "float32"))
+    heard = {"words": [{"start": 0.1, "end": 0.5, "word": "Hello"},
+                       {"start": 3.9, "end": 4.3, "word": "world"}],
+             "text": "Hello world", "audio_s": 8.0}
+    rows, summary = asr.score_cell(cell, heard, [(0.0, 2.0)])
+    assert [r["asr_hypothesis"] for r in rows] == ["Hello", "world"]
+    assert [r["consistency_wer"] for r in rows] == [0.0, 0.0]
+    assert summary["consistency"]["wer"] == 0.0
+    # window 0 covers audio [0, 3.84): speech 2 s → silence 1 − 2/3.84
+    assert rows[0]["silence_fraction"] == pytest.approx(1 - 2 / 3.84)
+
+
+# ---- real recorded speech -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def librivox():
+    """Debian's pocketsphinx-testdata (LibriVox, Sense and Sensibility), installed when missing
+    (root only); the five clips joined with 0.5 s gaps, and their reference text."""
+    if not (LIBRIVOX / "transcription").is_file():
+        if os.geteuid() != 0:
+            pytest.skip("Debian pocketsphinx-testdata missing and not root to apt-get install it")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        done = subprocess.run("apt-get update -qq && apt-get install -y -qq pocketsphinx-testdata",
+                              shell=True, capture_output=True, text=True, env=env, timeout=900)
+        if done.returncode != 0 or not (LIBRIVOX / "transcription").is_file():
+            pytest.skip(f"cannot install pocketsphinx-testdata: {(done.stderr or done.stdout)[-300:]}")
+    refs = {}
+    for line in (LIBRIVOX / "transcription").read_text().splitlines():
+        text, name = line.rsplit(" (", 1)
+        refs[name.rstrip(")")] = text.replace("<s>", "").replace("</s>", "").strip()
+    gap = np.zeros(8000, "float32")
+    audio = np.concatenate([np.concatenate([sf.read(str(LIBRIVOX / f"{n}.wav"), dtype="float32")[0], gap])
+                            for n in refs])
+    return audio, " ".join(refs.values())
+
+
+@pytest.fixture(scope="module")
+def pyannote_sample(tmp_path_factory):
+    """pyannote.audio's 30 s two-speaker sample and its STM, out of the wheel from PyPI."""
+    where = tmp_path_factory.mktemp("pyannote")
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", PYANNOTE,
+                           "-d", str(where)], capture_output=True, text=True, timeout=300)
+    wheels = list(where.glob("pyannote_audio-*.whl"))
+    if done.returncode != 0 or not wheels:
+        pytest.skip(f"cannot download {PYANNOTE} from PyPI: {done.stderr[-300:]}")
+    with zipfile.ZipFile(wheels[0]) as z:
+        z.extract("pyannote/audio/sample/sample.wav", where)
+        stm = z.read("pyannote/audio/sample/sample.stm").decode()
+    segments = sorted((float(f[3]), " ".join(f[5:])) for f in (line.split() for line in stm.splitlines()) if f)
+    audio, rate = sf.read(str(where / "pyannote/audio/sample/sample.wav"), dtype="float32")
+    assert rate == 16000
+    return audio, " ".join(text for _, text in segments)
+
+
+def direct_wer(wav: Path, reference: str) -> tuple[float, str]:
+    """The same recogniser with the same settings, called directly (file path decoded by
+    faster-whisper itself), scored with jiwer after Whisper's normaliser."""
+    import jiwer
+    from faster_whisper import WhisperModel
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    import ctranslate2
+
+    model = WhisperModel(model_source(AsrConfig())[0], device="cpu", compute_type="auto")
+    ctranslate2.set_random_seed(SEED)
+    segments, _ = model.transcribe(str(wav), language="en", **DECODE)
+    text = " ".join(s.text.strip() for s in segments)
+    norm = EnglishTextNormalizer()
+    return jiwer.wer(" ".join(norm(reference).split()), " ".join(norm(text).split())), text
+
+
+@pytest.mark.parametrize("corpus", ["librivox", "pyannote_sample"])
+def test_project_wer_equals_direct_recogniser(corpus, request, tmp_path, report):
+    """A 'cell' whose text stream is the reference transcript: its consistency WER is the
+    recogniser's WER on real speech. Through the project (python -m ttt asr) it must equal the
+    recogniser run directly within 0.5 points."""
+    audio, reference = request.getfixturevalue(corpus)
+    cell = fake_cell(tmp_path / "cell", [reference], 600.0, 0.0, audio)
+    out = tmp_path / "asr"
+    done = subprocess.run([sys.executable, "-m", "ttt", "asr", "--cell", str(cell), "--out", str(out),
+                           "--cache", str(tmp_path / "cache")], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "asr.json").read_text())
+    project = summary["consistency"]["wer"]
+    direct, text = direct_wer(cell / "out.wav", reference)
+    report(f"{corpus} WER project", project)
+    report(f"{corpus} WER direct", direct)
+    report(f"{corpus} x real time (CPU)", summary["speed"]["x_realtime"])
+    assert abs(project - direct) <= 0.005, (project, direct, text, summary["asr_hypothesis"])
+    assert project < 0.35  # real speech is recognised (tiny.en: about 0.1-0.25 here)
+    words = [json.loads(line) for line in (out / "words.jsonl").read_text().splitlines()]
+    assert words and all(0 <= w["start"] <= w["end"] <= len(audio) / 16000 + 0.5 for w in words)
+    assert summary["indicators"]["silence_fraction"] < 0.6
+
+
+# ---- the stage: cache, bad input -----------------------------------------------------------------
+
+def test_cache_hit_by_content_and_bad_config(tmp_path, librivox):
+    audio, reference = librivox
+    short = audio[: 3 * 16000]
+    cell = fake_cell(tmp_path / "cell", ["and mister john dashwood"], 600.0, 0.0, short)
+    cache = tmp_path / "cache"
+    first = run_stage(cell, tmp_path / "a", AsrConfig(), cache, log=lambda m: None)
+    again = run_stage(cell, tmp_path / "b", AsrConfig(), cache, log=lambda m: None)
+    assert not first["speed"]["cached"] and again["speed"]["cached"]
+    assert again["asr_hypothesis"] == first["asr_hypothesis"] and len(list(cache.glob("*.json"))) == 1
+    sf.write(str(cell / "out.wav"), short * 0.5, 16000)  # other audio: other key
+    run_stage(cell, tmp_path / "c", AsrConfig(), cache, log=lambda m: None)
+    assert len(list(cache.glob("*.json"))) == 2
+    bad = tmp_path / "asr.yaml"
+    bad.write_text("model: bundled\nbeam: 3\n")
+    done = subprocess.run([sys.executable, "-m", "ttt", "asr", "--cell", str(cell), "--out",
+                           str(tmp_path / "d"), "--config", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1
+    assert str(bad) in done.stderr and "beam" in done.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_cell_without_audio_says_why(tmp_path):
+    (tmp_path / "cell").mkdir()
+    summary = run_stage(tmp_path / "cell", tmp_path / "asr", AsrConfig(), None)
+    assert summary["status"] == "no_audio" and "did not complete" in summary["reason"]
+    assert json.loads((tmp_path / "asr" / "asr.json").read_text())["status"] == "no_audio"
