@@ -198,3 +198,67 @@ def test_cell_without_audio_says_why(tmp_path):
     summary = run_stage(tmp_path / "cell", tmp_path / "asr", AsrConfig(), None)
     assert summary["status"] == "no_audio" and "did not complete" in summary["reason"]
     assert json.loads((tmp_path / "asr" / "asr.json").read_text())["status"] == "no_audio"
+
+
+# ---- tables and verdicts --------------------------------------------------------------------------
+
+def write_asr(results: Path, cell: str, window_wers: list[float], untrained: bool) -> None:
+    """The ASR stage's files for a constructed cell (asr.json + asr.jsonl)."""
+    d = results / "cells" / cell / "asr"
+    d.mkdir(parents=True)
+    rows = [{"item": 0, "start_s": 4.0 * i, "hypothesis": "a b", "asr_hypothesis": "a b",
+             "consistency_wer": w} for i, w in enumerate(window_wers)]
+    (d / "asr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (d / "asr.json").write_text(json.dumps({
+        "status": "ok", "codec_untrained": untrained,
+        "consistency": {"wer": float(np.mean(window_wers)), "ref_words": 2 * len(window_wers)},
+        "indicators": {"asr_words": 10, "asr_words_per_min": 120.0, "asr_distinct_1": 0.5,
+                       "asr_distinct_2": 0.75, "asr_longest_repeated_ngram": 2,
+                       "silence_fraction": 0.25},
+        "speed": {"x_realtime": 3.0}}))
+
+
+def asr_results(tmp_path, on_wers, off_wers, untrained):
+    from results_factory import aggregate_tables, cell_spec, write_results
+
+    on, off = "short_form/duration~8/ttt~on", "short_form/duration~8/ttt~off"
+    write_results(tmp_path, [cell_spec(on, True), cell_spec(off, False)])
+    write_asr(tmp_path, on, on_wers, untrained)
+    write_asr(tmp_path, off, off_wers, untrained)
+    aggregate_tables(tmp_path)
+    from ttt import verdicts
+    summary, checks = verdicts.evaluate(tmp_path)
+    return {r["signal"]: r for r in summary}, tmp_path
+
+
+def test_columns_with_twins(tmp_path):
+    import csv
+    _, root = asr_results(tmp_path, [0.2, 0.4], [0.1, 0.1], untrained=False)
+    rows = {r["cell"]: r for r in csv.DictReader(open(root / "tables" / "cells.csv"))}
+    on = rows["short_form/duration~8/ttt~on"]
+    assert float(on["consistency_wer"]) == pytest.approx(0.3)
+    assert float(on["consistency_wer_off"]) == pytest.approx(0.1)
+    assert float(on["consistency_wer_delta"]) == pytest.approx(0.2)
+    for col in ("asr_words_per_min", "asr_distinct_1", "asr_distinct_2",
+                "asr_longest_repeated_ngram", "silence_fraction"):
+        assert col in on and f"{col}_off" in on and f"{col}_delta" in on
+
+
+def test_verdict_is_na_on_an_untrained_codec(tmp_path):
+    """Noise is never judged: even a cell whose audio matches nothing, far worse than its twin."""
+    summary, _ = asr_results(tmp_path, [1.0, 1.0, 1.0], [0.0, 0.0, 0.0], untrained=True)
+    for signal in ("quality.consistency_wer", "quality.consistency_wer_vs_off"):
+        assert summary[signal]["verdict"] == "n/a"
+        assert "n/a: the codec is untrained" in summary[signal]["explanation"]
+
+
+@pytest.mark.parametrize("on,off,threshold,vs_off", [
+    ([0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1], "pass", "pass"),  # no effect: passes, not fails
+    ([0.1, 0.15, 0.1, 0.15], [0.2, 0.25, 0.2, 0.25], "pass", "pass"),  # TTT on more consistent
+    ([0.5, 0.6, 0.5, 0.6], [0.1, 0.15, 0.1, 0.15], "fail", "fail"),  # gibberish with TTT on
+    ([0.2, 0.25, 0.2, 0.25], [0.05, 0.1, 0.05, 0.1], "pass", "fail"),  # under threshold, worse than off
+])
+def test_verdict_threshold_and_twin(tmp_path, on, off, threshold, vs_off):
+    summary, _ = asr_results(tmp_path, on, off, untrained=False)
+    assert summary["quality.consistency_wer"]["verdict"] == threshold
+    assert summary["quality.consistency_wer_vs_off"]["verdict"] == vs_off

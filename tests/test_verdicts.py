@@ -29,8 +29,10 @@ def test_healthy_results_pass_every_gate(tmp_path):
     summary, checks = judge(tmp_path, healthy_specs())
     assert failed(summary) == []
     judged = {s for s, r in summary.items() if r["verdict"] == "pass"}
-    assert judged == set(verdicts.SIGNALS) - {"responsiveness.wer"}  # no transcribe cell here
-    assert summary["responsiveness.wer"]["verdict"] == "n/a"
+    no_cell = {"responsiveness.wer",  # no transcribe cell here
+               "quality.consistency_wer", "quality.consistency_wer_vs_off"}  # no ASR output here
+    assert judged == set(verdicts.SIGNALS) - no_cell
+    assert all(summary[s]["verdict"] == "n/a" for s in no_cell)
     assert summary["cost.throughput"]["value"] == pytest.approx(0.01)
     # lr_grid is not judged by the families that leave it out, but observability covers it
     plateau_cells = {c["cell"] for c in checks if c["signal"] == "stability.w_norm_plateau"}
