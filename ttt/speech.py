@@ -32,8 +32,13 @@ import soundfile as sf
 from .data import MAIN, OTHER, SAMPLE_RATE
 
 TEXT_SOURCE = Path("/usr/share/dictd/devil.dict.dz")
-# voice name → Festival command that selects it
-VOICES = {"slt": "voice_cmu_us_slt_arctic_hts", "kal": "voice_kal_diphone"}
+# voice name → (Festival command that selects it, Debian package, where the package puts it)
+VOICES = {
+    "slt": ("voice_cmu_us_slt_arctic_hts", "festvox-us-slt-hts",
+            Path("/usr/share/festival/voices/us/cmu_us_slt_arctic_hts")),
+    "kal": ("voice_kal_diphone", "festvox-kallpc16k",
+            Path("/usr/share/festival/voices/english/kal_diphone")),
+}
 DEFAULT_VOICES = ("slt", "kal")  # (Moshi / left / SPEAKER_MAIN, user / right / SPEAKER_OTHER)
 DEBIAN_PACKAGES = ("festival", "festvox-us-slt-hts", "festvox-kallpc16k", "dict-devil")
 PEAK = 0.5            # every sentence is peak-normalised to this, so both voices are equally loud
@@ -103,6 +108,10 @@ def check_festival(voices=DEFAULT_VOICES) -> str:
         raise SpeechError(f"unknown voice {unknown[0]!r} (known: {', '.join(VOICES)})")
     if exe is None:
         raise SpeechError("festival not found: apt-get install " + " ".join(DEBIAN_PACKAGES))
+    for voice in voices:
+        _, package, folder = VOICES[voice]
+        if not folder.is_dir():
+            raise SpeechError(f"{folder}: festival voice {voice!r} missing (apt-get install {package})")
     return exe
 
 
@@ -111,7 +120,7 @@ def _scheme_string(text: str) -> str:
 
 
 def _cache_key(voice: str, text: str) -> str:
-    return hashlib.sha256(f"festival|{VOICES[voice]}|{PEAK}|{text}".encode()).hexdigest()[:24]
+    return hashlib.sha256(f"festival|{VOICES[voice][0]}|{PEAK}|{text}".encode()).hexdigest()[:24]
 
 
 def synthesise(texts: list[str], voice: str, cache_dir: Path) -> list[Sentence]:
@@ -130,7 +139,7 @@ def _run_festival(texts: list[str], voice: str, folder: Path) -> None:
 
     exe = check_festival((voice,))
     with tempfile.TemporaryDirectory(prefix="festival-") as tmp:
-        lines = [f"({VOICES[voice]})"]
+        lines = [f"({VOICES[voice][0]})"]
         for i, text in enumerate(texts):
             wav, words = Path(tmp, f"{i}.wav"), Path(tmp, f"{i}.txt")
             lines += [
