@@ -1,7 +1,9 @@
 """An independent In-Place TTT reference, written from the paper's equations (DESIGN §4).
 
 Nothing here imports ``ttt``'s math: tokens are processed one at a time, the conv is an explicit
-sum over taps, ΔW an explicit sum of outer products, the clip a scalar min(1, τ/‖ΔW‖_F). It is
+sum over taps, ΔW an explicit sum of outer products, the clip a scalar min(1, τ/‖ΔW‖_F). The
+target reads X₀ (the summed embeddings, recomputed here from the tables) or, for
+``target_source: hidden_states``, the layer's own input (moshi passes the normed MLP input). It is
 slow on purpose and only meant for tiny models.
 """
 from __future__ import annotations
@@ -16,14 +18,18 @@ import torch.nn.functional as F
 
 
 class RefTTTLayer(nn.Module):
-    def __init__(self, w_in, w0, conv, w_target, padding, chunk, lr, tau):
+    def __init__(self, w_in, w0, conv, w_target, padding, chunk, lr, tau, source="embeddings"):
         super().__init__()
+        self.source = source  # 'embeddings': V̂ from X₀; 'hidden_states': from this layer's input
         self.w_in, self.w0, self.conv, self.w_target = w_in, w0.float(), conv, w_target
         self.padding, self.chunk, self.lr = padding, chunk, lr
         self.tau = None if tau is None or tau <= 0 else tau
         self.x0 = None
         self.delta_norms: list[list[float]] = []  # per row, per applied update
         self.clipped: list[list[bool]] = []
+        # per row, per applied update: Figure 5's ℓ(W) = −Σ_t (W z_t)·v̂_t on the updated chunk
+        # under W^(0), W^(i) (before) and W^(i+1) (after)
+        self.inner_losses: list[list[tuple[float, float, float]]] = []
 
     def target(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """v̂_s for one chunk, zero outside the chunk. Ablations (paper Fig. 3c): no conv
@@ -55,29 +61,35 @@ class RefTTTLayer(nn.Module):
         B, T, _ = x.shape
         hid = self.w0.shape[1]
         outs = torch.zeros(B, T, self.w0.shape[0], dtype=x.dtype)
-        self.delta_norms, self.clipped = [], []
+        self.delta_norms, self.clipped, self.inner_losses = [], [], []
         for b in range(B):
             W = self.w0.clone()
-            zs, xs, norms, clips = [], [], [], []
+            zs, xs, norms, clips, losses = [], [], [], [], []
             for t in range(T):
                 h = self.w_in @ x[b, t]
                 z = F.silu(h[:hid]) * h[hid:]
                 outs[b, t] = W.to(x.dtype) @ z
                 zs.append(z)
-                xs.append(self.x0[b, t])
+                xs.append(x[b, t] if self.source == "hidden_states" else self.x0[b, t])
                 if len(zs) == self.chunk:
                     if t < T - 1:
                         dW = torch.zeros_like(W)
-                        for v, zz in zip(self.target(xs), zs):
+                        targets = self.target(xs)
+                        for v, zz in zip(targets, zs):
                             dW += torch.outer(v, zz.float())
                         n = math.sqrt(float((dW ** 2).sum()))
                         scale = 1.0 if self.tau is None else min(1.0, self.tau / n)
-                        W = W + self.lr * scale * dW
+                        W_next = W + self.lr * scale * dW
+                        losses.append(tuple(
+                            -sum(float((w @ zz.float()) @ v) for v, zz in zip(targets, zs))
+                            for w in (self.w0, W, W_next)))
+                        W = W_next
                         norms.append(n)
                         clips.append(self.tau is not None and n > self.tau)
                     zs, xs = [], []
             self.delta_norms.append(norms)
             self.clipped.append(clips)
+            self.inner_losses.append(losses)
         return outs
 
 
@@ -95,7 +107,8 @@ def build_reference(upstream_lm: nn.Module, ttt_lm: nn.Module, layers: dict, cfg
         refs[i] = RefTTTLayer(sd[p + "linear_in.weight"], sd[p + "w_down"],
                               sd.get(p + "target_generator.conv1d.conv.weight"),  # None: ablated
                               sd.get(p + "target_generator.W_target.weight"),
-                              cfg.conv_padding, cfg.chunk_size, cfg.lr, cfg.delta_clip_fro_norm)
+                              cfg.conv_padding, cfg.chunk_size, cfg.lr, cfg.delta_clip_fro_norm,
+                              cfg.target_source)
         ref.transformer.layers[i].gating = refs[i]
     original = ref.forward_text
 

@@ -12,21 +12,25 @@ from ttt.files import write_csv
 
 TTT = {"enabled": True, "variant": "inplace", "layers": None, "start_layer": 1, "layer_frequency": 2,
        "chunk_size": 16, "lr": 0.001, "conv_kernel_size": 2, "conv_padding": "right",
-       "delta_clip_fro_norm": 1.0, "target": "input_embed", "init_std": 0.5,
+       "delta_clip_fro_norm": 1.0, "target_source": "embeddings", "init_std": 0.5,
        "target_conv": True, "target_projection": True}
 LAYERS = (1, 3)
 STEPS = 160  # 10 chunks of 16
 
 
-def telemetry_rows(layers=LAYERS, steps=STEPS, chunk=16, w0=5.0, drift=0.0, clips=0):
-    """Per chunk per layer, cumulative counters; ‖W‖ = w0 + drift · (fraction of the run)."""
+def telemetry_rows(layers=LAYERS, steps=STEPS, chunk=16, w0=5.0, drift=0.0, clips=0,
+                   w_change=1e-3, gain=0.1):
+    """Per chunk per layer, cumulative counters; ‖W‖ = w0 + drift · (fraction of the run),
+    ‖W − W₀‖ = w_change per applied update; chunk i ≥ 1 has ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾) = gain."""
     rows = []
     for n, step in enumerate(range(chunk, steps + 1, chunk), 1):
         for layer in layers:
-            rows.append({"w_norm": w0 + layer * 0.1 + drift * step / steps, "w_drift": 1e-6 * n,
+            before = 1.0 - (gain if n >= 2 else 0.0)
+            rows.append({"w_norm": w0 + layer * 0.1 + drift * step / steps, "w_drift": w_change * n,
                          "clip_events": min(n, clips), "updates": n, "last_delta_norm": 0.5,
-                         "chunk_fill": 0, "inner_loss_initial": 1.0, "inner_loss_before": 0.9,
-                         "inner_loss_after": 0.8, "item": 0, "step": step, "layer": layer})
+                         "chunk_fill": 0, "inner_loss_initial": 1.0, "inner_loss_before": before,
+                         "inner_loss_after": before - 0.1, "inner_gain": 1.0 - before,
+                         "item": 0, "step": step, "layer": layer})
     return rows
 
 
@@ -48,13 +52,15 @@ def log_lines(cell, telemetry):
     return lines
 
 
-def cell_spec(path, on, ppl=20.0, ms=1.0, **extra):
-    """A completed teacher-forced cell; ``extra`` overrides metrics keys or gives files."""
+def cell_spec(path, on, ppl=20.0, ms=1.0, ttt=None, **extra):
+    """A completed teacher-forced cell; ``extra`` overrides metrics keys or gives files,
+    ``ttt`` overrides resolved TTT keys."""
     telemetry = telemetry_rows() if on else []
     metrics = {
         "cell": path, "family": path.split("/")[0], "mode": "teacher_forced", "ttt": on,
         "model_layers": 4, "steps": STEPS,
-        "config": {"cell": path, "resolved_ttt": TTT if on else None, "resolved_yarn": None},
+        "config": {"cell": path, "dtype": "float32",
+                   "resolved_ttt": {**TTT, **(ttt or {})} if on else None, "resolved_yarn": None},
         "perplexity": {"text": ppl, "audio": 10 * ppl}, "wer": None,
         "throughput": {"ms_per_step_p50": ms, "ms_per_step_p90": ms * 1.1, "rtf": ms / 80,
                        "tokens_per_s": 1000 / ms},
@@ -75,9 +81,22 @@ def cell_spec(path, on, ppl=20.0, ms=1.0, **extra):
     return spec
 
 
+# The production flags of the system we replace: each update ≤ lr·τ = 1e-8 in Frobenius norm.
+PRODUCTION = {"lr": 1e-3, "delta_clip_fro_norm": 1e-5}
+STRESS = "telemetry/tau~1e-05/ttt~on"
+
+
+def inert_spec(path, ppl=20.0):
+    """A TTT-on cell under the production flags: every update clipped, ‖W − W₀‖/‖W₀‖ ~ 1e-9
+    (below fp32 resolution), windows equal to the TTT-off twin's, no next-chunk gain."""
+    return cell_spec(path, True, ppl=ppl, ttt=PRODUCTION,
+                     telemetry=telemetry_rows(clips=99, w_change=1e-8, gain=0.0))
+
+
 def healthy_specs():
     """A small matrix where every gate passes: long form (on slightly better), YaRN A/B, the
-    TTT-off regression cell, an lr_grid cell."""
+    TTT-off regression cell, the τ-stress family (clips, no effect), an lr grid whose best lr lies
+    inside it and whose largest lr blows perplexity up beyond 2× TTT off."""
     specs = [
         cell_spec("long_form/duration~60/ttt~on", True, ppl=19.0, ms=1.01),
         cell_spec("long_form/duration~60/ttt~off", False, ppl=20.0, ms=1.0),
@@ -86,7 +105,11 @@ def healthy_specs():
         cell_spec("yarn/tokens~64/ttt~off", False, ppl=20.0, ms=2.0),
         cell_spec("regression/ttt~off", False, regression={"bitwise_equal": True, "max_abs_diff": 0.0,
                                                            "steps": 16}),
-        cell_spec("lr_grid/lr~0.001/chunk~16/ttt~on", True, ppl=18.0),
+        inert_spec(STRESS),
+        cell_spec("telemetry/tau~1e-05/ttt~off", False, ppl=20.0),
+        cell_spec("lr_grid/lr~0.001/chunk~16/ttt~on", True, ppl=19.0),
+        cell_spec("lr_grid/lr~0.01/chunk~16/ttt~on", True, ppl=18.0),
+        cell_spec("lr_grid/lr~0.1/chunk~16/ttt~on", True, ppl=45.0),
         cell_spec("lr_grid/ttt~off", False, ppl=20.0),
     ]
     return specs

@@ -14,12 +14,13 @@ from reference_ttt import build_reference
 
 BASE = dict(enabled=True, variant="inplace", layers=None, start_layer=1, layer_frequency=2,
             chunk_size=6, lr=1.0, conv_kernel_size=3, conv_padding="right",
-            delta_clip_fro_norm=0.5, target="input_embed", init_std=0.5)
+            delta_clip_fro_norm=0.5, target_source="hidden_states", conv_init="zero", init_std=0.5)
 
 # One changed value per In-Place field (the TTT-MLP hybrid's fields: tests/test_ttt_mlp.py).
 CHANGED = dict(enabled=False, layers=[0], start_layer=0, layer_frequency=3, chunk_size=4, lr=0.3,
                conv_kernel_size=5, conv_padding="center", delta_clip_fro_norm=0.01, init_std=0.2,
-               target_conv=False, target_projection=False)
+               target_conv=False, target_projection=False, target_source="embeddings",
+               conv_init="identity")
 
 
 @pytest.mark.parametrize("bad,field", [
@@ -27,7 +28,7 @@ CHANGED = dict(enabled=False, layers=[0], start_layer=0, layer_frequency=3, chun
     (dict(conv_padding="left"), "conv_padding"), (dict(variant="mlp"), "variant"),
     (dict(conv_padding="center", conv_kernel_size=2), "conv_kernel_size"),
     (dict(layers=(1, 1)), "layers"), (dict(layer_frequency=0), "layer_frequency"),
-    (dict(target="output"), "target"), (dict(enabled="yes"), "enabled"),
+    (dict(target_source="output"), "target_source"), (dict(conv_init="eye"), "conv_init"), (dict(enabled="yes"), "enabled"),
     (dict(delta_clip_fro_norm="1e-5"), "delta_clip_fro_norm"), (dict(start_layer=-1), "start_layer"),
     (dict(mlp_heads=0), "mlp_heads"), (dict(gate_override="on"), "gate_override"),
     (dict(gate_alpha_init=None), "gate_alpha_init"),
@@ -70,8 +71,8 @@ def _logits_for(cfg_dict):
         assert layer.cfg is cfg  # the object from YAML reaches the module unchanged
         conv = layer.target_generator.conv_weight  # all taps active, so k matters
         if conv is not None:  # None: switched off by target_conv
-            with torch.no_grad():
-                conv.copy_(torch.randn(conv.shape, generator=g) / conv.shape[1] ** 0.5)
+            with torch.no_grad():  # added to the init, so conv_init matters too
+                conv.add_(torch.randn(conv.shape, generator=g) / conv.shape[1] ** 0.5)
     with torch.no_grad():
         return lm.forward_text(random_sequence(1, 30))[1]
 

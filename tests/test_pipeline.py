@@ -50,8 +50,8 @@ def read(path):
 def test_reduced_matrix_tables(workdir):
     cells = read(workdir / "results/tables/cells.csv")
     assert {c for c in cells if not c.startswith("ablation/")} == {"lr_grid/lr~0.001/chunk~8/ttt~on", "lr_grid/lr~1e+30/chunk~8/ttt~on",
-                          "lr_grid/ttt~off", "regression/ttt~off", "telemetry/tau~1e-09/ttt~on",
-                          "telemetry/tau~1e-09/ttt~off"}
+                          "lr_grid/ttt~off", "regression/ttt~off", "telemetry/tau~1e-05/ttt~on",
+                          "telemetry/tau~1e-05/ttt~off"}
     ok = cells["lr_grid/lr~0.001/chunk~8/ttt~on"]
     assert ok["status"] == "ok" and ok["twin"] == "lr_grid/ttt~off"
     assert float(ok["perplexity_text_off"]) == float(cells["lr_grid/ttt~off"]["perplexity_text"])
@@ -59,7 +59,7 @@ def test_reduced_matrix_tables(workdir):
     boom = cells["lr_grid/lr~1e+30/chunk~8/ttt~on"]  # lr 1e30 without clipping: a result, not a failure
     assert boom["status"] == "diverged" and boom["diverged"] == "True"
     assert ok["divergence_boundary_lr"] == "1e+30"
-    clip = cells["telemetry/tau~1e-09/ttt~on"]
+    clip = cells["telemetry/tau~1e-05/ttt~on"]
     assert clip["clip_events"] == clip["updates"] != "0"  # forced clipping: every chunk clips
     bad = cells["regression/ttt~off"]
     assert bad["status"] == "failed" and "missing.jsonl: manifest not found" in bad["error"]
@@ -122,7 +122,7 @@ def read_by(path, key):
 def test_rerun_of_one_cell_reruns_only_that_cell(workdir):
     """`snakemake results/cells/<cell>/status.json` reruns that cell alone; the next plain run
     only refreshes the tables."""
-    cell = "results/cells/telemetry/tau~1e-09/ttt~off"
+    cell = "results/cells/telemetry/tau~1e-05/ttt~off"
     target = workdir / cell
     (target / "status.json").unlink()
     shutil.rmtree(target / "cell")
@@ -133,7 +133,7 @@ def test_rerun_of_one_cell_reruns_only_that_cell(workdir):
     text = after.stdout + after.stderr
     assert text.count("rule run_cell:") == 0 and "rule aggregate:" in text
     snakemake(workdir)
-    assert read(workdir / "results/tables/cells.csv")["telemetry/tau~1e-09/ttt~off"]["status"] == "ok"
+    assert read(workdir / "results/tables/cells.csv")["telemetry/tau~1e-05/ttt~off"]["status"] == "ok"
 
 
 def test_schema_error_names_the_key_before_any_job(tmp_path):

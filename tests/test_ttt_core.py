@@ -1,5 +1,6 @@
 """In-Place TTT core: equivalence with upstream moshi and with an independent token-by-token loop."""
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -434,3 +435,118 @@ def test_clip_events_count_only_rows_that_updated():
         stats = ttt.ttt_state(ours)[1]
     assert stats["updates"].tolist() == [0, 1]
     assert stats["clip_events"].tolist() == [0, 1]
+
+
+# ---- the official options: target_source 'hidden_states', conv_init 'zero' ---------------------
+
+@pytest.mark.parametrize("padding,kernel,tau", [("right", 2, None), ("center", 5, 0.05)])
+def test_hidden_states_target_matches_token_loop(padding, kernel, tau, report):
+    """V̂ from the MLP's own normed input (the official default): parallel form and lm(codes)
+    against the independent loop, which feeds its layer input to the target."""
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=8, lr=0.5, conv_kernel_size=kernel,
+                        conv_padding=padding, delta_clip_fro_norm=tau, target_source="hidden_states")
+    upstream, ours = make_pair(cfg)
+    assert not ours.ttt_tap.handles  # no embedding hooks: the target reads the layer input
+    ref = build_reference(upstream, ours, (1, 3), cfg)
+    seq = random_sequence(2, T)
+    got, want = text_logits(ours, seq), text_logits(ref, seq)
+    report("max_rel_err_vs_token_loop", rel_err(got, want))
+    assert rel_err(got, want) <= 1e-5
+    # Not vacuous: the source matters (X₀ gives other logits) and TTT changed the output.
+    embeddings = build_reference(upstream, ours, (1, 3),
+                                 dataclasses.replace(cfg, target_source="embeddings"))
+    assert rel_err(text_logits(embeddings, seq), want) > 1e-3
+    assert rel_err(text_logits(upstream, seq), want) > 1e-3
+    if tau is not None:
+        assert any(c for layer in ref.ref_layers.values() for row in layer.clipped for c in row)
+
+
+@settings(max_examples=8, deadline=None)
+@given(blocks=st.lists(st.integers(1, 13), min_size=1, max_size=40))
+def test_hidden_states_streaming_random_blocks_match_parallel(blocks):
+    total = min(sum(blocks), 40)
+    sizes, acc = [], 0
+    for b in blocks:
+        if acc >= total:
+            break
+        sizes.append(min(b, total - acc))
+        acc += sizes[-1]
+    cfg = ttt.TTTConfig(layers=(0, 3), chunk_size=6, lr=0.5, delta_clip_fro_norm=0.1,
+                        target_source="hidden_states")
+    _, ours = _cached_pair(cfg)
+    seq = random_sequence(1, total, seed=5)
+    assert rel_err(stream_logits(ours, seq, sizes), text_logits(ours, seq)) <= 1e-5
+
+
+def test_hidden_states_lmgen_matches_parallel():
+    """TTTLMGen (the CUDA-graph driver's host loop) with the hidden-states target."""
+    cfg = ttt.TTTConfig(layers=(1, 2), chunk_size=5, lr=0.5, delta_clip_fro_norm=0.1,
+                        target_source="hidden_states")
+    _, ours = make_pair(cfg)
+    fed, seen = [], []
+    original = ours.forward_text
+    ours.forward_text = lambda seq, *a: (fed.append(seq.clone()), original(seq, *a))[1]
+    gen = ttt.TTTLMGen(ours, on_text_logits_hook=lambda lg: seen.append(lg.clone()))
+    user = random_sequence(1, 23, seed=7)[:, 9:]
+    torch.manual_seed(0)
+    with gen.streaming(1):
+        for t in range(user.shape[-1]):
+            gen.step(user[:, :, t:t + 1])
+        updates = ttt.ttt_state(ours)[1]["updates"].item()
+    del ours.forward_text
+    assert updates >= 2
+    assert rel_err(torch.cat(seen, dim=2), text_logits(ours, torch.cat(fed, dim=2))) <= 1e-5
+
+
+@pytest.mark.parametrize("padding,kernel,source", [("right", 2, "embeddings"),
+                                                    ("center", 5, "hidden_states")])
+def test_zero_conv_init_is_the_official_no_op(padding, kernel, source):
+    """conv_init 'zero' (official): the conv starts at zero and W_target stays diagonal
+    N(0, init_std²), so V̂ = 0 and TTT changes nothing (= upstream and = the token loop) until
+    trained; the identity init of the same model does change the output."""
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=4, lr=1.0, conv_kernel_size=kernel,
+                        conv_padding=padding, delta_clip_fro_norm=None, conv_init="zero",
+                        target_source=source, init_std=0.5)
+    upstream = tiny_lm(0)
+    ours = ttt.apply_ttt(copy.deepcopy(upstream), cfg)
+    for layer in ttt.ttt_layers(ours).values():
+        tg = layer.target_generator
+        assert not tg.conv_weight.any()
+        off_diagonal = tg.projection - torch.diag(torch.diagonal(tg.projection))
+        assert tg.projection.diagonal().abs().min() > 0 and not off_diagonal.any()
+    seq = random_sequence(1, T)
+    ref = build_reference(upstream, ours, (1, 3), cfg)
+    got = text_logits(ours, seq)
+    assert rel_err(got, text_logits(ref, seq)) <= 1e-6
+    assert torch.equal(got.nan_to_num(), text_logits(upstream, seq).nan_to_num())
+    assert rel_err(stream_logits(ours, seq, [3] * 13 + [1]), got) <= 1e-6
+    identity = ttt.apply_ttt(copy.deepcopy(upstream), dataclasses.replace(cfg, conv_init="identity"))
+    assert rel_err(text_logits(identity, seq), got) > 1e-4
+
+
+@pytest.mark.parametrize("source", ["embeddings", "hidden_states"])
+def test_figure5_losses_and_next_chunk_gain_match_token_loop(source):
+    """The streamed telemetry's ℓ(W⁽⁰⁾), ℓ(W⁽ⁱ⁾), ℓ(W⁽ⁱ⁺¹⁾) and the next-chunk gain
+    ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾) of every chunk equal the token loop's explicit −Σ_t (W z_t)·v̂_t."""
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=6, lr=0.5, delta_clip_fro_norm=0.2,
+                        target_source=source)
+    upstream, ours = make_pair(cfg)
+    seq = random_sequence(1, 31, seed=4)
+    ref = build_reference(upstream, ours, (1, 3), cfg)
+    text_logits(ref, seq)
+    got = {1: [], 3: []}
+    with torch.no_grad(), ours.streaming(1):
+        for t in range(0, 30, 6):  # 5 chunks, each followed by a token (the loop applies them)
+            ours.forward_text(seq[:, :, t:t + 6])
+            for i, s in ttt.ttt_state(ours).items():
+                got[i].append([s[k].item() for k in ("inner_loss_initial", "inner_loss_before",
+                                                     "inner_loss_after", "inner_gain")])
+    for i in (1, 3):
+        want = ref.ref_layers[i].inner_losses[0]
+        assert len(want) == 5
+        for (l0, lb, la, gain), (r0, rb, ra) in zip(got[i], want):
+            scale = abs(r0) + abs(rb)
+            assert abs(l0 - r0) <= 1e-5 * scale and abs(lb - rb) <= 1e-5 * scale
+            assert abs(la - ra) <= 1e-5 * scale
+            assert abs(gain - (r0 - rb)) <= 1e-5 * scale
+        assert any(abs(r0 - rb) > 1e-3 * abs(r0) for r0, rb, _ in want[1:])  # not vacuous

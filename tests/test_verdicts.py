@@ -1,12 +1,14 @@
 """The test-plan gates (ttt.verdicts): each passes on healthy constructed results and fails on a
 planted fault; strict exit codes; thresholds from the config schema."""
 import csv
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from results_factory import healthy_specs, modified, telemetry_rows, windows, write_results
+from results_factory import (STRESS, cell_spec, healthy_specs, inert_spec, modified, telemetry_rows,
+                             windows, write_results)
 from ttt import verdicts
 from ttt.cli import main
 
@@ -103,6 +105,90 @@ def test_noisy_but_not_significantly_worse_passes_and_failed_cell_fails_completi
     assert summary["correctness.ttt_off_bitwise"]["verdict"] == "n/a"
 
 
+# ---- inert TTT: "no effect", never "pass" ----------------------------------------------------
+
+def replaced(specs, spec):
+    return [spec if s["path"] == spec["path"] else s for s in specs]
+
+
+def test_inert_ttt_says_no_effect_not_pass(tmp_path, capsys):
+    """The production flags (lr 1e-3, τ 1e-5): every update clipped to ≤ 1e-8, ‖W − W₀‖/‖W₀‖ ~ 2e-9,
+    windows equal to the TTT-off twin's. Every responsiveness signal and the next-chunk gain say
+    "no effect"; the effect signal names lr·τ; strict mode does not pass it."""
+    summary, checks = judge(tmp_path, replaced(healthy_specs(), inert_spec(ON)))
+    for signal in ("responsiveness.effect", "responsiveness.perplexity_text",
+                   "responsiveness.perplexity_audio", "health.next_chunk_gain"):
+        assert summary[signal]["verdict"] == "no effect", (signal, summary[signal])
+    why = summary["responsiveness.effect"]["explanation"]
+    assert "lr·τ = 0.001·1e-05 = 1e-08" in why and "below float32 resolution" in why
+    assert "outputs equal the TTT-off twin's" in why
+    assert failed(summary) == ["stability.clip_saturation"]  # every update clipped
+    effect = {c["cell"]: c for c in checks if c["signal"] == "responsiveness.effect"}
+    assert effect["yarn/tokens~64/ttt~on"]["passed"] is True  # the working cell still passes
+    assert main(["verdicts", "--results", str(tmp_path)]) == 0
+    assert "NO EFFECT responsiveness.effect" in capsys.readouterr().out
+    assert main(["verdicts", "--results", str(tmp_path), "--strict"]) == 1
+    with open(tmp_path / "tables" / "verdicts_cells.csv") as f:
+        assert {r["passed"] for r in csv.DictReader(f) if r["cell"] == ON} >= {"no effect"}
+
+
+@pytest.mark.parametrize("case,spec,needle", [
+    # either half of the test alone makes it "no effect"
+    ("weights moved, outputs equal", cell_spec(ON, True, ppl=20.0), "outputs equal"),
+    ("outputs differ, weights below fp32 resolution",
+     cell_spec(ON, True, ppl=19.0, telemetry=telemetry_rows(w_change=1e-8)), "below float32"),
+])
+def test_effect_needs_both_moved_weights_and_changed_outputs(tmp_path, case, spec, needle):
+    summary, _ = judge(tmp_path, replaced(healthy_specs(), spec))
+    row = summary["responsiveness.effect"]
+    assert row["verdict"] == "no effect" and needle in row["explanation"], (case, row)
+
+
+def test_effect_threshold_is_the_compute_dtype_resolution(tmp_path):
+    """‖W − W₀‖/‖W₀‖ ≈ 2e-3 is far above fp32 resolution (1.2e-7) and below bf16's (7.8e-3)."""
+    spec = cell_spec(ON, True, ppl=19.0, telemetry=telemetry_rows(w_change=1e-3))
+    fp32, _ = judge(tmp_path / "fp32", replaced(healthy_specs(), spec))
+    spec["metrics"]["config"]["dtype"] = "bfloat16"
+    bf16, _ = judge(tmp_path / "bf16", replaced(healthy_specs(), spec))
+    assert fp32["responsiveness.effect"]["verdict"] == "pass"
+    assert bf16["responsiveness.effect"]["verdict"] == "no effect"
+    assert "below bfloat16 resolution 0.0078" in bf16["responsiveness.effect"]["explanation"]
+
+
+def test_next_chunk_gain_fails_when_earlier_chunks_hurt(tmp_path):
+    summary, _ = judge(tmp_path, modified(healthy_specs(), ON, telemetry=telemetry_rows(gain=-0.05)))
+    row = summary["health.next_chunk_gain"]
+    assert row["verdict"] == "fail" and row["value"] == pytest.approx(-0.05)
+    assert "positive on 0% of 9 chunks" in row["explanation"]
+
+
+def test_stress_family_must_clip_and_be_inert(tmp_path):
+    summary, _ = judge(tmp_path, replaced(healthy_specs(), cell_spec(STRESS, True, ppl=19.0)))
+    row = summary["stress.clips"]
+    assert row["verdict"] == "fail" and "0 of 20 updates clipped" in row["explanation"]
+    good, _ = judge(tmp_path / "good", healthy_specs())
+    assert good["stress.clips"]["verdict"] == "pass"
+    assert "20 of 20 updates clipped; effect: no effect" in good["stress.clips"]["explanation"]
+
+
+GRID = "lr_grid/lr~{}/chunk~16/ttt~on"
+
+
+@pytest.mark.parametrize("case,ppls,verdict,needle", [
+    ("healthy", {"0.001": 19.0, "0.01": 18.0, "0.1": 45.0}, "pass", "diverges from lr 0.1"),
+    ("nothing diverges", {"0.001": 19.0, "0.01": 18.0, "0.1": 39.0}, "fail", "no lr diverged"),
+    ("best on the edge", {"0.001": 17.0, "0.01": 18.0, "0.1": 45.0}, "fail", "extend lr_grid.lrs"),
+    ("nothing helps", {"0.001": 20.0, "0.01": 21.0, "0.1": 45.0}, "no effect", "no lr beats TTT off"),
+])
+def test_lr_grid_must_bracket_best_lr_and_divergence(tmp_path, case, ppls, verdict, needle):
+    specs = healthy_specs()
+    for lr, ppl in ppls.items():
+        specs = replaced(specs, cell_spec(GRID.format(lr), True, ppl=ppl))
+    summary, _ = judge(tmp_path, specs)
+    row = summary["lr_grid.boundary"]
+    assert row["verdict"] == verdict and needle in row["explanation"], (case, row)
+
+
 def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
     import numpy as np
     d = np.array([0.01, 0.03, -0.01, 0.02, 0.0, 0.05])
@@ -169,3 +255,41 @@ def test_cost_at_exactly_the_threshold_passes_and_just_above_fails(tmp_path):
     below = verdicts.thresholds({"cost": {"max_regression": 0.2499}})
     summary, _ = judge(tmp_path / "above", specs, below)
     assert summary["cost.throughput"]["verdict"] == "fail"
+
+
+def test_effect_on_real_tiny_runs_fails_inert_and_passes_working(tmp_path, cache):
+    """Real cells on the embedded default: the production flags (lr 1e-3, τ 1e-5) are judged
+    "no effect" (fast weights move ~1e-9 relative; outputs equal the twin's), unclipped lr 1e-2
+    passes, with a positive next-chunk gain."""
+    from conftest import CELL_TTT, make_cell
+    from results_factory import aggregate_tables
+    from ttt.cell import run_cell
+    runs = {"long_form/duration~4/ttt~on": {**CELL_TTT, "delta_clip_fro_norm": None},
+            "long_form/duration~4/ttt~off": {"enabled": False},
+            "telemetry/tau~1e-05/ttt~on": {**CELL_TTT, "lr": 1e-3, "delta_clip_fro_norm": 1e-5},
+            "telemetry/tau~1e-05/ttt~off": {"enabled": False}}
+    off = None
+    for path, ttt_cfg in runs.items():
+        d = tmp_path / "cells" / path
+        d.mkdir(parents=True)
+        (d / "status.json").write_text('{"status": "ok"}')
+        if off is not None and not ttt_cfg.get("enabled", True):
+            shutil.copytree(off, d / "cell")  # the same TTT-off run twice
+            continue
+        run_cell(make_cell(cache, path, [4.0], ttt=ttt_cfg, diagnostics_every=0), d / "cell",
+                 log=lambda m: None)
+        off = off or (d / "cell" if not ttt_cfg.get("enabled", True) else None)
+    aggregate_tables(tmp_path)
+    both = {"families": ["long_form", "telemetry"]}
+    cfg = verdicts.thresholds({"effect": both, "next_chunk_gain": both, "responsiveness": both})
+    _, checks = verdicts.evaluate(tmp_path, cfg)
+    by = {(c["signal"], c["cell"].split(" vs ")[0].split("/")[0]): c for c in checks}
+    working, inert = by[("responsiveness.effect", "long_form")], by[("responsiveness.effect", "telemetry")]
+    assert working["passed"] is True and working["value"] > 1e-4, working
+    assert inert["no_effect"] and inert["value"] < 1e-7 and "lr·τ = 0.001·1e-05" in inert["explanation"]
+    assert by[("responsiveness.perplexity_text", "telemetry")]["no_effect"]
+    assert by[("responsiveness.perplexity_text", "long_form")]["passed"] is True
+    assert by[("health.next_chunk_gain", "long_form")]["passed"] is True
+    assert by[("health.next_chunk_gain", "telemetry")]["no_effect"]
+    stress = by[("stress.clips", "telemetry")]
+    assert stress["passed"] is True and stress["value"] == 1.0

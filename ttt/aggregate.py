@@ -55,6 +55,8 @@ def _metrics_columns(m: dict) -> dict:
         "updates": tel.get("updates"), "clip_events": tel.get("clip_events"),
         "final_w_norm": max(tel["final_w_norm"].values()) if tel.get("final_w_norm") else None,
         "max_delta_norm": tel.get("max_delta_norm"),
+        "max_w_rel_change": tel.get("max_w_rel_change"),
+        "next_chunk_gain_rel": _mean_rel_gain(tel.get("next_chunk_gain")),
         "pre_update_logits_rel_err": ab.get("pre_update_logits_rel_err"),
         "upstream_bitwise_equal": reg.get("bitwise_equal"),
         "diverged": m.get("diverged"), "requeues": m.get("requeues"), "steps": m.get("steps"),
@@ -80,6 +82,12 @@ def asr_columns(asr_dir: Path) -> dict:
             **{k: ind.get(k) for k in ASR_COLUMNS[1:]},
             "codec_untrained": a.get("codec_untrained"),
             "asr_x_realtime": (a.get("speed") or {}).get("x_realtime")}
+
+
+def _mean_rel_gain(gains: dict | None) -> float | None:
+    """The layers' mean relative next-chunk gain (``telemetry.next_chunk_gain``'s ``rel``)."""
+    values = [g["rel"] for g in (gains or {}).values()]
+    return sum(values) / len(values) if values else None
 
 
 def _gate_columns(cell: Path, alpha: str | None) -> dict:
@@ -128,16 +136,32 @@ def _param_keys(rows: list[dict]) -> set[str]:
     return keys
 
 
+# An lr_grid cell whose text perplexity exceeds its TTT-off twin's by this factor counts as
+# diverged: the fast weights ran away even if every number stayed finite (the MLP input is
+# normed, so a too-large lr rarely overflows; it wrecks the model instead).
+BLOWUP_PPL_RATIO = 2.0
+
+
+def _blown_up(r: dict) -> bool:
+    ppl, off = r.get("perplexity_text"), r.get("perplexity_text_off")
+    if not isinstance(ppl, (int, float)):
+        return False
+    return not math.isfinite(ppl) or (isinstance(off, (int, float)) and ppl > BLOWUP_PPL_RATIO * off)
+
+
 def mark_lr_grid(rows: list[dict]) -> list[dict]:
     """Best learning rate per chunk size (lowest text perplexity among non-diverged cells) and
-    the divergence boundary (smallest lr that diverged for that chunk size)."""
+    the divergence boundary (smallest lr that diverged for that chunk size: marked diverged by
+    the cell, or perplexity above BLOWUP_PPL_RATIO × TTT off, ``blown_up``)."""
     grid = [r for r in rows if r.get("ttt") == "on" and "lr" in r and "chunk" in r]
+    for r in grid:
+        r["blown_up"] = _blown_up(r)
     for chunk in {r["chunk"] for r in grid}:
         cells = [r for r in grid if r["chunk"] == chunk]
-        ok = [r for r in cells if not r.get("diverged") and r.get("status") == "ok"
-              and isinstance(r.get("perplexity_text"), float)]
+        ok = [r for r in cells if not r.get("diverged") and not r["blown_up"]
+              and r.get("status") == "ok" and isinstance(r.get("perplexity_text"), float)]
         best = min(ok, key=lambda r: r["perplexity_text"]) if ok else None
-        diverged = sorted(float(r["lr"]) for r in cells if r.get("diverged"))
+        diverged = sorted(float(r["lr"]) for r in cells if r.get("diverged") or r["blown_up"])
         for r in cells:
             r["best_lr_for_chunk"] = r is best
             r["divergence_boundary_lr"] = diverged[0] if diverged else None
@@ -242,9 +266,9 @@ def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
     # Figure-5 curves: the longest TTT-on long-form cell; the hybrid's learned-gate cell.
     longest = sorted((r for r in rows if r["family"] == "long_form" and r.get("ttt") == "on"),
                      key=lambda r: _num(r.get("steps")) or 0)
-    _figure5(cells_root, longest[-1:], plots / "figure5.png", "")
+    _figure5(cells_root, longest[-1:], plots / "figure5.png", "", hybrid=False)
     hybrid = [r for r in rows if r["family"] == "gate_override" and r.get("alpha") == "learned"]
-    _figure5(cells_root, hybrid, plots / "figure5_hybrid.png", "TTT-MLP, learned gate: ")
+    _figure5(cells_root, hybrid, plots / "figure5_hybrid.png", "TTT-MLP, learned gate: ", hybrid=True)
 
 
 def _consistency_plot(cells_root: Path, rows: list[dict], path: Path) -> None:
@@ -281,20 +305,32 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _figure5(cells_root: Path, cells: list[dict], path: Path, title: str) -> None:
-    """ℓ(W₀), ℓ before and after each update of the first TTT layer of ``cells[0]`` over time."""
+def _figure5(cells_root: Path, cells: list[dict], path: Path, title: str, hybrid: bool) -> None:
+    """Figure 5 of the first TTT layer of ``cells[0]`` over time: ℓ(W⁽⁰⁾), ℓ(W⁽ⁱ⁾) before and
+    ℓ(W⁽ⁱ⁺¹⁾) after each update (left), and the next-chunk gain ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾), the health
+    signal (right). For In-Place TTT ℓ is linear in W, so after < before holds by construction
+    and says nothing; only the gain does. For the hybrid neither holds by construction."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     if cells:
         tel = _read_csv(cells_root / cells[0]["cell"] / "cell" / "telemetry.csv")
         layer = tel[0]["layer"] if tel else None
         pts = [t for t in tel if t["layer"] == layer]
         x = [_num(t["step"]) / 12.5 for t in pts]
-        for key, style in (("inner_loss_initial", ":"), ("inner_loss_before", "--"), ("inner_loss_after", "-")):
-            ax.plot(x, [_num(t[key]) for t in pts], style, label=key.replace("inner_loss_", ""))
-        ax.legend()
-        ax.set(title=f"{title}Figure-5 inner losses, layer {layer}", xlabel="time (s)")
+        for key, style, name in (("inner_loss_initial", ":", "ℓ(W⁽⁰⁾)"),
+                                 ("inner_loss_before", "--", "ℓ(W⁽ⁱ⁾) before"),
+                                 ("inner_loss_after", "-", "ℓ(W⁽ⁱ⁺¹⁾) after")):
+            axes[0].plot(x, [_num(t[key]) for t in pts], style, label=name)
+        axes[0].legend(fontsize=7)
+        note = ("TTT-MLP: after < before is not by construction" if hybrid else
+                "In-Place: after < before holds by construction (ℓ linear in W)")
+        axes[0].set(title=f"{title}inner losses, layer {layer}\n{note}", xlabel="time (s)")
+        gain = [_num(t.get("inner_gain")) for t in pts]
+        axes[1].plot(x, gain, "o-", ms=2)
+        axes[1].axhline(0.0, color="grey", lw=0.5)
+        axes[1].set(title="next-chunk gain ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾) (> 0: earlier chunks help this one)",
+                    xlabel="time (s)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

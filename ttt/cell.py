@@ -29,7 +29,7 @@ from .diagnostics import Diagnostics, diagnostics_line
 from .metrics import perplexity, sliding_perplexity, teacher_forced_nll
 from .model import DEMO_WORDS, CheckpointError, codec_untrained, load_checkpoint, resolve_model
 from .surgery import ttt_disabled, ttt_layers
-from .telemetry import telemetry_line, ttt_state
+from .telemetry import next_chunk_gain, telemetry_line, ttt_state
 
 MODES = ("teacher_forced", "generate", "transcribe")
 DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")  # what a cell can run on (torch.device names)
@@ -297,7 +297,8 @@ def _embedding_plumbing(cfg, bundle, items, cache) -> dict:
     seen = {}
     handles = [layer.register_forward_pre_hook(
         lambda module, _args, i=i: seen.__setitem__(i, module._tap.x0))
-        for i, layer in ttt_layers(lm).items() if hasattr(layer, "_tap")]  # In-Place layers
+        for i, layer in ttt_layers(lm).items()
+        if hasattr(layer, "_tap") and layer.cfg.target_source == "embeddings"]  # reads X₀
     if not handles:
         return None
     try:
@@ -446,8 +447,9 @@ def _plots(tmp: Path, rows: list[dict], telemetry: list[dict]) -> None:
         return
     layers = sorted({r["layer"] for r in telemetry})
     panels = [("w_norm", "‖W‖_F"), ("clip_events", "clip events (cumulative)"),
-              ("inner_loss", "Figure-5 inner loss")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
+              ("inner_loss", "Figure-5 inner loss"),
+              ("inner_gain", "next-chunk gain ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾)")]
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.2))
     for ax, (key, title) in zip(axes, panels):
         for layer in layers:
             rs = [r for r in telemetry if r["layer"] == layer]
@@ -457,7 +459,9 @@ def _plots(tmp: Path, rows: list[dict], telemetry: list[dict]) -> None:
                 ax.plot(x, [r["inner_loss_before"] for r in rs], "--", label=f"L{layer} before")
                 ax.plot(x, [r["inner_loss_after"] for r in rs], label=f"L{layer} after")
             else:
-                ax.plot(x, [r[key] for r in rs], label=f"layer {layer}")
+                ax.plot(x, [r.get(key) for r in rs], label=f"layer {layer}")
+        if key == "inner_gain":
+            ax.axhline(0.0, color="grey", lw=0.5)
         ax.set(xlabel="time (s)", title=title)
         ax.legend(fontsize=6)
     fig.tight_layout()
@@ -485,7 +489,10 @@ def _telemetry_summary(telemetry: list[dict]) -> dict | None:
     return {"updates": int(sum(r["updates"] for r in per_input.values())),
             "clip_events": int(sum(r["clip_events"] for r in per_input.values())),
             "final_w_norm": {str(k): r["w_norm"] for k, r in last.items()},
-            "max_delta_norm": max(r["last_delta_norm"] for r in telemetry)}
+            "max_delta_norm": max(r["last_delta_norm"] for r in telemetry),
+            "max_w_rel_change": max(r["w_drift"] / r["w_norm"] if r["w_norm"] else 0.0
+                                    for r in telemetry),
+            "next_chunk_gain": next_chunk_gain(telemetry)}
 
 
 def _peak_memory(device: str) -> int | None:

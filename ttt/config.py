@@ -13,7 +13,8 @@ from typing import Any, Mapping
 
 VARIANTS = ("inplace", "ttt_mlp")
 CONV_PADDINGS = ("right", "center")
-TARGETS = ("input_embed",)
+TARGET_SOURCES = ("embeddings", "hidden_states")
+CONV_INITS = ("identity", "zero")
 YARN_RAMPS = ("standard", "seeds")
 
 
@@ -54,7 +55,12 @@ class TTTConfig:
     conv_kernel_size: int = 2
     conv_padding: str = "right"
     delta_clip_fro_norm: float | None = 1e-5
-    target: str = "input_embed"
+    # Where the target V̂ reads from: 'embeddings' = X₀, the summed token embeddings (ours);
+    # 'hidden_states' = the MLP's own normed input (the official code's default ``ttt_target``).
+    target_source: str = "embeddings"
+    # Conv start: 'identity' passes the current token through (TTT acts from the first update);
+    # 'zero' is the official init (V̂ = 0, so a fresh layer does nothing until trained).
+    conv_init: str = "identity"
     init_std: float = 0.02
     # Paper Fig. 3c ablations of the target V̂ = Conv1D(X₀) W_targetᵀ. With ``target_conv`` off
     # the target of token t is X₀ of token t alone; with ``target_projection`` off W_target is
@@ -96,7 +102,10 @@ class TTTConfig:
         tau = self.delta_clip_fro_norm
         _check(tau is None or (_is_number(tau) and not math.isnan(tau)), "delta_clip_fro_norm",
                f"must be a number or null, got {tau!r}")
-        _check(self.target in TARGETS, "target", f"must be one of {TARGETS}, got {self.target!r}")
+        _check(self.target_source in TARGET_SOURCES, "target_source",
+               f"must be one of {TARGET_SOURCES}, got {self.target_source!r}")
+        _check(self.conv_init in CONV_INITS, "conv_init",
+               f"must be one of {CONV_INITS}, got {self.conv_init!r}")
         _check(_is_number(self.init_std) and self.init_std >= 0, "init_std",
                f"must be a number >= 0, got {self.init_std!r}")
         _check(self.mlp_heads is None or (_is_int(self.mlp_heads) and self.mlp_heads >= 1),

@@ -137,11 +137,7 @@ class TTTGating(StreamingModule[TTTState]):
         return gated_hidden(self.linear_in.weight, self.activation, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x0 = self._tap.x0
-        if x0 is None or x0.shape[:2] != x.shape[:2]:
-            raise RuntimeError("TTT layer: token embeddings X0 missing or misaligned with the layer "
-                               "input; was the model prepared with ttt.apply_ttt and called through "
-                               "forward_text / forward?")
+        x0 = self._target_input(x)
         z = self._z(x)
         state = self._streaming_state
         if state is None:
@@ -152,6 +148,18 @@ class TTTGating(StreamingModule[TTTState]):
                                    "fast weights would never update. Use ttt.TTTLMGen instead of LMGen.")
             return self._write_and_apply(state, z, x0)
         return self._stream_eager(state, z, x0)
+
+    def _target_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What V̂ is computed from: the MLP's own normed input x ('hidden_states'), or X₀ from the
+        embedding tap ('embeddings'). Every execution mode reads it here."""
+        if self.cfg.target_source == "hidden_states":
+            return x
+        x0 = self._tap.x0
+        if x0 is None or x0.shape[:2] != x.shape[:2]:
+            raise RuntimeError("TTT layer: token embeddings X0 missing or misaligned with the layer "
+                               "input; was the model prepared with ttt.apply_ttt and called through "
+                               "forward_text / forward?")
+        return x0
 
     # ---- parallel form ----------------------------------------------------------------------
     def _parallel(self, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -276,9 +284,16 @@ class _Conv(nn.Module):
 class TargetGenerator(nn.Module):
     """Parameters of V̂ = Conv1D(X₀) W_targetᵀ.
 
-    Initialisation: the conv passes X₀ of the current token through (identity tap at offset 0),
-    W_target is diagonal N(0, init_std²) as in the official code, so the model starts identical to
-    the pretrained one in its first chunk and a trained checkpoint overwrites both.
+    Initialisation (``cfg.conv_init``): 'identity' (ours, the default) passes the current token's
+    input through (a one at tap 0 for 'right', the centre tap for 'center'), so TTT acts from the
+    first update even untrained; 'zero' is the official code's init (V̂ = 0: a fresh layer does
+    nothing until trained). W_target is diagonal N(0, init_std²) in both, as in the official code.
+    Either way the first chunk equals the pretrained model, and a trained checkpoint overwrites both.
+
+    Orientation: V̂ = Conv1D(X) W_targetᵀ (``nn.Linear``), so ``W_target.weight`` is the transpose
+    of the official projection ``P`` (used there as ``conv(X) @ P``). Official-layout weights load
+    as ``W_target.weight = Pᵀ``, and their depthwise conv ``[d, 1, k]`` needs ``conv_padding:
+    center`` (see README "Official layout").
 
     Ablations (``cfg.target_conv`` / ``cfg.target_projection`` off): the part is not created
     (no parameters, no state-dict keys) and :attr:`conv_weight` / :attr:`projection` are None,
@@ -292,7 +307,7 @@ class TargetGenerator(nn.Module):
         if cfg.target_projection:
             self.W_target = nn.Linear(d, d, bias=False, **factory)
         with torch.no_grad():
-            if cfg.target_conv:
+            if cfg.target_conv and cfg.conv_init == "identity":
                 tap = 0 if cfg.conv_padding == "right" else (cfg.conv_kernel_size - 1) // 2
                 w = self.conv1d.conv.weight
                 if cfg.conv_padding == "right":

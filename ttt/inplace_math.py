@@ -1,7 +1,8 @@
 """The In-Place TTT chunk update, as pure tensor code (no moshi import).
 
 Notation (DESIGN §4): Z = SiLU(h W_gateᵀ) ⊙ (h W_upᵀ) ∈ ℝ^{C×hid} for one chunk of C tokens,
-X₀ the summed token embeddings, V̂ = Conv1D(X₀) W_targetᵀ ∈ ℝ^{C×d},
+X₀ the target source (``TTTConfig.target_source``: the summed token embeddings, or the MLP's
+own normed input h for 'hidden_states'; the math is the same), V̂ = Conv1D(X₀) W_targetᵀ ∈ ℝ^{C×d},
 ΔW = V̂ᵀ Z ∈ ℝ^{d×hid}, clipped to Frobenius norm τ before the learning rate,
 W^(i+1) = W^(i) + lr · clip(ΔW_i). Chunk i is computed with W^(i) ("apply, then update").
 

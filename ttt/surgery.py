@@ -43,7 +43,8 @@ def apply_ttt(lm: nn.Module, cfg: TTTConfig) -> nn.Module:
         originals[i] = gating
         layer.gating = TTTGating(gating.linear_in, gating.linear_out, gating.activation, cfg, tap)
         layer.gating.train(layer.training)  # a new module starts in training mode
-    tap.attach(lm)
+    if cfg.target_source == "embeddings":  # 'hidden_states' reads the layer's own input
+        tap.attach(lm)
     lm.ttt_tap = tap
     lm.ttt_config = cfg
     lm.__dict__["_ttt_originals"] = originals  # plain dict: not submodules, not in the state dict

@@ -13,20 +13,23 @@ def ttt_state(lm: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
     ``w_norm`` ‖W‖_F, ``w_drift`` ‖W − W^(0)‖_F, ``clip_events``, ``updates``,
     ``last_delta_norm`` (‖ΔW‖_F of the last update, before clipping), ``chunk_fill``, and the
     Figure-5 inner losses ℓ(W) = −⟨W, ΔW⟩_F of the last updated chunk under W^(0), before and
-    after its update (``inner_loss_initial/before/after``).
+    after its update (``inner_loss_initial/before/after``), and the next-chunk gain
+    ``inner_gain`` = ℓ(W^(0)) − ℓ(W^(i)) on that chunk: how much the earlier chunks' updates
+    already help it. (after < before is true by construction for In-Place TTT, whose ℓ is linear
+    in W: ℓ_after = ℓ_before − lr·s·‖ΔW‖²; the gain is the informative comparison.)
     Empty dict entries for layers that are not streaming.
     """
     out: dict[int, dict[str, torch.Tensor]] = {}
     for index, layer in ttt_layers(lm).items():
         s = layer._streaming_state
         if hasattr(layer, "telemetry"):  # the TTT-MLP hybrid reports its own (same keys)
-            out[index] = layer.telemetry()
+            out[index] = _with_gain(layer.telemetry())
             continue
         if s is None:
             out[index] = {}
             continue
         with torch.no_grad():
-            out[index] = {
+            out[index] = _with_gain({
                 "w_norm": torch.linalg.vector_norm(s.w, dim=(-2, -1)),
                 "w_drift": torch.linalg.vector_norm(s.w - s.w0[None], dim=(-2, -1)),
                 "clip_events": s.clip_events.clone(),
@@ -36,8 +39,44 @@ def ttt_state(lm: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
                 "inner_loss_initial": s.inner_loss[:, 0].clone(),
                 "inner_loss_before": s.inner_loss[:, 1].clone(),
                 "inner_loss_after": s.inner_loss[:, 2].clone(),
-            }
+            })
     return out
+
+
+def _with_gain(record: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if record:
+        record["inner_gain"] = record["inner_loss_initial"] - record["inner_loss_before"]
+    return record
+
+
+def next_chunk_gain(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per layer, from telemetry rows (values may be CSV strings): the mean next-chunk gain
+    ℓ(W^(0)) − ℓ(W^(i)) over the chunks i ≥ 1 of every input (chunk 0 has W^(i) = W^(0)), its
+    value relative to the mean |ℓ(W^(0))| (``rel``: what the dtype must resolve), the fraction
+    of those chunks with a positive gain, and how many chunks were seen. A chunk counts once
+    however many rows were logged after its update (rows are keyed by item and ``updates``)."""
+    per_chunk: dict[tuple, tuple[float, float]] = {}
+    for r in rows:
+        updates = _float(r.get("updates"))
+        initial, before = _float(r.get("inner_loss_initial")), _float(r.get("inner_loss_before"))
+        if updates is None or updates < 2 or initial is None or before is None:
+            continue
+        per_chunk[(str(r.get("item")), str(r["layer"]), updates)] = (initial - before, abs(initial))
+    out: dict[str, dict[str, float]] = {}
+    for layer in sorted({k[1] for k in per_chunk}, key=lambda x: float(x)):
+        gains = [g for k, g in per_chunk.items() if k[1] == layer]
+        mean = sum(g for g, _ in gains) / len(gains)
+        scale = sum(a for _, a in gains) / len(gains)
+        out[layer] = {"mean": mean, "rel": mean / scale if scale > 0 else 0.0,
+                      "positive": sum(g > 0 for g, _ in gains) / len(gains), "chunks": len(gains)}
+    return out
+
+
+def _float(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 # ---- the structured log line (seed 000 item 10: "log line structure stable") ------------------

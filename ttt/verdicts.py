@@ -36,7 +36,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "cost": {"families": ["short_form", "long_form", "yarn"], "max_regression": 0.03},
     "consistency": {"families": None, "max_wer": 0.3, "max_worse": 0.0, "confidence": 0.95,
                     "resamples": 2000},
+    "effect": {"families": ["short_form", "long_form", "yarn", "ablation"], "min_output_change": 1e-6},
+    "next_chunk_gain": {"families": ["long_form", "yarn"], "min_rel_gain": 1e-6},
+    "stress": {"families": ["telemetry"], "min_fraction": 1.0},
+    "lr_grid": {"families": ["lr_grid"]},
 }
+# Relative resolution of the compute dtype (machine epsilon): a fast-weight change ‖W − W₀‖/‖W₀‖
+# below it is lost when W is cast for the matmul (bf16: 7.8e-3; fp32: 1.2e-7).
+DTYPE_EPS = {"float32": 2.0 ** -23, "bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}
 DONE = ("ok", "diverged")
 
 
@@ -149,9 +156,12 @@ def num(value) -> float | None:
         return None
 
 
-def check(signal, cell, value, threshold, passed, explanation) -> dict:
+def check(signal, cell, value, threshold, passed, explanation, no_effect=False) -> dict:
+    """One judged cell. ``no_effect`` marks a failed check whose reason is that TTT did
+    nothing: its verdict reads "no effect" rather than "fail" (and never "pass")."""
     return {"signal": signal, "cell": cell, "value": value, "threshold": threshold,
-            "passed": passed, "explanation": explanation}
+            "passed": False if no_effect else passed, "explanation": explanation,
+            "no_effect": bool(no_effect)}
 
 
 def _in(cells: list[Cell], cfg: dict) -> list[Cell]:
@@ -325,9 +335,10 @@ def gate_embedding_plumbing(cells, cfg):
     for c in _in(cells, g):
         if not (c.done and c.ttt_on):
             continue
-        variant = ((c.metrics.get("config") or {}).get("resolved_ttt") or {}).get("variant", "inplace")
-        if variant != "inplace":
-            continue  # no token-embedding target in other variants
+        resolved = (c.metrics.get("config") or {}).get("resolved_ttt") or {}
+        if resolved.get("variant", "inplace") != "inplace" or \
+                resolved.get("target_source", "embeddings") != "embeddings":
+            continue  # no token-embedding target (the hybrid, or V̂ from the MLP's own input)
         plumbing = c.metrics.get("plumbing")
         diff = num((plumbing or {}).get("max_abs_diff"))
         if diff is None:
@@ -356,8 +367,10 @@ def bootstrap_ci(d: np.ndarray, confidence: float, resamples: int, seed: int = 0
 def gate_responsiveness(cells, cfg):
     """TTT on is not worse than its TTT-off twin, window by window: the mean per-window difference
     (perplexity: relative, on/off − 1; WER: absolute) with a bootstrap CI over windows. Fails
-    when the whole CI lies above the tolerance (significantly worse)."""
+    when the whole CI lies above the tolerance (significantly worse); says "no effect" when on
+    equals off in every window (within ``effect.min_output_change``)."""
     g = cfg["responsiveness"]
+    min_change = cfg["effect"]["min_output_change"]
     by_name = {c.name: c for c in cells}
     out = []
     for c in _in(cells, g):
@@ -380,10 +393,12 @@ def gate_responsiveness(cells, cfg):
             mean = float(d.mean())
             fmt = (lambda x: f"{x:+.2%}") if relative else (lambda x: f"{x:+.4f}")
             what = "relative" if relative else "absolute"
+            same = bool(np.all(np.abs(d) <= (min_change if relative else 0.0)))
             out.append(check(signal, f"{c.name} vs {twin.name}", mean, tol, lo <= tol,
-                             f"{column} on − off ({what}) {fmt(mean)} [{fmt(lo)}, {fmt(hi)}] "
+                             ("no effect: TTT on equals off in every window; " if same else "")
+                             + f"{column} on − off ({what}) {fmt(mean)} [{fmt(lo)}, {fmt(hi)}] "
                              f"{g['confidence']:.0%} CI over {len(d)} windows; mean on "
-                             f"{a.mean():.4g} vs off {b.mean():.4g}"))
+                             f"{a.mean():.4g} vs off {b.mean():.4g}", no_effect=same))
     return out
 
 
@@ -549,16 +564,183 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# ---- effect: does TTT do anything at all? ------------------------------------------------------
+
+def effect_of(c: Cell, twin: Cell | None, min_change: float) -> tuple[bool, float, str]:
+    """(TTT had an effect, largest relative fast-weight change, why) for a TTT-on cell.
+
+    No effect when ‖W − W₀‖/‖W₀‖ stays below the compute dtype's resolution in every layer (the
+    cast for the matmul rounds the change away), or when the outputs equal the TTT-off twin's in
+    every window (perplexity within ``min_change`` relative; generated or transcribed text
+    identical). Names lr·τ, the bound on each update's size."""
+    m = c.metrics
+    dtype = (m.get("config") or {}).get("dtype", "float32")
+    eps = DTYPE_EPS.get(dtype, DTYPE_EPS["float32"])
+    rel = max((num(r.get("w_drift")) / num(r.get("w_norm")) for r in c.table("telemetry.csv")
+               if num(r.get("w_drift")) is not None and num(r.get("w_norm"))), default=0.0)
+    ttt = (m.get("config") or {}).get("resolved_ttt") or {}
+    lr, tau = ttt.get("lr"), ttt.get("delta_clip_fro_norm")
+    bound = (f"lr·τ = {lr:g}·{tau:g} = {lr * tau:.3g} bounds each update's ‖ΔW‖_F"
+             if lr is not None and tau else f"lr = {lr} (no clip: lr·τ bounds nothing)")
+    reasons = []
+    if not rel >= eps:  # NaN counts as no measurable change too
+        reasons.append(f"‖W − W₀‖/‖W₀‖ ≤ {rel:.3g}, below {dtype} resolution {eps:.2g}")
+    same = _outputs_equal(c, twin, min_change) if twin is not None else None
+    if same:
+        reasons.append(f"outputs equal the TTT-off twin's in every window ({same})")
+    if reasons:
+        return False, rel, "no effect: " + "; ".join(reasons) + f"; {bound}"
+    return True, rel, (f"‖W − W₀‖/‖W₀‖ up to {rel:.3g} (≥ {dtype} resolution {eps:.2g}), outputs "
+                       f"differ from the TTT-off twin; {bound}")
+
+
+def _outputs_equal(c: Cell, twin: Cell, min_change: float) -> str | None:
+    """What matched, when every shared window has the same perplexities (within ``min_change``,
+    relative) or the same text as the twin; None when something differs or nothing compares."""
+    on = {(r.get("item"), num(r.get("start_s"))): r for r in c.table("timeseries.csv")}
+    off = {(r.get("item"), num(r.get("start_s"))): r for r in twin.table("timeseries.csv")}
+    keys = [k for k in on if k in off]
+    compared = []
+    for column in ("text_ppl", "audio_ppl", "wer"):
+        pairs = [(num(on[k].get(column)), num(off[k].get(column))) for k in keys]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if not pairs:
+            continue
+        if any(abs(a - b) > min_change * abs(b) for a, b in pairs):
+            return None
+        compared.append(f"{column} over {len(pairs)} windows")
+    texts = [_transcript(x) for x in (c, twin)]
+    if texts[0] is not None and texts[1] is not None:
+        if texts[0] != texts[1]:
+            return None
+        compared.append("identical transcript")
+    return ", ".join(compared) or None
+
+
+def _transcript(c: Cell) -> str | None:
+    path = c.root / "cell" / "transcript.txt"
+    return path.read_text() if path.is_file() else None
+
+
+def _twin(c: Cell, by_name: dict) -> Cell | None:
+    twin = by_name.get(c.row.get("twin") or "")
+    return twin if twin is not None and twin.done else None
+
+
+def gate_effect(cells, cfg):
+    """TTT did something: the fast weights moved by more than the compute dtype resolves, and
+    the outputs differ from the TTT-off twin's past the first chunk. Fails with "no effect"."""
+    g = cfg["effect"]
+    by_name = {c.name: c for c in cells}
+    out = []
+    for c in _in(cells, g):
+        if not (c.done and c.ttt_on):
+            continue
+        works, rel, why = effect_of(c, _twin(c, by_name), g["min_output_change"])
+        out.append(check("responsiveness.effect", c.name, rel, "≥ dtype resolution", works, why,
+                         no_effect=not works))
+    return out
+
+
+def gate_next_chunk_gain(cells, cfg):
+    """Figure 5's health signal: ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾) on chunk i ≥ 1, the help the earlier chunks'
+    updates give this chunk's inner loss (after < before is true by construction for In-Place TTT
+    and is not judged). Per layer the mean gain relative to mean |ℓ(W⁽⁰⁾)|; the worst layer must be
+    positive: below ``min_rel_gain`` in size it is "no effect", negative it fails."""
+    from .telemetry import next_chunk_gain
+    g = cfg["next_chunk_gain"]
+    out = []
+    for c in _in(cells, g):
+        if not (c.done and c.ttt_on):
+            continue
+        gains = next_chunk_gain(c.table("telemetry.csv"))
+        if not gains:
+            out.append(check("health.next_chunk_gain", c.name, None, "> 0", None,
+                             "fewer than 2 chunk updates per input: nothing to judge"))
+            continue
+        layer = min(gains, key=lambda k: gains[k]["rel"] if math.isfinite(gains[k]["rel"]) else -math.inf)
+        worst = gains[layer]
+        inert = math.isfinite(worst["rel"]) and all(abs(x["rel"]) < g["min_rel_gain"]
+                                                    for x in gains.values())
+        out.append(check("health.next_chunk_gain", c.name, worst["rel"], "> 0",
+                         worst["rel"] > 0,
+                         ("no effect: " if inert else "")
+                         + f"layer {layer}: ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾) = {worst['mean']:.4g} on average "
+                         f"({worst['rel']:+.3g} of |ℓ(W⁽⁰⁾)|), positive on {worst['positive']:.0%} "
+                         f"of {worst['chunks']} chunks", no_effect=inert))
+    return out
+
+
+def gate_stress(cells, cfg):
+    """The τ-stress family does what it is for: every update clips (at least ``min_fraction``)
+    and the effect signal recognises the resulting no-op ("no effect", naming lr·τ)."""
+    g = cfg["stress"]
+    by_name = {c.name: c for c in cells}
+    out = []
+    for c in _in(cells, g):
+        if not (c.done and c.ttt_on):
+            continue
+        clips = sum(num(r) or 0 for r in _final(c, "clip_events"))
+        updates = sum(num(r) or 0 for r in _final(c, "updates"))
+        fraction = clips / updates if updates else 0.0
+        works, _, why = effect_of(c, _twin(c, by_name), cfg["effect"]["min_output_change"])
+        out.append(check("stress.clips", c.name, fraction, g["min_fraction"],
+                         fraction >= g["min_fraction"] and not works,
+                         f"{clips:.0f} of {updates:.0f} updates clipped; effect: {why}"))
+    return out
+
+
+def _final(c: Cell, key: str) -> list:
+    """A cumulative counter's last value per (input, layer)."""
+    last = {(r.get("item"), r["layer"]): r.get(key) for r in c.table("telemetry.csv")}
+    return list(last.values())
+
+
+def gate_lr_grid(cells, cfg):
+    """Per chunk size, the lr grid brackets its optimum: the best lr (lowest text perplexity among
+    cells not diverged; aggregate's ``best_lr_for_chunk``) beats TTT off and lies strictly inside
+    the grid, and a larger lr diverges (``divergence_boundary_lr``: non-finite, clip-saturated,
+    or perplexity above ``aggregate.BLOWUP_PPL_RATIO`` × TTT off)."""
+    g = cfg["lr_grid"]
+    out = []
+    grid = [c for c in _in(cells, g) if c.row.get("ttt") == "on" and c.row.get("lr")]
+    for chunk in sorted({c.row.get("chunk") for c in grid}, key=lambda x: num(x) or 0):
+        rows = [c.row for c in grid if c.row.get("chunk") == chunk]
+        lrs = sorted({num(r["lr"]) for r in rows})
+        best = next((r for r in rows if r.get("best_lr_for_chunk") == "True"), None)
+        boundary = num(rows[0].get("divergence_boundary_lr"))
+        name = f"lr_grid chunk {chunk}"
+        if best is None:
+            out.append(check("lr_grid.boundary", name, None, "inside", False,
+                             "every lr diverged: no best lr"))
+            continue
+        lr, ppl, off = num(best["lr"]), num(best.get("perplexity_text")), num(best.get("perplexity_text_off"))
+        text = (f"best lr {lr:g} (text ppl {ppl:.4g} vs TTT off {off if off is None else f'{off:.4g}'})"
+                f" in grid {[f'{x:g}' for x in lrs]}; "
+                + (f"diverges from lr {boundary:g}" if boundary else "no lr diverged"))
+        if off is not None and ppl is not None and ppl >= off:
+            out.append(check("lr_grid.boundary", name, lr, "inside", False,
+                             f"no effect: no lr beats TTT off; {text}", no_effect=True))
+            continue
+        inside = lrs[0] < lr < lrs[-1] and boundary is not None and boundary > lr
+        out.append(check("lr_grid.boundary", name, lr, "inside", inside,
+                         text + ("" if inside else "; the grid must bracket the best lr and reach "
+                                 "a diverging lr (extend lr_grid.lrs)")))
+    return out
+
+
 GATES: list[Callable] = [gate_completed, gate_finite, gate_w_norm_plateau, gate_clip_saturation,
                          gate_pre_update_logits, gate_ttt_off_bitwise, gate_embedding_plumbing,
-                         gate_responsiveness, gate_observability, gate_cost, gate_consistency]
+                         gate_effect, gate_responsiveness, gate_next_chunk_gain, gate_observability,
+                         gate_cost, gate_consistency, gate_stress, gate_lr_grid]
 SIGNALS = ["run.completed", "stability.finite", "stability.w_norm_plateau",
            "stability.clip_saturation", "correctness.pre_update_logits",
            "correctness.ttt_off_bitwise", "correctness.embedding_plumbing",
-           "responsiveness.perplexity_text", "responsiveness.perplexity_audio", "responsiveness.wer",
+           "responsiveness.effect", "responsiveness.perplexity_text",
+           "responsiveness.perplexity_audio", "responsiveness.wer", "health.next_chunk_gain",
            "observability.telemetry_layers", "observability.counters_monotonic",
            "observability.log_line", "cost.throughput", "quality.consistency_wer",
-           "quality.consistency_wer_vs_off"]
+           "quality.consistency_wer_vs_off", "stress.clips", "lr_grid.boundary"]
 
 
 def evaluate(results: str | os.PathLike, cfg: dict | None = None) -> tuple[list[dict], list[dict]]:
@@ -581,13 +763,18 @@ def summarize(checks: list[dict]) -> list[dict]:
                          "threshold": threshold, "verdict": "n/a",
                          "explanation": mine[0]["explanation"] if mine else "no cell to judge"})
             continue
-        worst = max(failed or judged, key=_badness)
-        head = (f"{len(failed)} of {len(judged)} fail" if failed else f"{len(judged)} pass") + \
+        broken = [c for c in failed if not c.get("no_effect")]
+        worst = max(broken or failed or judged, key=_badness)
+        verdict = "fail" if broken else NO_EFFECT if failed else "pass"
+        head = (f"{len(failed)} of {len(judged)} {verdict}" if failed else f"{len(judged)} pass") + \
             f"; worst {worst['cell']}: {worst['explanation']}"
         rows.append({"signal": signal, "cells": ";".join(c["cell"] for c in judged),
                      "value": worst["value"], "threshold": threshold,
-                     "verdict": "fail" if failed else "pass", "explanation": head})
+                     "verdict": verdict, "explanation": head})
     return rows
+
+
+NO_EFFECT = "no effect"  # a verdict of its own: TTT did nothing (never "pass")
 
 
 def _badness(c: dict) -> float:
@@ -605,8 +792,10 @@ def write_verdicts(results: str | os.PathLike, tables: str | os.PathLike, cfg: d
     tables = Path(tables)
     tables.mkdir(parents=True, exist_ok=True)
     write_csv(tables / "verdicts.csv", summary)
-    write_csv(tables / "verdicts_cells.csv", [{**c, "passed": {True: "pass", False: "fail", None: "n/a"}[
-        c["passed"]]} for c in checks])
+    write_csv(tables / "verdicts_cells.csv", [
+        {**{k: v for k, v in c.items() if k != "no_effect"},
+         "passed": NO_EFFECT if c["no_effect"] else {True: "pass", False: "fail", None: "n/a"}[c["passed"]]}
+        for c in checks])
     if rst is not None:
         intro = Path(rst_intro).read_text() if rst_intro else ""
         Path(rst).write_text(summary_rst(summary) + "\n" + intro)
@@ -614,10 +803,12 @@ def write_verdicts(results: str | os.PathLike, tables: str | os.PathLike, cfg: d
 
 
 def summary_line(summary: list[dict]) -> str:
-    counts = {v: sum(r["verdict"] == v for r in summary) for v in ("pass", "fail", "n/a")}
+    counts = {v: sum(r["verdict"] == v for r in summary) for v in ("pass", "fail", NO_EFFECT, "n/a")}
     failed = [r["signal"] for r in summary if r["verdict"] == "fail"]
-    return (f"verdicts: {counts['pass']} pass, {counts['fail']} fail, {counts['n/a']} n/a"
-            + (f" (failed: {', '.join(failed)})" if failed else ""))
+    inert = [r["signal"] for r in summary if r["verdict"] == NO_EFFECT]
+    return (f"verdicts: {counts['pass']} pass, {counts['fail']} fail, {counts[NO_EFFECT]} no effect,"
+            f" {counts['n/a']} n/a" + (f" (failed: {', '.join(failed)})" if failed else "")
+            + (f" (no effect: {', '.join(inert)})" if inert else ""))
 
 
 def summary_rst(summary: list[dict]) -> str:
@@ -650,9 +841,9 @@ def verdicts_command(args) -> int:
         return 2
     print(summary_line(summary))
     for r in summary:
-        if r["verdict"] == "fail":
-            print(f"  FAIL {r['signal']}: {r['explanation']}")
-    failed = any(r["verdict"] == "fail" for r in summary)
+        if r["verdict"] in ("fail", NO_EFFECT):
+            print(f"  {r['verdict'].upper()} {r['signal']}: {r['explanation']}")
+    failed = any(r["verdict"] in ("fail", NO_EFFECT) for r in summary)  # no effect is no pass
     if failed and args.strict:
         print("strict: a gate failed", file=sys.stderr)
         return 1

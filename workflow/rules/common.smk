@@ -80,7 +80,8 @@ def build_matrix():
         for on in (True, False):
             p, c = _cell("telemetry", [("tau", float(f["delta_clip_fro_norm"]))], "teacher_forced",
                          _data(f, f["duration_s"], f["seed"]), on,
-                         {"delta_clip_fro_norm": float(f["delta_clip_fro_norm"])},
+                         {"delta_clip_fro_norm": float(f["delta_clip_fro_norm"]),
+                          **({"lr": float(f["lr"])} if f.get("lr") is not None else {})},
                          window_s=f["window_s"])
             cells[p] = c
     if "ablation" in fams:
