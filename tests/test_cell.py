@@ -111,7 +111,7 @@ def test_bad_cell_config_and_checkpoint_errors(cache, tmp_path):
         CellConfig.from_dict({"cell": "x", "windows": 3})
     with pytest.raises(ValueError, match="^chunk_size:"):
         CellConfig.from_dict({"cell": "x", "ttt": {"chunk_size": 0}})
-    with pytest.raises(CheckpointError, match="config.json: missing from the checkpoint"):
+    with pytest.raises(CheckpointError, match="no LM weights \\(consolidated.safetensors or model.safetensors\\)$"):
         load_checkpoint(tmp_path)
     tiny = resolve_model("tiny", cache / "models")
     with pytest.raises(CheckpointError, match="config.json: TTT layers \\[7\\]"):

@@ -51,7 +51,7 @@ def _metrics_columns(m: dict) -> dict:
         "wer": wer.get("wer"), "perplexity_text": ppl.get("text"), "perplexity_audio": ppl.get("audio"),
         "ms_per_step": thr.get("ms_per_step_p50"), "ms_per_step_p90": thr.get("ms_per_step_p90"),
         "rtf": thr.get("rtf"), "tokens_per_s": thr.get("tokens_per_s"),
-        "peak_mem_bytes": (m.get("memory") or {}).get("peak_bytes"),
+        "peak_mem_bytes": _run_peak(m.get("memory") or {}),
         "updates": tel.get("updates"), "clip_events": tel.get("clip_events"),
         "final_w_norm": max(tel["final_w_norm"].values()) if tel.get("final_w_norm") else None,
         "max_delta_norm": tel.get("max_delta_norm"),
@@ -349,3 +349,9 @@ def _num(value) -> float | None:
         return x if math.isfinite(x) else None
     except (TypeError, ValueError):
         return None
+
+
+def _run_peak(memory: dict) -> int | None:
+    """The run's peak without the load transient (older cells recorded only ``peak_bytes``)."""
+    return memory.get("run_peak_bytes", memory.get("peak_bytes"))
+

@@ -27,7 +27,7 @@ from .config import TTTConfig, YarnConfig, strict_kwargs
 from .data import FRAME_RATE, DataError, conversation_codes, read_manifest, write_demo_manifest
 from .diagnostics import Diagnostics, diagnostics_line
 from .metrics import perplexity, sliding_perplexity, teacher_forced_nll
-from .model import DEMO_WORDS, CheckpointError, codec_untrained, load_checkpoint, resolve_model
+from .model import DEMO_WORDS, CheckpointError, codec_untrained, load_checkpoint
 from .surgery import ttt_disabled, ttt_layers
 from .telemetry import next_chunk_gain, telemetry_line, ttt_state
 
@@ -45,6 +45,7 @@ class CellConfig:
     mode: str = "teacher_forced"
     family: str = "adhoc"
     model: str = "tiny"
+    base: str | None = None  # base model of a moshi-finetune checkpoint (LoRA, Mimi, tokenizer)
     data: Mapping[str, Any] = field(default_factory=lambda: {"demo": {"durations": [20.0], "seed": 0}})
     ttt: Mapping[str, Any] | None = None
     yarn: Mapping[str, Any] | None = None
@@ -119,9 +120,13 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     cache = Path(cfg.cache_dir)
     items = cell_items(cfg, cache)
-    ckpt = resolve_model(cfg.model, cache / "models")
-    bundle = load_checkpoint(ckpt, ttt=cfg.ttt, yarn=cfg.yarn, device=cfg.device,
-                             dtype=getattr(torch, cfg.dtype), seed=cfg.seed)
+    loaded_at = time.perf_counter()
+    bundle = load_checkpoint(cfg.model, ttt=cfg.ttt, yarn=cfg.yarn, device=cfg.device,
+                             dtype=getattr(torch, cfg.dtype), seed=cfg.seed, base=cfg.base,
+                             cache_root=cache / "models")
+    load = {"load_s": round(time.perf_counter() - loaded_at, 3),
+            "load_peak_bytes": _peak_memory(cfg.device)}
+    _reset_peak_memory(cfg.device)  # the run's peak, without the load transient
     for stale in out.parent.glob(f".{out.name}.tmp*"):  # left by a preempted or killed attempt
         shutil.rmtree(stale, ignore_errors=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
@@ -132,6 +137,9 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
         else:
             metrics = _streamed(cfg, bundle, items, cache, tmp, out, log)
         metrics.setdefault("requeues", 0)
+        metrics["memory"] = {"load_peak_bytes": load["load_peak_bytes"],
+                             "run_peak_bytes": metrics["memory"]["run_peak_bytes"]}
+        metrics["load_s"] = load["load_s"]
         metrics.update(cell=cfg.cell, family=cfg.family, mode=cfg.mode,
                        ttt=bool(ttt_layers(bundle.lm)),
                        model_layers=len(bundle.lm.transformer.layers),
@@ -254,7 +262,7 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
                        "ms_per_step_p90": float(np.percentile(per_token, 90)),
                        "rtf": float(np.percentile(per_token, 50)) / (1000 / FRAME_RATE),
                        "tokens_per_s": 1000 * total_steps / total_ms if total_ms else None},
-        "memory": {"peak_bytes": _peak_memory(cfg.device)},
+        "memory": {"run_peak_bytes": _peak_memory(cfg.device)},
         "ttt_telemetry": _telemetry_summary(telemetry),
         "diverged": diverged,
         "steps": offset,
@@ -268,14 +276,13 @@ def _upstream_regression(cfg, bundle, items, cache) -> dict:
     block of the first input: the TTT-off regression guard (seed 000 item 9)."""
     from moshi.models import loaders
 
-    from .model import checkpoint_files, read_config
-
-    files = checkpoint_files(bundle.directory)
-    lm_kwargs, _, _, context = read_config(files["config.json"])
-    if context is not None:
-        lm_kwargs = {**lm_kwargs, "context": context}
-    plain = loaders.get_moshi_lm(str(files["model.safetensors"]), lm_kwargs=lm_kwargs,
-                                 device=cfg.device, dtype=getattr(torch, cfg.dtype))
+    src = bundle.sources
+    kwargs = dict(src.lm_kwargs)
+    if src.lora is not None:  # moshi's own LoRA path: LoRALinear modules, fused after loading
+        kwargs.update(lora=True, lora_scaling=src.lora_scaling, lora_rank=_lora_rank(src.lora))
+    plain = loaders.get_moshi_lm(str(src.lm_weights), lm_kwargs=kwargs, device=cfg.device,
+                                 dtype=getattr(torch, cfg.dtype), lora_weights=src.lora,
+                                 fuse_lora=True)
     codes = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes",
                                bundle.mimi_id)[:, :, :cfg.block].to(cfg.device)
     with torch.no_grad():
@@ -398,7 +405,7 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
                        "ms_per_step_p90": float(np.percentile(step_ms, 90)) if step_ms else None,
                        "rtf": p50 / (1000 / FRAME_RATE) if p50 else None,
                        "tokens_per_s": 1000 / float(np.mean(step_ms)) if step_ms else None},
-        "memory": {"peak_bytes": _peak_memory(cfg.device)},
+        "memory": {"run_peak_bytes": _peak_memory(cfg.device)},
         "ttt_telemetry": _telemetry_summary(telemetry),
         "diverged": diverged,
         "steps": int(seconds * FRAME_RATE),
@@ -495,8 +502,21 @@ def _telemetry_summary(telemetry: list[dict]) -> dict | None:
             "next_chunk_gain": next_chunk_gain(telemetry)}
 
 
+def _lora_rank(path: Path) -> int:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return next(f.get_slice(k).get_shape()[0] for k in f.keys() if k.endswith(".lora_A.weight"))
+
+
+def _reset_peak_memory(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
 def _peak_memory(device: str) -> int | None:
-    """CUDA peak allocation, or the process's peak RSS on CPU."""
+    """CUDA peak allocation since the last reset, or the process's peak RSS on CPU (which cannot
+    be reset: there the run peak includes the load)."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated()
     try:

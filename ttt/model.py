@@ -1,12 +1,12 @@
-"""Load a Moshi checkpoint directory (no hub access), or build the embedded tiny default as one.
+"""Load a model at the size of its weights, or build the embedded tiny default as a checkpoint.
 
-Directory layout (ours; the seeds' ``consolidated/`` sub-folder is looked into when present):
-  config.json        LM kwargs (top level or under "lm_kwargs"), optional "ttt_config",
-                     "yarn_config" (seeds' keys) and "context"
-  model.safetensors  LM weights (TTT layers' extra keys when TTT was trained)
-  tokenizer.model    sentencepiece text tokenizer
-  mimi.safetensors   Mimi weights
-Every problem is a one-line ``CheckpointError`` naming the file, raised before heavy work.
+Where the files come from (every layout users have) is :mod:`ttt.checkpoints`. Loading builds the
+LM on the meta device (no random weights), checks every key and shape against the file headers
+(:func:`inspect_checkpoint`, also usable on its own before any job starts), then assigns the
+stored tensors (cast to the model's dtype, one at a time), merges LoRA adapters, and only then
+applies TTT/YaRN surgery on the real device: TTT parameters absent from the checkpoint are
+initialised there from ``seed``. Peak memory is the weights plus one tensor.
+Every problem is a one-line ``CheckpointError`` naming the file or key, raised before heavy work.
 """
 from __future__ import annotations
 
@@ -25,20 +25,14 @@ from moshi.models import loaders
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .checkpoints import CheckpointError, OUR_NAMES, Sources, locate, resolve_checkpoint
 from .config import TTTConfig, YarnConfig
 from .files import read_json
 from .identity import file_digest, files_digest
-from .surgery import apply_ttt
+from .surgery import apply_ttt, remove_ttt
 from .tiny import TINY_LM_KWARGS
 from .ttt_mlp import seeds_hybrid_key
 from .yarn import apply_yarn
-
-FILES = ("config.json", "model.safetensors", "tokenizer.model", "mimi.safetensors")
-_NOT_LM_KWARGS = {"ttt_config", "yarn_config", "context", "lm_kwargs", "model_type", "codec"}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint directory that cannot be used, with the file at fault in the message."""
 
 
 @dataclass
@@ -49,42 +43,22 @@ class Bundle:
     directory: Path
     ttt: TTTConfig | None
     yarn: YarnConfig | None
+    sources: Sources | None = None
+
+    @property
+    def files(self) -> dict[str, Path]:
+        """The files the model was built from, by role (LM weights, LoRA, Mimi, tokenizer, ...)."""
+        return self.sources.files if self.sources else {}
 
     @property
     def mimi_id(self) -> str:
         """Content digest of the Mimi weights: keys the cache of Mimi codes."""
-        return mimi_id(self.directory)
+        return file_digest(self.sources.mimi)
 
     @property
     def content_id(self) -> str:
-        """Content digest of every file of the checkpoint: what a snapshot continues."""
-        return files_digest(checkpoint_files(self.directory))
-
-
-def checkpoint_files(directory: str | os.PathLike) -> dict[str, Path]:
-    root = Path(directory)
-    if (root / "consolidated").is_dir():
-        root = root / "consolidated"
-    if not root.is_dir():
-        raise CheckpointError(f"{directory}: not a directory")
-    files = {name: root / name for name in FILES}
-    if not files["model.safetensors"].is_file() and (root / "consolidated.safetensors").is_file():
-        files["model.safetensors"] = root / "consolidated.safetensors"  # seeds' name
-    missing = [str(p) for p in files.values() if not p.is_file()]
-    if missing:
-        raise CheckpointError(f"{missing[0]}: missing from the checkpoint directory")
-    return files
-
-
-def mimi_id(directory: str | os.PathLike) -> str:
-    """Content digest of a checkpoint's Mimi weights (sha256, remembered beside the file)."""
-    return file_digest(checkpoint_files(directory)["mimi.safetensors"])
-
-
-def read_config(path: Path) -> tuple[dict, dict | None, dict | None, int | None]:
-    cfg = read_json(path, "config.json", CheckpointError)
-    lm_kwargs = cfg.get("lm_kwargs") or {k: v for k, v in cfg.items() if k not in _NOT_LM_KWARGS}
-    return lm_kwargs, cfg.get("ttt_config"), cfg.get("yarn_config"), cfg.get("context")
+        """Content digest of every file the model is built from: what a snapshot continues."""
+        return files_digest(self.sources.files)
 
 
 def resolve_configs(config_path: Path, ttt_file: dict | None, yarn_file: dict | None,
@@ -104,49 +78,185 @@ def resolve_configs(config_path: Path, ttt_file: dict | None, yarn_file: dict | 
     return ttt, yarn
 
 
-def load_checkpoint(directory: str | os.PathLike, ttt: dict | None = None, yarn: dict | None = None,
-                    device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> Bundle:
-    """Model, Mimi and tokenizer of a checkpoint directory, with TTT/YaRN applied. TTT parameters
-    absent from the checkpoint are initialised from ``seed`` (deterministic)."""
-    files = checkpoint_files(directory)
-    lm_kwargs, ttt_file, yarn_file, context = read_config(files["config.json"])
-    ttt_cfg, yarn_cfg = resolve_configs(files["config.json"], ttt_file, yarn_file, ttt, yarn)
-    if context is not None:
-        lm_kwargs = {**lm_kwargs, "context": context}
-    num_layers = lm_kwargs.get("num_layers")
-    if ttt_cfg is not None and ttt_cfg.layers and num_layers is not None:
+def _sources(model, base, cache_root) -> Sources:
+    return model if isinstance(model, Sources) else resolve_checkpoint(model, base, cache_root)
+
+
+def _header(path: Path) -> dict[str, tuple]:
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # SafetensorError, OSError
+        raise CheckpointError(f"{path}: not a readable safetensors file "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+
+
+def _meta_model(sources: Sources, ttt, yarn, dtype, with_yarn: bool = False):
+    """The LM on the meta device (no memory), its TTT/YaRN settings, the checkpoint's key map;
+    every key and shape of the weights (and LoRA adapters) checked against it."""
+    where = sources.config or sources.directory
+    ttt_cfg, yarn_cfg = resolve_configs(where, sources.ttt, sources.yarn, ttt, yarn)
+    num_layers = sources.lm_kwargs.get("num_layers")
+    if ttt_cfg is not None and ttt_cfg.layers and isinstance(num_layers, int):
         bad = [i for i in ttt_cfg.layers if i >= num_layers]
         if bad:
-            raise CheckpointError(f"{files['config.json']}: TTT layers {bad} but the model has "
+            raise CheckpointError(f"{where}: TTT layers {bad} but the model has "
                                   f"{num_layers} layers")
-    with safe_open(str(files["model.safetensors"]), "pt") as f:
-        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    if any(".seq_modeling_block." in k for k in shapes):  # the seeds' TTT-MLP hybrid layout
-        shapes = {new: v for k, v in shapes.items() if (new := _seeds_hybrid_name(k)) is not None}
     try:
-        lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, device=device, dtype=dtype)
-    except TypeError as exc:
-        raise CheckpointError(f"{files['config.json']}: bad LM kwargs ({exc})") from None
+        lm = loaders.get_moshi_lm(None, lm_kwargs=sources.lm_kwargs, device="meta", dtype=dtype)
+    except (TypeError, ValueError, KeyError, AssertionError) as exc:
+        raise CheckpointError(f"{where}: bad LM kwargs ({str(exc).splitlines()[0]})") from None
+    shapes = _header(sources.lm_weights)
+    names = {k: k for k in shapes}
+    if any(".seq_modeling_block." in k for k in shapes):  # the seeds' TTT-MLP hybrid layout
+        names = {k: _seeds_hybrid_name(k) for k in shapes}
+        shapes = {names[k]: v for k, v in shapes.items() if names[k] is not None}
+    plain = {k: tuple(v.shape) for k, v in lm.state_dict().items()}
+    if sources.lora is not None:
+        _check_lora(sources.lora, plain)
+    try:
+        if ttt_cfg is not None:
+            apply_ttt(lm, ttt_cfg)
+        if with_yarn and yarn_cfg is not None:
+            apply_yarn(lm, yarn_cfg)
+    except ValueError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    _check_keys(sources.lm_weights, lm, shapes)
+    if ttt_cfg is not None:
+        remove_ttt(lm)
+    return lm, ttt_cfg, yarn_cfg, names
+
+
+def _check_lora(path: Path, plain: dict[str, tuple]) -> None:
+    """moshi's LoRALinear keys (``X.lora_A.weight`` [r, in], ``X.lora_B.weight`` [out, r]) for a
+    plain ``X.weight``; any other key (moshi-finetune ``ft_embed``) replaces a plain weight."""
+    for key, shape in _header(path).items():
+        if key.endswith((".lora_A.weight", ".lora_B.weight")):
+            prefix = key[:-len("lora_A.weight")]
+            target = prefix + "weight"
+            if target not in plain:
+                raise CheckpointError(f"{path}: {key} adapts {target}, which the model does not have")
+            out, inp = plain[target]
+            a_or_b = key.endswith(".lora_A.weight")
+            if len(shape) != 2 or (shape[1] if a_or_b else shape[0]) != (inp if a_or_b else out):
+                raise CheckpointError(f"{path}: {key} has shape {list(shape)}, incompatible with "
+                                      f"{target} {[out, inp]}")
+        elif key not in plain or plain[key] != shape:
+            raise CheckpointError(f"{path}: {key} is neither a LoRA adapter nor a weight of the "
+                                  "model with that shape")
+
+
+def inspect_checkpoint(model: str | os.PathLike | Sources, base: str | os.PathLike | None = None,
+                       ttt: dict | None = None, yarn: dict | None = None,
+                       cache_root: str | os.PathLike = "results/models") -> Sources:
+    """Resolve ``model`` and check its config, every tensor header (LM, LoRA, Mimi) and the
+    tokenizer, reading no weights: cheap enough to run for every model before jobs start."""
+    sources = _sources(model, base, cache_root)
+    _meta_model(sources, ttt, yarn, torch.float32, with_yarn=True)
+    mimi_keys = set(_header(sources.mimi))
+    want = set(loaders.get_mimi(None, _mimi_config(sources), device="meta").state_dict())
+    if want - mimi_keys:
+        raise CheckpointError(f"{sources.mimi}: not Mimi weights ({len(want - mimi_keys)} "
+                              f"missing key(s), e.g. {sorted(want - mimi_keys)[0]})")
+    _tokenizer(sources)
+    return sources
+
+
+def load_checkpoint(model: str | os.PathLike | Sources, ttt: dict | None = None,
+                    yarn: dict | None = None, device: str = "cpu",
+                    dtype: torch.dtype = torch.float32, seed: int = 0,
+                    base: str | os.PathLike | None = None,
+                    cache_root: str | os.PathLike = "results/models") -> Bundle:
+    """Model, Mimi and tokenizer, with TTT/YaRN applied. TTT parameters absent from the
+    checkpoint are initialised from ``seed`` (deterministic), on ``device``."""
+    sources = _sources(model, base, cache_root)
+    lm, ttt_cfg, yarn_cfg, names = _meta_model(sources, ttt, yarn, dtype)
+    tokenizer = _tokenizer(sources)
+    extra = _assign_weights(lm, sources, names, device)
     if ttt_cfg is not None:
         torch.manual_seed(seed)
         apply_ttt(lm, ttt_cfg)
+        lm.load_state_dict(extra, strict=False)  # TTT keys; checked in _meta_model
     if yarn_cfg is not None:
         apply_yarn(lm, yarn_cfg)
-    _check_keys(files["model.safetensors"], lm, shapes)
-    from safetensors.torch import load_file
-    state = load_file(str(files["model.safetensors"]), device=str(device))
-    lm.load_state_dict(state, strict=False)  # keys and shapes were checked above
+    left = [n for n, t in [*lm.named_parameters(), *lm.named_buffers()] if t.is_meta]
+    if left:  # a parameter moshi creates but no checkpoint carries
+        raise CheckpointError(f"{sources.lm_weights}: {len(left)} tensor(s) not in the checkpoint, "
+                              f"e.g. {left[0]}")
     lm.eval()
+    mimi = load_mimi(sources, device)
+    return Bundle(lm, mimi, tokenizer, sources.directory, ttt_cfg, yarn_cfg, sources)
+
+
+def load_mimi(sources: Sources, device: str = "cpu"):
+    """Mimi alone (its own config, the LM's codebook count from the LM kwargs): what data
+    preparation needs, the LM untouched."""
     try:
-        tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(files["tokenizer.model"]))
+        return loaders.get_mimi(str(sources.mimi), _mimi_config(sources), device=device,
+                                num_codebooks=sources.num_codebooks)
     except (RuntimeError, OSError) as exc:
-        raise CheckpointError(f"{files['tokenizer.model']}: not a sentencepiece model ({exc})") from None
+        raise CheckpointError(f"{sources.mimi}: {str(exc).splitlines()[0]}") from None
+
+
+def load_codec(model: str | os.PathLike | Sources, device: str = "cpu",
+               base: str | os.PathLike | None = None,
+               cache_root: str | os.PathLike = "results/models"):
+    """(Mimi, tokenizer, sources) of a model, its LM weights never read."""
+    sources = _sources(model, base, cache_root)
+    return load_mimi(sources, device), _tokenizer(sources), sources
+
+
+def _assign_weights(lm, sources: Sources, names: dict, device) -> dict:
+    """Put the stored tensors in place of the meta ones (``assign``: no second copy), each cast
+    to the dtype the model declares, LoRA adapters merged; returns the keys the plain LM has no
+    place for (TTT weights, loaded after surgery). On CPU safetensors hands out views of the
+    memory-mapped file: they are copied, or rewriting the file would change the model."""
+    want = {k: v.dtype for k, v in lm.state_dict().items()}
+    copy = torch.device(device).type == "cpu"
+    state, extra = {}, {}
+    with safe_open(str(sources.lm_weights), "pt", device=str(device)) as f:
+        for key in f.keys():
+            name = names.get(key, key)
+            if name is None:
+                continue
+            tensor = f.get_tensor(key)
+            if name in want:
+                state[name] = tensor.to(want[name], copy=copy)
+            else:
+                extra[name] = tensor
+    if sources.lora is not None:
+        _merge_lora(state, sources.lora, sources.lora_scaling, device)
+    lm.load_state_dict(state, strict=False, assign=True)
+    return extra
+
+
+def _merge_lora(state: dict, path: Path, scaling: float, device) -> None:
+    """W ← W + scaling · B A (moshi's ``replace_lora_with_linear`` and moshi-finetune's
+    ``merge_weight``), computed in float32 and rounded once to W's dtype."""
+    with safe_open(str(path), "pt", device=str(device)) as f:
+        for key in f.keys():
+            if key.endswith(".lora_B.weight"):
+                continue
+            if key.endswith(".lora_A.weight"):
+                prefix = key[:-len("lora_A.weight")]
+                a = f.get_tensor(key).float()
+                b = f.get_tensor(prefix + "lora_B.weight").float()
+                w = state[prefix + "weight"]
+                state[prefix + "weight"] = (w.float() + scaling * (b @ a)).to(w.dtype)
+            else:
+                state[key] = f.get_tensor(key).to(state[key].dtype, copy=True)
+
+
+def _mimi_config(sources: Sources) -> dict | None:
+    return read_json(sources.mimi_config, "Mimi config", CheckpointError) if sources.mimi_config else None
+
+
+def _tokenizer(sources: Sources) -> sentencepiece.SentencePieceProcessor:
     try:
-        mimi = loaders.get_mimi(str(files["mimi.safetensors"]), device=device,
-                                num_codebooks=lm.dep_q)
+        return sentencepiece.SentencePieceProcessor(model_file=str(sources.tokenizer))
     except (RuntimeError, OSError) as exc:
-        raise CheckpointError(f"{files['mimi.safetensors']}: {str(exc).splitlines()[0]}") from None
-    return Bundle(lm, mimi, tokenizer, Path(directory), ttt_cfg, yarn_cfg)
+        raise CheckpointError(f"{sources.tokenizer}: not a sentencepiece model "
+                              f"({str(exc).splitlines()[0]})") from None
 
 
 def _seeds_hybrid_name(key: str) -> str | None:
@@ -201,7 +311,7 @@ def build_tiny_checkpoint(directory: str | os.PathLike, seed: int = 0) -> Path:
     a checkpoint directory. Deterministic from ``seed``; a few seconds on CPU."""
     target = Path(directory)
     if target.is_dir():
-        checkpoint_files(target)  # complete, or an error naming what is missing
+        resolve_checkpoint(target)  # complete, or an error naming what is missing
         return target
     torch.manual_seed(seed)
     lm = loaders.get_moshi_lm(None, lm_kwargs=DEFAULT_LM_KWARGS, device="cpu", dtype=torch.float32)
@@ -218,29 +328,13 @@ def build_tiny_checkpoint(directory: str | os.PathLike, seed: int = 0) -> Path:
     save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(tmp / "model.safetensors"))
     save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(tmp / "mimi.safetensors"))
     (tmp / "tokenizer.model").write_bytes(_train_tokenizer())
-    (tmp / "config.json").write_text(json.dumps({"lm_kwargs": DEFAULT_LM_KWARGS, "codec": UNTRAINED},
-                                                indent=1))
+    (tmp / "config.json").write_text(json.dumps(project_config(DEFAULT_LM_KWARGS, UNTRAINED), indent=1))
     try:
         tmp.rename(target)
     except OSError:  # another process built it first (cells starting together): use theirs
         shutil.rmtree(tmp, ignore_errors=True)
-        checkpoint_files(target)
+        resolve_checkpoint(target)
     return target
-
-
-UNTRAINED = "untrained"  # config.json "codec" of a checkpoint whose Mimi is random (its audio is noise)
-
-
-def codec_untrained(spec: str, directory: str | os.PathLike) -> bool:
-    """Whether the checkpoint's Mimi is the random one the embedded default builds: its audio is
-    noise, so nothing heard in it can be judged (the ASR verdict says n/a). ``tiny`` specs are
-    always random (also checkpoints cached before the marker existed)."""
-    if spec == "tiny" or spec.startswith("tiny:"):
-        return True
-    try:
-        return read_json(checkpoint_files(directory)["config.json"], "config.json").get("codec") == UNTRAINED
-    except (ValueError, AttributeError):
-        return False
 
 
 def _train_tokenizer() -> bytes:
@@ -253,9 +347,37 @@ def _train_tokenizer() -> bytes:
     return buffer.getvalue()
 
 
-def resolve_model(spec: str, cache_root: str | os.PathLike = "results/models") -> Path:
-    """'tiny' or 'tiny:SEED' → the cached embedded default (built on first use); else a path."""
+UNTRAINED = "untrained"  # model_id.codec of a checkpoint whose Mimi is random (its audio is noise)
+
+
+def project_config(lm_kwargs: dict, codec: str | None = None) -> dict:
+    """The project's config.json: moshi's own flat layout (LM kwargs + the file names), so
+    ``loaders.CheckpointInfo`` reads our checkpoints as they are; our own marks go under
+    ``model_id``, the one free-form key moshi sets aside (any other key would reach LMModel)."""
+    return {**lm_kwargs, **OUR_NAMES, **({"model_id": {"codec": codec}} if codec else {})}
+
+
+def codec_untrained(spec: str, directory: str | os.PathLike) -> bool:
+    """Whether the checkpoint's Mimi is the random one the embedded default builds: its audio is
+    noise, so nothing heard in it can be judged (the ASR verdict says n/a). ``tiny`` specs are
+    always random (also checkpoints cached before the marker existed)."""
     if spec == "tiny" or spec.startswith("tiny:"):
-        seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
-        return build_tiny_checkpoint(Path(cache_root) / f"tiny-seed{seed}", seed)
-    return Path(spec)
+        return True
+    try:
+        cfg = read_json(Path(directory) / "config.json", "config.json")
+    except ValueError:
+        return False
+    marks = cfg.get("model_id") if isinstance(cfg.get("model_id"), dict) else {}
+    return UNTRAINED in (cfg.get("codec"), marks.get("codec"))  # top level: older checkpoints
+
+
+def mimi_id(model: str | os.PathLike | Sources, cache_root: str | os.PathLike = "results/models",
+            base: str | os.PathLike | None = None) -> str:
+    """Content digest of a model's Mimi weights (sha256, remembered beside the file)."""
+    return file_digest(_sources(model, base, cache_root).mimi)
+
+
+def resolve_model(spec: str, cache_root: str | os.PathLike = "results/models") -> Path:
+    """'tiny' or 'tiny:SEED' → the cached embedded default (built on first use); a Hugging Face
+    repo id → its local snapshot; else the directory as given."""
+    return locate(spec, cache_root)
