@@ -190,12 +190,21 @@ def load_checkpoint(model: str | os.PathLike | Sources, ttt: dict | None = None,
 
 def load_mimi(sources: Sources, device: str = "cpu"):
     """Mimi alone (its own config, the LM's codebook count from the LM kwargs): what data
-    preparation needs, the LM untouched."""
+    preparation needs, the LM untouched. Built on the meta device and assigned the stored
+    tensors like the LM (upstream ``get_mimi`` initialises a random Mimi first)."""
     try:
-        return loaders.get_mimi(str(sources.mimi), _mimi_config(sources), device=device,
-                                num_codebooks=sources.num_codebooks)
+        mimi = loaders.get_mimi(None, _mimi_config(sources), device="meta")
+        cpu = torch.device(device).type == "cpu"  # CPU tensors view the mmapped file: copy them
+        with safe_open(str(sources.mimi), "pt", device=str(device)) as f:
+            state = {k: f.get_tensor(k).clone() if cpu else f.get_tensor(k) for k in f.keys()}
+        mimi.load_state_dict(state, assign=True)
     except (RuntimeError, OSError) as exc:
         raise CheckpointError(f"{sources.mimi}: {str(exc).splitlines()[0]}") from None
+    left = [n for n, t in [*mimi.named_parameters(), *mimi.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"{sources.mimi}: {len(left)} tensor(s) not in the file, e.g. {left[0]}")
+    mimi.set_num_codebooks(sources.num_codebooks)
+    return mimi.eval()
 
 
 def load_codec(model: str | os.PathLike | Sources, device: str = "cpu",
