@@ -262,3 +262,46 @@ def test_verdict_threshold_and_twin(tmp_path, on, off, threshold, vs_off):
     summary, _ = asr_results(tmp_path, on, off, untrained=False)
     assert summary["quality.consistency_wer"]["verdict"] == threshold
     assert summary["quality.consistency_wer_vs_off"]["verdict"] == vs_off
+
+
+# ---- the listening panel shows what was heard, on the results side only ----------------------------
+
+def test_panel_shows_heard_text_on_the_results_side(tmp_path):
+    import csv
+    import hashlib
+    import zipfile
+
+    from test_panel import ratings_doc
+    from ttt.panel import System, build_panel
+    from ttt.ratings import collect_ratings
+
+    rate, systems = 24000, []
+    for label, words in (("on", [(0.5, "Zebraword"), (4.2, "quokka")]), ("off", [(1.0, "narwhal")])):
+        cell = tmp_path / label / "cell"
+        cell.mkdir(parents=True)
+        tone = (0.1 * np.sin(np.arange(8 * rate) * (0.05 if label == "on" else 0.07))).astype("float32")
+        sf.write(str(cell / "out.wav"), tone, rate)
+        asr = tmp_path / label / "asr"
+        asr.mkdir()
+        sha = hashlib.sha256((cell / "out.wav").read_bytes()).hexdigest()
+        (asr / "asr.json").write_text(json.dumps({"status": "ok", "audio": {"sha256": sha}}))
+        (asr / "words.jsonl").write_text("".join(
+            json.dumps({"start": t, "end": t + 0.3, "word": w}) + "\n" for t, w in words))
+        systems.append(System(label, cell / "out.wav"))
+    (tmp_path / "off" / "asr" / "asr.json").write_text(  # stale: transcribed other audio
+        json.dumps({"status": "ok", "audio": {"sha256": "0" * 64}}))
+    out = tmp_path / "panel"
+    key = build_panel("demo", systems, [0.0, 4.0], 3.0, 1, out, raters=["r1"])
+    heard = {(key["clips"][c]["system"], key["clips"][c]["offset_s"]): t for c, t in key["heard"].items()}
+    assert heard == {("on", 0.0): "Zebraword", ("on", 4.0): "quokka", ("off", 0.0): None, ("off", 4.0): None}
+    notes = (out / "QA-notes.md").read_text()
+    assert "Zebraword" in notes and "quokka" in notes and "narwhal" not in notes
+    assert "Zebraword" not in (out / "index.html").read_text()
+    with zipfile.ZipFile(out / "demo-raters.zip") as z:
+        assert all(b"Zebraword" not in z.read(n) for n in z.namelist())
+    ratings = out / "ratings" / "r1.json"
+    ratings.parent.mkdir()
+    ratings.write_text(json.dumps(ratings_doc(key, "r1", mos={("on", 0.0): 4})))
+    collect_ratings([ratings], tmp_path / "mos.csv", keys=[out / "key.json"])
+    rows = {(r["system"], float(r["offset_s"])): r for r in csv.DictReader(open(tmp_path / "mos.csv"))}
+    assert rows[("on", 0.0)]["heard"] == "Zebraword" and rows[("off", 4.0)]["heard"] == ""

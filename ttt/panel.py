@@ -52,6 +52,21 @@ def parse_system(spec: str) -> System:
     return System(label, p / "out.wav" if p.is_dir() else p)
 
 
+def heard_in_clip(system: System, digest: str, offset_s: float, clip_s: float) -> str | None:
+    """What the ASR stage heard in the clip's span (``<cell>/asr/words.jsonl`` beside a generate
+    cell's ``cell/``), for the results side only; None without ASR output for exactly this audio
+    (its sha256 must match: stale transcripts are never shown)."""
+    asr = system.wav.parent.parent / "asr"
+    try:
+        summary = json.loads((asr / "asr.json").read_text())
+        if summary.get("status") != "ok" or (summary.get("audio") or {}).get("sha256") != digest:
+            return None
+        words = [json.loads(line) for line in (asr / "words.jsonl").read_text().splitlines() if line]
+    except (OSError, ValueError):
+        return None
+    return " ".join(w["word"] for w in words if offset_s <= w["start"] < offset_s + clip_s)
+
+
 def read_audio(system: System) -> tuple[np.ndarray, int]:
     """Mono float samples of a system's audio; a missing or unreadable file is a PanelError."""
     import soundfile as sf
@@ -124,6 +139,10 @@ def qa_notes(key: dict) -> str:
     raters = "\n".join(f"- `{r}`: `index.html?rater={r}`" for r in key["raters"]) or \
         "- (none listed: raters type their own id on the page)"
     name = key["panel"]
+    heard = "\n".join(
+        f"| `{cid}` | `{c['system']}` | {c['offset_s']:g} s | "
+        f"{'n/a' if key.get('heard', {}).get(cid) is None else key['heard'][cid].replace('|', '/')} |"
+        for cid, c in sorted(key["clips"].items(), key=lambda kv: (kv[1]["system"], kv[1]["offset_s"])))
     return f"""# Listening panel `{name}` — QA notes
 
 Built {key["created_at"]}; seed {key["seed"]}; clips of {key["clip_s"]:g} s at
@@ -144,6 +163,15 @@ Built {key["created_at"]}; seed {key["seed"]}; clips of {key["clip_s"]:g} s at
 | system | audio | length |
 |---|---|---|
 {systems}
+
+## What the recogniser heard in each clip (results side: never shown to raters)
+
+The ASR stage's words (`results/cells/<cell>/asr/`) inside each clip's span, to link what was
+heard by ears to what was recognised (empty: nothing recognised; n/a: no ASR output for this audio).
+
+| clip | system | offset | heard |
+|---|---|---|---|
+{heard}
 
 ## Raters
 
@@ -180,7 +208,7 @@ def build_panel(name: str, systems: Sequence[System], offsets_s: Sequence[float]
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "clips").mkdir(parents=True)
     try:
-        clips, sources = {}, {}
+        clips, sources, heard = {}, {}, {}
         for system in systems:
             samples, rate = read_audio(system)
             digest = hashlib.sha256(system.wav.read_bytes()).hexdigest()
@@ -195,6 +223,7 @@ def build_panel(name: str, systems: Sequence[System], offsets_s: Sequence[float]
                 cid = clip_id(seed, system.label, off, clip_s, digest)
                 sf.write(str(tmp / "clips" / f"{cid}.wav"), clip, rate, subtype="PCM_16")
                 clips[cid] = {"system": system.label, "offset_s": off}
+                heard[cid] = heard_in_clip(system, digest, off, clip_s)
         labels = [s.label for s in systems]
         items = make_items(clips, labels, offsets)
         panel_id = hashlib.sha256(json.dumps([seed, clip_s, sorted(clips.items()), items],
@@ -202,7 +231,7 @@ def build_panel(name: str, systems: Sequence[System], offsets_s: Sequence[float]
         _refuse_orphaning_ratings(out, panel_id)
         key = {"format": KEY_FORMAT, "version": VERSION, "panel": name, "panel_id": panel_id,
                "seed": seed, "clip_s": float(clip_s), "offsets_s": offsets, "systems": sources,
-               "clips": clips, "items": items, "raters": list(raters),
+               "clips": clips, "heard": heard, "items": items, "raters": list(raters),
                "plans": {r: rater_plan(seed, items, r) for r in raters},
                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         (tmp / "key.json").write_text(json.dumps(key, indent=1) + "\n")

@@ -261,7 +261,10 @@ def collect_ratings(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
     for panel, (m, p) in sorted(per_panel.items()):
         key = by_panel[panel]
         labels, offsets = list(key["systems"]), key["offsets_s"]
-        mos_rows += mos_table(panel, m, labels, offsets)
+        heard = {(c["system"], c["offset_s"]): (key.get("heard") or {}).get(cid)
+                 for cid, c in key["clips"].items()}
+        mos_rows += [{**r, "heard": heard.get((r["system"], r["offset_s"]))}
+                     for r in mos_table(panel, m, labels, offsets)]
         pref_rows += preference_table(panel, p, labels, offsets)
     out = Path(out)
     preference_out = Path(preference_out) if preference_out else out.with_name("preference.csv")

@@ -35,6 +35,7 @@ if PANEL_CELLS:
     rule panel_page:
         input:
             [f"results/cells/{c}/status.json" for c in PANEL_CELLS.values()],
+            [f"results/cells/{c}/asr" for c in PANEL_CELLS.values()],  # heard text, results side
         output:
             page=f"{PANEL_DIR}/index.html",
             key=f"{PANEL_DIR}/key.json",
