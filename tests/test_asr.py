@@ -202,11 +202,11 @@ def test_cell_without_audio_says_why(tmp_path):
 
 # ---- tables and verdicts --------------------------------------------------------------------------
 
-def write_asr(results: Path, cell: str, window_wers: list[float], untrained: bool) -> None:
+def write_asr(results: Path, cell: str, window_wers: list[float], untrained: bool, said: str) -> None:
     """The ASR stage's files for a constructed cell (asr.json + asr.jsonl)."""
     d = results / "cells" / cell / "asr"
     d.mkdir(parents=True)
-    rows = [{"item": 0, "start_s": 4.0 * i, "hypothesis": "a b", "asr_hypothesis": "a b",
+    rows = [{"item": 0, "start_s": 4.0 * i, "hypothesis": said, "asr_hypothesis": said,
              "consistency_wer": w} for i, w in enumerate(window_wers)]
     (d / "asr.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "asr.json").write_text(json.dumps({
@@ -218,13 +218,13 @@ def write_asr(results: Path, cell: str, window_wers: list[float], untrained: boo
         "speed": {"x_realtime": 3.0}}))
 
 
-def asr_results(tmp_path, on_wers, off_wers, untrained):
+def asr_results(tmp_path, on_wers, off_wers, untrained, same_words=False):
     from results_factory import aggregate_tables, cell_spec, write_results
 
     on, off = "short_form/duration~8/ttt~on", "short_form/duration~8/ttt~off"
     write_results(tmp_path, [cell_spec(on, True), cell_spec(off, False)])
-    write_asr(tmp_path, on, on_wers, untrained)
-    write_asr(tmp_path, off, off_wers, untrained)
+    write_asr(tmp_path, on, on_wers, untrained, "hello there")
+    write_asr(tmp_path, off, off_wers, untrained, "hello there" if same_words else "good morning")
     aggregate_tables(tmp_path)
     from ttt import verdicts
     summary, checks = verdicts.evaluate(tmp_path)
@@ -252,8 +252,15 @@ def test_verdict_is_na_on_an_untrained_codec(tmp_path):
         assert "n/a: the codec is untrained" in summary[signal]["explanation"]
 
 
+def test_verdict_says_no_effect_when_ttt_changed_nothing(tmp_path):
+    """Same words said and heard in every window: never a pass."""
+    summary, _ = asr_results(tmp_path, [0.1, 0.2], [0.1, 0.2], untrained=False, same_words=True)
+    assert summary["quality.consistency_wer_vs_off"]["verdict"] == "no effect"
+    assert summary["quality.consistency_wer"]["verdict"] == "pass"
+
+
 @pytest.mark.parametrize("on,off,threshold,vs_off", [
-    ([0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1], "pass", "pass"),  # no effect: passes, not fails
+    ([0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1], "pass", "pass"),  # other words, as consistent
     ([0.1, 0.15, 0.1, 0.15], [0.2, 0.25, 0.2, 0.25], "pass", "pass"),  # TTT on more consistent
     ([0.5, 0.6, 0.5, 0.6], [0.1, 0.15, 0.1, 0.15], "fail", "fail"),  # gibberish with TTT on
     ([0.2, 0.25, 0.2, 0.25], [0.05, 0.1, 0.05, 0.1], "pass", "fail"),  # under threshold, worse than off

@@ -551,10 +551,14 @@ def gate_consistency(cells, cfg):
             continue
         d = np.array([a - b for a, b in pairs])
         lo, hi = bootstrap_ci(d, g["confidence"], g["resamples"])
+        said = lambda rows: [(r.get("start_s"), r.get("hypothesis"), r.get("asr_hypothesis")) for r in rows]
+        same = said(_jsonl(c.root / "asr" / "asr.jsonl")) == said(_jsonl(twin.root / "asr" / "asr.jsonl"))
         out.append(check("quality.consistency_wer_vs_off", name, float(d.mean()), g["max_worse"],
                          lo <= g["max_worse"],
-                         f"consistency WER on − off {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] "
-                         f"{g['confidence']:.0%} CI over {len(d)} windows"))
+                         ("no effect: TTT on said and was heard saying the same as off in every "
+                          "window; " if same else "")
+                         + f"consistency WER on − off {d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}] "
+                         f"{g['confidence']:.0%} CI over {len(d)} windows", no_effect=same))
     return out
 
 
