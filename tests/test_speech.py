@@ -18,7 +18,7 @@ import soundfile as sf
 
 from ttt import speech
 from ttt.cli import main
-from ttt.data import MAIN, OTHER, SAMPLE_RATE, load_audio, read_manifest
+from ttt.data import FRAME_RATE, MAIN, OTHER, SAMPLE_RATE, load_audio, read_manifest
 
 RECUR_AFTER = 6.0
 DURATION = 45.0
@@ -148,6 +148,8 @@ def test_recurrence_repeats_identical_audio_beyond_recur_after(sets):
                 if spk0 == spk and words0 == words:
                     repeats += 1
                     assert start - end0 > RECUR_AFTER, (words, start0, start)
+                    frames = (start - start0) * FRAME_RATE  # same phase on Mimi's frame grid
+                    assert abs(frames - round(frames)) < 0.003, (start0, start)
                     assert same_audio(segment(audio, ch, start0, end0), segment(audio, ch, start, end))
     assert repeats >= 2, "no turn recurred"
 

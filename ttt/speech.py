@@ -17,6 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .data import MAIN, OTHER, SAMPLE_RATE
+from .data import FRAME_RATE, MAIN, OTHER, SAMPLE_RATE
 
 TEXT_SOURCE = Path("/usr/share/dictd/devil.dict.dz")
 # voice name → (Festival command that selects it, Debian package, where the package puts it)
@@ -253,7 +254,8 @@ def write_conversations(directory, *, count: int, duration_s: float, recurrence:
                         text_part: str = "all", voices: tuple[str, str] = DEFAULT_VOICES,
                         cache_dir=None, text_source: Path = TEXT_SOURCE) -> Path:
     """Write ``count`` stereo conversations of ``duration_s`` seconds into ``directory`` and return
-    their manifest. Speakers alternate turns (1–3 sentences of one dictionary entry, 0.2–0.7 s gap).
+    their manifest. Speakers alternate turns (1–3 sentences of one dictionary entry, 0.2–0.7 s gap,
+    each turn starting on Mimi's 80 ms frame grid).
     With ``recurrence``, each turn starting past ``recur_after_s`` is, with probability
     ``recur_fraction``, a verbatim repeat (same speaker, same text, identical audio) of one of that
     speaker's fresh turns which ended more than ``recur_after_s`` earlier (each repeated at most
@@ -313,6 +315,7 @@ def _layout(plan, voices, cache, duration_s, recurrence, recur_after_s, recur_fr
             if texts is None:  # the text ran out: the rest stays silent
                 break
         length = sum(s.duration for s in synthesise(list(texts), voices[speaker], cache))
+        t = _on_frame(t)
         if t + length > duration_s:
             break
         if choice is None:
@@ -323,6 +326,13 @@ def _layout(plan, voices, cache, duration_s, recurrence, recur_after_s, recur_fr
         t += length + float(rng.uniform(0.2, 0.7))
         speaker = 1 - speaker
     return turns
+
+
+def _on_frame(t: float) -> float:
+    """``t`` rounded up to Mimi's 80 ms frame grid: a repeated turn then starts at the same frame
+    phase as its source, so a codec sees the same samples in the same frames."""
+    samples = SAMPLE_RATE / FRAME_RATE
+    return math.ceil(t * FRAME_RATE - 1e-9) * samples / SAMPLE_RATE
 
 
 def _write_conversation(wav: Path, turns: list[_Turn], voices, cache, duration_s: float) -> None:
