@@ -152,7 +152,10 @@ def test_slurm_profile_dry_run_lists_the_full_matrix(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     done = subprocess.run([str(BIN / "snakemake"), "-n", "--profile", "profiles/slurm",
                            "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"),
-                           "--configfile", str(REPO / "config/config.yaml"), str(REPO / "config/full.yaml")],
+                           "--configfile", str(REPO / "config/config.yaml"), str(REPO / "config/full.yaml"),
+                           # the site values: a model that resolves (full.yaml's placeholder is
+                           # refused up front) and the launcher file (relative to --directory)
+                           "--config", "model=tiny", f"launcher={REPO}/profiles/slurm/submitit.yaml"],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-3000:]

@@ -7,8 +7,12 @@ checked at construction; a bad value raises ``ValueError`` naming the field, and
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from dataclasses import dataclass
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 VARIANTS = ("inplace", "ttt_mlp")
@@ -243,6 +247,99 @@ class YarnConfig:
                 kwargs[dst] = yarn_config[src]
         kwargs.update(overrides)
         return cls.from_dict(kwargs)
+
+
+# ---- one cell (ttt/cell.py runs it; the workflow checks every cell with it before any job) ---
+
+MODES = ("teacher_forced", "generate", "transcribe")
+DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")  # what a cell can run on (torch.device names)
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """One cell. ``ttt``/``yarn`` are TTTConfig/YarnConfig dicts overriding the checkpoint's own
+    settings (``ttt: {enabled: false}`` for a TTT-off cell); ``data`` is ``{manifest: PATH}`` or
+    ``{demo: {durations: [s, ...], seed: N}}``."""
+
+    cell: str
+    mode: str = "teacher_forced"
+    family: str = "adhoc"
+    model: str = "tiny"
+    base: str | None = None  # base model of a moshi-finetune checkpoint (LoRA, Mimi, tokenizer)
+    data: Mapping[str, Any] = field(default_factory=lambda: {"demo": {"durations": [20.0], "seed": 0}})
+    ttt: Mapping[str, Any] | None = None
+    yarn: Mapping[str, Any] | None = None
+    window_s: float = 30.0
+    block: int = 256
+    ab: bool = False
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+    clip_saturation: float | None = None
+    temperature: float = 0.8
+    temperature_text: float = 0.7
+    snapshot_every: int = 0
+    check_upstream: bool = False
+    cache_dir: str = "results/cache"
+    diagnostics_every: int = 100  # steps between attention-vs-TTT diagnostics (0 = off)
+    # Content digest of the model's files (ttt/preflight.py): the workflow writes it so a changed
+    # checkpoint at the same path changes the cell config, and the tables show what ran.
+    model_digest: str | None = None
+
+    def __post_init__(self) -> None:
+        def check(ok, name, msg):
+            if not ok:
+                raise ValueError(f"{name}: {msg}")
+        check(isinstance(self.cell, str) and self.cell, "cell", "must be a non-empty string")
+        check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        check(isinstance(self.data, Mapping) and len(self.data) == 1 and
+              set(self.data) <= {"manifest", "demo"}, "data",
+              "must be {manifest: PATH} or {demo: {durations: [...], seed: N}}")
+        demo = self.data.get("demo") if isinstance(self.data, Mapping) else None
+        if demo is not None:
+            durations = demo.get("durations", [20.0]) if isinstance(demo, Mapping) else None
+            check(isinstance(durations, list) and durations and all(
+                isinstance(d, (int, float)) and math.isfinite(d) and d > 0 for d in durations),
+                "data", f"demo durations must be finite numbers > 0, got {durations!r}")
+        check(isinstance(self.window_s, (int, float)) and math.isfinite(self.window_s)
+              and self.window_s > 0, "window_s", f"must be a finite number > 0, got {self.window_s!r}")
+        check(isinstance(self.block, int) and self.block >= 1, "block", "must be an integer >= 1")
+        check(isinstance(self.device, str) and DEVICE.fullmatch(self.device), "device",
+              f"must be cpu, cuda, cuda:N or mps, got {self.device!r}")
+        check(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
+              f"must be float32, bfloat16 or float16, got {self.dtype!r}")
+        check(self.clip_saturation is None or 0 < self.clip_saturation <= 1, "clip_saturation",
+              "must be null (off) or in (0, 1]")
+        check(isinstance(self.snapshot_every, int) and self.snapshot_every >= 0, "snapshot_every",
+              "must be an integer >= 0 (0 = no snapshots)")
+        check(isinstance(self.diagnostics_every, int) and self.diagnostics_every >= 0,
+              "diagnostics_every", "must be an integer >= 0 (0 = off)")
+        check(self.temperature > 0 and self.temperature_text > 0, "temperature",
+              "temperatures must be > 0")
+        if self.ttt is not None:
+            TTTConfig.from_dict(dict(self.ttt))  # validate early
+        if self.yarn is not None:
+            YarnConfig.from_dict(dict(self.yarn))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "CellConfig":
+        return cls(**strict_kwargs(cls, data, "cell"))
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def load_cell_config(path: str | os.PathLike) -> CellConfig:
+    from .files import read_yaml
+
+    path = Path(path)
+    raw = read_yaml(path, "cell config")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of cell settings")
+    try:
+        return CellConfig.from_dict(raw)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def _is_int(x: Any) -> bool:

@@ -8,12 +8,12 @@ wildcard_constraints:
 rule cell_config:
     output:
         "results/cells/{cell}/cell.yaml",
+    params:
+        cfg=lambda w: cell_yaml(w.cell),
     localrule: True
     run:
-        import yaml
-
         with open(output[0], "w") as f:
-            yaml.safe_dump(MATRIX[wildcards.cell], f, sort_keys=False)
+            f.write(params.cfg)
 
 
 rule run_cell:

@@ -1,10 +1,20 @@
-# Config validation and the matrix: every cell's path and its cell config.
+# Config validation and the matrix: every cell's path and its cell config. Before any job is
+# planned, every cell config goes through the validators the cell itself uses and the model is
+# checked (ttt/preflight.py); a bad value stops the run with one line naming the key.
 import hashlib
 import json
+import os
+import sys
 
 from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
+
+# The code beside this Snakefile, for the DAG build here and for every `python -m ttt` job.
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [workflow.basedir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+from ttt import preflight  # noqa: E402
 
 PLOTS = ["lr_grid", "long_form", "yarn", "figure5", "figure5_hybrid", "consistency"]
 FAMILY_KEYS = ("model", "device", "dtype", "cache_dir")
@@ -115,13 +125,38 @@ ABLATIONS = {
     "neither": {"target_conv": False, "target_projection": False},
 }
 
+def preflight_checks():
+    """The model's identity (its files' content digest), once everything checks out."""
+    try:
+        preflight.check_config(config)
+        preflight.check_launcher(config["launcher"])
+        checkpoint_ttt = preflight.check_model(config["model"], f"{config['cache_dir']}/models")
+        preflight.check_matrix(config, MATRIX, checkpoint_ttt)
+        return preflight.model_identity(config["model"], f"{config['cache_dir']}/models")
+    except preflight.PreflightError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        sys.exit(2)
+
+
 MATRIX = build_matrix()
+MODEL = preflight_checks()
+for _cell in MATRIX.values():
+    _cell["model_digest"] = MODEL["model_digest"]
+
+
+def cell_yaml(cell_path):
+    """The resolved cell config as its file holds it: a rule param, so a change (model content
+    included) reruns exactly the cells it changes (Snakemake's params rerun trigger)."""
+    import yaml
+
+    return yaml.safe_dump(MATRIX[cell_path], sort_keys=False)
 
 
 def dataset_id(cell_path):
     """Cells reading the same inputs with the same model share one data preparation."""
     c = MATRIX[cell_path]
-    key = json.dumps({"data": c["data"], "model": c["model"], "cache": c["cache_dir"]}, sort_keys=True)
+    key = json.dumps({"data": c["data"], "model": c["model"], "model_digest": c["model_digest"],
+                      "cache": c["cache_dir"]}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 

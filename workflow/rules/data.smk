@@ -1,17 +1,23 @@
 # Data preparation: Mimi tokenisation once per input set, shared by every cell reading it.
 
 
+def prepare_yaml(dataset):
+    import yaml
+
+    c = MATRIX[DATASETS[dataset]]
+    return yaml.safe_dump({"cell": f"prepare-{dataset}", **{k: c[k] for k in FAMILY_KEYS},
+                           "model_digest": c["model_digest"], "data": c["data"]})
+
+
 rule prepare_config:
     output:
         "results/prepare/{dataset}/prepare.yaml",
+    params:
+        spec=lambda w: prepare_yaml(w.dataset),
     localrule: True
     run:
-        import yaml
-
-        c = MATRIX[DATASETS[wildcards.dataset]]
-        spec = {"cell": f"prepare-{wildcards.dataset}", **{k: c[k] for k in FAMILY_KEYS}, "data": c["data"]}
         with open(output[0], "w") as f:
-            yaml.safe_dump(spec, f)
+            f.write(params.spec)
 
 
 def _built_manifest(w):
