@@ -1,6 +1,7 @@
 """The Snakemake DAG on a reduced embedded-default matrix, through submitit's local executor."""
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -35,10 +36,15 @@ def workdir(tmp_path_factory, cache):
                   "seed": 6, "window_s": 2},
         lr_grid={**base["lr_grid"], "lrs": [1.0e-3, 1.0e30], "chunks": [8], "duration_s": 4},
         telemetry={**base["telemetry"], "duration_s": 4},
-        # A family whose input does not exist: its cell must fail alone, with the reason.
-        regression={**base["regression"], "duration_s": 4, "manifest": str(wd / "missing.jsonl")})
+        # A family whose input lacks its audio: its cell must fail alone, with the reason (a
+        # manifest that does not exist at all stops the run before any job: test_workflow_checks)
+        regression={**base["regression"], "duration_s": 4, "manifest": str(wd / "broken.jsonl")})
+    (wd / "broken.jsonl").write_text('{"path": "missing.wav", "duration": 4.0}\n')
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(base))
-    snakemake(wd)
+    done = snakemake(wd, check=False)
+    # Every cell ran and every table is written; the failed cell makes the run exit non-zero, last.
+    assert done.returncode != 0 and "1 of 11 cell(s) failed or timed out" in done.stderr, \
+        done.stderr[-3000:]
     return wd
 
 
@@ -62,7 +68,7 @@ def test_reduced_matrix_tables(workdir):
     clip = cells["telemetry/tau~1e-05/ttt~on"]
     assert clip["clip_events"] == clip["updates"] != "0"  # forced clipping: every chunk clips
     bad = cells["regression/ttt~off"]
-    assert bad["status"] == "failed" and "missing.jsonl: manifest not found" in bad["error"]
+    assert bad["status"] == "failed" and "missing.wav: audio file not found" in bad["error"]
     assert set(read(workdir / "results/tables/lr_grid.csv")) == {
         c for c in cells if c.startswith("lr_grid/")}
     for plot in ("lr_grid", "long_form", "yarn", "figure5"):
@@ -97,7 +103,7 @@ def test_ablation_family_twins_and_verdicts(workdir):
         ppl["no_target"] - ppl["full"]
     verdicts = read_by(workdir / "results/tables/verdicts.csv", "signal")
     assert verdicts["run.completed"]["verdict"] == "fail"  # the regression cell's missing manifest
-    assert "missing.jsonl" in verdicts["run.completed"]["explanation"]
+    assert "missing.wav" in verdicts["run.completed"]["explanation"]
     for signal in ("observability.telemetry_layers", "observability.counters_monotonic",
                    "observability.log_line", "correctness.embedding_plumbing", "stability.finite"):
         assert verdicts[signal]["verdict"] == "pass", verdicts[signal]
@@ -111,7 +117,18 @@ def test_strict_run_fails_after_writing_the_verdicts(workdir):
     assert "FAIL run.completed" in text
     assert (workdir / "results/tables/verdicts.csv").is_file()
     assert not (workdir / "results/tables/verdicts.strict").exists()
-    snakemake(workdir)  # not strict: the same failing gate is a result, the run succeeds
+    done = snakemake(workdir, check=False)  # not strict: the failing gate is a result; only the
+    text = done.stdout + done.stderr         # failed cell fails the run, after the verdicts
+    assert "strict_verdicts" not in text and "rule cells_complete" in text
+    assert (workdir / "results/tables/verdicts.csv").is_file()
+
+
+def test_complete_run_plans_nothing_but_the_failed_cell_check(workdir):
+    """After a complete run only the end-of-run check of the failed cell is planned: no cell,
+    table or verdict reruns (the verdicts rule used to, at every invocation)."""
+    done = snakemake(workdir, "-n")
+    jobs = set(re.findall(r"^(?:local)?rule (\w+):", done.stdout, flags=re.M))
+    assert jobs == {"cells_complete", "all"}, done.stdout[-3000:]
 
 
 def read_by(path, key):
@@ -132,7 +149,7 @@ def test_rerun_of_one_cell_reruns_only_that_cell(workdir):
     after = snakemake(workdir, "-n")
     text = after.stdout + after.stderr
     assert text.count("rule run_cell:") == 0 and "rule aggregate:" in text
-    snakemake(workdir)
+    snakemake(workdir, check=False)  # the regression cell still fails the run at the end
     assert read(workdir / "results/tables/cells.csv")["telemetry/tau~1e-05/ttt~off"]["status"] == "ok"
 
 

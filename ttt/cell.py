@@ -250,7 +250,7 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
     transcript of the user channel (WER against the user's words)."""
     import soundfile as sf
 
-    from .data import OTHER, SAMPLE_RATE
+    from .data import OTHER, SAMPLE_RATE, reference_speaker
     from .generate import collapse_indicators, stream_user_channel, windowed_words, words_with_times
     from .metrics import word_errors
 
@@ -263,7 +263,11 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
     refs, hyps, requeues, diverged, seconds, audio = [], [], 0, False, 0.0, None
     for n, item in enumerate(items):
         codes = conversation_codes(bundle.mimi, tok, item, cache / "codes", bundle.mimi_id)
-        user = codes[:, 1 + lm.dep_q:].to(cfg.device)
+        # transcribe scores the channel whose words the alignments carry (data.reference_speaker):
+        # the user's (right), or with moshi-finetune's annotate.py output the left one, fed to
+        # Moshi as the user's; generate always answers the right channel.
+        speaker = reference_speaker(item.alignments) if cfg.mode == "transcribe" else OTHER
+        user = (codes[:, 1 + lm.dep_q:] if speaker == OTHER else codes[:, 1:1 + lm.dep_q]).to(cfg.device)
         result = stream_user_channel(
             lm, bundle.mimi, user, seed=cfg.seed + n, chunk=chunk,
             snapshot_path=replay / f"item{n}.pt" if cfg.snapshot_every else None,
@@ -279,7 +283,7 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
         all_words += [w for _, w in words]
         all_tokens += result.text_tokens
         seconds += result.steps_done / FRAME_RATE
-        reference = [(a, w) for w, (a, _), spk in item.alignments if spk == OTHER]
+        reference = [(a, w) for w, (a, _), spk in item.alignments if spk == speaker]
         if item.reference is not None and cfg.mode == "transcribe":  # mono + text: one row
             hyp = " ".join(w for _, w in words)
             rows.append({"item": n, "start_s": 0.0, "reference": item.reference, "hypothesis": hyp,

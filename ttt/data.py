@@ -7,6 +7,8 @@ Every problem with an input is a one-line ``DataError`` naming the file.
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -48,8 +50,14 @@ class Item:
 def read_manifest(path: str | os.PathLike) -> list[Item]:
     """jsonl lines ``{"path", "duration"}`` (paths relative to the manifest) for stereo
     conversations with sibling alignments, or ``{"path", "duration", "text"}`` for a mono
-    recording with its reference transcript."""
+    recording with its reference transcript. A directory stands for every ``*jsonl`` file under
+    it, as moshi-finetune reads a data directory (``finetune/data/dataset.py``, ``DataDir``)."""
     path = Path(path)
+    if path.is_dir():
+        manifests = sorted(p for p in path.rglob("*jsonl") if p.is_file())
+        if not manifests:
+            raise DataError(f"{path}: no *.jsonl manifest under this data directory")
+        return [item for manifest in manifests for item in read_manifest(manifest)]
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
     items = []
@@ -76,6 +84,10 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
 
 
 def read_alignments(wav: Path, duration: float) -> list:
+    """``[word, (start, end), speaker]`` of the sibling json (moshi-finetune's ``annotate.py``
+    format). Words starting at or after the end of the audio are dropped, and counted in the log,
+    as moshi-finetune never reaches them; a word starting inside that runs past the end is kept
+    (its tokens are placed as moshi-finetune places them)."""
     sibling = wav.with_suffix(".json")
     if not sibling.is_file():
         raise DataError(f"{sibling}: alignments file missing (expected beside {wav.name})")
@@ -85,11 +97,20 @@ def read_alignments(wav: Path, duration: float) -> list:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise DataError(f"{sibling}: expected {{\"alignments\": [[word, [start, end], speaker], "
                         "...]}") from None
-    for word, (start, end), _ in alignments:
-        if not 0 <= start <= end <= duration + 1e-3:
-            raise DataError(f"{sibling}: word {word!r} at [{start}, {end}] s lies outside the "
-                            f"audio (0 … {duration:.3f} s)")
-    return alignments
+    kept = [a for a in alignments if a[1][0] < duration]
+    running_over = sum(1 for a in kept if a[1][1] > duration)
+    if len(kept) < len(alignments) or running_over:
+        logging.getLogger(__name__).warning(
+            "%s: %d word(s) start past the end of the audio (%.3f s): dropped; %d run past it: "
+            "kept", sibling, len(alignments) - len(kept), duration, running_over)
+    return kept
+
+
+def reference_speaker(alignments) -> str:
+    """Whose words a ``transcribe`` cell scores: the user's (SPEAKER_OTHER, right channel) when
+    the alignments carry any, else SPEAKER_MAIN's (left channel) — moshi-finetune's
+    ``annotate.py`` transcribes the left channel only and labels every word SPEAKER_MAIN."""
+    return OTHER if any(spk == OTHER for _, _, spk in alignments) else MAIN
 
 
 def check_audio(path: Path, channels: int = 2) -> None:
@@ -120,24 +141,38 @@ def load_audio(path: Path, channels: int = 2) -> np.ndarray:
     return np.ascontiguousarray(audio.T)
 
 
+def word_tokens(tokenizer, word: str) -> list[int]:
+    """A word's tokens as moshi-finetune tokenises an alignment: stripped, each line encoded,
+    lines joined by the newline piece, no BOS."""
+    lines = [tokenizer.encode(line) for line in word.strip().split("\n")]
+    tokens = lines[0]
+    for line in lines[1:]:
+        tokens = [*tokens, tokenizer.encode("\n")[-1], *line]
+    return tokens
+
+
 def text_stream(alignments, tokenizer, frames: int, speaker: str = MAIN) -> torch.Tensor:
-    """Moshi's text stream: each word of ``speaker`` tokenised at the frame of its start (12.5 Hz),
-    padding (3) elsewhere, end-of-padding (0) on the frame before a word that follows padding."""
-    stream = torch.full((frames,), PAD_ID, dtype=torch.long)
-    cursor = 0
-    for word, (start, _end), spk in alignments:
-        if spk != speaker:
+    """Moshi's text stream as moshi-finetune builds it for training (``Interleaver`` with
+    ``keep_main_only=True``, ``finetune/data/interleaver.py``): ``speaker``'s words with a duration
+    (start < end), in start order; a word enters at frame floor(12.5·start) (0 if negative) and
+    its tokens take consecutive frames until the next word enters, which cuts off what is left
+    (of several words entering in one frame, the last wins); padding (3) elsewhere, and
+    end-of-padding (0) on a padding frame right before a token."""
+    entering = []  # (frame, tokens) in start order
+    for word, (start, end), spk in sorted(alignments, key=lambda a: a[1][0]):
+        if spk != speaker or not start < end:
             continue
-        frame = max(int(start * FRAME_RATE), cursor)
-        tokens = tokenizer.encode(word)
-        if frame > 0 and frame - 1 >= cursor and stream[frame - 1] == PAD_ID:
-            stream[frame - 1] = END_OF_PADDING_ID
-        for tok in tokens:
-            if frame >= frames:
-                break
-            stream[frame] = tok
-            frame += 1
-        cursor = frame
+        frame = max(0, math.floor(start * FRAME_RATE))
+        if frame >= frames:
+            break
+        entering.append((frame, word_tokens(tokenizer, word)))
+    stream = torch.full((frames,), PAD_ID, dtype=torch.long)
+    for k, (frame, tokens) in enumerate(entering):
+        stop = entering[k + 1][0] if k + 1 < len(entering) else frames
+        for t, token in zip(range(frame, stop), tokens):
+            if t > 0 and stream[t - 1] == PAD_ID:
+                stream[t - 1] = END_OF_PADDING_ID
+            stream[t] = token
     return stream
 
 
