@@ -65,7 +65,7 @@ BAD = {
     "yarn tokens": ({"yarn__tokens": [16, 64]}, "config yarn.tokens: 16 is shorter than yarn.original_context"),
     "gate_override variant": ({"gate_override__ttt__variant": "nope"},
                               "config gate_override.ttt.variant: must be one of"),
-    "unedited model": ({"model": "/path/to/checkpoint"}, "config model: /path/to/checkpoint: not a"),
+    "unedited model": ({"model": "/path/to/checkpoint"}, "config model: /path/to/checkpoint: no such checkpoint directory"),
 }
 
 
@@ -90,7 +90,7 @@ def test_full_config_as_shipped_is_refused_up_front(tmp_path):
                            "--config", f"launcher={REPO}/profiles/slurm/submitit.yaml"],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2
-    assert "error: config model: /path/to/checkpoint: not a checkpoint directory" in done.stderr
+    assert "error: config model: /path/to/checkpoint: no such checkpoint directory" in done.stderr
     assert "run_cell" not in done.stdout
 
 
@@ -148,7 +148,7 @@ def test_changed_config_reruns_exactly_the_cells_it_changes(tmp_path):
 
 def test_same_path_new_checkpoint_content_reruns_cells(tmp_path):
     """Model identity is the files' content, not the path: a checkpoint rewritten in place reruns
-    every cell; its digest is remembered by (path, size, mtime)."""
+    every cell; each file's digest is remembered beside it by (size, mtime, inode)."""
     from ttt.model import build_tiny_checkpoint
     from ttt.preflight import model_identity
 
@@ -156,12 +156,11 @@ def test_same_path_new_checkpoint_content_reruns_cells(tmp_path):
     write_config(tmp_path, **SMALL, model=str(ckpt))
     configs_written(tmp_path)
     assert planned(snakemake(tmp_path, "-n")).get("run_cell", set()) == set()
-    first = model_identity(str(ckpt), tmp_path / "cache" / "models")
-    memo = json.loads((tmp_path / "cache/models/model-digests.json").read_text())
-    assert len(memo) == 4  # config, model, tokenizer, mimi
+    first = model_identity(str(ckpt), None, tmp_path / "cache" / "models")
+    assert len(list(ckpt.glob(".*.sha256.json"))) == 4  # config, LM, tokenizer, Mimi
     config = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps(config, indent=2))  # same keys, new bytes
-    assert model_identity(str(ckpt), tmp_path / "cache" / "models") != first
+    assert model_identity(str(ckpt), None, tmp_path / "cache" / "models") != first
     assert len(planned(snakemake(tmp_path, "-n"))["run_cell"]) == 4
 
 

@@ -62,7 +62,19 @@ def _metrics_columns(m: dict) -> dict:
         "diverged": m.get("diverged"), "requeues": m.get("requeues"), "steps": m.get("steps"),
         "git_sha": (m.get("provenance") or {}).get("git_sha"),
         "device": (m.get("provenance") or {}).get("device"),
+        **model_columns(m),
     }
+
+
+def model_columns(m: dict) -> dict:
+    """What a row was computed from: the model (spec, the folder its weights were read from, the
+    content digest of its files) and every resolved TTT setting (``ttt_<key>``; empty when off)."""
+    cfg = m.get("config") or {}
+    resolved = cfg.get("resolved_ttt") or {}
+    return {"model": cfg.get("model"), "model_path": m.get("model_path"),
+            "model_digest": cfg.get("model_digest"),
+            **{f"ttt_{k}": ",".join(map(str, v)) if isinstance(v, list) else v
+               for k, v in resolved.items() if m.get("ttt")}}
 
 
 ASR_COLUMNS = ("consistency_wer", "asr_words_per_min", "asr_distinct_1", "asr_distinct_2",

@@ -59,6 +59,7 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
                              "run_peak_bytes": metrics["memory"]["run_peak_bytes"]}
         metrics["load_s"] = load["load_s"]
         metrics.update(cell=cfg.cell, family=cfg.family, mode=cfg.mode,
+                       model_path=str(Path(bundle.directory).resolve()),
                        ttt=bool(ttt_layers(bundle.lm)),
                        model_layers=len(bundle.lm.transformer.layers),
                        plumbing=_embedding_plumbing(cfg, bundle, items, cache)

@@ -3,20 +3,15 @@
 Snakemake calls :func:`check_matrix` while it builds the DAG (``snakemake -n`` included): every
 cell config goes through the same validators the cell itself uses (CellConfig, TTTConfig,
 YarnConfig), manifests and the launcher file must exist, and the model must resolve with a
-parseable config and intact safetensors headers (read from the file's first bytes, no tensor is
-loaded). A problem is one :class:`PreflightError` line naming the config key.
+parseable config and tensor headers that fit it (no tensor is loaded). A problem is one :class:`PreflightError` line naming the config key.
 
 :func:`model_identity` is what makes a changed model rerun its cells: the model spec, its resolved
-path and a digest of its files' contents, remembered per (path, size, mtime) so a 15 GB checkpoint
-is hashed once, not at every DAG build.
+path and a digest of its files' contents.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
-import struct
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -105,91 +100,40 @@ def is_embedded(spec: str) -> bool:
     return spec == "tiny" or spec.startswith("tiny:")
 
 
-def model_files(spec: str, cache_root: str | os.PathLike) -> dict[str, Path]:
-    """The files a cell will read for ``spec`` (a checkpoint directory), by role."""
-    from .model import checkpoint_files
-    return checkpoint_files(spec)
-
-
-def check_model(spec: str, cache_root: str | os.PathLike) -> dict | None:
-    """The checkpoint resolves, its config.json parses and its safetensors headers are intact
-    (a truncated download fails here). Returns the checkpoint's own ``ttt_config`` as TTTConfig
-    keys (what cells' ``ttt`` overrides), or None."""
+def check_model(spec: str, base: str | None, cache_root: str | os.PathLike) -> dict | None:
+    """The model resolves (any layout ttt/checkpoints.py reads), its config parses and every
+    tensor header (LM, LoRA, Mimi) and the tokenizer check out, no weights read
+    (``model.inspect_checkpoint``). Returns the checkpoint's own ``ttt_config`` as TTTConfig keys
+    (what cells' ``ttt`` overrides), or None."""
     if is_embedded(spec):
         return None
-    if not Path(spec).is_dir():
-        raise PreflightError(f"config model: {spec}: not a checkpoint directory (set `model:` to "
-                             "yours, or `tiny` for the embedded default)")
+    from .model import inspect_checkpoint
     try:
-        files = model_files(spec, cache_root)
-        from .model import read_config
-        _, ttt_file, _, _ = read_config(files["config.json"])
-        for name, path in files.items():
-            if path.suffix == ".safetensors":
-                safetensors_header(path)
+        sources = inspect_checkpoint(spec, base, cache_root=cache_root)
     except ValueError as exc:
         raise PreflightError(f"config model: {exc}") from None
-    if ttt_file:
-        from .config import TTTConfig
-        try:
-            return TTTConfig.from_seeds(ttt_file).to_dict()
-        except ValueError as exc:
-            raise PreflightError(f"config model: {files['config.json']}: ttt_config.{exc}") from None
-    return None
-
-
-def safetensors_header(path: Path) -> dict[str, dict]:
-    """The tensor table of a safetensors file (8-byte length, JSON header), checked against the
-    file's size: every tensor's bytes must lie inside the file."""
-    size = path.stat().st_size
+    if not sources.ttt:
+        return None
+    from .config import TTTConfig
     try:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            if length > size - 8:
-                raise ValueError
-            header = json.loads(f.read(length))
-    except (ValueError, struct.error, UnicodeDecodeError):
-        raise PreflightError(f"{path}: not a safetensors file (unreadable header)") from None
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    end = max((v["data_offsets"][1] for v in tensors.values()), default=0)
-    if 8 + length + end > size:
-        raise PreflightError(f"{path}: truncated ({size} bytes, its header needs {8 + length + end})")
-    return tensors
+        return TTTConfig.from_seeds(sources.ttt).to_dict()
+    except ValueError as exc:
+        raise PreflightError(f"config model: {sources.config}: ttt_config.{exc}") from None
 
 
-def model_identity(spec: str, cache_root: str | os.PathLike) -> dict:
-    """``{model, model_path, model_digest}``: what a cell's results were computed from. The
-    embedded default is identified by its spec (it is rebuilt deterministically from it)."""
+def model_identity(spec: str, base: str | None, cache_root: str | os.PathLike) -> dict:
+    """``{model, model_path, model_digest}``: what a cell's results are computed from. The digest
+    covers every file the model is built from (LoRA base included); each file's sha256 is
+    remembered by (size, mtime, inode), so a 15 GB checkpoint is hashed once, not at every DAG
+    build (ttt/identity.py). The embedded default is identified by its spec: it is rebuilt
+    deterministically from it."""
+    from .identity import files_digest, value_digest
+
     if is_embedded(spec):
         seed = spec.split(":", 1)[1] if ":" in spec else "0"
         return {"model": spec, "model_path": f"tiny:{seed}",
-                "model_digest": hashlib.sha256(f"tiny:{seed}".encode()).hexdigest()[:16]}
-    files = model_files(spec, cache_root)
-    memo = Path(cache_root) / "model-digests.json"
-    digests = {role: cached_digest(path, memo) for role, path in sorted(files.items())}
-    whole = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
-    return {"model": spec, "model_path": str(Path(spec).resolve()), "model_digest": whole[:16]}
-
-
-def cached_digest(path: Path, memo: Path) -> str:
-    """sha256 of a file, remembered in ``memo`` under (path, size, mtime_ns)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = f"{path}|{st.st_size}|{st.st_mtime_ns}"
-    try:
-        known = json.loads(memo.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        return known[key]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    known = {k: v for k, v in known.items() if not k.startswith(f"{path}|")}
-    known[key] = h.hexdigest()
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f".{memo.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(known, indent=1) + "\n")
-    os.replace(tmp, memo)
-    return known[key]
+                "model_digest": value_digest(f"tiny:{seed}")[:16]}
+    from .checkpoints import resolve_checkpoint
+    sources = resolve_checkpoint(spec, base, cache_root)
+    return {"model": spec, "model_path": str(Path(sources.directory).resolve()),
+            "model_digest": files_digest(sources.files)[:16]}

@@ -17,7 +17,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 from ttt import preflight  # noqa: E402
 
 PLOTS = ["lr_grid", "long_form", "yarn", "figure5", "figure5_hybrid", "consistency"]
-FAMILY_KEYS = ("model", "device", "dtype", "cache_dir")
+FAMILY_KEYS = ("model", "base", "device", "dtype", "cache_dir")
 
 
 def _num(x):
@@ -130,9 +130,10 @@ def preflight_checks():
     try:
         preflight.check_config(config)
         preflight.check_launcher(config["launcher"])
-        checkpoint_ttt = preflight.check_model(config["model"], f"{config['cache_dir']}/models")
+        models = f"{config['cache_dir']}/models"
+        checkpoint_ttt = preflight.check_model(config["model"], config["base"], models)
         preflight.check_matrix(config, MATRIX, checkpoint_ttt)
-        return preflight.model_identity(config["model"], f"{config['cache_dir']}/models")
+        return preflight.model_identity(config["model"], config["base"], models)
     except preflight.PreflightError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
@@ -155,7 +156,8 @@ def cell_yaml(cell_path):
 def dataset_id(cell_path):
     """Cells reading the same inputs with the same model share one data preparation."""
     c = MATRIX[cell_path]
-    key = json.dumps({"data": c["data"], "model": c["model"], "model_digest": c["model_digest"],
+    key = json.dumps({"data": c["data"], "model": c["model"], "base": c["base"],
+                      "model_digest": c["model_digest"],
                       "cache": c["cache_dir"]}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
