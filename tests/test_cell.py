@@ -71,7 +71,7 @@ def _manifest(tmp_path, wav_name="a.wav", duration=3.0):
     ("unsupported_format", "unreadable or unsupported audio"),
     ("mono", "1 channel"),
     ("empty_manifest", "empty manifest"),
-    ("outside", "lies outside the audio"),
+    ("malformed_alignments", "expected {\"alignments\": [[word, [start, end], speaker]"),
     ("no_alignments", "alignments file missing"),
 ])
 def test_bad_inputs_fail_with_one_line_error_and_no_output(cache, tmp_path, problem, message):
@@ -88,8 +88,8 @@ def test_bad_inputs_fail_with_one_line_error_and_no_output(cache, tmp_path, prob
         sf.write(str(wav), np.zeros(24000, dtype=np.float32), 24000)
     elif problem == "empty_manifest":
         manifest.write_text("\n")
-    elif problem == "outside":
-        (tmp_path / "a.json").write_text(json.dumps({"alignments": [["hi", [2.0, 9.0], "SPEAKER_MAIN"]]}))
+    elif problem == "malformed_alignments":  # (words past the end are dropped: test_finetune_data)
+        (tmp_path / "a.json").write_text(json.dumps({"alignments": [["hi", 2.0, "SPEAKER_MAIN"]]}))
     elif problem == "no_alignments":
         (tmp_path / "a.json").unlink()
     config = tmp_path / "cell.yaml"
