@@ -168,7 +168,7 @@ def test_without_recurrence_nothing_repeats(sets):
 
 
 def test_deterministic_by_seed(festival, tmp_path):
-    kw = dict(count=1, duration_s=15.0, recurrence=True, recur_after_s=4.0)
+    kw = dict(count=1, duration_s=10.0, recurrence=True, recur_after_s=3.0)
     a = speech.write_conversations(tmp_path / "a", seed=11, **kw)
     b = speech.write_conversations(tmp_path / "b", seed=11, **kw)  # its own, fresh cache
     c = speech.write_conversations(tmp_path / "c", seed=12, cache_dir=tmp_path / "a" / "sentences", **kw)
@@ -246,7 +246,7 @@ def test_a_recogniser_understands_both_channels(sets):
     item = read_manifest(sets[False])[0]
     audio = load_audio(item.path)
     for ch, spk in ((0, MAIN), (1, OTHER)):
-        words = [(w, e) for w, (_, e), s in item.alignments if s == spk and e < 20.0]
+        words = [(w, e) for w, (_, e), s in item.alignments if s == spk and e < 12.0]
         end = words[-1][1] + 0.2
         clip = soxr.resample(audio[ch, :int(end * SAMPLE_RATE)], SAMPLE_RATE, 16000)
         _, heard = recognise(model, clip.astype(np.float32), "en")

@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -280,8 +281,11 @@ def write_conversations(directory, *, count: int, duration_s: float, recurrence:
         plans.append([_FreshTurns(pool, order[s::2], np.random.default_rng([seed, index, s]))
                       for s in (0, 1)])
     expected_words = 0.5 * duration_s * WORDS_PER_S * 1.2 + 10
-    for s, voice in enumerate(voices):
-        synthesise([t for plan in plans for t in plan[s].planned(expected_words)], voice, cache)
+    with ThreadPoolExecutor(len(voices)) as pool:  # one Festival process per voice, in parallel
+        batches = [pool.submit(synthesise, [t for plan in plans for t in plan[s].planned(expected_words)],
+                               voice, cache) for s, voice in enumerate(voices)]
+        for batch in batches:
+            batch.result()
 
     # 2. lay the turns out with their real durations
     lines = []
