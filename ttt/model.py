@@ -103,7 +103,8 @@ def _meta_model(sources: Sources, ttt, yarn, dtype, with_yarn: bool = False):
             raise CheckpointError(f"{where}: TTT layers {bad} but the model has "
                                   f"{num_layers} layers")
     try:
-        lm = loaders.get_moshi_lm(None, lm_kwargs=sources.lm_kwargs, device="meta", dtype=dtype)
+        with torch.device("meta"):  # LMModel builds text_linear, depformer_in on the CPU first
+            lm = loaders.get_moshi_lm(None, lm_kwargs=sources.lm_kwargs, device="meta", dtype=dtype)
     except (TypeError, ValueError, KeyError, AssertionError) as exc:
         raise CheckpointError(f"{where}: bad LM kwargs ({str(exc).splitlines()[0]})") from None
     shapes = _header(sources.lm_weights)
@@ -154,7 +155,8 @@ def inspect_checkpoint(model: str | os.PathLike | Sources, base: str | os.PathLi
     sources = _sources(model, base, cache_root)
     _meta_model(sources, ttt, yarn, torch.float32, with_yarn=True)
     mimi_keys = set(_header(sources.mimi))
-    want = set(loaders.get_mimi(None, _mimi_config(sources), device="meta").state_dict())
+    with torch.device("meta"):
+        want = set(loaders.get_mimi(None, _mimi_config(sources), device="meta").state_dict())
     if want - mimi_keys:
         raise CheckpointError(f"{sources.mimi}: not Mimi weights ({len(want - mimi_keys)} "
                               f"missing key(s), e.g. {sorted(want - mimi_keys)[0]})")
@@ -193,7 +195,8 @@ def load_mimi(sources: Sources, device: str = "cpu"):
     preparation needs, the LM untouched. Built on the meta device and assigned the stored
     tensors like the LM (upstream ``get_mimi`` initialises a random Mimi first)."""
     try:
-        mimi = loaders.get_mimi(None, _mimi_config(sources), device="meta")
+        with torch.device("meta"):  # get_mimi builds its SEANet convs without a device
+            mimi = loaders.get_mimi(None, _mimi_config(sources), device="meta")
         cpu = torch.device(device).type == "cpu"  # CPU tensors view the mmapped file: copy them
         with safe_open(str(sources.mimi), "pt", device=str(device)) as f:
             state = {k: f.get_tensor(k).clone() if cpu else f.get_tensor(k) for k in f.keys()}
