@@ -85,6 +85,14 @@ def test_every_config_field_from_yaml_changes_behaviour(field):
     assert not torch.allclose(base, changed), f"{field} from YAML had no effect"
 
 
+def test_legacy_target_key_reads_as_target_source():
+    """Checkpoints written before the rename carry ``target: input_embed`` (the official name)."""
+    assert ttt.TTTConfig.from_dict({"target": "input_embed"}).target_source == "embeddings"
+    assert ttt.TTTConfig.from_dict({"target": "hidden_states"}).target_source == "hidden_states"
+    with pytest.raises(ValueError, match="^target_source:"):
+        ttt.TTTConfig.from_dict({"target": "output"})
+
+
 def test_from_seeds_reads_their_keys():
     cfg = ttt.TTTConfig.from_seeds({"enabled": True, "layer_frequency": 6, "start_layer": 5,
                                     "chunk_size": 256, "learning_rate": 3e-4,

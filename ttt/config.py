@@ -143,6 +143,10 @@ class TTTConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TTTConfig":
+        data = dict(data)
+        if "target" in data and "target_source" not in data:  # the key's name before round 3,
+            legacy = data.pop("target")                       # in the official spelling
+            data["target_source"] = {"input_embed": "embeddings"}.get(legacy, legacy)
         kwargs = strict_kwargs(cls, data, "ttt")
         if kwargs.get("layers") is not None:
             kwargs["layers"] = tuple(kwargs["layers"])
