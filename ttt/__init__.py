@@ -7,7 +7,8 @@ from importlib import import_module
 
 _EXPORTS = {"TTTConfig": "config", "YarnConfig": "config", "apply_ttt": "surgery",
             "remove_ttt": "surgery", "ttt_layers": "surgery", "TTTLMGen": "streaming",
-            "ttt_state": "telemetry", "apply_yarn": "yarn"}
+            "ttt_state": "telemetry", "apply_yarn": "yarn", "load_checkpoint": "model",
+            "inspect_checkpoint": "model", "resolve_checkpoint": "checkpoints"}
 
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"
