@@ -28,7 +28,7 @@ def independent_ppl(lm, codes):
 @pytest.mark.parametrize("context", [None, 16])
 def test_streamed_perplexity_equals_lm_forward(ttt_on, block, context):
     """Any block size, also past moshi's attention context (16 < 40 tokens): upstream's ring
-    KV cache of exactly ``context`` slots would lose keys inside a block (widen_kv_rings)."""
+    KV cache of exactly ``context`` slots would lose keys inside a block (size_kv_rings)."""
     lm = tiny_lm(0) if context is None else tiny_lm(0, context=context)
     if ttt_on:
         randomize_ttt_params(ttt.apply_ttt(lm, ttt.TTTConfig(layers=(1, 3), chunk_size=6, lr=0.5)))

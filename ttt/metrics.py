@@ -31,59 +31,63 @@ def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None)
     steps (TTT layers update exactly as in one pass), so a 60-minute input runs in memory bounded
     by the block, not the length. codes [B, K, T] as for ``lm(codes)``.
 
-    ``on_block(end_step, nll_so_far)`` runs after each block (telemetry, progress, divergence
-    checks); returning True stops early, leaving NaN for the steps not reached.
+    The per-token NLL stays on the device until the end (one transfer, no host sync per block):
+    ``on_block(end_step, block_nll)`` runs after each block with that block's raw cross-entropy
+    [B, 1 + dep_q, steps] on the device (delayed axis, unmasked: a divergence check needs only
+    ``isfinite``); returning True stops early, leaving NaN for the steps not reached.
 
-    The main transformer's KV rings get ``block − 1`` extra slots (the attention mask still
-    limits every query to moshi's ``context``): with rings of exactly ``context`` slots, as
-    upstream allocates them, a block overwrites keys its own earlier queries still need, and the
-    scores would depend on the block size."""
+    The main transformer's KV rings hold ``min(context + block − 1, T)`` slots (the attention
+    mask still limits every query to moshi's ``context``): with rings of exactly ``context``
+    slots, as upstream allocates them, a block would overwrite keys its own earlier queries still
+    need; and a ring longer than the input would only add masked keys every query reads."""
     B, K, T = codes.shape
     delays = lm.delays
     initial = lm._get_initial_token().expand(B, -1, -1)
     delayed = torch.cat([initial, _delay_sequence(delays, codes, initial)], dim=2)  # [B, K, T+1]
-    text = np.full((B, T), np.nan)
-    audio = np.full((B, lm.dep_q, T), np.nan)
-    zero = lm.zero_token_id
+    streams = [0] + [q + lm.audio_offset for q in range(lm.dep_q)]
+    # raw[:, i, s]: NLL of delayed position s predicting delayed[:, streams[i], s + 1]
+    raw = torch.full((B, len(streams), T), float("nan"), device=codes.device)
     with lm.streaming(B):
-        widen_kv_rings(lm.transformer, block - 1)
+        size_kv_rings(lm.transformer, block, T)
         for a in range(0, T, block):
             b = min(a + block, T)
             out, text_logits = lm.forward_text(delayed[:, :, a:b])
             logits = lm.forward_depformer_training(delayed[:, :, a + 1:b + 1], out)
-            streams = [(0, text_logits[:, 0], text, None)] + [
-                (q + lm.audio_offset, logits[:, q], audio, q) for q in range(lm.dep_q)]
-            for k, lg, dest, q in streams:
-                # delayed position s predicts delayed[:, k, s + 1] = codes[:, k, s − delay_k]
-                s = torch.arange(a, b, device=codes.device)
-                t = s - delays[k]
-                ok = t >= 0
-                if not bool(ok.any()):
-                    continue
-                target = delayed[:, k, a + 1:b + 1][:, ok]
-                nll = F.cross_entropy(lg[:, ok].float().transpose(1, 2), target.clamp_min(0),
-                                      reduction="none")
-                nll = torch.where(codes[:, k, t[ok]] != zero, nll, torch.nan).cpu().numpy()
-                view = dest if q is None else dest[:, q]
-                view[:, t[ok].cpu().numpy()] = nll
-            if on_block is not None and on_block(b, TokenNLL(text=text, audio=audio)):
+            # the initial tokens (ids = card) are targets only where t < 0: clamped, then masked
+            target = delayed[:, streams, a + 1:b + 1].clamp_min(0)
+            nll = raw[:, :, a:b]
+            nll[:, 0] = F.cross_entropy(text_logits[:, 0].float().transpose(1, 2),
+                                        target[:, 0].clamp_max(text_logits.shape[-1] - 1),
+                                        reduction="none")
+            nll[:, 1:] = F.cross_entropy(logits.float().permute(0, 3, 1, 2),
+                                         target[:, 1:].clamp_max(logits.shape[-1] - 1),
+                                         reduction="none")
+            if on_block is not None and on_block(b, nll):
                 break
-    return TokenNLL(text=text, audio=audio)
+    # back to the original time axis: codes step t = s − delay_k; moshi masks zero tokens
+    out = torch.full_like(raw, float("nan"))
+    for i, k in enumerate(streams):
+        d = delays[k]
+        if d < T:
+            out[:, i, :T - d] = raw[:, i, d:]
+    out = torch.where(codes[:, streams] != lm.zero_token_id, out, torch.nan).cpu().numpy()
+    return TokenNLL(text=out[:, 0].astype(np.float64), audio=out[:, 1:].astype(np.float64))
 
 
-def widen_kv_rings(transformer: torch.nn.Module, extra: int) -> None:
-    """Replace every streaming self-attention's ring KV cache by an empty one ``extra`` slots
-    larger (call right after entering streaming, before the first token)."""
-    if extra <= 0:
-        return
+def size_kv_rings(transformer: torch.nn.Module, block: int, length: int) -> None:
+    """Give every streaming self-attention of ``transformer`` an empty ring KV cache of
+    ``min(capacity + block − 1, length)`` slots (call right after entering streaming, before the
+    first token)."""
     for module in transformer.modules():
         state = getattr(module, "_streaming_state", None)
         kv = getattr(state, "kv_cache", None)
         if isinstance(kv, RingKVCache):
             _, batch, heads, capacity, dim = kv.cache.shape
-            state.kv_cache = RingKVCache(batch, heads, dim, capacity + extra,
-                                         respect_exec_mask=kv.respect_exec_mask,
-                                         device=kv.cache.device, dtype=kv.cache.dtype)
+            want = min(capacity + block - 1, length)
+            if want != capacity:
+                state.kv_cache = RingKVCache(batch, heads, dim, want,
+                                             respect_exec_mask=kv.respect_exec_mask,
+                                             device=kv.cache.device, dtype=kv.cache.dtype)
 
 
 def perplexity(nll: np.ndarray) -> float | None:
