@@ -13,6 +13,7 @@ import platform
 import shutil
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,12 +38,14 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     torch.manual_seed(cfg.seed)
     cache = Path(cfg.cache_dir)
-    items = cell_items(cfg, cache)
-    loaded_at = time.perf_counter()
-    bundle = load_checkpoint(cfg.model, ttt=cfg.ttt, yarn=cfg.yarn, device=cfg.device,
-                             dtype=getattr(torch, cfg.dtype), seed=cfg.seed, base=cfg.base,
-                             cache_root=cache / "models")
-    load = {"load_s": round(time.perf_counter() - loaded_at, 3),
+    phases = Phases(cfg.device)
+    with phases("prepare"):
+        items = cell_items(cfg, cache)
+    with phases("load"):
+        bundle = load_checkpoint(cfg.model, ttt=cfg.ttt, yarn=cfg.yarn, device=cfg.device,
+                                 dtype=getattr(torch, cfg.dtype), seed=cfg.seed, base=cfg.base,
+                                 cache_root=cache / "models")
+    load = {"load_s": round(phases.totals["load"], 3),
             "load_peak_bytes": _peak_memory(cfg.device)}
     _reset_peak_memory(cfg.device)  # the run's peak, without the load transient
     for stale in out.parent.glob(f".{out.name}.tmp*"):  # left by a preempted or killed attempt
@@ -51,30 +54,64 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
     tmp.mkdir(parents=True)
     try:
         if cfg.mode == "teacher_forced":
-            metrics = _teacher_forced(cfg, bundle, items, cache, tmp, log)
+            metrics = _teacher_forced(cfg, bundle, items, cache, tmp, log, phases)
         else:
-            metrics = _streamed(cfg, bundle, items, cache, tmp, out, log)
+            metrics = _streamed(cfg, bundle, items, cache, tmp, out, log, phases)
         metrics.setdefault("requeues", 0)
         metrics["memory"] = {"load_peak_bytes": load["load_peak_bytes"],
                              "run_peak_bytes": metrics["memory"]["run_peak_bytes"]}
         metrics["load_s"] = load["load_s"]
+        with phases("run"):
+            plumbing = (_embedding_plumbing(cfg, bundle, items, cache)
+                        if ttt_layers(bundle.lm) else None)
         metrics.update(cell=cfg.cell, family=cfg.family, mode=cfg.mode,
                        model_path=str(Path(bundle.directory).resolve()),
                        ttt=bool(ttt_layers(bundle.lm)),
                        model_layers=len(bundle.lm.transformer.layers),
-                       plumbing=_embedding_plumbing(cfg, bundle, items, cache)
-                       if ttt_layers(bundle.lm) else None,
+                       plumbing=plumbing,
                        config={**cfg.to_dict(),
                                "resolved_ttt": bundle.ttt.to_dict() if bundle.ttt else None,
                                "resolved_yarn": bundle.yarn.to_dict() if bundle.yarn else None},
                        provenance=_provenance(cfg, started))
-        _write_json(tmp / "metrics.json", metrics)
-        tmp.rename(out)
+        with phases("write"):
+            metrics["timing"] = phases.seconds()  # metrics.json's own writing is the rest
+            _write_json(tmp / "metrics.json", metrics)
+            tmp.rename(out)
         shutil.rmtree(_replay_dir(out), ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return metrics
+
+
+class Phases:
+    """Wall seconds per phase of a cell (metrics.json ``timing``): ``load`` (checkpoint),
+    ``prepare`` (data, Mimi codes, warm-up), ``run`` (the measured passes and the checks beside
+    them), ``write`` (tables, plots, audio). CUDA is synchronised at every boundary so queued
+    work is counted where it was issued."""
+
+    NAMES = ("load", "prepare", "run", "write")
+
+    def __init__(self, device: str) -> None:
+        self.cuda = device.startswith("cuda")
+        self.totals = dict.fromkeys(self.NAMES, 0.0)
+
+    @contextmanager
+    def __call__(self, name: str):
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.totals[name] += time.perf_counter() - start
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def seconds(self) -> dict:
+        return {f"{name}_s": round(value, 4) for name, value in self.totals.items()}
 
 
 def check_device(device: str) -> None:
@@ -101,55 +138,68 @@ def cell_items(cfg: CellConfig, cache: Path):
     return read_manifest(write_demo_manifest(cache / "demo", durations, seed, DEMO_WORDS))
 
 
-def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
+def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: "Phases",
+                    inputs: list[torch.Tensor] | None = None) -> dict:
+    """``inputs``: the code tensors of ``items`` when the caller has them (the cell benchmark)."""
     lm = bundle.lm
     model_key = bundle.mimi_id
     chunk = bundle.ttt.chunk_size if ttt_layers(lm) else None
-    block = chunk or cfg.block  # a block per chunk: telemetry at every update
+    block = teacher_forced_block(cfg.block, chunk)
     window = max(1, int(round(cfg.window_s * FRAME_RATE)))
     rows, telemetry, block_times, diagnostics = [], [], [], []
     diag = Diagnostics(lm) if cfg.diagnostics_every and ttt_layers(lm) else None
-    diverged, text_all, audio_all, offset = False, [], [], 0
-    for n, item in enumerate(items):
-        codes = conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes", model_key)
-        codes = codes.to(cfg.device)
+    diverged, text_all, audio_all, offset, first = False, [], [], 0, None
+    with phases("prepare"):
+        if inputs is None:
+            inputs = [conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes",
+                                         model_key).to(cfg.device) for item in items]
+        warm_up(lm, inputs[0])
+    for n, codes in enumerate(inputs):
         T = codes.shape[-1]
         last = {"t": time.perf_counter(), "step": 0}
         clip_count = {}
 
-        def on_block(end, nll, item_index=n):
+        def on_block(end, block_nll, item_index=n):
             nonlocal diverged
+            states = ttt_state(lm)
+            # one device → host transfer per block: the finiteness flag and every telemetry value
+            flat = [torch.isfinite(block_nll).all().reshape(1).float()] + [
+                v[:1].float() for s in states.values() for v in s.values()]
+            values = torch.cat(flat).tolist()
             now = time.perf_counter()
             block_times.append(((now - last["t"]) * 1e3, end - last["step"]))
+            diverged |= values[0] == 0.0
+            at = 1
+            for layer, s in states.items():
+                row = dict(zip(s, values[at:at + len(s)]))
+                at += len(s)
+                row.update(item=item_index, step=offset + end, layer=layer)
+                telemetry.append(row)
+                clip_count[layer] = row.get("clip_events", 0)
+                if not all(math.isfinite(v) for v in row.values()):
+                    diverged = True
             if diag is not None and (end // cfg.diagnostics_every > last["step"] // cfg.diagnostics_every
                                      or end == T):
                 record = diag.record()
                 diagnostics.extend({"item": item_index, "step": offset + end, "layer": i, **r}
                                    for i, r in record.items())
                 log(diagnostics_line(record, offset + end, cell=cfg.cell, item=item_index))
-            last.update(t=now, step=end)
-            states = ttt_state(lm)
-            for layer, s in states.items():
-                row = {k: float(v[0]) for k, v in s.items()}
-                row.update(item=item_index, step=offset + end, layer=layer)
-                telemetry.append(row)
-                clip_count[layer] = row["clip_events"]
-                if not all(math.isfinite(v) for v in row.values()):
-                    diverged = True
-            if np.isinf(nll.text[0, :end]).any() or np.isinf(nll.audio[0, :, :end]).any():
-                diverged = True
             updates = end // chunk if chunk else 0
             if cfg.clip_saturation is not None and updates >= 4 and any(
                     c >= cfg.clip_saturation * updates for c in clip_count.values()):
                 diverged = True
             if end % (block * 20) < block or end == T or diverged:  # the last state logged too
-                log(f"[{cfg.cell}] item {item_index + 1}/{len(items)}: step {end}/{T}"
+                log(f"[{cfg.cell}] item {item_index + 1}/{len(inputs)}: step {end}/{T}"
                     f" ({end / FRAME_RATE:.0f} s of {T / FRAME_RATE:.0f} s)")
                 if states:
                     log(telemetry_line(states, offset + end, cell=cfg.cell, item=item_index))
+            last.update(t=time.perf_counter(), step=end)
             return diverged
 
-        nll = teacher_forced_nll(lm, codes, block=block, on_block=on_block)
+        with phases("run"):
+            nll = teacher_forced_nll(lm, codes, block=block, on_block=on_block)
+        if n == 0 and not diverged:
+            first = nll
         text_all.append(nll.text[0])
         audio_all.append(nll.audio[0].reshape(-1))
         for start, ppl in sliding_perplexity(nll.text[0], window):
@@ -162,25 +212,30 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
             break
     text = np.concatenate(text_all)
     audio_tokens = np.concatenate(audio_all)
-    ab = _ab(cfg, bundle, items, cache, model_key, chunk) if cfg.ab and ttt_layers(lm) else None
-    regression = _upstream_regression(cfg, bundle, items, cache) if cfg.check_upstream else None
+    with phases("run"):
+        ab = _ab(lm, inputs[0], chunk, block, first) if cfg.ab and ttt_layers(lm) else None
+        regression = _upstream_regression(cfg, bundle, items, cache) if cfg.check_upstream else None
     if diag is not None:
         diag.close()
-    write_csv(tmp / "timeseries.csv", rows)
-    write_csv(tmp / "telemetry.csv", telemetry)
-    write_csv(tmp / "diagnostics.csv", diagnostics)
-    _plots(tmp, rows, telemetry)
-    per_token = [ms / max(steps, 1) for ms, steps in block_times[1:]] or \
-        [ms / max(steps, 1) for ms, steps in block_times]
-    total_ms = sum(ms for ms, _ in block_times[1:]) or sum(ms for ms, _ in block_times)
-    total_steps = sum(s for _, s in block_times[1:]) or sum(s for _, s in block_times)
+    with phases("write"):
+        write_csv(tmp / "timeseries.csv", rows)
+        write_csv(tmp / "telemetry.csv", telemetry)
+        write_csv(tmp / "diagnostics.csv", diagnostics)
+        _plots(tmp, rows, telemetry)
+    block_ms = [ms for ms, _ in block_times]
+    per_frame = [ms / max(steps, 1) for ms, steps in block_times]
+    total_ms, frames = sum(block_ms), sum(s for _, s in block_times)
     return {
         "perplexity": {"text": perplexity(text), "audio": perplexity(audio_tokens)},
         "wer": None,
-        "throughput": {"ms_per_step_p50": float(np.percentile(per_token, 50)),
-                       "ms_per_step_p90": float(np.percentile(per_token, 90)),
-                       "rtf": float(np.percentile(per_token, 50)) / (1000 / FRAME_RATE),
-                       "tokens_per_s": 1000 * total_steps / total_ms if total_ms else None},
+        "throughput": {"frames_per_s": 1000 * frames / total_ms if total_ms else None,
+                       "tokens_per_s": 1000 * frames / total_ms if total_ms else None,
+                       "block": block,
+                       "ms_per_block_p50": float(np.percentile(block_ms, 50)),
+                       "ms_per_block_p90": float(np.percentile(block_ms, 90)),
+                       "ms_per_step_p50": float(np.percentile(per_frame, 50)),
+                       "ms_per_step_p90": float(np.percentile(per_frame, 90)),
+                       "rtf": float(np.percentile(per_frame, 50)) / (1000 / FRAME_RATE)},
         "memory": {"run_peak_bytes": _peak_memory(cfg.device)},
         "ttt_telemetry": _telemetry_summary(telemetry),
         "diverged": diverged,
@@ -188,6 +243,20 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log) -> dict:
         "ab": ab,
         "regression": regression,
     }
+
+
+def teacher_forced_block(block: int, chunk: int | None) -> int:
+    """Steps per teacher-forced block: ``block`` rounded down to a multiple of the TTT chunk (at
+    least one chunk), so telemetry rows fall on update boundaries."""
+    return block if not chunk else max(chunk, block // chunk * chunk)
+
+
+def warm_up(lm, codes: torch.Tensor) -> None:
+    """Run the block shapes a timed pass can meet (3, 2 and 1 steps) once in a throwaway
+    streaming session, so torch.compile's first compile and its dynamic-shape recompile (a
+    shorter last block) happen here and not inside the timed run."""
+    teacher_forced_nll(lm, codes[:, :, :5], block=3)
+    teacher_forced_nll(lm, codes[:, :, :1], block=1)
 
 
 def _upstream_regression(cfg, bundle, items, cache) -> dict:
@@ -246,13 +315,14 @@ def _replay_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.replay")
 
 
-def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
+def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log, phases: Phases) -> dict:
     """``generate``: Moshi answers the user channel; ``transcribe``: its text stream is scored as a
     transcript of the user channel (WER against the user's words)."""
     import soundfile as sf
 
     from .data import OTHER, SAMPLE_RATE, reference_speaker
-    from .generate import collapse_indicators, stream_user_channel, windowed_words, words_with_times
+    from .generate import (collapse_indicators, decode_audio, stream_user_channel, windowed_words,
+                           words_with_times)
     from .metrics import word_errors
 
     lm, tok = bundle.lm, bundle.tokenizer
@@ -263,18 +333,21 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
     rows, telemetry, step_ms, all_words, all_tokens, diagnostics = [], [], [], [], [], []
     refs, hyps, requeues, diverged, seconds, audio = [], [], 0, False, 0.0, None
     for n, item in enumerate(items):
-        codes = conversation_codes(bundle.mimi, tok, item, cache / "codes", bundle.mimi_id)
+        with phases("prepare"):
+            codes = conversation_codes(bundle.mimi, tok, item, cache / "codes", bundle.mimi_id)
         # transcribe scores the channel whose words the alignments carry (data.reference_speaker):
         # the user's (right), or with moshi-finetune's annotate.py output the left one, fed to
         # Moshi as the user's; generate always answers the right channel.
         speaker = reference_speaker(item.alignments) if cfg.mode == "transcribe" else OTHER
         user = (codes[:, 1 + lm.dep_q:] if speaker == OTHER else codes[:, 1:1 + lm.dep_q]).to(cfg.device)
-        result = stream_user_channel(
-            lm, bundle.mimi, user, seed=cfg.seed + n, chunk=chunk,
-            snapshot_path=replay / f"item{n}.pt" if cfg.snapshot_every else None,
-            snapshot_every=cfg.snapshot_every or 1, temp=cfg.temperature,
-            temp_text=cfg.temperature_text, decode=cfg.mode == "generate",
-            diagnostics_every=cfg.diagnostics_every, log=lambda m, n=n: log(f"[{cfg.cell}] item {n + 1}: {m}"))
+        with phases("run"):
+            result = stream_user_channel(
+                lm, bundle.mimi, user, seed=cfg.seed + n, chunk=chunk,
+                snapshot_path=replay / f"item{n}.pt" if cfg.snapshot_every else None,
+                snapshot_every=cfg.snapshot_every or 1, temp=cfg.temperature,
+                temp_text=cfg.temperature_text, decode=False,
+                diagnostics_every=cfg.diagnostics_every,
+                log=lambda m, n=n: log(f"[{cfg.cell}] item {n + 1}: {m}"))
         requeues += result.requeues
         diverged |= result.diverged
         step_ms += result.step_ms[10:] or result.step_ms
@@ -302,23 +375,27 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
                 refs.append(ref)
                 hyps.append(hyp)
             rows.append(row)
-        if n == 0 and cfg.mode == "generate" and result.pcm:
-            sf.write(str(tmp / "out.wav"), np.concatenate(result.pcm), SAMPLE_RATE)
+        if n == 0 and cfg.mode == "generate" and result.audio_codes:
+            with phases("write"):  # Mimi decodes after generation, off the timed steps
+                pcm = decode_audio(bundle.mimi, result.audio_codes, cfg.device)
+                sf.write(str(tmp / "out.wav"), np.concatenate(pcm), SAMPLE_RATE)
             # Output frames start after the acoustic delay: Moshi's text time = audio time + this.
-            audio = {"file": "out.wav", "offset_s": (result.steps_done - len(result.pcm)) / FRAME_RATE,
+            audio = {"file": "out.wav",
+                     "offset_s": (result.steps_done - len(result.audio_codes)) / FRAME_RATE,
                      "codec_untrained": codec_untrained(cfg.model, bundle.directory)}
         (tmp / "transcript.txt").open("a").write(
             "".join(f"[item {n} {t:8.2f} s] {w}\n" for t, w in words))
         if diverged:
             break
-    with open(tmp / "transcript.jsonl", "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    write_csv(tmp / "timeseries.csv", [{k: r[k] for k in ("item", "start_s", "wer") if k in r}
-                                        for r in rows])
-    write_csv(tmp / "telemetry.csv", telemetry)
-    write_csv(tmp / "diagnostics.csv", diagnostics)
-    _plots(tmp, [], telemetry)
+    with phases("write"):
+        with open(tmp / "transcript.jsonl", "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        write_csv(tmp / "timeseries.csv", [{k: r[k] for k in ("item", "start_s", "wer") if k in r}
+                                            for r in rows])
+        write_csv(tmp / "telemetry.csv", telemetry)
+        write_csv(tmp / "diagnostics.csv", diagnostics)
+        _plots(tmp, [], telemetry)
     p50 = float(np.percentile(step_ms, 50)) if step_ms else None
     return {
         "perplexity": None,
@@ -337,18 +414,17 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log) -> dict:
     }
 
 
-def _ab(cfg, bundle, items, cache, model_key, chunk) -> dict:
-    """TTT-off twin on the same input in the same job: pre-update logits error and the deltas."""
-    lm = bundle.lm
-    codes = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes", model_key)
-    codes = codes.to(cfg.device)
+def _ab(lm, codes: torch.Tensor, chunk: int, block: int, on=None) -> dict:
+    """TTT-off twin on the same input in the same job: pre-update logits error and the deltas.
+    ``on``: the cell's own TTT-on pass over this input (complete), reused instead of run again."""
     head = codes[:, :, :chunk]
     with torch.no_grad():
         on_logits = lm(head).text_logits
-        on = teacher_forced_nll(lm, codes, block=chunk)
+        if on is None:
+            on = teacher_forced_nll(lm, codes, block=block)
         with ttt_disabled(lm):
             off_logits = lm(head).text_logits
-            off = teacher_forced_nll(lm, codes, block=chunk)
+            off = teacher_forced_nll(lm, codes, block=block)
     ok = torch.isfinite(off_logits)
     err = ((on_logits - off_logits).abs()[ok].max() / off_logits.abs()[ok].max()).item()
     out = {"pre_update_logits_rel_err": err,

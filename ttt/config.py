@@ -274,7 +274,7 @@ class CellConfig:
     ttt: Mapping[str, Any] | None = None
     yarn: Mapping[str, Any] | None = None
     window_s: float = 30.0
-    block: int = 256
+    block: int = 2048  # teacher-forced frames per streamed block (a multiple of the TTT chunk)
     ab: bool = False
     device: str = "cpu"
     dtype: str = "float32"

@@ -20,8 +20,8 @@ from moshi.modules.streaming import State, StreamingModule
 from moshi.utils.compile import in_cuda_graph, no_compile, torch_compile_lazy
 
 from .config import TTTConfig
-from .inplace_math import (apply_fast_weight, chunk_delta, chunk_target, clip_scale,
-                           conv_as_matrix, dual_form_output)
+from .inplace_math import (_add_chunk_causal, _fold, apply_fast_weight, chunk_delta, chunk_target,
+                           clip_factor, clip_scale, conv_as_matrix, dual_form_output)
 
 
 @torch_compile_lazy
@@ -164,20 +164,25 @@ class TTTGating(StreamingModule[TTTState]):
     # ---- parallel form ----------------------------------------------------------------------
     def _parallel(self, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """All chunks at once in the dual form; chunk i never sees its own ΔW."""
+        conv, projection = self._target_weights(z.dtype)
+        return dual_form_output(z, x0, self._derived("w0", (self.w_down,), z.dtype), conv,
+                                projection, self.cfg.conv_padding, self.cfg.chunk_size,
+                                self.cfg.lr, self.cfg.clip, self.parallel_block)
+
+    def _target_weights(self, dtype: torch.dtype):
+        """(conv, projection) for :func:`chunk_target` in ``dtype``, cached."""
         tg = self.target_generator
         conv, projection = tg.conv_weight, tg.projection
         if conv is not None and self.cfg.conv_padding == "right":
             if projection is not None:
                 # W_target · [conv taps] as one [d, k·d] matrix (product in fp32): the target
                 # then costs k·d² per token instead of (k + 1)·d².
-                conv = self._derived("target", (conv, projection), z.dtype,
+                conv = self._derived("target", (conv, projection), dtype,
                                      lambda c, p: p.float() @ conv_as_matrix(c.float()))
                 projection = None
             else:
-                conv = self._derived("conv", (conv,), z.dtype, conv_as_matrix)
-        return dual_form_output(z, x0, self._derived("w0", (self.w_down,), z.dtype), conv,
-                                projection, self.cfg.conv_padding, self.cfg.chunk_size,
-                                self.cfg.lr, self.cfg.clip, self.parallel_block)
+                conv = self._derived("conv", (conv,), dtype, conv_as_matrix)
+        return conv, projection
 
     def _derived(self, name: str, params: tuple[torch.Tensor, ...], dtype: torch.dtype,
                  transform=lambda w: w) -> torch.Tensor:
@@ -227,12 +232,60 @@ class TTTGating(StreamingModule[TTTState]):
         T = z.shape[1]
         outs, t = [], 0
         while t < T:
+            if T - t >= C and not any(state.fill) and not torch.is_grad_enabled():
+                outs.append(self._stream_chunks(state, z[:, t:], x0[:, t:]))
+                break
             seg = min(T - t, min(C - f for f in state.fill))
             outs.append(self._write_and_apply(state, z[:, t:t + seg], x0[:, t:t + seg]))
             state.fill = [f + seg for f in state.fill]
             t += seg
             self.update_full_chunks()
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+    def _stream_chunks(self, state: TTTState, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """A streamed segment that starts at a chunk boundary in every row and holds at least one
+        whole chunk, in the dual form from the state's fast weights (what the chunk-by-chunk scan
+        computes, up to rounding, without one d×hid update pass per chunk: a teacher-forced block
+        of many chunks costs what the parallel form costs). Leaves the state as the scan would:
+        W after every whole chunk, the counters, the last chunk's norm and inner losses, and the
+        partial tail in the chunk buffers."""
+        C, tau = self.cfg.chunk_size, self.cfg.clip
+        B, T, hid = z.shape
+        d = x0.shape[-1]
+        n = T // C
+        U = n * C
+        conv, projection = self._target_weights(z.dtype)
+        v_hat = chunk_target(x0[:, :U].reshape(B * n, C, d), conv, projection,
+                             self.cfg.conv_padding, dtype=z.dtype)
+        zc = z[:, :U].reshape(B * n, C, hid)
+        sq = ((v_hat @ v_hat.transpose(1, 2)).float() * (zc @ zc.transpose(1, 2)).float()).sum((1, 2))
+        norm = sq.clamp_min(0).sqrt().view(B, n)
+        c = self.cfg.lr * clip_factor(norm, tau)  # [B, n]: lr · min(1, τ/‖ΔW_j‖)
+        v_hat = v_hat.view(B, n, C, d)
+        v_scaled = (v_hat * c.to(z.dtype)[..., None, None]).reshape(B, U, d)
+        out = apply_fast_weight(z, state.w_apply)
+        _add_chunk_causal(out, z, v_scaled, C)
+        # Figure-5 inner losses of the last whole chunk: −⟨W, ΔW⟩ = −Σ_s v̂_s·(z_s Wᵀ), where the
+        # block's output over that chunk is exactly z_s W_lastᵀ.
+        v_last, z_last = v_hat[:, -1].float(), z[:, U - C:U]
+        w0 = self._derived("w0", (self.w_down,), z.dtype)
+        initial = -(apply_fast_weight(z_last, w0).float() * v_last).sum((1, 2))
+        before = -(out[:, U - C:U].float() * v_last).sum((1, 2))
+        after = before - c[:, -1] * norm[:, -1] ** 2
+        _fold(state.w, v_scaled, z[:, :U], fresh=False)  # W += Σ_j c_j ΔW_j, fp32, in place
+        state.sync_apply_copy()
+        state.updates.add_(n)
+        if tau is not None:
+            state.clip_events.add_((norm > tau).sum(1))
+        state.last_delta_norm.copy_(norm[:, -1])
+        state.inner_loss.copy_(torch.stack([initial, before, after], dim=1))
+        tail = T - U
+        if tail:
+            state.z_buf[:, :tail] = z[:, U:]
+            state.x0_buf[:, :tail] = x0[:, U:].to(state.x0_buf.dtype)
+        state.pos.fill_(tail)
+        state.fill = [tail] * B
+        return out
 
     def update_full_chunks(self) -> bool:
         """Apply ΔW of every row whose chunk buffer is full; returns whether any row was full.

@@ -22,7 +22,8 @@ from .telemetry import telemetry_line, ttt_state
 @dataclass
 class StreamResult:
     text_tokens: list[tuple[int, int]] = field(default_factory=list)  # (step, token id)
-    pcm: list[np.ndarray] = field(default_factory=list)
+    pcm: list[np.ndarray] = field(default_factory=list)  # Mimi's decode of audio_codes
+    audio_codes: list[np.ndarray] = field(default_factory=list)  # [8, 1] per complete frame
     step_ms: list[float] = field(default_factory=list)
     telemetry: list[dict] = field(default_factory=list)
     diagnostics: list[dict] = field(default_factory=list)
@@ -36,19 +37,22 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
                         snapshot_path: Path | None, snapshot_every: int, log,
                         temp: float = 0.8, temp_text: float = 0.7, decode: bool = True,
                         diagnostics_every: int = 0) -> StreamResult:
-    """Feed ``user_codes`` [1, 8, T] step by step through :class:`TTTLMGen`, decoding Moshi's audio
-    with Mimi as it goes. With ``snapshot_path``, the complete state (LM, fast weights, LMGen,
-    Mimi, RNG, outputs so far) is saved every ``snapshot_every`` steps and, if a snapshot is
-    already there, the run resumes from it (preemption). ``diagnostics_every`` > 0 records the
-    attention-vs-TTT diagnostics every that many steps (``result.diagnostics`` and a log line)."""
+    """Feed ``user_codes`` [1, 8, T] step by step through :class:`TTTLMGen`, keeping Moshi's audio
+    codes; with ``decode``, Mimi decodes them after the last step (:func:`decode_audio`: the same
+    streaming decode, frame by frame, as inline, so the same samples; generation never reads the
+    audio back, so decoding inside the timed step only made every step slower). With
+    ``snapshot_path``, the complete state (LM, fast weights, LMGen, RNG, outputs and codes so far)
+    is saved every ``snapshot_every`` steps and, if a snapshot is already there, the run resumes
+    from it (preemption). ``diagnostics_every`` > 0 records the attention-vs-TTT diagnostics every
+    that many steps (``result.diagnostics`` and a log line)."""
     gen = TTTLMGen(lm, temp=temp, temp_text=temp_text)
     T = user_codes.shape[-1]
     result = StreamResult()
     device = user_codes.device
     torch.manual_seed(seed)
     diag = Diagnostics(lm) if diagnostics_every and ttt_layers(lm) else None
-    with gen.streaming(1), mimi.streaming(1):
-        modules = {"gen": gen, "lm": lm, "mimi": mimi}
+    with gen.streaming(1):
+        modules = {"gen": gen, "lm": lm}
         if snapshot_path is not None and snapshot_path.is_file():
             extra = restore(modules, load_snapshot(snapshot_path))
             result = extra["result"]
@@ -60,11 +64,10 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
             t0 = time.perf_counter()
             out = gen.step(user_codes[:, :, t:t + 1])
             if out is not None:
-                text = int(out[0, 0, 0])
-                result.text_tokens.append((t, text))
-                audio = out[:, 1:]
-                if decode and (audio >= 0).all():
-                    result.pcm.append(mimi.decode(audio)[0, 0].float().cpu().numpy())
+                out = out.cpu().numpy()  # one transfer: the text token and the audio codes
+                result.text_tokens.append((t, int(out[0, 0, 0])))
+                if (out[0, 1:] >= 0).all():
+                    result.audio_codes.append(out[0, 1:])
             if device.type == "cuda":
                 torch.cuda.synchronize()
             result.step_ms.append((time.perf_counter() - t0) * 1e3)
@@ -91,7 +94,21 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
                 break
     if diag is not None:
         diag.close()
+    if decode:
+        result.pcm = decode_audio(mimi, result.audio_codes, device)
     return result
+
+
+@torch.no_grad()
+def decode_audio(mimi, frames: list[np.ndarray], device) -> list[np.ndarray]:
+    """Mimi's streaming decode of ``frames`` ([8, 1] codes each), one frame per call in one
+    streaming session, exactly as a decode inside the generation loop would run it."""
+    pcm = []
+    with mimi.streaming(1):
+        for frame in frames:
+            codes = torch.from_numpy(frame).to(device)[None]
+            pcm.append(mimi.decode(codes)[0, 0].float().cpu().numpy())
+    return pcm
 
 
 def words_with_times(tokens: list[tuple[int, int]], tokenizer) -> list[tuple[float, str]]:

@@ -1,0 +1,332 @@
+"""The cell engine against the upstream code it wraps, every mode side by side in ONE run.
+
+Builds a random checkpoint directory (moshi's 7B config in bf16 by default) and measures, on the
+same device in the same process:
+
+- loading: ``ttt.model.load_checkpoint`` (TTT off and on) vs upstream
+  ``loaders.get_moshi_lm(filename)`` on the same files;
+- teacher-forced: the cell's own timed pass (``ttt.cell`` ``_teacher_forced``: blocks, NLL,
+  telemetry, divergence checks; TTT off, TTT on, TTT on with its A/B twin) vs a plain
+  ``lm(codes)`` + text and audio cross-entropy over the same frames, at each length (lengths past
+  moshi's 3000 context run with context = the longest length, YaRN in the cells as the yarn family
+  does; upstream with the same attention context);
+- generate: the cell's step (``ttt.generate.stream_user_channel``, Mimi decoding deferred) vs
+  upstream ``LMGen`` alone and ``LMGen`` + Mimi's streaming decode inside the step (what the cell
+  did before), each in its own session after one untimed session, all at the same position, and
+  the deferred decode's samples compared bitwise with the inline decode.
+
+    python bench/bench_cells.py                    # → bench/results/<date>-cells-<device>.json
+    python bench/bench_cells.py --config tiny --device cpu --dtype float32 --lengths 40 \
+        --gen-steps 24 --out /tmp/cells.json      # the CPU smoke run (tests/test_bench_smoke.py)
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import gc
+import json
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from moshi.models import loaders
+from moshi.models.lm import LMGen
+from moshi.modules.transformer import set_attention_context
+from safetensors.torch import save_file
+
+import ttt
+from ttt import cell as cells
+from ttt.generate import decode_audio, stream_user_channel
+from ttt.model import _train_tokenizer, load_checkpoint
+from ttt.tiny import TINY_LM_KWARGS
+
+TTT_7B = {"start_layer": 0, "layer_frequency": 6, "chunk_size": 256, "lr": 1e-3,
+          "delta_clip_fro_norm": 1e-5}
+TTT_TINY = {"start_layer": 1, "layer_frequency": 2, "chunk_size": 8, "lr": 1e-2,
+            "delta_clip_fro_norm": 1.0}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def build_checkpoint(directory: Path, lm_kwargs: dict, device: str, dtype) -> dict:
+    """A random LM + random Mimi (codebooks initialised) + a small tokenizer, our layout."""
+    t0 = time.perf_counter()
+    torch.manual_seed(0)
+    lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, device=device, dtype=dtype)
+    mimi = loaders.get_mimi(None, device="cpu", num_codebooks=lm.dep_q)
+    with torch.no_grad():
+        for module in mimi.modules():
+            if hasattr(module, "embedding_sum"):
+                module.embedding_sum.copy_(0.01 * torch.randn(module.embedding_sum.shape))
+                module._embedding = None
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in lm.state_dict().items()},
+              str(directory / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in mimi.state_dict().items()},
+              str(directory / "mimi.safetensors"))
+    (directory / "tokenizer.model").write_bytes(_train_tokenizer())
+    (directory / "config.json").write_text(json.dumps({"lm_kwargs": lm_kwargs}))
+    del lm, mimi
+    free(device)
+    return {"build_s": time.perf_counter() - t0,
+            "model_bytes": (directory / "model.safetensors").stat().st_size}
+
+
+def timed(fn, device: str) -> tuple[float, object]:
+    sync(device)
+    t0 = time.perf_counter()
+    value = fn()
+    sync(device)
+    return time.perf_counter() - t0, value
+
+
+def measure_loading(directory: Path, lm_kwargs: dict, ttt_cfg: dict, device: str, dtype) -> dict:
+    """Each loader twice (the second read comes from the page cache, as on a warm node)."""
+    out: dict = {"upstream_get_moshi_lm_s": [], "ours_ttt_off_s": [], "ours_ttt_on_s": []}
+    for _ in range(2):
+        s, lm = timed(lambda: loaders.get_moshi_lm(str(directory / "model.safetensors"),
+                                                   lm_kwargs=lm_kwargs, device=device,
+                                                   dtype=dtype), device)
+        out["upstream_get_moshi_lm_s"].append(s)
+        del lm
+        free(device)
+        for key, cfg in (("ours_ttt_off_s", {"enabled": False}), ("ours_ttt_on_s", ttt_cfg)):
+            s, bundle = timed(lambda: load_checkpoint(directory, ttt=cfg, device=device,
+                                                      dtype=dtype), device)
+            out[key].append(s)
+            del bundle
+            free(device)
+    return out
+
+
+def random_codes(lm, length: int, device: str, seed: int) -> torch.Tensor:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    text = torch.randint(0, lm.text_card, (1, 1, length), generator=g)
+    audio = torch.randint(0, lm.card, (1, lm.num_codebooks - 1, length), generator=g)
+    return torch.cat([text, audio], 1).to(device)
+
+
+def plain_forward_loss(lm, codes: torch.Tensor) -> float:
+    """Upstream's teacher-forced pass: ``lm(codes)`` and the masked text + audio cross-entropy."""
+    with torch.no_grad():
+        out = lm(codes)
+        text = F.cross_entropy(out.text_logits[out.text_mask].float(), codes[:, :1][out.text_mask])
+        audio_codes = codes[:, lm.audio_offset:lm.audio_offset + lm.dep_q]
+        audio = F.cross_entropy(out.logits[out.mask].float(), audio_codes[out.mask])
+        return float(text + audio)
+
+
+def cell_pass(cfg, bundle, codes: torch.Tensor, tmp: Path) -> dict:
+    """The cell's teacher-forced stage on ``codes`` (no data loading: the input is given)."""
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    phases = cells.Phases(cfg.device)
+    metrics = cells._teacher_forced(cfg, bundle, [], Path(cfg.cache_dir), tmp,
+                                    lambda m: None, phases, inputs=[codes])
+    return {"frames_per_s": metrics["throughput"]["frames_per_s"],
+            "ms_per_block_p50": metrics["throughput"]["ms_per_block_p50"],
+            "ms_per_block_p90": metrics["throughput"]["ms_per_block_p90"],
+            "block": metrics["throughput"]["block"], "timing": phases.seconds(),
+            "run_frames_per_s": codes.shape[-1] / phases.totals["run"],
+            "text_ppl": metrics["perplexity"]["text"]}
+
+
+def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict, device: str,
+                           dtype, lengths: list[int]) -> dict:
+    """Per length: plain lm(codes)+CE (best of ``reps`` after a warm-up) and the cell passes."""
+    results: dict = {}
+    ctx = lm_kwargs["context"]
+    long = [n for n in lengths if n > ctx]
+    groups = [([n for n in lengths if n <= ctx], None)]
+    if long:
+        groups.append((long, {"scale": max(long) / ctx, "original_context": ctx,
+                              "context": max(long)}))
+    upstream = loaders.get_moshi_lm(str(directory / "model.safetensors"), lm_kwargs=lm_kwargs,
+                                    device=device, dtype=dtype).eval()
+    for group, yarn in groups:
+        if not group:
+            continue
+        if yarn:
+            set_attention_context(upstream.transformer, yarn["context"])
+        bundle = load_checkpoint(directory, ttt=ttt_cfg, yarn=yarn, device=device, dtype=dtype)
+        for length in group:
+            codes = random_codes(upstream, length, device, seed=length)
+            plain_forward_loss(upstream, codes)  # warm-up (compile, allocator)
+            plain = [length / timed(lambda: plain_forward_loss(upstream, codes), device)[0]
+                     for _ in range(args.reps)]
+            row = {"plain_frames_per_s": max(plain), "plain_rounds": plain}
+            base = dict(cell="bench", mode="teacher_forced", model=str(directory), device=device,
+                        dtype=args.dtype, yarn=yarn, cache_dir=str(args.cache),
+                        diagnostics_every=100)
+            for name, cfg in (("cell_ttt_on", dict(ttt=ttt_cfg)),
+                              ("cell_ttt_on_ab", dict(ttt=ttt_cfg, ab=True))):
+                row[name] = cell_pass(cells.CellConfig.from_dict({**base, **cfg}), bundle, codes,
+                                      args.cache / "tmp")
+            with ttt.ttt_disabled(bundle.lm):
+                row["cell_ttt_off"] = cell_pass(cells.CellConfig.from_dict(
+                    {**base, "ttt": {"enabled": False}}), bundle, codes, args.cache / "tmp")
+            off, on = row["cell_ttt_off"], row["cell_ttt_on"]
+            row["ratios"] = {
+                "cell_off_vs_plain": off["frames_per_s"] / row["plain_frames_per_s"],
+                "cell_on_vs_plain": on["frames_per_s"] / row["plain_frames_per_s"],
+                "ttt_on_vs_off_in_cell": on["frames_per_s"] / off["frames_per_s"],
+                "ab_run_vs_one_pass": row["cell_ttt_on_ab"]["timing"]["run_s"] / on["timing"]["run_s"],
+            }
+            results[str(length)] = row
+            print(f"[tf {length}] plain {row['plain_frames_per_s']:.0f} f/s, cell off "
+                  f"{off['frames_per_s']:.0f}, on {on['frames_per_s']:.0f}, "
+                  f"ratios {row['ratios']}", flush=True)
+            del codes
+            free(device)
+        del bundle
+        free(device)
+    del upstream
+    free(device)
+    return results
+
+
+def step_loop(gen, user: torch.Tensor, mimi=None) -> tuple[list[float], list, list, list]:
+    """Upstream's step as a cell would time it: sync, step, read the output back, [decode]."""
+    device = user.device.type
+    times, tokens, pcm, frames = [], [], [], []
+    with gen.streaming(1), (mimi.streaming(1) if mimi is not None else contextlib.nullcontext()):
+        for t in range(user.shape[-1]):
+            sync(device)
+            t0 = time.perf_counter()
+            out = gen.step(user[:, :, t:t + 1])
+            if out is not None:
+                host = out.cpu()
+                tokens.append(int(host[0, 0, 0]))
+                if mimi is not None and (host[:, 1:] >= 0).all():
+                    pcm.append(mimi.decode(out[:, 1:])[0, 0].float().cpu().numpy())
+                    frames.append(host[0, 1:].numpy())
+            sync(device)
+            times.append((time.perf_counter() - t0) * 1e3)
+    return times, tokens, pcm, frames
+
+
+def summary(times: list[float], skip: int = 10) -> dict:
+    kept = sorted(times[skip:] or times)
+    return {"p50": statistics.median(kept), "p90": kept[int(0.9 * (len(kept) - 1))],
+            "steps": len(kept)}
+
+
+def measure_generate(args, directory: Path, ttt_cfg: dict, device: str, dtype) -> dict:
+    bundle = load_checkpoint(directory, ttt=ttt_cfg, device=device, dtype=dtype)
+    lm, mimi = bundle.lm, bundle.mimi
+    g = torch.Generator(device="cpu").manual_seed(5)
+    user = torch.randint(0, lm.card, (1, 8, args.gen_steps), generator=g).to(device)
+    chunk = ttt_cfg["chunk_size"]
+    log = lambda m: None  # noqa: E731
+
+    def ours(on: bool):
+        def go():
+            r = stream_user_channel(lm, mimi, user, seed=0, chunk=chunk if on else None,
+                                    snapshot_path=None, snapshot_every=1, log=log, decode=False)
+            return r
+        if on:
+            return go()
+        with ttt.ttt_disabled(lm):
+            return go()
+
+    out: dict = {"steps_per_session": args.gen_steps, "rounds": args.rounds}
+    times: dict = {k: [] for k in ("cell_ttt_off", "cell_ttt_on", "upstream_lmgen",
+                                   "upstream_lmgen_mimi")}
+    with ttt.ttt_disabled(lm):
+        step_loop(LMGen(lm), user[:, :, :min(40, args.gen_steps)])  # untimed first session
+    decode_check = None
+    for _ in range(args.rounds):
+        with ttt.ttt_disabled(lm):
+            t_up, _, _, _ = step_loop(LMGen(lm), user)
+            torch.manual_seed(0)
+            t_upm, tok_upm, pcm_inline, frames = step_loop(LMGen(lm), user, mimi)
+        times["upstream_lmgen"].append(t_up)
+        times["upstream_lmgen_mimi"].append(t_upm)
+        torch.manual_seed(0)
+        r_off = ours(False)
+        times["cell_ttt_off"].append(r_off.step_ms)
+        r_on = ours(True)
+        times["cell_ttt_on"].append(r_on.step_ms)
+        if decode_check is None:  # the deferred decode of the inline session's own codes
+            s, pcm_deferred = timed(lambda: decode_audio(mimi, frames, device), device)
+            decode_check = {
+                "deferred_decode_s": s, "frames": len(frames),
+                "cell_tokens_equal_to_upstream_session": [t for _, t in r_off.text_tokens] == tok_upm,
+                "pcm_bitwise_equal_to_inline_decode": len(pcm_deferred) == len(pcm_inline) and all(
+                    np.array_equal(a, b) for a, b in zip(pcm_deferred, pcm_inline))}
+    for key, runs in times.items():
+        out[key] = {**summary([t for r in runs for t in r[10:]], skip=0),
+                    "round_p50": [statistics.median(r[10:]) for r in runs]}
+    up = out["upstream_lmgen"]["p50"]
+    out["ratios"] = {"cell_off_vs_lmgen": out["cell_ttt_off"]["p50"] / up,
+                     "cell_on_vs_lmgen": out["cell_ttt_on"]["p50"] / up,
+                     "lmgen_mimi_vs_lmgen": out["upstream_lmgen_mimi"]["p50"] / up,
+                     "ttt_on_vs_off_in_cell": out["cell_ttt_on"]["p50"] / out["cell_ttt_off"]["p50"]}
+    out["decode"] = decode_check
+    print(f"[generate] {json.dumps(out['ratios'])} {decode_check}", flush=True)
+    del bundle, lm, mimi
+    free(device)
+    return out
+
+
+def run(args) -> dict:
+    device, dtype = args.device, getattr(torch, args.dtype)
+    lm_kwargs = dict(loaders._lm_kwargs) if args.config == "7b" else dict(TINY_LM_KWARGS)
+    ttt_cfg = TTT_7B if args.config == "7b" else TTT_TINY
+    directory = args.cache / f"checkpoint-{args.config}"
+    result = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+              "date": dt.date.today().isoformat(), "torch": torch.__version__,
+              "config": args.config, "dtype": args.dtype, "ttt": ttt_cfg}
+    result["checkpoint"] = build_checkpoint(directory, lm_kwargs, device, dtype)
+    print(f"[build] {result['checkpoint']}", flush=True)
+    if "generate" in args.parts:
+        result["generate"] = measure_generate(args, directory, ttt_cfg, device, dtype)
+    if "teacher_forced" in args.parts:
+        result["teacher_forced"] = measure_teacher_forced(args, directory, lm_kwargs, ttt_cfg,
+                                                          device, dtype, args.lengths)
+    if "load" in args.parts:
+        result["loading"] = measure_loading(directory, lm_kwargs, ttt_cfg, device, dtype)
+        print(f"[load] {result['loading']}", flush=True)
+    return result
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", choices=("7b", "tiny"), default="7b")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192, 32768])
+    p.add_argument("--gen-steps", type=int, default=300)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--parts", nargs="+", default=["generate", "teacher_forced", "load"],
+                   choices=("generate", "teacher_forced", "load"))
+    p.add_argument("--cache", type=Path, default=Path("results/bench-cells"))
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    result = run(args)
+    out = args.out or Path(__file__).parent / "results" / (
+        f"{dt.date.today().isoformat()}-cells-{result['device'].replace(' ', '_')}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
