@@ -43,6 +43,7 @@ import ttt
 from ttt import cell as cells
 from ttt.generate import decode_audio, stream_user_channel
 from ttt.model import _train_tokenizer, load_checkpoint
+from ttt.surgery import ttt_disabled
 from ttt.tiny import TINY_LM_KWARGS
 
 TTT_7B = {"start_layer": 0, "layer_frequency": 6, "chunk_size": 256, "lr": 1e-3,
@@ -96,16 +97,26 @@ def timed(fn, device: str) -> tuple[float, object]:
     return time.perf_counter() - t0, value
 
 
-def measure_loading(directory: Path, lm_kwargs: dict, ttt_cfg: dict, device: str, dtype) -> dict:
-    """Each loader twice (the second read comes from the page cache, as on a warm node)."""
-    out: dict = {"upstream_get_moshi_lm_s": [], "ours_ttt_off_s": [], "ours_ttt_on_s": []}
-    for _ in range(2):
-        s, lm = timed(lambda: loaders.get_moshi_lm(str(directory / "model.safetensors"),
-                                                   lm_kwargs=lm_kwargs, device=device,
-                                                   dtype=dtype), device)
-        out["upstream_get_moshi_lm_s"].append(s)
-        del lm
-        free(device)
+def measure_loading(directory: Path, lm_kwargs: dict, ttt_cfg: dict, device: str, dtype,
+                    rounds: int) -> dict:
+    """Each loader ``rounds`` times, interleaved (later reads come from the page cache, as on a
+    warm node)."""
+    out: dict = {"upstream_get_moshi_lm_s": [], "upstream_lm_and_mimi_s": [],
+                 "ours_ttt_off_s": [], "ours_ttt_on_s": []}
+
+    def upstream(with_mimi: bool):
+        lm = loaders.get_moshi_lm(str(directory / "model.safetensors"), lm_kwargs=lm_kwargs,
+                                  device=device, dtype=dtype)
+        mimi = loaders.get_mimi(str(directory / "mimi.safetensors"), device=device,
+                                num_codebooks=lm.dep_q) if with_mimi else None
+        return lm, mimi
+
+    for _ in range(rounds):
+        for key, with_mimi in (("upstream_get_moshi_lm_s", False), ("upstream_lm_and_mimi_s", True)):
+            s, loaded = timed(lambda: upstream(with_mimi), device)
+            out[key].append(s)
+            del loaded
+            free(device)
         for key, cfg in (("ours_ttt_off_s", {"enabled": False}), ("ours_ttt_on_s", ttt_cfg)):
             s, bundle = timed(lambda: load_checkpoint(directory, ttt=cfg, device=device,
                                                       dtype=dtype), device)
@@ -178,7 +189,7 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
                               ("cell_ttt_on_ab", dict(ttt=ttt_cfg, ab=True))):
                 row[name] = cell_pass(cells.CellConfig.from_dict({**base, **cfg}), bundle, codes,
                                       args.cache / "tmp")
-            with ttt.ttt_disabled(bundle.lm):
+            with ttt_disabled(bundle.lm):
                 row["cell_ttt_off"] = cell_pass(cells.CellConfig.from_dict(
                     {**base, "ttt": {"enabled": False}}), bundle, codes, args.cache / "tmp")
             off, on = row["cell_ttt_off"], row["cell_ttt_on"]
@@ -201,6 +212,7 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
     return results
 
 
+@torch.no_grad()
 def step_loop(gen, user: torch.Tensor, mimi=None) -> tuple[list[float], list, list, list]:
     """Upstream's step as a cell would time it: sync, step, read the output back, [decode]."""
     device = user.device.type
@@ -242,17 +254,17 @@ def measure_generate(args, directory: Path, ttt_cfg: dict, device: str, dtype) -
             return r
         if on:
             return go()
-        with ttt.ttt_disabled(lm):
+        with ttt_disabled(lm):
             return go()
 
     out: dict = {"steps_per_session": args.gen_steps, "rounds": args.rounds}
     times: dict = {k: [] for k in ("cell_ttt_off", "cell_ttt_on", "upstream_lmgen",
                                    "upstream_lmgen_mimi")}
-    with ttt.ttt_disabled(lm):
+    with ttt_disabled(lm):
         step_loop(LMGen(lm), user[:, :, :min(40, args.gen_steps)])  # untimed first session
     decode_check = None
     for _ in range(args.rounds):
-        with ttt.ttt_disabled(lm):
+        with ttt_disabled(lm):
             t_up, _, _, _ = step_loop(LMGen(lm), user)
             torch.manual_seed(0)
             t_upm, tok_upm, pcm_inline, frames = step_loop(LMGen(lm), user, mimi)
@@ -285,7 +297,7 @@ def measure_generate(args, directory: Path, ttt_cfg: dict, device: str, dtype) -
     return out
 
 
-def run(args) -> dict:
+def run(args, out: Path) -> dict:
     device, dtype = args.device, getattr(torch, args.dtype)
     lm_kwargs = dict(loaders._lm_kwargs) if args.config == "7b" else dict(TINY_LM_KWARGS)
     ttt_cfg = TTT_7B if args.config == "7b" else TTT_TINY
@@ -297,13 +309,24 @@ def run(args) -> dict:
     print(f"[build] {result['checkpoint']}", flush=True)
     if "generate" in args.parts:
         result["generate"] = measure_generate(args, directory, ttt_cfg, device, dtype)
+        save(out, result)
     if "teacher_forced" in args.parts:
         result["teacher_forced"] = measure_teacher_forced(args, directory, lm_kwargs, ttt_cfg,
                                                           device, dtype, args.lengths)
+        save(out, result)
     if "load" in args.parts:
-        result["loading"] = measure_loading(directory, lm_kwargs, ttt_cfg, device, dtype)
+        result["loading"] = measure_loading(directory, lm_kwargs, ttt_cfg, device, dtype,
+                                            args.load_rounds)
         print(f"[load] {result['loading']}", flush=True)
+    result["complete"] = True
+    save(out, result)
     return result
+
+
+def save(path: Path, result: dict) -> None:
+    """After every part: a run cut short still leaves what it measured."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
 
 
 def main(argv=None) -> None:
@@ -315,16 +338,16 @@ def main(argv=None) -> None:
     p.add_argument("--gen-steps", type=int, default=300)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--load-rounds", type=int, default=2)
     p.add_argument("--parts", nargs="+", default=["generate", "teacher_forced", "load"],
                    choices=("generate", "teacher_forced", "load"))
     p.add_argument("--cache", type=Path, default=Path("results/bench-cells"))
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
-    result = run(args)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     out = args.out or Path(__file__).parent / "results" / (
-        f"{dt.date.today().isoformat()}-cells-{result['device'].replace(' ', '_')}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+        f"{dt.date.today().isoformat()}-cells-{device.replace(' ', '_')}.json")
+    run(args, out)
     print(f"wrote {out}")
 
 

@@ -22,3 +22,31 @@ def test_bench_script_tiny_smoke(tmp_path, monkeypatch):
     # 18 streamed steps, chunk 8 → exactly 2 updates in every TTT layer
     assert set(on["every6_c256"]["updates_per_layer"].values()) == {2}
     assert set(data["teacher_forced"]["ttt_off"]) == {"32", "300"}
+
+
+CELLS = Path(__file__).parent.parent / "bench" / "bench_cells.py"
+
+
+def test_bench_cells_tiny_smoke(tmp_path, monkeypatch):
+    """Every mode through the cell code beside its upstream equivalent, on the tiny config."""
+    out = tmp_path / "cells.json"
+    monkeypatch.setattr(sys, "argv", ["bench_cells.py", "--config", "tiny", "--device", "cpu",
+                                      "--dtype", "float32", "--lengths", "24", "--gen-steps", "14",
+                                      "--rounds", "1", "--reps", "1", "--load-rounds", "1",
+                                      "--cache", str(tmp_path / "cache"), "--out", str(out)])
+    runpy.run_path(str(CELLS), run_name="__main__")
+    data = json.loads(out.read_text())
+    assert data["complete"] and data["device"] == "cpu"
+    gen = data["generate"]
+    assert {"cell_ttt_off", "cell_ttt_on", "upstream_lmgen", "upstream_lmgen_mimi"} <= set(gen)
+    assert gen["decode"]["pcm_bitwise_equal_to_inline_decode"] is True
+    assert gen["decode"]["frames"] > 0
+    tf = data["teacher_forced"]["24"]
+    for key in ("cell_ttt_off", "cell_ttt_on", "cell_ttt_on_ab"):
+        assert tf[key]["frames_per_s"] > 0 and set(tf[key]["timing"]) == {
+            "load_s", "prepare_s", "run_s", "write_s"}
+    assert tf["plain_frames_per_s"] > 0 and set(tf["ratios"]) == {
+        "cell_off_vs_plain", "cell_on_vs_plain", "ttt_on_vs_off_in_cell", "ab_run_vs_one_pass"}
+    # the same frames scored by the cell with TTT off and by upstream's lm(codes): same model
+    assert tf["cell_ttt_off"]["text_ppl"] > 0
+    assert len(data["loading"]["upstream_get_moshi_lm_s"]) == 1
