@@ -182,6 +182,8 @@ def test_deterministic_by_seed(festival, tmp_path):
 def test_bad_settings_and_missing_text_are_one_line_errors(festival, tmp_path, capsys):
     assert main(["speech", "--out", str(tmp_path / "x"), "--count", "0", "--duration", "5"]) == 2
     assert capsys.readouterr().out.count("\n") == 1
+    with pytest.raises(speech.SpeechError, match="too short for a single turn"):
+        speech.write_conversations(tmp_path / "z", count=1, duration_s=0.5, recurrence=False, seed=0)
     with pytest.raises(speech.SpeechError, match="nowhere.dz: text source missing"):
         speech.write_conversations(tmp_path / "y", count=1, duration_s=5, recurrence=False, seed=0,
                                    text_source=tmp_path / "nowhere.dz")

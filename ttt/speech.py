@@ -293,6 +293,8 @@ def write_conversations(directory, *, count: int, duration_s: float, recurrence:
         name = f"conversation{index:03d}-{duration_s:g}s-seed{seed}-{'rec' if recurrence else 'fresh'}"
         turns = _layout(plan, voices, cache, duration_s, recurrence, recur_after_s,
                         recur_fraction, np.random.default_rng([seed, index, 2]))
+        if not turns:
+            raise SpeechError(f"duration_s={duration_s}: too short for a single turn")
         _write_conversation(directory / f"{name}.wav", turns, voices, cache, duration_s)
         lines.append(json.dumps({"path": f"{name}.wav", "duration": float(duration_s)}))
     manifest = directory / "manifest.jsonl"
