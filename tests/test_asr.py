@@ -262,6 +262,7 @@ def test_verdict_says_no_effect_when_ttt_changed_nothing(tmp_path):
 @pytest.mark.parametrize("on,off,threshold,vs_off", [
     ([0.1, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1], "pass", "pass"),  # other words, as consistent
     ([0.1, 0.15, 0.1, 0.15], [0.2, 0.25, 0.2, 0.25], "pass", "pass"),  # TTT on more consistent
+    ([0.1, 0.3, 0.1, 0.3], [0.2, 0.2, 0.2, 0.2], "pass", "pass"),  # CI [−0.1, 0.1]: not worse
     ([0.5, 0.6, 0.5, 0.6], [0.1, 0.15, 0.1, 0.15], "fail", "fail"),  # gibberish with TTT on
     ([0.2, 0.25, 0.2, 0.25], [0.05, 0.1, 0.05, 0.1], "pass", "fail"),  # under threshold, worse than off
 ])
