@@ -218,6 +218,7 @@ def test_snakemake_rule_builds_a_set_once(festival, tmp_path):
     cfg = yaml.safe_load((tmp_path / "config" / "config.yaml").read_text())
     manifest = "results/data/speech/tiny/manifest.jsonl"
     cfg.update(cache_dir=str(tmp_path / "cache"), families=["regression"],
+               launcher=str(repo / "profiles" / "local" / "submitit.yaml"),
                regression={**cfg["regression"], "manifest": manifest},
                speech={"tiny": {"count": 1, "duration_s": 8, "recurrence": True, "recur_after_s": 2}})
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -254,3 +255,17 @@ def test_a_recogniser_understands_both_channels(sets):
         _, heard = recognise(model, clip.astype(np.float32), "en")
         wer = word_errors([" ".join(w for w, _ in words)], [heard])["wer"]
         assert wer < 0.5, (spk, wer, heard)
+
+
+def test_preflight_accepts_only_configured_speech_sets():
+    """A family may name a speech set before it is built, but only one configured under speech:."""
+    from ttt.preflight import PreflightError, check_matrix, speech_set_of
+    assert speech_set_of("results/data/speech/a/manifest.jsonl") == "a"
+    assert speech_set_of("elsewhere/results/data/speech/a/manifest.jsonl") is None
+    cell = {"family": "regression", "data": {"manifest": "results/data/speech/a/manifest.jsonl"}}
+    config = {"families": ["regression"], "regression": {"manifest": cell["data"]["manifest"]}}
+    with pytest.raises(PreflightError, match="regression.manifest: .*no speech set 'a'"):
+        check_matrix(config, {"c": cell})
+    with pytest.raises(PreflightError) as caught:  # configured: no complaint about the manifest
+        check_matrix({**config, "speech": {"a": {"count": 1, "duration_s": 5}}}, {"c": cell})
+    assert "manifest" not in str(caught.value)

@@ -2,7 +2,8 @@
 
 Snakemake calls :func:`check_matrix` while it builds the DAG (``snakemake -n`` included): every
 cell config goes through the same validators the cell itself uses (CellConfig, TTTConfig,
-YarnConfig), manifests and the launcher file must exist, and the model must resolve with a
+YarnConfig), manifests (other than speech sets the workflow builds) and the launcher file must
+exist, and the model must resolve with a
 parseable config and tensor headers that fit it (no tensor is loaded). A problem is one :class:`PreflightError` line naming the config key.
 
 :func:`model_identity` is what makes a changed model rerun its cells: the model spec, its resolved
@@ -44,6 +45,18 @@ def check_config(config: Mapping[str, Any]) -> None:
                                  f"({yarn['original_context']}); YaRN only extends the context")
 
 
+SPEECH_SETS_DIR = "results/data/speech"  # where the workflow's `speech` rule writes each set
+
+
+def speech_set_of(manifest: str) -> str | None:
+    """The speech set a manifest path names, when it is one the workflow builds
+    (``results/data/speech/NAME/manifest.jsonl``), else None."""
+    parts = Path(manifest).parts
+    if len(parts) == 5 and "/".join(parts[:3]) == SPEECH_SETS_DIR and parts[4] == "manifest.jsonl":
+        return parts[3]
+    return None
+
+
 def check_matrix(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, Any]],
                  checkpoint_ttt: Mapping[str, Any] | None = None) -> None:
     """Every cell as the cell will read it; the first problem names its config key."""
@@ -54,7 +67,12 @@ def check_matrix(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, An
     for path, cell in matrix.items():
         family = cell["family"]
         manifest = (cell.get("data") or {}).get("manifest")
-        if manifest is not None and not Path(manifest).exists():
+        speech_set = speech_set_of(manifest) if manifest is not None else None
+        if speech_set is not None:  # built by the workflow before the cells that read it
+            if speech_set not in (config.get("speech") or {}):
+                raise PreflightError(f"config {family}.manifest: {manifest}: no speech set "
+                                     f"{speech_set!r} under speech:")
+        elif manifest is not None and not Path(manifest).exists():
             raise PreflightError(f"config {family}.manifest: {manifest}: not found")
         if cell.get("ttt") is not None:
             where = f"{family}.ttt" if "ttt" in (config.get(family) or {}) else "ttt"

@@ -22,8 +22,8 @@ rule prepare_config:
 
 def _built_manifest(w):
     """A family reading a speech set this workflow builds (results/data/speech/...) waits for it."""
-    manifest = MATRIX[DATASETS[w.dataset]]["data"].get("manifest") or ""
-    return [manifest] if manifest.startswith("results/data/speech/") else []
+    manifest = MATRIX[DATASETS[w.dataset]]["data"].get("manifest")
+    return [manifest] if manifest and preflight.speech_set_of(manifest) else []
 
 
 rule prepare:
