@@ -21,7 +21,8 @@ from conftest import randomize_ttt_params, random_sequence, tiny_lm  # noqa: E40
 
 def main(argv):
     mode, n = argv[0], int(argv[1])
-    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=5, lr=0.5, delta_clip_fro_norm=0.05)
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=5, lr=0.5, delta_clip_fro_norm=0.05,
+                        target_source=os.environ.get("REPLAY_TARGET_SOURCE", "embeddings"))
     lm = randomize_ttt_params(ttt.apply_ttt(tiny_lm(0), cfg))
     gen = ttt.TTTLMGen(lm, temp=1.0, temp_text=1.0)
     user = random_sequence(1, n, seed=21)[:, 9:]

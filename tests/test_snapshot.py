@@ -21,7 +21,9 @@ def run_worker(*args):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_restore_in_new_process_continues_identically(tmp_path):
+@pytest.mark.parametrize("source", ["embeddings", "hidden_states"])
+def test_restore_in_new_process_continues_identically(tmp_path, monkeypatch, source):
+    monkeypatch.setenv("REPLAY_TARGET_SOURCE", source)
     n, k = 31, 13  # 13 is mid-chunk (chunk 5): the partial-chunk buffer must travel too
     path = tmp_path / "snap.pt"
     full = run_worker("full", n)
