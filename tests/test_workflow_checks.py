@@ -96,7 +96,7 @@ def test_full_config_as_shipped_is_refused_up_front(tmp_path):
 
 # ---- item 4: a changed config is never ignored ------------------------------------------------
 
-SMALL = {"families": ["lr_grid", "telemetry"],
+SMALL = {"families": ["lr_grid", "telemetry", "ablation"], "ablation__variants": ["full"],
          "lr_grid__lrs": [1.0e-3], "lr_grid__chunks": [8], "lr_grid__duration_s": 4}
 
 
@@ -121,25 +121,26 @@ def test_changed_config_reruns_exactly_the_cells_it_changes(tmp_path):
     write_config(tmp_path, **SMALL)
     configs_written(tmp_path)
     cells = {"cell=lr_grid/lr~0.001/chunk~8/ttt~on", "cell=lr_grid/ttt~off",
-             "cell=telemetry/tau~1e-09/ttt~on", "cell=telemetry/tau~1e-09/ttt~off"}
+             "cell=telemetry/tau~1e-05/ttt~on", "cell=telemetry/tau~1e-05/ttt~off",
+             "cell=ablation/ablation~full/ttt~on", "cell=ablation/ttt~off"}
     assert planned(snakemake(tmp_path, "-n")).get("run_cell", set()) == set()  # up to date
 
-    # ttt.lr: the TTT-on cells that take the top-level lr (the lr grid sets its own)
+    # ttt.lr: the TTT-on cells that take the top-level lr (lr_grid and telemetry set their own)
     write_config(tmp_path, **SMALL, ttt__lr=0.002)
-    assert planned(snakemake(tmp_path, "-n"))["run_cell"] == {"cell=telemetry/tau~1e-09/ttt~on"}
+    assert planned(snakemake(tmp_path, "-n"))["run_cell"] == {"cell=ablation/ablation~full/ttt~on"}
     configs_written(tmp_path)
     assert planned(snakemake(tmp_path, "-n")).get("run_cell", set()) == set()
 
     # a family key: that family's cells only
     write_config(tmp_path, **SMALL, ttt__lr=0.002, telemetry__window_s=3)
     assert planned(snakemake(tmp_path, "-n"))["run_cell"] == {
-        "cell=telemetry/tau~1e-09/ttt~on", "cell=telemetry/tau~1e-09/ttt~off"}
+        "cell=telemetry/tau~1e-05/ttt~on", "cell=telemetry/tau~1e-05/ttt~off"}
     configs_written(tmp_path)
 
     # the model: every cell, and the data preparation (its Mimi may differ)
     write_config(tmp_path, **SMALL, ttt__lr=0.002, telemetry__window_s=3, model="tiny:1")
     jobs = planned(snakemake(tmp_path, "-n"))
-    assert jobs["run_cell"] == cells and len(jobs["prepare"]) == 2
+    assert jobs["run_cell"] == cells and len(jobs["prepare"]) == 3
     configs_written(tmp_path)
     assert planned(snakemake(tmp_path, "-n")).get("run_cell", set()) == set()
     written = yaml.safe_load((tmp_path / "results/cells/lr_grid/ttt~off/cell.yaml").read_text())
@@ -161,7 +162,7 @@ def test_same_path_new_checkpoint_content_reruns_cells(tmp_path):
     config = json.loads((ckpt / "config.json").read_text())
     (ckpt / "config.json").write_text(json.dumps(config, indent=2))  # same keys, new bytes
     assert model_identity(str(ckpt), None, tmp_path / "cache" / "models") != first
-    assert len(planned(snakemake(tmp_path, "-n"))["run_cell"]) == 4
+    assert len(planned(snakemake(tmp_path, "-n"))["run_cell"]) == 6
 
 
 # ---- item 3: the login node never loads the LM ------------------------------------------------
@@ -215,7 +216,7 @@ def test_login_node_without_cuda_prepares_and_submits(tmp_path):
     assert marker["device"] == "cpu" and marker["frames"] == [38]
     log = prepared.with_name("prepare.log").read_text()
     assert "preparing on the CPU" in log
-    for cell in ("telemetry/tau~1e-09/ttt~on", "telemetry/tau~1e-09/ttt~off"):
+    for cell in ("telemetry/tau~1e-05/ttt~on", "telemetry/tau~1e-05/ttt~off"):
         status = json.loads((tmp_path / "results/cells" / cell / "status.json").read_text())
         assert status["status"] == "failed" and "CUDA is not available" in status["error"]
     for table in ("cells.csv", "telemetry.csv", "verdicts.csv"):
