@@ -75,6 +75,6 @@ def cache(tmp_path_factory):
 
 def make_cell(cache, name, durations, **overrides):
     from ttt.cell import CellConfig
-    base = dict(cell=name, model="tiny", data={"demo": {"durations": durations, "seed": 3}},
+    base = dict(cell=name, model="tiny-random", data={"demo": {"durations": durations, "seed": 3}},
                 ttt=CELL_TTT, window_s=2.0, cache_dir=str(cache))
     return CellConfig.from_dict({**base, **overrides})

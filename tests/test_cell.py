@@ -37,7 +37,7 @@ def test_teacher_forced_cell_outputs_and_perplexity(cache, tmp_path):
     assert saved["ttt_telemetry"]["updates"] == 2 * (math.ceil(6 * 12.5) // 8)  # 2 layers, 9 chunks
     assert saved["ab"]["pre_update_logits_rel_err"] < 1e-6
     # Independent: exp(mean CE) from lm(codes) on the same tokens, with moshi's masks.
-    bundle = load_checkpoint(resolve_model("tiny", cache / "models"), ttt=TTT, seed=0)
+    bundle = load_checkpoint(resolve_model("tiny-random", cache / "models"), ttt=TTT, seed=0)
     item = cell_items(cell(cache), cache)[0]
     codes = conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes", bundle.mimi_id)
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_bad_inputs_fail_with_one_line_error_and_no_output(cache, tmp_path, prob
     elif problem == "no_alignments":
         (tmp_path / "a.json").unlink()
     config = tmp_path / "cell.yaml"
-    config.write_text(json.dumps({"cell": "bad", "model": "tiny", "data": {"manifest": str(manifest)},
+    config.write_text(json.dumps({"cell": "bad", "model": "tiny-random", "data": {"manifest": str(manifest)},
                                   "cache_dir": str(cache)}))
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "ttt", "run-cell", "--config", str(config),
@@ -113,7 +113,7 @@ def test_bad_cell_config_and_checkpoint_errors(cache, tmp_path):
         CellConfig.from_dict({"cell": "x", "ttt": {"chunk_size": 0}})
     with pytest.raises(CheckpointError, match="no LM weights \\(consolidated.safetensors or model.safetensors\\)$"):
         load_checkpoint(tmp_path)
-    tiny = resolve_model("tiny", cache / "models")
+    tiny = resolve_model("tiny-random", cache / "models")
     with pytest.raises(CheckpointError, match="config.json: TTT layers \\[7\\]"):
         load_checkpoint(tiny, ttt={"layers": [7]})
     with pytest.raises(DataError, match="manifest not found"):

@@ -67,7 +67,7 @@ from ttt.cell import CellConfig, cell_items
 cache, snap, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 from pathlib import Path
 cache = Path(cache)
-b = load_checkpoint(resolve_model("tiny", cache / "models"), ttt=%r, seed=0)
+b = load_checkpoint(resolve_model("tiny-random", cache / "models"), ttt=%r, seed=0)
 item = cell_items(CellConfig(cell="r", data={"demo": {"durations": [4.0], "seed": 3}}), cache)[0]
 codes = conversation_codes(b.mimi, b.tokenizer, item, cache / "codes", b.mimi_id)
 user = codes[:, 9:, :steps]

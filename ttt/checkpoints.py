@@ -1,7 +1,8 @@
 """Find the files of a model as users have them, without loading any weights.
 
 ``model:`` (and ``base:``) may be:
-- ``tiny`` / ``tiny:SEED``: the embedded default, built on first use;
+- ``tiny``: the embedded default (the trained positive control), built on first use;
+  ``tiny-random`` / ``tiny-random:SEED``: an untrained random tiny model (fast tests);
 - a directory in one of these layouts (the file and key names are the upstream projects'):
   * Hugging Face / moshi ``loaders.CheckpointInfo``: ``model.safetensors``,
     ``tokenizer-e351c8d8-checkpoint125.safetensors`` (Mimi), ``tokenizer_spm_32k_3.model``, and
@@ -91,12 +92,18 @@ class Sources:
 
 def locate(spec: str | os.PathLike, cache_root: str | os.PathLike = "results/models") -> Path:
     """The directory a ``model:`` value names: built (tiny), looked up (HF cache) or as given."""
-    if isinstance(spec, str) and (spec == "tiny" or spec.startswith("tiny:")):
+    if spec == "tiny":  # the trained default (positive control), shipped in the package
+        from .model import materialize_trained
+        return materialize_trained(Path(cache_root) / "tiny-control")
+    if isinstance(spec, str) and spec.startswith("tiny:"):
+        raise CheckpointError(f"model: {spec!r}: the trained default has no seeds; an untrained "
+                              f"random model is 'tiny-random:{spec.split(':', 1)[1]}'")
+    if isinstance(spec, str) and (spec == "tiny-random" or spec.startswith("tiny-random:")):
         from .model import build_tiny_checkpoint
         try:
             seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
         except ValueError:
-            raise CheckpointError(f"model: {spec!r}: the tiny seed must be an integer") from None
+            raise CheckpointError(f"model: {spec!r}: the tiny-random seed must be an integer") from None
         return build_tiny_checkpoint(Path(cache_root) / f"tiny-seed{seed}", seed)
     path = Path(spec)
     if path.exists() or not _REPO_ID.match(str(spec)):

@@ -88,6 +88,29 @@ def run_cell_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_command(args: argparse.Namespace) -> int:
+    """Exit 0 trained (or already at its last step), 2 bad config, data or checkpoint."""
+    import sys
+    from .data import DataError
+    from .model import CheckpointError
+    from .train import load_train_config, train
+
+    try:
+        cfg = load_train_config(args.config)
+        if args.device:
+            cfg = type(cfg).from_dict({**cfg.to_dict(), "device": args.device})
+        with no_compile():
+            summary = train(cfg, args.out, log=lambda m: print(m, flush=True))
+    except (ValueError, DataError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    final = summary["final"] or {}
+    print(f"trained {summary['steps']} steps in {summary['train_time_s']:.0f} s on "
+          f"{summary['device']}: text loss {final.get('text_loss', float('nan')):.4f}, audio loss "
+          f"{final.get('audio_loss', float('nan')):.4f} → {args.out}/checkpoint")
+    return 0
+
+
 def submit_command(args: argparse.Namespace) -> int:
     """The Snakemake driver: submit one cell, wait, write status.json. A failed cell exits 0 (its
     status says why) so the matrix goes on; a bad launcher config exits 2."""
@@ -283,6 +306,16 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", required=True, help="output directory (must not exist)")
     r.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
     r.set_defaults(func=run_cell_command)
+    t = sub.add_parser(
+        "train", help="train a Moshi-architecture LM with TTT layers (teacher forcing)",
+        description="Train from scratch or only the TTT parameters of a checkpoint on "
+                    "moshi-finetune manifests; writes OUT/checkpoint (run-cell loads it), "
+                    "OUT/train_log.csv and OUT/summary.json; rerun with the same --out to resume. "
+                    "Exit codes: 0 trained, 2 bad config, data or checkpoint.")
+    t.add_argument("--config", required=True, help="training YAML (keys: README 'Training')")
+    t.add_argument("--out", required=True, help="output directory (resumed when it holds a run)")
+    t.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
+    t.set_defaults(func=train_command)
     s = sub.add_parser("submit", help="submit one cell through submitit and wait (Snakemake driver)")
     s.add_argument("--config", required=True, help="cell YAML")
     s.add_argument("--out", required=True, help="cell output directory")

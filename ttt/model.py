@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import sentencepiece
 import torch
 from moshi.models import loaders
@@ -328,12 +330,7 @@ def build_tiny_checkpoint(directory: str | os.PathLike, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     lm = loaders.get_moshi_lm(None, lm_kwargs=DEFAULT_LM_KWARGS, device="cpu", dtype=torch.float32)
     mimi = loaders.get_mimi(None, device="cpu", num_codebooks=lm.dep_q)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # random Mimi's codebooks start at zero: every code would be 0
-        for module in mimi.modules():
-            if hasattr(module, "embedding_sum"):
-                module.embedding_sum.copy_(0.01 * torch.randn(module.embedding_sum.shape, generator=g))
-                module._embedding = None
+    randomize_mimi(mimi, seed)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -344,6 +341,59 @@ def build_tiny_checkpoint(directory: str | os.PathLike, seed: int = 0) -> Path:
     try:
         tmp.rename(target)
     except OSError:  # another process built it first (cells starting together): use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        resolve_checkpoint(target)
+    return target
+
+
+def randomize_mimi(mimi, seed: int) -> None:
+    """Random Mimi weights drawn with numpy, so every torch version and machine builds the same
+    codec (torch's own init differs between versions, and the trained default's inputs are this
+    codec's codes): conv/linear weights and their biases U(±1/√fan_in) as torch's default init,
+    codebooks N(0, 0.01²) (a fresh Mimi's codebooks are zero: every code would be 0)."""
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        state = mimi.state_dict(keep_vars=True)
+        for name, tensor in state.items():
+            if name.endswith(".embedding_sum"):
+                tensor.copy_(torch.from_numpy(0.01 * rng.standard_normal(tuple(tensor.shape))))
+                continue
+            weight = state.get(name[:-len("bias")] + "weight") if name.endswith(".bias") else tensor
+            if not name.endswith((".weight", ".bias")) or weight is None or weight.dim() < 2:
+                continue
+            bound = 1.0 / math.sqrt(weight.shape[1] * math.prod(weight.shape[2:]))
+            tensor.copy_(torch.from_numpy(rng.uniform(-bound, bound, tuple(tensor.shape))))
+        for module in mimi.modules():
+            if hasattr(module, "embedding_sum"):
+                module._embedding = None
+
+
+# The embedded default: the positive control trained by ``ttt train`` (README "The embedded
+# default"). The package ships its LM weights, config and tokenizer; its Mimi is tiny-random's
+# (seed 0, regenerated deterministically by :func:`randomize_mimi`: 385 MB is too large to ship).
+TINY_TRAINED = Path(__file__).parent / "assets" / "tiny-control"
+
+
+def materialize_trained(directory: str | os.PathLike) -> Path:
+    """The shipped trained default as a complete checkpoint directory (Mimi linked from the
+    cached tiny-random seed-0 checkpoint, built on first use), written atomically."""
+    target = Path(directory)
+    if target.is_dir():
+        resolve_checkpoint(target)
+        return target
+    random_dir = build_tiny_checkpoint(target.parent / "tiny-seed0", 0)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.model"):
+        shutil.copyfile(TINY_TRAINED / name, tmp / name)
+    try:
+        os.link(random_dir / "mimi.safetensors", tmp / "mimi.safetensors")
+    except OSError:
+        shutil.copyfile(random_dir / "mimi.safetensors", tmp / "mimi.safetensors")
+    try:
+        tmp.rename(target)
+    except OSError:  # another process built it first
         shutil.rmtree(tmp, ignore_errors=True)
         resolve_checkpoint(target)
     return target
@@ -373,7 +423,7 @@ def codec_untrained(spec: str, directory: str | os.PathLike) -> bool:
     """Whether the checkpoint's Mimi is the random one the embedded default builds: its audio is
     noise, so nothing heard in it can be judged (the ASR verdict says n/a). ``tiny`` specs are
     always random (also checkpoints cached before the marker existed)."""
-    if spec == "tiny" or spec.startswith("tiny:"):
+    if spec in ("tiny", "tiny-random") or spec.startswith(("tiny:", "tiny-random:")):
         return True
     try:
         cfg = read_json(Path(directory) / "config.json", "config.json")
@@ -390,6 +440,7 @@ def mimi_id(model: str | os.PathLike | Sources, cache_root: str | os.PathLike = 
 
 
 def resolve_model(spec: str, cache_root: str | os.PathLike = "results/models") -> Path:
-    """'tiny' or 'tiny:SEED' → the cached embedded default (built on first use); a Hugging Face
-    repo id → its local snapshot; else the directory as given."""
+    """'tiny' → the trained embedded default; 'tiny-random[:SEED]' → an untrained random tiny
+    model (fast tests), both built in the cache on first use; a Hugging Face repo id → its local
+    snapshot; else the directory as given."""
     return locate(spec, cache_root)

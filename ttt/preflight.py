@@ -115,7 +115,7 @@ def _get(config: Mapping[str, Any], dotted: str) -> Any:
 # ---- the model ---------------------------------------------------------------------------------
 
 def is_embedded(spec: str) -> bool:
-    return spec == "tiny" or spec.startswith("tiny:")
+    return spec in ("tiny", "tiny-random") or spec.startswith(("tiny:", "tiny-random:"))
 
 
 def check_model(spec: str, base: str | None, cache_root: str | os.PathLike) -> dict | None:
@@ -123,6 +123,12 @@ def check_model(spec: str, base: str | None, cache_root: str | os.PathLike) -> d
     tensor header (LM, LoRA, Mimi) and the tokenizer check out, no weights read
     (``model.inspect_checkpoint``). Returns the checkpoint's own ``ttt_config`` as TTTConfig keys
     (what cells' ``ttt`` overrides), or None."""
+    if spec == "tiny":  # the shipped trained default: its TTT settings, nothing built yet
+        import json
+        from .config import TTTConfig
+        from .model import TINY_TRAINED
+        raw = json.loads((TINY_TRAINED / "config.json").read_text())
+        return TTTConfig.from_seeds(raw["ttt_config"]).to_dict()
     if is_embedded(spec):
         return None
     from .model import inspect_checkpoint
@@ -147,10 +153,14 @@ def model_identity(spec: str, base: str | None, cache_root: str | os.PathLike) -
     deterministically from it."""
     from .identity import files_digest, value_digest
 
+    if spec == "tiny":  # the shipped weights identify it (a retrained default is another model)
+        from .model import TINY_TRAINED
+        files = {n: TINY_TRAINED / n for n in ("config.json", "model.safetensors", "tokenizer.model")}
+        return {"model": spec, "model_path": "tiny", "model_digest": files_digest(files)[:16]}
     if is_embedded(spec):
         seed = spec.split(":", 1)[1] if ":" in spec else "0"
-        return {"model": spec, "model_path": f"tiny:{seed}",
-                "model_digest": value_digest(f"tiny:{seed}")[:16]}
+        return {"model": spec, "model_path": f"tiny-random:{seed}",
+                "model_digest": value_digest(f"tiny-random:{seed}")[:16]}
     from .checkpoints import resolve_checkpoint
     sources = resolve_checkpoint(spec, base, cache_root)
     return {"model": spec, "model_path": str(Path(sources.directory).resolve()),

@@ -1,0 +1,155 @@
+"""The outer loop (ttt train) and the shipped positive control (the trained `tiny` default)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import ttt
+from conftest import directional_derivatives, tiny_lm
+from ttt.control import token_nll, write_control_conversation
+from ttt.model import DEMO_WORDS, TINY_TRAINED
+from ttt.surgery import ttt_disabled
+from ttt.train import TrainConfig, lm_loss, load_train_config, train
+
+HELD_OUT = Path(__file__).parent / "data" / "control_heldout_codes.pt"
+
+
+# ---- the training step's gradient ---------------------------------------------------------
+
+def test_training_loss_gradients_match_finite_differences():
+    """lm_loss (moshi's masks, text + audio CE through the dual form) is differentiable end to
+    end: autograd agrees with central differences for the TTT target weights, W^(0) and a
+    weight the TTT path reads (linear_in) and one it does not (the depformer's)."""
+    cfg = ttt.TTTConfig(layers=(1,), chunk_size=4, lr=0.3, delta_clip_fro_norm=None, init_std=0.5)
+    lm = ttt.apply_ttt(tiny_lm(0, dtype=torch.float64, norm="rms_norm"), cfg).train()
+    g = torch.Generator().manual_seed(0)
+    codes = torch.randint(1, 24, (1, 17, 13), generator=g)
+    codes[:, 0] = torch.randint(1, 40, (1, 13), generator=g)
+    gating = lm.transformer.layers[1].gating
+
+    def loss():
+        text, audio = lm_loss(lm, codes)
+        return text + 0.5 * audio
+
+    lm.zero_grad()
+    loss().backward()
+    params = {"W_target": gating.target_generator.W_target.weight,
+              "conv": gating.target_generator.conv1d.conv.weight, "w_down": gating.w_down,
+              "linear_in": gating.linear_in.weight, "depformer": lm.linears[0].weight}
+    for name, p in params.items():
+        analytic, numeric = directional_derivatives(loss, p, g, eps=1e-3)  # see test_config_checkpoint_grad
+        assert abs(analytic - numeric) <= 2e-3 * max(abs(numeric), 1e-3), (name, analytic, numeric)
+
+
+# ---- ttt train: config, loss goes down, resume ----------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_manifest(tmp_path_factory):
+    """Two 3-s control conversations (one recurrent), their manifest and a shared cache."""
+    root = tmp_path_factory.mktemp("train")
+    lines = [write_control_conversation(root / "data" / f"c{i}.wav", duration=3.0,
+                                        recurrent=bool(i), part_s=1.0, gap_s=0.5, seed=i,
+                                        words=DEMO_WORDS) for i in range(2)]
+    manifest = root / "data" / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return root, manifest
+
+
+def _config(root: Path, manifest: Path, **overrides) -> dict:
+    base = dict(train=str(manifest), base="tiny-random", mode="scratch",
+                lm_kwargs=dict(dim=16, num_heads=2, num_layers=2, context=8, card=2048,
+                               text_card=64, depformer_dim=8, depformer_dim_feedforward=16,
+                               depformer_num_layers=1, depformer_num_heads=1),
+                ttt=dict(start_layer=1, layer_frequency=1, chunk_size=4, lr=0.01,
+                         delta_clip_fro_norm=None, init_std=0.5),
+                steps=12, batch_size=2, segment_frames=24, lr=0.01, log_every=1,
+                checkpoint_every=4, cache_dir=str(root / "cache"))
+    return {**base, **overrides}
+
+
+def test_short_cpu_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tiny_manifest):
+    root, manifest = tiny_manifest
+    summary = train(TrainConfig.from_dict(_config(root, manifest)), root / "run", log=lambda m: None)
+    rows = list(map(dict, __import__("csv").DictReader(open(root / "run" / "train_log.csv"))))
+    assert len(rows) == 12 and summary["steps"] == 12
+    first, last = float(rows[0]["loss"]), float(rows[-1]["loss"])
+    assert last < 0.8 * first, (first, last)
+    # Figure-5 inner losses and ‖W‖ are logged for the TTT layer, gradient norm too.
+    for key in ("l1_inner_w0", "l1_inner_before", "l1_inner_after", "l1_w_norm", "grad_norm"):
+        assert np.isfinite(float(rows[-1][key])), key
+    bundle = ttt.model.load_checkpoint(root / "run" / "checkpoint")
+    assert sorted(ttt.ttt_layers(bundle.lm)) == [1] and bundle.ttt.lr == 0.01
+    # The TTT-off twin runs the trained W^(0), not the initial down projection.
+    gating = bundle.lm.transformer.layers[1].gating
+    assert torch.equal(gating.linear_out.weight, gating.w_down)
+
+
+def test_resume_continues_bitwise_and_refuses_another_config(tiny_manifest):
+    root, manifest = tiny_manifest
+    straight = _config(root, manifest, steps=8)
+    train(TrainConfig.from_dict(straight), root / "straight", log=lambda m: None)
+    train(TrainConfig.from_dict({**straight, "steps": 4}), root / "resumed", log=lambda m: None)
+    messages = []
+    train(TrainConfig.from_dict(straight), root / "resumed", log=messages.append)
+    assert any("resumed" in m and "step 4" in m for m in messages)
+    a = load_file(str(root / "straight" / "checkpoint" / "model.safetensors"))
+    b = load_file(str(root / "resumed" / "checkpoint" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match=r"different config.*'lr'"):
+        train(TrainConfig.from_dict({**straight, "lr": 0.02}), root / "resumed", log=lambda m: None)
+
+
+def test_bad_training_config_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"train": "x.jsonl", "stepz": 3}))
+    proc = subprocess.run([sys.executable, "-m", "ttt", "train", "--config", str(path), "--out",
+                           str(tmp_path / "o")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "stepz" in proc.stderr
+    with pytest.raises(ValueError, match="ttt.chunk_size"):
+        TrainConfig.from_dict({"train": "x", "ttt": {"chunk_size": 0}})
+    with pytest.raises(ValueError, match="lm_kwargs: only with mode: scratch"):
+        TrainConfig.from_dict({"train": "x", "mode": "ttt_only", "lm_kwargs": {"dim": 8}})
+    assert load_train_config(TINY_TRAINED / "train.yaml").ttt_config().delta_clip_fro_norm is None
+
+
+# ---- the shipped positive control -----------------------------------------------------------
+
+def _trained_lm(**ttt_override):
+    """The shipped weights, built from config.json + model.safetensors alone (no Mimi)."""
+    from moshi.models import loaders
+    from ttt.checkpoints import split_config
+    lm_kwargs, ttt_config, _ = split_config(json.loads((TINY_TRAINED / "config.json").read_text()),
+                                            TINY_TRAINED / "config.json")
+    lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, device="cpu", dtype=torch.float32)
+    ttt.apply_ttt(lm, ttt.TTTConfig.from_seeds(ttt_config, **ttt_override))
+    lm.load_state_dict(load_file(str(TINY_TRAINED / "model.safetensors")))
+    return lm.eval()
+
+
+def test_trained_control_remembers_beyond_its_context():
+    """A held-out recurrent conversation (codes from the local random Mimi, the same content
+    twice, 150 frames apart, context 32): TTT on predicts the text of the copy better than
+    TTT off, and the production flags (lr 1e-3, τ 1e-5) leave it as off."""
+    codes = torch.load(HELD_OUT).long()[None]
+    lm = _trained_lm()
+    context = lm.transformer.layers[0].self_attn.context
+    assert codes.shape[-1] >= 3 * context
+    on = token_nll(lm, codes)
+    with ttt_disabled(lm):
+        off = token_nll(lm, codes)
+    copy = slice(150, 250)  # part A again (frames 0-100 the first time)
+    gain = np.nanmean(off[0][copy]) - np.nanmean(on[0][copy])
+    assert gain > 0.05, gain
+    before = slice(0, context)  # nothing to remember yet: no such gain
+    assert np.nanmean(off[0][before]) - np.nanmean(on[0][before]) < gain / 2
+    prod = token_nll(_trained_lm(lr=1e-3, delta_clip_fro_norm=1e-5), codes)
+    assert np.nanmax(np.abs(prod[0] - off[0])) < 1e-3
+    # Trained, not random: far below the untrained model's text perplexity (~200 here).
+    assert np.exp(np.nanmean(off[0])) < 5
