@@ -45,7 +45,7 @@ REPO = "kyutai/moshiko-pytorch-bf16"
 @pytest.fixture(scope="module")
 def tiny(cache) -> Path:
     """The project's tiny checkpoint (LM, Mimi, tokenizer): the source of every stand-in."""
-    return resolve_model("tiny", cache / "models")
+    return resolve_model("tiny-random", cache / "models")
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def test_mimi_code_cache_is_keyed_by_content_not_directory_name(cache, tmp_path,
     from ttt.model import DEMO_WORDS, resolve_model
 
     item = write_demo_conversation(tmp_path / "data" / "c.wav", 1.0, 5, DEMO_WORDS)
-    mimi = loaders.get_mimi(str(resolve_model("tiny", cache / "models") / "mimi.safetensors"),
+    mimi = loaders.get_mimi(str(resolve_model("tiny-random", cache / "models") / "mimi.safetensors"),
                             device="cpu", num_codebooks=8)
     shared, codes, ids = tmp_path / "codes", {}, {}
     for name in ("a", "b"):

@@ -138,13 +138,13 @@ def test_changed_config_reruns_exactly_the_cells_it_changes(tmp_path):
     configs_written(tmp_path)
 
     # the model: every cell, and the data preparation (its Mimi may differ)
-    write_config(tmp_path, **SMALL, ttt__lr=0.002, telemetry__window_s=3, model="tiny:1")
+    write_config(tmp_path, **SMALL, ttt__lr=0.002, telemetry__window_s=3, model="tiny-random:1")
     jobs = planned(snakemake(tmp_path, "-n"))
     assert jobs["run_cell"] == cells and len(jobs["prepare"]) == 3
     configs_written(tmp_path)
     assert planned(snakemake(tmp_path, "-n")).get("run_cell", set()) == set()
     written = yaml.safe_load((tmp_path / "results/cells/lr_grid/ttt~off/cell.yaml").read_text())
-    assert written["model"] == "tiny:1" and len(written["model_digest"]) == 16
+    assert written["model"] == "tiny-random:1" and len(written["model_digest"]) == 16
 
 
 def test_same_path_new_checkpoint_content_reruns_cells(tmp_path):
