@@ -562,6 +562,16 @@ def test_workflow_builds_panel_and_tables_returned_ratings(cache, tmp_path):
     assert key["raters"] == ["r1", "r2", "r3"] and len(list((panel / "clips").glob("*.wav"))) == 4
     assert "ttt" not in (panel / "index.html").read_text().lower()
     assert (panel / "QA-notes.md").is_file() and not (wd / "results/tables/mos.csv").exists()
+    # The ASR stage ran on both cells before the panel (what was heard, per clip, results side);
+    # on the random codec the quality verdicts cannot judge.
+    assert set(key["heard"]) == set(key["clips"]) and None not in key["heard"].values()
+    cells = {r["cell"]: r for r in read_csv(wd / "results/tables/cells.csv")}
+    on = cells["short_form/duration~4/ttt~on"]
+    assert (on["asr_status"], on["codec_untrained"]) == ("ok", "True") and on["consistency_wer_off"]
+    verdicts = {r["signal"]: r for r in read_csv(wd / "results/tables/verdicts.csv")}
+    assert verdicts["quality.consistency_wer"]["verdict"] == "n/a"
+    assert "codec is untrained" in verdicts["quality.consistency_wer"]["explanation"]
+    assert (wd / "results/plots/consistency.png").is_file()
     (panel / "ratings").mkdir()
     for d in [ratings_doc(key, "r1", {("ttt_on", 0.0): 4, ("ttt_off", 0.0): 2}, {0.0: "ttt_on"}),
               ratings_doc(key, "r2", {("ttt_on", 0.0): 5, ("ttt_off", 0.0): 3}, {0.0: "tie"})]:
