@@ -313,3 +313,28 @@ def test_panel_shows_heard_text_on_the_results_side(tmp_path):
     collect_ratings([ratings], tmp_path / "mos.csv", keys=[out / "key.json"])
     rows = {(r["system"], float(r["offset_s"])): r for r in csv.DictReader(open(tmp_path / "mos.csv"))}
     assert rows[("on", 0.0)]["heard"] == "Zebraword" and rows[("off", 4.0)]["heard"] == ""
+
+
+def test_stage_as_its_own_submitit_job(tmp_path, librivox):
+    """The launcher route (a SLURM job on a cluster; submitit's local executor here) writes what
+    the in-process stage writes; the job finds the recogniser output in the shared cache."""
+    from ttt.asr import submit_stage
+    from ttt.launcher import read_launcher
+
+    audio, _ = librivox
+    cell = fake_cell(tmp_path / "cell", ["and mister john dashwood"], 600.0, 0.0, audio[: 3 * 16000])
+    here = run_stage(cell, tmp_path / "here", AsrConfig(), tmp_path / "cache", log=lambda m: None)
+    launcher = {**read_launcher(None), "executor": "local", "poll_s": 0.2}
+    there = submit_stage(cell, tmp_path / "there", AsrConfig(), str(tmp_path / "cache"), 1, launcher,
+                         tmp_path / "jobs", log=lambda m: None)
+    assert there["speed"]["cached"] and there["consistency"] == here["consistency"]
+    assert (tmp_path / "there" / "asr.jsonl").read_text() == (tmp_path / "here" / "asr.jsonl").read_text()
+    assert list((tmp_path / "jobs").glob("*_log.out"))
+
+
+def test_a_failing_recogniser_is_recorded_not_raised(tmp_path):
+    cell = fake_cell(tmp_path / "cell", ["hello"], 4.0, 0.0, np.zeros(16000, "float32"))
+    (cell / "out.wav").write_bytes(b"RIFF not really a wav")
+    summary = run_stage(cell, tmp_path / "asr", AsrConfig(), None, log=lambda m: None)
+    assert summary["status"] == "failed"
+    assert json.loads((tmp_path / "asr" / "asr.json").read_text())["status"] == "failed"

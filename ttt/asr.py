@@ -41,7 +41,12 @@ SEED = 0
 
 
 class AsrError(ValueError):
-    """Bad ASR input or settings, with the file or key at fault in the message."""
+    """Bad ASR settings or model (the same for every cell: the stage stops, exit 2), with the
+    file or key at fault in the message."""
+
+
+class CellDataError(ValueError):
+    """One cell's files cannot be read: recorded in its asr.json (``failed``), the matrix goes on."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,7 @@ def read_audio_16k(path: Path) -> np.ndarray:
     try:
         samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except (RuntimeError, OSError) as exc:
-        raise AsrError(f"{path}: not readable audio ({str(exc).splitlines()[0]})") from None
+        raise CellDataError(f"{path}: not readable audio ({str(exc).splitlines()[0]})") from None
     mono = samples.mean(axis=1)
     return soxr.resample(mono, rate, ASR_RATE).astype(np.float32) if rate != ASR_RATE else mono
 
@@ -174,7 +179,7 @@ def transcribe_file(path: str | os.PathLike, cfg: AsrConfig, cache_dir: str | os
     ``cached``, ``device``, ``model_id``."""
     path = Path(path)
     if not path.is_file():
-        raise AsrError(f"{path}: audio not found")
+        raise CellDataError(f"{path}: audio not found")
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     _, model_id = model_source(cfg)
     device = resolve_device(cfg.device)
@@ -231,7 +236,7 @@ def consistency(moshi_text: str, heard_text: str) -> dict:
 
 def score_cell(cell_dir: Path, heard: dict, spans: list[tuple[float, float]]) -> tuple[list[dict], dict]:
     """Per-window rows (item 0's windows, the ones ``out.wav`` holds) and the cell summary."""
-    metrics = read_json(cell_dir / "metrics.json", "cell metrics", AsrError)
+    metrics = read_json(cell_dir / "metrics.json", "cell metrics", CellDataError)
     audio = metrics.get("audio") or {}
     offset = float(audio.get("offset_s") or 0.0)  # Moshi's text time = audio time + offset
     window = float((metrics.get("config") or {}).get("window_s") or 30.0)
@@ -265,6 +270,7 @@ def run_stage(cell_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: AsrC
     ``asr_hypothesis`` and the scores), ``words.jsonl`` (recognised words with times). A cell
     without audio (failed, or not a generate cell) gets an ``asr.json`` that says why."""
     cell_dir, out = Path(cell_dir), Path(out_dir)
+    heard = None
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -275,9 +281,17 @@ def run_stage(cell_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: AsrC
                       else "the cell wrote no audio (not a generate cell, or it diverged at once)")
             summary = {"status": "no_audio", "reason": reason}
         else:
-            heard = transcribe_file(wav, cfg, cache_dir, threads, log)
-            spans = speech_spans(read_audio_16k(wav))
-            rows, scores = score_cell(cell_dir, heard, spans)
+            try:
+                heard = transcribe_file(wav, cfg, cache_dir, threads, log)
+                spans = speech_spans(read_audio_16k(wav))
+                rows, scores = score_cell(cell_dir, heard, spans)
+            except AsrError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded like a failed cell: the matrix goes on
+                heard = None
+                summary = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+                log(f"asr: failed: {summary['reason']}")
+        if heard is not None:
             summary = {"status": "ok", **scores, "asr_hypothesis": heard["text"],
                        "recogniser": {"engine": "faster-whisper", "version": _version(),
                                       "model": cfg.model, "model_id": heard["model_id"],
@@ -300,6 +314,29 @@ def run_stage(cell_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: AsrC
     return summary
 
 
+def submit_stage(cell_dir: Path, out_dir: Path, cfg: AsrConfig, cache_dir, threads: int,
+                 launcher: Mapping[str, Any], log_dir: Path, log=print) -> dict:
+    """Run the stage as its own job through the launcher (submitit: a SLURM job with the
+    launcher's GPUs, where ``device: auto`` then finds CUDA), and wait for it."""
+    from .launcher import _executor
+
+    executor, cluster = _executor(launcher, Path(log_dir), f"ttt-asr-{Path(cell_dir).parent.name}")
+    job = executor.submit(run_stage, str(cell_dir), str(out_dir), cfg, cache_dir, threads)
+    log(f"asr: submitted job {job.job_id} ({cluster}); log: {job.paths.stdout}")
+    try:
+        return job.result()
+    except Exception as exc:  # noqa: BLE001 - the job died (cancelled, timed out): say so, go on
+        summary = {"status": "failed", "reason": f"job {job.job_id}: {str(exc).strip().splitlines()[-1]}"}
+        out = Path(out_dir)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        (tmp / "asr.json").write_text(json.dumps(summary, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        return summary
+
+
 def _version() -> str:
     from importlib.metadata import version
     return version("faster-whisper")
@@ -311,7 +348,7 @@ def _read_jsonl(path: Path) -> list[dict]:
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except json.JSONDecodeError as exc:
-        raise AsrError(f"{path}: not valid JSON lines ({exc.msg})") from None
+        raise CellDataError(f"{path}: not valid JSON lines ({exc.msg})") from None
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -328,6 +365,8 @@ def _atomic_text(path: Path, text: str) -> None:
 def asr_command(args) -> int:
     """``python -m ttt asr``: exit 0 written (also for a cell without audio), 2 bad input."""
     import sys
+
+    from .launcher import read_launcher
     try:
         cfg = load_asr_config(args.config)
         if args.wav:
@@ -337,9 +376,14 @@ def asr_command(args) -> int:
             return 0
         if not args.cell or not args.out:
             raise AsrError("asr: give --cell DIR and --out DIR (or --wav FILE)")
-        summary = run_stage(args.cell, args.out, cfg, args.cache, args.threads,
-                            log=lambda m: print(m, file=sys.stderr))
-    except AsrError as exc:
+        log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+        launcher = read_launcher(args.launcher) if args.launcher else None
+        if launcher is not None and launcher["executor"] == "slurm":
+            summary = submit_stage(Path(args.cell), Path(args.out), cfg, args.cache, args.threads,
+                                   launcher, Path(args.out).parent / "asr_jobs", log)
+        else:  # locally the stage runs in this process (no second interpreter to start)
+            summary = run_stage(args.cell, args.out, cfg, args.cache, args.threads, log=log)
+    except (AsrError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if summary["status"] == "ok":
@@ -348,5 +392,5 @@ def asr_command(args) -> int:
         print(f"{args.cell}: consistency WER {wer}, "
               f"{summary['indicators']['asr_words']} words heard → {args.out}")
     else:
-        print(f"{args.cell}: {summary['reason']} → {args.out}")
+        print(f"{args.cell}: {summary['status']}: {summary['reason']} → {args.out}")
     return 0

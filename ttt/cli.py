@@ -373,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--config", default=None, help="YAML of the config's asr: section (default: built-in)")
     t.add_argument("--cache", default=None, help="cache folder of recogniser outputs (none = no cache)")
     t.add_argument("--threads", type=int, default=0, help="CPU threads of the recogniser (0 = all)")
+    t.add_argument("--launcher", default=None,
+                   help="launcher YAML: with executor slurm the stage is its own SLURM job (the "
+                        "launcher's GPUs); otherwise it runs in this process")
     t.set_defaults(func=lambda args: _lazy("asr", "asr_command")(args))
     p = sub.add_parser("selfcheck", help="run TTT on the embedded tiny model and compare modes")
     p.add_argument("--tokens", type=int, default=64, help="sequence length (default 64)")

@@ -30,9 +30,10 @@ rule asr:
     params:
         cell="results/cells/{cell}/cell",
         cache=f"{config['cache_dir']}/asr",
+        launcher=config["launcher"],
     threads: 1
     conda:
         "../../envs/ttt.yaml"
     shell:
         "python -m ttt asr --cell {params.cell} --out {output} --config {input.cfg}"
-        " --cache {params.cache} --threads {threads} > {log} 2>&1"
+        " --cache {params.cache} --threads {threads} --launcher {params.launcher} > {log} 2>&1"
