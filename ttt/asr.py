@@ -119,16 +119,27 @@ def resolve_device(device: str) -> str:
     return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
 
 
-def load_model(cfg: AsrConfig, threads: int = 0):
+def load_model(cfg: AsrConfig, threads: int = 0, log=print):
+    """The recogniser, ready to ``recognise`` with."""
+    return load_model_on(cfg, threads, log)[0]
+
+
+def load_model_on(cfg: AsrConfig, threads: int = 0, log=print):
+    """(model, the device it runs on). ``device: auto`` falls back to the CPU when CTranslate2 sees a GPU but
+    cannot use it (e.g. no cuDNN where the job runs)."""
     from faster_whisper import WhisperModel
 
     source, _ = model_source(cfg)
+    device = resolve_device(cfg.device)
     try:
-        return WhisperModel(source, device=resolve_device(cfg.device),
-                            compute_type=cfg.compute_type, cpu_threads=threads,
-                            local_files_only=True)
+        return WhisperModel(source, device=device, compute_type=cfg.compute_type,
+                            cpu_threads=threads, local_files_only=True), device
     except Exception as exc:  # noqa: BLE001 - CTranslate2/HF raise many types; one line names it
-        raise AsrError(f"asr.model {cfg.model!r}: cannot load ({str(exc).splitlines()[0]})") from None
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if cfg.device == "auto" and device == "cuda":
+            log(f"asr: CUDA visible but unusable ({first}); on the CPU instead")
+            return load_model_on(dataclasses.replace(cfg, device="cpu"), threads, log)
+        raise AsrError(f"asr.model {cfg.model!r}: cannot load on {device} ({first})") from None
 
 
 def recognise(model, audio: np.ndarray, language: str) -> tuple[list[dict], str]:
@@ -191,8 +202,10 @@ def transcribe_file(path: str | os.PathLike, cfg: AsrConfig, cache_dir: str | os
         return {**out, "cached": True}
     audio = read_audio_16k(path)
     t0 = time.perf_counter()
-    model = load_model(cfg, threads)
+    model, device = load_model_on(cfg, threads, log)
     load_s = time.perf_counter() - t0
+    if cached_path is not None:  # the device it really runs on names the result
+        cached_path = Path(cache_dir) / f"{cache_key(sha, model_id, cfg, device)}.json"
     t0 = time.perf_counter()
     words, text = recognise(model, audio, cfg.language)
     elapsed = time.perf_counter() - t0
