@@ -56,12 +56,10 @@ def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None)
             # the initial tokens (ids = card) are targets only where t < 0: clamped, then masked
             target = delayed[:, streams, a + 1:b + 1].clamp_min(0)
             nll = raw[:, :, a:b]
-            nll[:, 0] = F.cross_entropy(text_logits[:, 0].float().transpose(1, 2),
-                                        target[:, 0].clamp_max(text_logits.shape[-1] - 1),
-                                        reduction="none")
-            nll[:, 1:] = F.cross_entropy(logits.float().permute(0, 3, 1, 2),
-                                         target[:, 1:].clamp_max(logits.shape[-1] - 1),
-                                         reduction="none")
+            # classes last and contiguous (a log-softmax over a strided class axis cost ≈ 50 ms
+            # per 2048-frame block at 7B on an H100)
+            nll[:, 0] = _token_ce(text_logits[:, 0], target[:, 0])
+            nll[:, 1:] = _token_ce(logits, target[:, 1:])
             if on_block is not None and on_block(b, nll):
                 break
     # back to the original time axis: codes step t = s − delay_k; moshi masks zero tokens
@@ -72,6 +70,14 @@ def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None)
             out[:, i, :T - d] = raw[:, i, d:]
     out = torch.where(codes[:, streams] != lm.zero_token_id, out, torch.nan).cpu().numpy()
     return TokenNLL(text=out[:, 0].astype(np.float64), audio=out[:, 1:].astype(np.float64))
+
+
+def _token_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-token cross-entropy in fp32, logits [..., V] → [...] (targets clamped into range)."""
+    V = logits.shape[-1]
+    flat = F.cross_entropy(logits.reshape(-1, V).float(), target.reshape(-1).clamp_max(V - 1),
+                           reduction="none")
+    return flat.view(target.shape)
 
 
 def size_kv_rings(transformer: torch.nn.Module, block: int, length: int) -> None:
