@@ -94,7 +94,7 @@ def locate(spec: str | os.PathLike, cache_root: str | os.PathLike = "results/mod
     """The directory a ``model:`` value names: built (tiny), looked up (HF cache) or as given."""
     if spec == "tiny":  # the trained default (positive control), shipped in the package
         from .model import materialize_trained
-        return materialize_trained(Path(cache_root) / "tiny-control")
+        return materialize_trained(cache_root)
     if isinstance(spec, str) and spec.startswith("tiny:"):
         raise CheckpointError(f"model: {spec!r}: the trained default has no seeds; an untrained "
                               f"random model is 'tiny-random:{spec.split(':', 1)[1]}'")

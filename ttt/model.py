@@ -374,10 +374,13 @@ def randomize_mimi(mimi, seed: int) -> None:
 TINY_TRAINED = Path(__file__).parent / "assets" / "tiny-control"
 
 
-def materialize_trained(directory: str | os.PathLike) -> Path:
-    """The shipped trained default as a complete checkpoint directory (Mimi linked from the
-    cached tiny-random seed-0 checkpoint, built on first use), written atomically."""
-    target = Path(directory)
+def materialize_trained(cache_root: str | os.PathLike) -> Path:
+    """The shipped trained default as a complete checkpoint directory under ``cache_root`` (Mimi
+    linked from the cached tiny-random seed-0 checkpoint, built on first use), written
+    atomically; named by the shipped weights' digest, so a retrained default is rebuilt."""
+    import hashlib
+    digest = hashlib.sha256((TINY_TRAINED / "model.safetensors").read_bytes()).hexdigest()[:12]
+    target = Path(cache_root) / f"tiny-control-{digest}"
     if target.is_dir():
         resolve_checkpoint(target)
         return target

@@ -153,10 +153,13 @@ def model_identity(spec: str, base: str | None, cache_root: str | os.PathLike) -
     deterministically from it."""
     from .identity import files_digest, value_digest
 
-    if spec == "tiny":  # the shipped weights identify it (a retrained default is another model)
+    if spec == "tiny":  # the shipped weights identify it (a retrained default is another model);
+        # hashed here, not through identity's sidecars: the package folder may be read-only
+        import hashlib
         from .model import TINY_TRAINED
-        files = {n: TINY_TRAINED / n for n in ("config.json", "model.safetensors", "tokenizer.model")}
-        return {"model": spec, "model_path": "tiny", "model_digest": files_digest(files)[:16]}
+        digests = {n: hashlib.sha256((TINY_TRAINED / n).read_bytes()).hexdigest()
+                   for n in ("config.json", "model.safetensors", "tokenizer.model")}
+        return {"model": spec, "model_path": "tiny", "model_digest": value_digest(digests)[:16]}
     if is_embedded(spec):
         seed = spec.split(":", 1)[1] if ":" in spec else "0"
         return {"model": spec, "model_path": f"tiny-random:{seed}",
