@@ -33,7 +33,6 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from moshi.models import loaders
 
