@@ -36,6 +36,12 @@ def test_teacher_forced_cell_outputs_and_perplexity(cache, tmp_path):
     assert saved["ttt"] is True and saved["diverged"] is False
     assert saved["ttt_telemetry"]["updates"] == 2 * (math.ceil(6 * 12.5) // 8)  # 2 layers, 9 chunks
     assert saved["ab"]["pre_update_logits_rel_err"] < 1e-6
+    timing = saved["timing"]  # wall seconds per phase, the run measured apart from the rest
+    assert set(timing) == {"load_s", "prepare_s", "run_s", "write_s"}
+    assert all(v > 0 for v in timing.values()) and timing["load_s"] == saved["load_s"]
+    thr = saved["throughput"]
+    assert thr["frames_per_s"] == thr["tokens_per_s"] > 0 and thr["block"] % 8 == 0
+    assert thr["ms_per_block_p90"] >= thr["ms_per_block_p50"] > 0
     # Independent: exp(mean CE) from lm(codes) on the same tokens, with moshi's masks.
     bundle = load_checkpoint(resolve_model("tiny-random", cache / "models"), ttt=TTT, seed=0)
     item = cell_items(cell(cache), cache)[0]

@@ -550,3 +550,41 @@ def test_figure5_losses_and_next_chunk_gain_match_token_loop(source):
             assert abs(la - ra) <= 1e-5 * scale
             assert abs(gain - (r0 - rb)) <= 1e-5 * scale
         assert any(abs(r0 - rb) > 1e-3 * abs(r0) for r0, rb, _ in want[1:])  # not vacuous
+
+
+def test_whole_chunk_block_leaves_the_state_of_the_chunk_scan():
+    """A streamed block of whole chunks + a tail (dual form from the state) leaves every field of
+    the TTT state as the token-by-token scan does, so later blocks, telemetry and snapshots are
+    unaffected by the block size; the outputs agree too."""
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=5, lr=0.5, delta_clip_fro_norm=0.3)
+    _, ours = make_pair(cfg)
+    seq = random_sequence(2, 21, seed=9)
+    runs = {}
+    for name, blocks in (("block", [3 * 5 + 2, 1, 3]), ("tokens", [1] * 21)):
+        outs, t = [], 0
+        with torch.no_grad(), ours.streaming(2):
+            for size in blocks:
+                outs.append(ours.forward_text(seq[:, :, t:t + size])[1])
+                t += size
+                if name == "block" and t == 17:
+                    mid = {i: {k: v.clone() for k, v in vars(layer._streaming_state).items()
+                               if isinstance(v, torch.Tensor)}
+                           for i, layer in ttt.ttt_layers(ours).items()}
+                if name == "tokens" and t == 17:
+                    ref_mid = {i: {k: v.clone() for k, v in vars(layer._streaming_state).items()
+                                   if isinstance(v, torch.Tensor)}
+                               for i, layer in ttt.ttt_layers(ours).items()}
+                    fills = {i: list(layer._streaming_state.fill)
+                             for i, layer in ttt.ttt_layers(ours).items()}
+        runs[name] = torch.cat(outs, dim=2)
+    assert rel_err(runs["block"], runs["tokens"]) <= 1e-5
+    for i, ref in ref_mid.items():
+        got = mid[i]
+        assert fills[i] == [2, 2]
+        assert torch.equal(got["updates"], ref["updates"]) and ref["updates"].tolist() == [3, 3]
+        assert torch.equal(got["clip_events"], ref["clip_events"])
+        assert torch.equal(got["pos"], ref["pos"])
+        for key in ("w", "w_apply", "last_delta_norm", "inner_loss"):
+            assert rel_err(got[key], ref[key]) <= 1e-5, key
+        for key in ("z_buf", "x0_buf"):  # the tail's two tokens wait in the chunk buffers
+            assert rel_err(got[key][:, :2], ref[key][:, :2]) <= 1e-5, key
