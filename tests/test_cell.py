@@ -38,7 +38,8 @@ def test_teacher_forced_cell_outputs_and_perplexity(cache, tmp_path):
     assert saved["ab"]["pre_update_logits_rel_err"] < 1e-6
     timing = saved["timing"]  # wall seconds per phase, the run measured apart from the rest
     assert set(timing) == {"load_s", "prepare_s", "run_s", "write_s"}
-    assert all(v > 0 for v in timing.values()) and timing["load_s"] == saved["load_s"]
+    assert all(v > 0 for v in timing.values())
+    assert timing["load_s"] == pytest.approx(saved["load_s"], abs=1e-3)
     thr = saved["throughput"]
     assert thr["frames_per_s"] == thr["tokens_per_s"] > 0 and thr["block"] % 8 == 0
     assert thr["ms_per_block_p90"] >= thr["ms_per_block_p50"] > 0
