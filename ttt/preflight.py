@@ -3,8 +3,8 @@
 Snakemake calls :func:`check_matrix` while it builds the DAG (``snakemake -n`` included): every
 cell config goes through the same validators the cell itself uses (CellConfig, TTTConfig,
 YarnConfig), manifests (other than speech sets the workflow builds) and the launcher file must
-exist, and the model must resolve with a
-parseable config and tensor headers that fit it (no tensor is loaded). A problem is one :class:`PreflightError` line naming the config key.
+exist, and the model must resolve with a parseable config and tensor headers that fit it (no
+tensor is loaded). A problem is one :class:`PreflightError` line naming the config key.
 
 :func:`model_identity` is what makes a changed model rerun its cells: the model spec, its resolved
 path and a digest of its files' contents.
