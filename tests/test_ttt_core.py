@@ -584,7 +584,33 @@ def test_whole_chunk_block_leaves_the_state_of_the_chunk_scan():
         assert torch.equal(got["updates"], ref["updates"]) and ref["updates"].tolist() == [3, 3]
         assert torch.equal(got["clip_events"], ref["clip_events"])
         assert torch.equal(got["pos"], ref["pos"])
-        for key in ("w", "w_apply", "last_delta_norm", "inner_loss"):
+        for key in ("w", "w_apply", "last_delta_norm", "inner_loss", "gain_stats"):
             assert rel_err(got[key], ref[key]) <= 1e-5, key
         for key in ("z_buf", "x0_buf"):  # the tail's two tokens wait in the chunk buffers
             assert rel_err(got[key][:, :2], ref[key][:, :2]) <= 1e-5, key
+
+
+@pytest.mark.parametrize("blocks", [[30], [1] * 30, [7, 11, 12]])
+def test_next_chunk_gain_counters_match_token_loop_at_any_cadence(blocks):
+    """The device-side next-chunk gain counters (every chunk i ≥ 1, whatever block sizes stream
+    the input: whole-chunk dual form, token by token, or mixed) equal the token loop's sums."""
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=6, lr=0.5, delta_clip_fro_norm=0.2)
+    upstream, ours = _cached_pair(cfg)
+    seq = random_sequence(1, 31, seed=4)
+    ref = build_reference(upstream, ours, (1, 3), cfg)
+    text_logits(ref, seq)
+    with torch.no_grad(), ours.streaming(1):
+        t = 0
+        for size in blocks:
+            ours.forward_text(seq[:, :, t:t + size])
+            t += size
+        state = ttt.ttt_state(ours)
+    for i in (1, 3):
+        chunks = ref.ref_layers[i].inner_losses[0][1:]  # chunk 0 has no gain
+        gains = [r0 - rb for r0, rb, _ in chunks]
+        s = state[i]
+        scale = sum(abs(r0) for r0, _, _ in chunks)
+        assert s["gain_chunks"].item() == len(chunks) == 4
+        assert abs(s["gain_sum"].item() - sum(gains)) <= 1e-5 * scale
+        assert abs(s["gain_initial_abs_sum"].item() - scale) <= 1e-5 * scale
+        assert s["gain_positive"].item() == sum(g > 0 for g in gains)

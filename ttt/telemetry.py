@@ -39,6 +39,8 @@ def ttt_state(lm: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
                 "inner_loss_initial": s.inner_loss[:, 0].clone(),
                 "inner_loss_before": s.inner_loss[:, 1].clone(),
                 "inner_loss_after": s.inner_loss[:, 2].clone(),
+                "gain_sum": s.gain_stats[:, 0].clone(), "gain_initial_abs_sum": s.gain_stats[:, 1].clone(),
+                "gain_positive": s.gain_stats[:, 2].clone(), "gain_chunks": s.gain_stats[:, 3].clone(),
             })
     return out
 
@@ -52,9 +54,13 @@ def _with_gain(record: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def next_chunk_gain(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per layer, from telemetry rows (values may be CSV strings): the mean next-chunk gain
     ℓ(W^(0)) − ℓ(W^(i)) over the chunks i ≥ 1 of every input (chunk 0 has W^(i) = W^(0)), its
-    value relative to the mean |ℓ(W^(0))| (``rel``: what the dtype must resolve), the fraction
-    of those chunks with a positive gain, and how many chunks were seen. A chunk counts once
-    however many rows were logged after its update (rows are keyed by item and ``updates``)."""
+    value relative to the mean |ℓ(W^(0))| (``rel``), the fraction of those chunks with a
+    positive gain, and how many chunks were seen. In-Place layers count every chunk on the device
+    (``gain_*`` columns, cumulative per input: each input's last row is read), whatever the
+    telemetry cadence; without those columns (the hybrid) a chunk counts once per logged
+    ``updates`` value."""
+    if rows and _float(rows[0].get("gain_chunks")) is not None:
+        return _gain_from_counters(rows)
     per_chunk: dict[tuple, tuple[float, float]] = {}
     for r in rows:
         updates = _float(r.get("updates"))
@@ -69,6 +75,19 @@ def next_chunk_gain(rows: list[dict]) -> dict[str, dict[str, float]]:
         scale = sum(a for _, a in gains) / len(gains)
         out[layer] = {"mean": mean, "rel": mean / scale if scale > 0 else 0.0,
                       "positive": sum(g > 0 for g, _ in gains) / len(gains), "chunks": len(gains)}
+    return out
+
+
+def _gain_from_counters(rows: list[dict]) -> dict[str, dict[str, float]]:
+    last = {(str(r.get("item")), str(r["layer"])): r for r in rows}
+    out: dict[str, dict[str, float]] = {}
+    for layer in sorted({k[1] for k in last}, key=lambda x: float(x)):
+        sums = [sum(_float(r.get(k)) or 0.0 for (_, lay), r in last.items() if lay == layer)
+                for k in ("gain_sum", "gain_initial_abs_sum", "gain_positive", "gain_chunks")]
+        gain, scale, positive, chunks = sums
+        if chunks:
+            out[layer] = {"mean": gain / chunks, "rel": gain / scale if scale > 0 else 0.0,
+                          "positive": positive / chunks, "chunks": int(chunks)}
     return out
 
 

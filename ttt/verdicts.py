@@ -650,13 +650,17 @@ def gate_next_chunk_gain(cells, cfg):
     """Figure 5's health signal: ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾) on chunk i ≥ 1, the help the earlier chunks'
     updates give this chunk's inner loss (after < before is true by construction for In-Place TTT
     and is not judged). Per layer the mean gain relative to mean |ℓ(W⁽⁰⁾)|; the worst layer must be
-    positive: below ``min_rel_gain`` in size it is "no effect", negative it fails."""
+    positive: below ``min_rel_gain`` in size, or when the effect test finds TTT inert (a gain of
+    weights that move below the dtype's resolution changes nothing), it is "no effect"; negative
+    it fails."""
     from .telemetry import next_chunk_gain
     g = cfg["next_chunk_gain"]
+    by_name = {c.name: c for c in cells}
     out = []
     for c in _in(cells, g):
         if not (c.done and c.ttt_on):
             continue
+        works, _, why = effect_of(c, _twin(c, by_name), cfg["effect"]["min_output_change"])
         gains = next_chunk_gain(c.table("telemetry.csv"))
         if not gains:
             out.append(check("health.next_chunk_gain", c.name, None, "> 0", None,
@@ -664,11 +668,11 @@ def gate_next_chunk_gain(cells, cfg):
             continue
         layer = min(gains, key=lambda k: gains[k]["rel"] if math.isfinite(gains[k]["rel"]) else -math.inf)
         worst = gains[layer]
-        inert = math.isfinite(worst["rel"]) and all(abs(x["rel"]) < g["min_rel_gain"]
-                                                    for x in gains.values())
+        inert = not works or (math.isfinite(worst["rel"]) and all(
+            abs(x["rel"]) < g["min_rel_gain"] for x in gains.values()))
         out.append(check("health.next_chunk_gain", c.name, worst["rel"], "> 0",
                          worst["rel"] > 0,
-                         ("no effect: " if inert else "")
+                         (f"{why}; " if not works else "no effect: " if inert else "")
                          + f"layer {layer}: ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾) = {worst['mean']:.4g} on average "
                          f"({worst['rel']:+.3g} of |ℓ(W⁽⁰⁾)|), positive on {worst['positive']:.0%} "
                          f"of {worst['chunks']} chunks", no_effect=inert))
