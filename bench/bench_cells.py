@@ -227,14 +227,17 @@ def profile_passes(upstream, bundle, base: dict, codes: torch.Tensor, args) -> d
     from torch.profiler import ProfilerActivity, profile
 
     tables = {}
-    cfg = cells.CellConfig.from_dict({**base, "ttt": {"enabled": False}})
+    off = cells.CellConfig.from_dict({**base, "ttt": {"enabled": False}})
+    on = cells.CellConfig.from_dict({**base, "ttt": args.ttt_cfg})
     for name, fn in (("plain", lambda: plain_forward_loss(upstream, codes)),
-                     ("cell_ttt_off", lambda: cell_pass(cfg, bundle, codes, args.cache / "tmp"))):
-        with ttt_disabled(bundle.lm):
+                     ("cell_ttt_off", lambda: cell_pass(off, bundle, codes, args.cache / "tmp")),
+                     ("cell_ttt_on", lambda: cell_pass(on, bundle, codes, args.cache / "tmp"))):
+        with ttt_disabled(bundle.lm) if name != "cell_ttt_on" else contextlib.nullcontext():
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 fn()
                 sync(args.device)
-        tables[name] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+        tables[name] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+        tables[name + " (CPU)"] = prof.key_averages().table(sort_by="cpu_time_total", row_limit=15)
     path = args.profile
     path.write_text("\n\n".join(f"== {k} ({codes.shape[-1]} frames)\n{v}" for k, v in tables.items()))
     return {"file": path.name}
@@ -374,6 +377,7 @@ def main(argv=None) -> None:
     p.add_argument("--cache", type=Path, default=Path("results/bench-cells"))
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    args.ttt_cfg = TTT_7B if args.config == "7b" else TTT_TINY
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     out = args.out or Path(__file__).parent / "results" / (
         f"{dt.date.today().isoformat()}-cells-{device.replace(' ', '_')}.json")
