@@ -298,6 +298,9 @@ def _check_keys(path: Path, lm, shapes: dict[str, tuple]) -> None:
     ignored |= {k for k in shapes if k.endswith((".gating.target_generator.conv1d.conv.weight",
                                                  ".gating.target_generator.W_target.weight"))
                 and k.split(".target_generator.")[0] + ".w_down" in want}
+    if not ttt_extra:  # TTT off (the twin of a model trained with TTT): its TTT weights unused
+        ignored |= {k for k in shapes if ".gating.w_down" in k or ".gating.target_generator." in k
+                    or ".ttt_mlp." in k}
     unexpected = sorted(set(shapes) - set(want) - ignored)
     if missing:
         raise CheckpointError(f"{path}: {len(missing)} missing key(s), e.g. {missing[0]} "
