@@ -294,3 +294,19 @@ def test_effect_on_real_tiny_runs_fails_inert_and_passes_working(tmp_path, cache
     assert by[("health.next_chunk_gain", "telemetry")]["no_effect"]
     stress = by[("stress.clips", "telemetry")]
     assert stress["passed"] is True and stress["value"] == 1.0
+
+
+def test_ttt_off_twin_of_the_trained_default_is_ttt_with_lr_zero(cache):
+    """The default run's TTT-off twins load the TTT-trained default with TTT off (its TTT-only
+    tensors left out) and equal the same model with TTT on at lr 0."""
+    import torch
+    from conftest import random_sequence
+    from ttt.model import load_checkpoint, resolve_model
+    path = resolve_model("tiny", cache / "models")
+    off = load_checkpoint(path, ttt={"enabled": False}).lm
+    frozen = load_checkpoint(path, ttt={"lr": 0.0}).lm
+    seq = random_sequence(1, 24, card=64)
+    with torch.no_grad():
+        a, b = off.forward_text(seq)[1], frozen.forward_text(seq)[1]
+    assert not any("w_down" in k for k in off.state_dict())
+    assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
