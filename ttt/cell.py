@@ -21,35 +21,48 @@ import torch
 
 from .files import write_csv
 from .config import MODES, CellConfig, load_cell_config  # noqa: F401 - this module's API too
+from .outdir import check_output, claim_output, remove_dead_temporaries
 from .data import FRAME_RATE, DataError, conversation_codes, read_manifest, write_demo_manifest
 from .diagnostics import Diagnostics, diagnostics_line
 from .metrics import perplexity, sliding_perplexity, teacher_forced_nll
+from .checkpoints import resolve_checkpoint
 from .model import DEMO_WORDS, CheckpointError, codec_untrained, load_checkpoint
 from .surgery import ttt_disabled, ttt_layers
 from .telemetry import next_chunk_gain, telemetry_line, ttt_state
 
 
-def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print) -> dict:
-    """Run ``cfg`` and write its directory atomically; returns metrics.json's content."""
+def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print, fresh: bool = False) -> dict:
+    """Run ``cfg`` and write its directory atomically; returns metrics.json's content. One run per
+    ``out_dir`` (an OS lock, see outdir.py). A streamed cell resumes from its snapshots unless
+    ``fresh`` (they are discarded; a snapshot of another config, model or input is refused)."""
     out = Path(out_dir)
-    if out.exists():
-        raise FileExistsError(f"{out}: exists already (a cell never shares a directory)")
+    check_output(out)
     check_device(cfg.device)
+    with claim_output(out):
+        if fresh and _replay_dir(out).exists():
+            shutil.rmtree(_replay_dir(out))
+            log(f"[{cfg.cell}] --fresh: discarded the snapshots in {_replay_dir(out)}")
+        return _run_claimed(cfg, out, log)
+
+
+def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
     started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     torch.manual_seed(cfg.seed)
     cache = Path(cfg.cache_dir)
     phases = Phases(cfg.device)
     with phases("prepare"):
         items = cell_items(cfg, cache)
+        sources = resolve_checkpoint(cfg.model, cfg.base, cache / "models")
+        _refuse_foreign_snapshots(cfg, out, sources)
     with phases("load"):
-        bundle = load_checkpoint(cfg.model, ttt=cfg.ttt, yarn=cfg.yarn, device=cfg.device,
+        bundle = load_checkpoint(sources, ttt=cfg.ttt, yarn=cfg.yarn, device=cfg.device,
                                  dtype=getattr(torch, cfg.dtype), seed=cfg.seed, base=cfg.base,
                                  cache_root=cache / "models")
     load = {"load_s": round(phases.totals["load"], 3),
             "load_peak_bytes": _peak_memory(cfg.device)}
     _reset_peak_memory(cfg.device)  # the run's peak, without the load transient
-    for stale in out.parent.glob(f".{out.name}.tmp*"):  # left by a preempted or killed attempt
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in remove_dead_temporaries(out):  # left by a preempted or killed attempt
+        log(f"[{cfg.cell}] removed {stale.name}, left by a dead run")
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
@@ -319,6 +332,47 @@ def _replay_dir(out: Path) -> Path:
     return out.with_name(f".{out.name}.replay")
 
 
+# Cell keys that name, place or post-process a streamed run: a snapshot continues across them.
+_NOT_STREAM_STATE = ("cell", "family", "cache_dir", "snapshot_every", "window_s")
+
+
+def _run_identity(cfg, sources) -> dict:
+    """The part of a snapshot's identity known before loading anything: config and model."""
+    from .identity import files_digest
+    return json.loads(json.dumps({
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_STREAM_STATE},
+        "model": files_digest(sources.files)}))
+
+
+def _refuse_foreign_snapshots(cfg, out: Path, sources) -> None:
+    """Before the model loads: a snapshot left by a run of another config or model is refused."""
+    from .snapshot import read_identity, refuse_mismatch
+    replay = _replay_dir(out)
+    if not cfg.snapshot_every or not replay.is_dir():
+        return
+    current = _run_identity(cfg, sources)
+    for snap in sorted(replay.iterdir()):
+        saved = read_identity(snap) if snap.suffix == ".safetensors" else None
+        if saved is not None:  # an unreadable one is discarded when its input is reached
+            refuse_mismatch(snap, {k: saved.get(k) for k in current}, current)
+
+
+def _stream_identity(cfg, bundle, n: int, item, user: torch.Tensor) -> dict:
+    """What a snapshot of input ``n`` continues: the resolved cell config, the model's content
+    and the input's (its audio and the exact codes streamed)."""
+    import hashlib
+
+    from .identity import file_digest
+    codes = user.detach().to("cpu").contiguous()
+    return json.loads(json.dumps({
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_STREAM_STATE},
+        "resolved_ttt": bundle.ttt.to_dict() if bundle.ttt else None,
+        "resolved_yarn": bundle.yarn.to_dict() if bundle.yarn else None,
+        "model": bundle.content_id,
+        "input": {"index": n, "audio": file_digest(item.path), "frames": codes.shape[-1],
+                  "codes": hashlib.sha256(codes.numpy().tobytes()).hexdigest()}}))
+
+
 def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log, phases: Phases) -> dict:
     """``generate``: Moshi answers the user channel; ``transcribe``: its text stream is scored as a
     transcript of the user channel (WER against the user's words)."""
@@ -347,7 +401,8 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log, phases: Phas
         with phases("run"):
             result = stream_user_channel(
                 lm, bundle.mimi, user, seed=cfg.seed + n, chunk=chunk,
-                snapshot_path=replay / f"item{n}.pt" if cfg.snapshot_every else None,
+                snapshot_path=replay / f"item{n}.safetensors" if cfg.snapshot_every else None,
+                identity=_stream_identity(cfg, bundle, n, item, user) if cfg.snapshot_every else None,
                 snapshot_every=cfg.snapshot_every or 1, temp=cfg.temperature,
                 temp_text=cfg.temperature_text, decode=False,
                 diagnostics_every=cfg.diagnostics_every,

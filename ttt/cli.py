@@ -75,7 +75,8 @@ def run_cell_command(args: argparse.Namespace) -> int:
         if args.device:
             cfg = type(cfg).from_dict({**cfg.to_dict(), "device": args.device})
         with no_compile() if cfg.device == "cpu" else nullcontext():
-            metrics = run_cell(cfg, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))
+            metrics = run_cell(cfg, args.out, log=lambda m: print(m, file=sys.stderr, flush=True),
+                               fresh=args.fresh)
     except (ValueError, FileExistsError, DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -305,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--config", required=True, help="cell YAML (keys: see README 'Cell config')")
     r.add_argument("--out", required=True, help="output directory (must not exist)")
     r.add_argument("--device", default=None, help="override the config's device (cpu, cuda)")
+    r.add_argument("--fresh", action="store_true",
+                   help="discard the snapshots an interrupted run of this --out left, instead of "
+                        "resuming from them (a snapshot of another config, model or input is "
+                        "refused without this flag)")
     r.set_defaults(func=run_cell_command)
     t = sub.add_parser(
         "train", help="train a Moshi-architecture LM with TTT layers (teacher forcing)",

@@ -13,7 +13,8 @@ import torch
 
 from .data import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
 from .diagnostics import Diagnostics, diagnostics_line
-from .snapshot import load_snapshot, restore, save_snapshot, snapshot
+from .snapshot import (SnapshotError, load_snapshot, refuse_mismatch, restore, save_snapshot,
+                       snapshot)
 from .streaming import TTTLMGen
 from .surgery import ttt_layers
 from .telemetry import telemetry_line, ttt_state
@@ -36,7 +37,7 @@ class StreamResult:
 def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk: int | None,
                         snapshot_path: Path | None, snapshot_every: int, log,
                         temp: float = 0.8, temp_text: float = 0.7, decode: bool = True,
-                        diagnostics_every: int = 0) -> StreamResult:
+                        diagnostics_every: int = 0, identity: dict | None = None) -> StreamResult:
     """Feed ``user_codes`` [1, 8, T] step by step through :class:`TTTLMGen`, keeping Moshi's audio
     codes; with ``decode``, Mimi decodes them after the last step (:func:`decode_audio`: the same
     streaming decode, frame by frame, as inline, so the same samples; generation never reads the
@@ -44,7 +45,9 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
     ``snapshot_path``, the complete state (LM, fast weights, LMGen, RNG, outputs and codes so far)
     is saved every ``snapshot_every`` steps and, if a snapshot is already there, the run resumes
     from it (preemption). ``diagnostics_every`` > 0 records the attention-vs-TTT diagnostics every
-    that many steps (``result.diagnostics`` and a log line)."""
+    that many steps (``result.diagnostics`` and a log line). ``identity`` (config, model and
+    input digests) is saved with each snapshot; a snapshot of another identity is refused
+    (``SnapshotMismatch``), an unreadable one discarded (logged)."""
     gen = TTTLMGen(lm, temp=temp, temp_text=temp_text)
     T = user_codes.shape[-1]
     result = StreamResult()
@@ -53,9 +56,11 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
     diag = Diagnostics(lm) if diagnostics_every and ttt_layers(lm) else None
     with gen.streaming(1):
         modules = {"gen": gen, "lm": lm}
-        if snapshot_path is not None and snapshot_path.is_file():
-            extra = restore(modules, load_snapshot(snapshot_path))
-            result = extra["result"]
+        saved = _saved_snapshot(snapshot_path, log)
+        if saved is not None:
+            refuse_mismatch(snapshot_path, saved.get("identity"), identity or {})
+            extra = restore(modules, saved)
+            result = StreamResult(**extra["result"])
             result.requeues += 1
             log(f"resumed from {snapshot_path} at step {result.steps_done}")
         for t in range(result.steps_done, T):
@@ -89,7 +94,8 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
                 if ttt_layers(lm):
                     log(telemetry_line(ttt_state(lm), result.steps_done))
             if snapshot_path is not None and result.steps_done % snapshot_every == 0:
-                save_snapshot(snapshot_path, snapshot(modules, extra={"result": result}))
+                save_snapshot(snapshot_path, snapshot(modules, extra={"result": vars(result)},
+                                                      identity=identity))
             if result.diverged:
                 break
     if diag is not None:
@@ -109,6 +115,18 @@ def decode_audio(mimi, frames: list[np.ndarray], device) -> list[np.ndarray]:
             codes = torch.from_numpy(frame).to(device)[None]
             pcm.append(mimi.decode(codes)[0, 0].float().cpu().numpy())
     return pcm
+
+
+def _saved_snapshot(path: Path | None, log) -> dict | None:
+    """The snapshot at ``path`` if there is a readable one; a corrupt one is discarded (logged)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        return load_snapshot(path)
+    except SnapshotError as exc:
+        log(f"discarding it and starting afresh: {exc}")
+        path.unlink(missing_ok=True)
+        return None
 
 
 def words_with_times(tokens: list[tuple[int, int]], tokenizer) -> list[tuple[float, str]]:

@@ -1,0 +1,113 @@
+"""One run per output directory: up-front checks of ``--out`` and an OS lock while a run lives.
+
+A cell writes ``.<name>.tmp<pid>`` and (with snapshots) ``.<name>.replay`` beside its output
+``<name>``. Two runs with the same ``--out`` would delete or resume each other's files, so a run
+holds an exclusive ``flock`` on ``.<name>.lock`` for its whole life; the kernel releases it when
+the process dies, however it dies. Only the lock holder cleans up temporaries, so cleanup only
+ever removes files of dead runs. Names are matched literally (no glob: ``run[1]`` is not
+``run1``). flock works on local filesystems and on NFSv4/Lustre mounts that support locks.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+class OutputError(ValueError):
+    """An unusable output directory, or one another live run is writing."""
+
+
+def check_output(out: Path) -> None:
+    """Fail before any heavy work when ``out`` cannot be written as a fresh directory."""
+    if os.path.islink(out) and not out.exists():
+        raise OutputError(f"{out}: is a dangling symbolic link (to {os.readlink(out)})")
+    if out.exists():
+        raise FileExistsError(f"{out}: exists already (a cell never shares a directory)")
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        if os.path.islink(ancestor):
+            raise OutputError(f"{ancestor}: is a dangling symbolic link (to {os.readlink(ancestor)})")
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"{out}: cannot be created, {ancestor} is a file, not a directory")
+
+
+@contextmanager
+def claim_output(out: Path) -> Iterator[Path]:
+    """Check ``out``, create its parent, and hold the lock of ``out`` while the block runs;
+    refused with :class:`OutputError` while another process holds it."""
+    out = Path(out)
+    check_output(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{out.parent}: cannot create the output's parent ({exc.strerror})") from None
+    lock = out.with_name(f".{out.name}.lock")
+    fd = _lock(lock, out)
+    try:
+        check_output(out)  # a run that finished while we waited for nothing: still refused
+        yield lock
+    finally:
+        try:
+            lock.unlink()  # before closing: a waiter on the old inode sees it is gone
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _lock(lock: Path, out: Path) -> int:
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{out.parent}: cannot write there ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise OutputError(f"{out}: another run{holder} is writing it; wait for it to end or "
+                              "choose another --out") from None
+        except OSError as exc:
+            os.close(fd)
+            raise OutputError(f"{lock}: cannot lock ({exc.strerror})") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # else the previous holder removed the file between our open and lock: retry
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode().strip()
+        return f" (pid {int(pid)})" if pid else ""
+    except (OSError, ValueError):
+        return ""
+
+
+def remove_dead_temporaries(out: Path) -> list[Path]:
+    """Remove ``.<name>.tmp<pid>`` left beside ``out`` by killed runs. Call it only while holding
+    the lock: then no live run owns such a file. Returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.tmp\d+")
+    removed = []
+    for entry in out.parent.iterdir():
+        if pattern.fullmatch(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
+__all__ = ["OutputError", "check_output", "claim_output", "remove_dead_temporaries"]
