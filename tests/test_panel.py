@@ -511,22 +511,89 @@ def test_server_serves_page_and_clips_only(served):
     root, url = served
     cid = next(iter(key_of(root)["clips"]))
     assert http(f"{url}/?rater=x")[0] == 200 and http(f"{url}/clips/{cid}.wav")[0] == 200
-    for secret in ("key.json", "QA-notes.md", "demo-raters.zip", "ratings/", "../key.json"):
+    for secret in ("key.json", "QA-notes.md", "demo-raters.zip", "ratings/", "../key.json",
+                   "rater-links.txt", f"clips/{cid}.wav%0a", f"clips/{cid}.wav/"):
         assert http(f"{url}/{secret}")[0] == 404, secret
-    status, body = http(f"{url}/ratings", b'{"format": "nope"}')
+    status, body = post(url, b'{"format": "nope"}', token=key_of(root)["tokens"]["r1"])
     assert status == 400 and "not a listening-panel ratings file" in json.loads(body)["message"]
-    assert not list((root / "ratings").glob("*"))
+    assert not (root / "ratings").exists() or not list((root / "ratings").iterdir())
+
+
+def post(url, body, token=None, length=None, raw_headers=None):
+    """A POST /ratings with exactly the headers given (http.client adds none of its own)."""
+    import http.client
+    host, port = url.rsplit("/", 1)[-1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=20)
+    try:
+        conn.putrequest("POST", "/ratings", skip_accept_encoding=True)
+        headers = dict(raw_headers or {})
+        if length is not False:
+            headers["Content-Length"] = str(len(body) if length is None else length)
+        if token is not None:
+            headers["X-Rater-Token"] = token
+        for k, v in headers.items():
+            conn.putheader(k, v)
+        conn.endheaders()
+        try:
+            conn.send(body)
+        except OSError:  # the server answered and closed before reading the body
+            pass
+        res = conn.getresponse()
+        return res.status, res.read()
+    finally:
+        conn.close()
+
+
+def test_server_takes_each_raters_own_file_only(served):
+    """Issue 16 item 5: tokens, Content-Length checks, exact rater ids, no temp files left."""
+    root, url = served
+    key = key_of(root)
+    links = (root / "rater-links.txt").read_text().splitlines()
+    assert links == [f"{r}\tindex.html?rater={r}&token={key['tokens'][r]}" for r in ("r1", "r2")]
+    assert len(set(key["tokens"].values())) == 2 and all(len(t) >= 22 for t in key["tokens"].values())
+    good = json.dumps(ratings_doc(key, "r1", {(ON, 0.0): 5})).encode()
+    t1, t2 = key["tokens"]["r1"], key["tokens"]["r2"]
+    assert post(url, good)[0] == 403                                  # no token
+    assert post(url, good, token=t1[:-1] + "x")[0] == 403             # a wrong one
+    assert post(url, good, token=t2)[0] == 403                        # r2 cannot write r1's file
+    assert post(url, good, token=t1)[0] == 200
+    assert json.loads((root / "ratings" / "r1.json").read_text())["rater"] == "r1"
+    newline = json.dumps({**ratings_doc(key, "r1"), "rater": "r1\n"}).encode()
+    status, body = post(url, newline, token=t1)
+    assert status in (400, 403) and not (root / "ratings" / "r1\n.json").exists()
+    # Content-Length: missing 411, negative / non-integer 400, over the cap 413; never read.
+    assert post(url, b"", token=t1, length=False)[0] == 411
+    for bad in ("-1", "abc", "1e3", "+5", " ", "\xb2"):
+        assert post(url, b"x" * 100, token=t1, length=bad)[0] == 400, bad
+    assert post(url, b"", token=t1, length=20 << 20)[0] == 413
+    # Bodies that used to leave a temporary file or kill the handler.
+    deep = b"[" * 200_000 + b"]" * 200_000
+    unhashable = json.dumps({**ratings_doc(key, "r1"), "ratings": [{"item": ["x"]}]}).encode()
+    for body in (deep, unhashable, b"\xff\xfe", b"{" * 10):
+        assert post(url, body, token=t1)[0] == 400
+    assert sorted(p.name for p in (root / "ratings").iterdir()) == ["r1.json"]
+    assert json.loads((root / "ratings" / "r1.json").read_text())["ratings"] == \
+        json.loads(good)["ratings"]  # the refused posts changed nothing
+
+
+def test_serve_bad_options_are_one_line(panel, tmp_path):
+    for argv, message in (([str(panel), "--port", "99999"], "--port 99999: must be an integer in 0-65535"),
+                          ([str(tmp_path)], "key.json: panel key not found")):
+        done = subprocess.run([sys.executable, "-m", "ttt", "panel", "serve", *argv],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines() == [done.stderr.strip()] and message in done.stderr
 
 
 @pytest.mark.browser
 def test_served_page_posts_ratings(browser, served):
     root, url = served
-    browser.get(f"{url}/?rater=carl")
+    browser.get(f"{url}/?rater=r2&token={key_of(root)['tokens']['r2']}")
     by_id(browser, "start").click()
     rate_all(browser, skip={2})
     by_id(browser, "save").click()
-    wait_for(lambda: (root / "ratings" / "carl.json").exists())
-    assert "Sent to the server: saved as ratings/carl.json (1 item(s) unrated)" in \
+    wait_for(lambda: (root / "ratings" / "r2.json").exists())
+    assert "Sent to the server: saved as ratings/r2.json (1 item(s) unrated)" in \
         wait_for(lambda: by_id(browser, "status").text)
     assert not list(browser.downloads.iterdir())
     done = collect_ratings([root / "ratings"], root / "mos.csv", keys=[root / "key.json"])

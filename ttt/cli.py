@@ -176,7 +176,9 @@ def panel_build_command(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"panel {key['panel']}: {len(key['clips'])} clips, {len(key['items'])} items per rater "
-          f"→ {args.out}/index.html (key: {args.out}/key.json, never send it to raters)")
+          f"→ {args.out}/index.html (key: {args.out}/key.json, never send it to raters)"
+          + (f"; each rater's link (with the token `panel serve` requires): {args.out}/rater-links.txt"
+             if key.get("tokens") else ""))
     return 0
 
 
@@ -204,11 +206,17 @@ def panel_serve_command(args: argparse.Namespace) -> int:
 
     try:
         server = make_server(args.panel_dir, args.host, args.port)
-    except (PanelError, OSError) as exc:
+    except (PanelError, OSError, OverflowError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]
-    print(f"serving {args.panel_dir} on http://{host}:{port}/?rater=<id> (Ctrl-C stops)", flush=True)
+    if not _loopback(args.host):
+        print(f"warning: --host {args.host}: anyone who can reach port {port} can load the page "
+              "and clips; ratings still need a rater's token, but traffic is plain HTTP (tokens "
+              "and ratings can be read on the network). See README 'Listening panel server'.",
+              file=sys.stderr, flush=True)
+    print(f"serving {args.panel_dir} on http://{host}:{port}/ ; send each rater their line of "
+          f"{args.panel_dir}/rater-links.txt appended to that address (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -216,6 +224,16 @@ def panel_serve_command(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def add_panel_parser(sub) -> None:
@@ -247,7 +265,8 @@ def add_panel_parser(sub) -> None:
     c.set_defaults(func=panel_collect_command)
     v = ps.add_parser("serve", help="serve a panel locally; Save posts ratings into ratings/")
     v.add_argument("panel_dir", help="panel folder (holding index.html and key.json)")
-    v.add_argument("--host", default="127.0.0.1")
+    v.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default loopback only; anything else is warned about)")
     v.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     v.set_defaults(func=panel_serve_command)
 

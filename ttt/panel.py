@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import http.server
 import itertools
 import json
 import os
 import re
+import secrets
 import shutil
 import zipfile
 from collections.abc import Iterable, Sequence
@@ -26,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .ratings import (KEY_FORMAT, RATER_RE, VERSION, PanelError, load_key, rater_plan,
-                      read_ratings, unblind)
+from .ratings import (KEY_FORMAT, RATER_RE, VERSION, PanelError, check_ratings, load_key,
+                      rater_plan, unblind)
 
 MAX_POST = 8 << 20  # bytes; a ratings file is a few kB
 FADE_S = 0.01  # a cut in mid-waveform clicks; the click would tell clips apart, not systems
@@ -233,6 +235,7 @@ def build_panel(name: str, systems: Sequence[System], offsets_s: Sequence[float]
                "seed": seed, "clip_s": float(clip_s), "offsets_s": offsets, "systems": sources,
                "clips": clips, "heard": heard, "items": items, "raters": list(raters),
                "plans": {r: rater_plan(seed, items, r) for r in raters},
+               "tokens": _rater_tokens(out, raters),
                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         (tmp / "key.json").write_text(json.dumps(key, indent=1) + "\n")
         (tmp / "index.html").write_text(render_page(page_data(key)))
@@ -241,14 +244,28 @@ def build_panel(name: str, systems: Sequence[System], offsets_s: Sequence[float]
         _install(tmp, out, [f"{name}-raters.zip", "key.json", "index.html"])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    if raters:
+        _atomic_write(out / "rater-links.txt", "".join(
+            f"{r}\tindex.html?rater={r}&token={key['tokens'][r]}\n" for r in raters))
     notes = out / "QA-notes.md"
     if not notes.exists():  # the notes are the QA person's once written: a rebuild keeps them
         _atomic_write(notes, qa_notes(key))
     return key
 
 
+def _rater_tokens(out: Path, raters: Sequence[str]) -> dict[str, str]:
+    """A random token per rater (the server requires it on POST); a rebuild keeps the tokens
+    already handed out, so the links raters hold stay valid."""
+    try:
+        old = json.loads((out / "key.json").read_text()).get("tokens") or {}
+    except (OSError, ValueError, AttributeError):
+        old = {}
+    return {r: old[r] if isinstance(old.get(r), str) and len(old[r]) >= 22 else
+            secrets.token_urlsafe(18) for r in raters}
+
+
 def _check_build_args(name, systems, offsets_s, clip_s, seed, raters) -> None:
-    if not RATER_RE.match(name):
+    if not RATER_RE.fullmatch(name):
         raise PanelError(f"panel name {name!r}: use letters, digits, '_', '.', '-'")
     labels = [s.label for s in systems]
     if len(labels) < 2 or len(set(labels)) != len(labels):
@@ -261,7 +278,7 @@ def _check_build_args(name, systems, offsets_s, clip_s, seed, raters) -> None:
     if not isinstance(seed, int) or seed < 0:
         raise PanelError(f"seed {seed!r}: must be an integer >= 0")
     for r in raters:
-        if not RATER_RE.match(str(r)):
+        if not RATER_RE.fullmatch(str(r)):
             raise PanelError(f"raters: {r!r} is not a valid rater id (letters, digits, '_', '.', '-')")
 
 
@@ -308,13 +325,19 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def make_server(panel_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000):
     """An HTTP server for one panel folder. It serves only the page and its clips (never
-    key.json, the QA notes or other raters' files) and stores POSTed ratings, checked against
-    the key, as ``ratings/<rater>.json``."""
+    key.json, the links, the QA notes or other raters' files) and stores POSTed ratings, checked
+    against the key, as ``ratings/<rater>.json``. A POST must carry the rater's token (from
+    their link) in ``X-Rater-Token``: a rater can write their own file and nothing else."""
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise PanelError(f"--port {port}: must be an integer in 0-65535 (0 picks a free port)")
     root = Path(panel_dir).resolve()
     key = load_key(root / "key.json")
-    clip_re = re.compile(r"^/clips/[0-9a-f]{12}\.wav$")
+    tokens = key.get("tokens") or {}
+    clip_re = re.compile(r"/clips/[0-9a-f]{12}\.wav")
 
     class Handler(http.server.SimpleHTTPRequestHandler):
+        timeout = 30  # seconds a client may stall mid-request before its thread is freed
+
         def __init__(self, *a, **kw):
             super().__init__(*a, directory=str(root), **kw)
 
@@ -322,7 +345,7 @@ def make_server(panel_dir: str | os.PathLike, host: str = "127.0.0.1", port: int
             path = self.path.split("?", 1)[0]
             if path == "/":
                 self.path = "/index.html" + self.path[1:]
-            elif path != "/index.html" and not clip_re.match(path):
+            elif path != "/index.html" and not clip_re.fullmatch(path):
                 self.send_error(404)
                 return False
             return True
@@ -336,12 +359,20 @@ def make_server(panel_dir: str | os.PathLike, host: str = "127.0.0.1", port: int
                 super().do_HEAD()
 
         def do_POST(self):
-            length = int(self.headers.get("Content-Length") or 0)
-            if self.path.split("?", 1)[0] != "/ratings" or length > MAX_POST:
-                self.send_error(404 if length <= MAX_POST else 413)
-                return
-            body = self.rfile.read(length)
-            status, message = _store_posted(root, key, body)
+            if self.path.split("?", 1)[0] != "/ratings":
+                return self._reply(404, "not found")
+            length = _content_length(self.headers.get("Content-Length"))
+            if isinstance(length, tuple):
+                self.close_connection = True
+                return self._reply(*length)
+            rater = _rater_of_token(tokens, self.headers.get("X-Rater-Token"))
+            if rater is None:
+                self.close_connection = True
+                return self._reply(403, "no valid rater token: open the page with the link you "
+                                        "were given (…?rater=ID&token=…), or send the saved file")
+            self._reply(*_store_posted(root, key, rater, self.rfile.read(length)))
+
+        def _reply(self, status: int, message: str) -> None:
             payload = json.dumps({"ok": status == 200, "message": message}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
@@ -355,16 +386,51 @@ def make_server(panel_dir: str | os.PathLike, host: str = "127.0.0.1", port: int
     return http.server.ThreadingHTTPServer((host, port), Handler)
 
 
-def _store_posted(root: Path, key: dict, body: bytes) -> tuple[int, str]:
+def _content_length(value: str | None) -> int | tuple[int, str]:
+    """The body's length, or (status, message) when absent, malformed or over the cap: the body
+    is never read then."""
+    if value is None:
+        return 411, "Content-Length required"
+    if not re.fullmatch(r"[0-9]{1,20}", value.strip()):  # no sign, no "1e3", ASCII digits only
+        return 400, f"Content-Length {value[:40]!r} is not a non-negative integer"
+    length = int(value)
+    if length > MAX_POST:
+        return 413, f"body of {length} bytes exceeds the {MAX_POST} byte limit"
+    return length
+
+
+def _rater_of_token(tokens: dict, token: str | None) -> str | None:
+    """The rater whose token this is (compared in constant time), or None."""
+    if not token:
+        return None
+    found = None
+    for rater, expected in tokens.items():
+        if isinstance(expected, str) and hmac.compare_digest(expected.encode(), token.encode()) \
+                and RATER_RE.fullmatch(str(rater)):
+            found = rater
+    return found
+
+
+def _store_posted(root: Path, key: dict, rater: str, body: bytes) -> tuple[int, str]:
+    """Check a posted ratings file and store it as ``ratings/<rater>.json`` (atomic); (status,
+    message). Nothing is left behind on any error."""
+    where = Path("POST /ratings")
+    try:
+        doc = check_ratings(json.loads(body.decode("utf-8")), where)
+        if doc["rater"] != rater:
+            return 403, f"the token is rater {rater!r}'s, the ratings are {doc['rater']!r}'s"
+        unblind(where, doc, key)
+    except PanelError as exc:
+        return 400, str(exc)
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:  # not JSON, or JSON of odd shape
+        return 400, f"{where}: not a listening-panel ratings file ({type(exc).__name__})"
     ratings = root / "ratings"
     ratings.mkdir(exist_ok=True)
-    tmp = ratings / f".post.tmp{os.getpid()}.{os.urandom(4).hex()}"
-    tmp.write_bytes(body)
+    target = ratings / f"{rater}.json"  # rater: a key.json token holder, a RATER_RE id
+    tmp = ratings / f".post.tmp{os.getpid()}.{secrets.token_hex(4)}"
     try:
-        doc = read_ratings(tmp)
-        unblind(Path("POST /ratings"), doc, key)
-    except PanelError as exc:
-        tmp.unlink()
-        return 400, str(exc).replace(str(tmp), "POST /ratings")
-    os.replace(tmp, ratings / f"{doc['rater']}.json")  # a re-save by the same rater replaces
-    return 200, f"saved as ratings/{doc['rater']}.json"
+        tmp.write_bytes(body)
+        os.replace(tmp, target)  # a re-save by the same rater replaces
+    finally:
+        tmp.unlink(missing_ok=True)
+    return 200, f"saved as ratings/{rater}.json"

@@ -23,7 +23,7 @@ from .files import read_json, write_csv
 KEY_FORMAT = "listening-panel-key"
 RATINGS_FORMAT = "listening-panel-ratings"
 VERSION = 1
-RATER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+RATER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # always fullmatch: "$" allows a "\n"
 CHOICES = ("A", "B", "tie")
 
 
@@ -91,7 +91,11 @@ def load_key(path: str | os.PathLike) -> dict:
 def read_ratings(path: str | os.PathLike) -> dict:
     """Parse one returned ratings file; structural problems are PanelErrors naming the file."""
     path = Path(path)
-    doc = read_json(path, "ratings file", PanelError)
+    return check_ratings(read_json(path, "ratings file", PanelError), path)
+
+
+def check_ratings(doc, path) -> dict:
+    """``doc`` (parsed JSON) if it is structurally a ratings file; else a PanelError naming ``path``."""
     if not isinstance(doc, dict) or doc.get("format") != RATINGS_FORMAT:
         raise PanelError(f"{path}: not a listening-panel ratings file (format must be {RATINGS_FORMAT!r})")
     if doc.get("version") != VERSION:
@@ -100,7 +104,7 @@ def read_ratings(path: str | os.PathLike) -> dict:
                         ("order", list), ("ratings", list)):
         if not isinstance(doc.get(field), kind) or isinstance(doc.get(field), bool):
             raise PanelError(f"{path}: key {field!r} missing or not a {kind.__name__}")
-    if not RATER_RE.match(doc["rater"]):
+    if not RATER_RE.fullmatch(doc["rater"]):
         raise PanelError(f"{path}: rater {doc['rater']!r} is not a valid rater id")
     return doc
 
@@ -121,7 +125,7 @@ def unblind(path: Path, doc: dict, key: dict) -> tuple[list[dict], list[dict]]:
     seen, mos, pref = set(), [], []
     for n, r in enumerate(doc["ratings"]):
         where = f"ratings[{n}]"
-        if not isinstance(r, dict) or r.get("item") not in items:
+        if not isinstance(r, dict) or not isinstance(r.get("item"), str) or r["item"] not in items:
             bad(f"{where}: unknown or missing item id {r.get('item') if isinstance(r, dict) else r!r}")
         item = items[r["item"]]
         if item["id"] in seen:
