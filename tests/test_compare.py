@@ -55,12 +55,40 @@ def test_planted_regression_is_found_and_only_it(tmp_path, capsys):
     unmatched = {(r["only_in"], r["cell"]) for r in read(out / "unmatched.csv")}
     assert unmatched == {("A", "yarn/tokens~64/ttt~off"), ("B", "yarn/tokens~128/ttt~on")}
     summary = (out / "summary.txt").read_text()
-    assert "1 regression(s)" in summary and f"{PLANTED}: perplexity_text" in summary
+    # the planted regression, and the two cells present on one side only (lost / unexpected)
+    assert "3 regression(s)" in summary and f"{PLANTED}: perplexity_text" in summary
     assert "only in A: yarn/tokens~64/ttt~off" in summary and "only in B: yarn/tokens~128/ttt~on" in summary
     assert summary in capsys.readouterr().out
     assert main(["compare", str(a), str(b), "--out", str(out), "--strict"]) == 1
     assert main(["compare", str(a), str(a), "--out", str(tmp_path / "same"), "--strict"]) == 0
     assert not [r for r in read(tmp_path / "same" / "diff.csv") if r["regression"] == "True"]
+    assert "0 regression(s)" in (tmp_path / "same" / "summary.txt").read_text()
+
+
+def test_strict_fails_when_results_went_missing(tmp_path, capsys):
+    """Issue 16 item 6: a cell's lost value and a cut cells.csv used to pass --strict."""
+    a = write_results(tmp_path / "A", healthy_specs())
+    b = tmp_path / "B"
+    shutil.copytree(a, b)
+    cells = (b / "tables" / "cells.csv").read_text().splitlines(keepends=True)
+    lost = read(b / "tables" / "cells.csv")[0]
+    (b / "tables" / "cells.csv").write_text("".join(cells[:3]))  # header + 2 of 7 rows
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out), "--strict"]) == 1
+    summary = (out / "summary.txt").read_text()
+    assert "6 regression(s)" in summary and "table cells.csv: 7 rows in A, 2 in B" in summary
+    assert all(r["regression"] == "True" for r in read(out / "unmatched.csv"))
+    # One cell's perplexity blank in B (its metrics.json was lost): flagged, not "0 regressions".
+    rows = read(a / "tables" / "cells.csv")
+    rows[0]["perplexity_text"] = ""
+    with open(b / "tables" / "cells.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(["compare", str(a), str(b), "--out", str(out), "--strict"]) == 1
+    flagged = [(r["cell_b"], r["metric"], r["threshold"]) for r in read(out / "diff.csv")
+               if r["regression"] == "True"]
+    assert flagged == [(rows[0]["cell"], "perplexity_text", "value kept")] and lost["perplexity_text"]
 
 
 def test_thresholds_and_status_regressions(tmp_path):

@@ -4,12 +4,14 @@
 ``tables/cells.csv``, matches cells by their parameters (family and the ``key~value`` parts of
 the cell path, numbers compared as numbers; never by row order), and writes ``DIR/diff.csv`` with
 one row per matched cell and metric (A, B, B − A, relative change, ``regression``),
-``DIR/unmatched.csv`` with the cells present in one run only, and ``DIR/summary.txt``.
+``DIR/unmatched.csv`` with the cells present in one run only, ``DIR/tables.csv`` (rows per
+table in each run) and ``DIR/summary.txt``.
 
 A regression is a change in the bad direction by more than the metric's relative threshold
 (``|B − A| / |A|``; any bad change when A is 0), or a status / flag turning bad (ok → failed,
 ``diverged`` False → True, ``upstream_bitwise_equal`` True → False). Metrics without a threshold
-are diffed but never flagged.
+are diffed but never flagged. Lost results are regressions too: a value present in A and blank in
+B, a cell present in one run only, a table of A absent from B or with fewer rows.
 """
 from __future__ import annotations
 
@@ -108,7 +110,8 @@ def compare(rows_a: list[dict], rows_b: list[dict], limits: dict | None = None
         if a is None or b is None:
             only = a or b
             unmatched.append({"only_in": "A" if b is None else "B", "family": only["family"],
-                              "cell": only["cell"], "status": only.get("status")})
+                              "cell": only["cell"], "status": only.get("status"),
+                              "regression": True})  # a lost (or unexpected) result
             continue
         metrics = [m for m in dict.fromkeys(list(a) + list(b)) if m not in NOT_METRICS
                    and m not in {k for k, _ in key[1]}]
@@ -148,6 +151,10 @@ def _metric_row(a: dict, b: dict, metric: str, limits: dict) -> dict:
             row["regression"] = va == good and vb not in ("", good)
         return row
     xa, xb = _num(va), _num(vb)
+    if xa is not None and metric in b and vb in ("", None) and b.get("status") in ("ok", "") \
+            and limits.get(metric, (0, None))[1] is not None:  # lost although B says "ok"
+        row.update(threshold="value kept", regression=True)
+        return row
     if xa is None or xb is None:
         return row
     row["delta"] = xb - xa
@@ -160,20 +167,42 @@ def _metric_row(a: dict, b: dict, metric: str, limits: dict) -> dict:
     return row
 
 
-def summary_text(path_a, path_b, rows_a, rows_b, diff, unmatched) -> str:
+def table_rows(tables_dir: Path, run: str) -> dict[str, int]:
+    """Data rows of every CSV table of a run (beside its cells.csv)."""
+    out = {}
+    for path in sorted(tables_dir.glob("*.csv")):
+        try:
+            with open(path, newline="") as f:
+                out[path.name] = sum(1 for _ in csv.DictReader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise CompareError(f"{path}: unreadable table of run {run} ({exc})") from None
+    return out
+
+
+def lost_tables(rows_a: dict[str, int], rows_b: dict[str, int]) -> list[dict]:
+    """Tables of A that B lacks or that lost rows in B: regressions (results went missing)."""
+    return [{"table": name, "rows_a": n, "rows_b": rows_b.get(name, "absent"),
+             "regression": rows_b.get(name, -1) < n} for name, n in rows_a.items()]
+
+
+def summary_text(path_a, path_b, rows_a, rows_b, diff, unmatched, tables=()) -> str:
     matched = len({r["cell_a"] for r in diff})
     regressions = [r for r in diff if r["regression"]]
+    shrunk = [t for t in tables if t["regression"]]
+    total = len(regressions) + len(unmatched) + len(shrunk)
     lines = [f"compare A = {path_a}", f"        B = {path_b}",
              f"{matched} cells matched by parameters; {len(rows_a)} in A, {len(rows_b)} in B; "
              f"{sum(u['only_in'] == 'A' for u in unmatched)} only in A, "
              f"{sum(u['only_in'] == 'B' for u in unmatched)} only in B",
-             f"{len(regressions)} regression(s)" + (":" if regressions else ".")]
+             f"{total} regression(s)" + (":" if total else ".")]
     for r in regressions:
         rel = f" ({r['rel_change']:+.2%})" if isinstance(r["rel_change"], float) and math.isfinite(r["rel_change"]) else ""
         cell = r["cell_b"] if r["cell_a"] == r["cell_b"] else f"{r['cell_a']} ↔ {r['cell_b']}"
         lines.append(f"  {cell}: {r['metric']} {r['a']} → {r['b']}{rel}")
     for u in unmatched:
         lines.append(f"  only in {u['only_in']}: {u['cell']} (status {u['status']})")
+    for t in shrunk:
+        lines.append(f"  table {t['table']}: {t['rows_a']} rows in A, {t['rows_b']} in B")
     return "\n".join(lines) + "\n"
 
 
@@ -182,16 +211,19 @@ def run_compare(path_a, path_b, out, limits: dict | None = None) -> tuple[list[d
     file_a, rows_a = read_cells(path_a)
     file_b, rows_b = read_cells(path_b)
     diff, unmatched = compare(rows_a, rows_b, limits)
+    tables = lost_tables(table_rows(file_a.parent, "A"), table_rows(file_b.parent, "B"))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "diff.csv", diff)
     if unmatched:
         write_csv(out / "unmatched.csv", unmatched)
     else:  # header only
-        (out / "unmatched.csv").write_text("only_in,family,cell,status\n")
-    text = summary_text(file_a, file_b, rows_a, rows_b, diff, unmatched)
+        (out / "unmatched.csv").write_text("only_in,family,cell,status,regression\n")
+    write_csv(out / "tables.csv", tables)
+    text = summary_text(file_a, file_b, rows_a, rows_b, diff, unmatched, tables)
     (out / "summary.txt").write_text(text)
-    return [r for r in diff if r["regression"]], text
+    return [r for r in diff if r["regression"]] + unmatched + \
+        [t for t in tables if t["regression"]], text
 
 
 def load_limits(path) -> dict:
