@@ -155,3 +155,66 @@ def test_nothing_in_ttt_unpickles():
                  if ("torch.load(" in line and "weights_only=True" not in line)
                  or "pickle.load" in line or "np.load(" in line and "allow_pickle=False" not in line]
     assert offenders == []
+
+
+# Each fault: what it does to one cell's directory, and the file its row must name.
+_CORRUPTIONS = {
+    "truncated metrics.json": (lambda d: _truncate(d / "cell" / "metrics.json"), "cell/metrics.json"),
+    "truncated status.json": (lambda d: _truncate(d / "status.json"), "status.json"),
+    "deleted metrics.json": (lambda d: (d / "cell" / "metrics.json").unlink(), "cell/metrics.json"),
+    "metrics.json holding a list": (lambda d: (d / "cell" / "metrics.json").write_text("[1, 2]"),
+                                    "cell/metrics.json"),
+    "metrics.json of odd shape": (lambda d: (d / "cell" / "metrics.json").write_text(
+        '{"perplexity": "high", "throughput": 3}'), "cell/metrics.json"),
+    "non-UTF-8 status.json": (lambda d: (d / "status.json").write_bytes(b"\xff\xfe{}"), "status.json"),
+    "garbage telemetry.csv": (lambda d: (d / "cell" / "telemetry.csv").write_bytes(b"\xff\x00\xfe" * 50),
+                              "cell/telemetry.csv"),
+}
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+
+
+def test_aggregate_and_verdicts_survive_corrupt_files(tmp_path, capsys):
+    """Issue 16 item 7: one bad file costs its own cell's row, named; no traceback, others kept."""
+    from results_factory import healthy_specs, write_results
+    from ttt.cli import main
+
+    root = write_results(tmp_path / "results", healthy_specs())
+    cells = sorted(p.parent for p in (root / "cells").glob("**/status.json"))
+    rng = random.Random(7)
+    victims = dict(zip(rng.sample(cells, len(_CORRUPTIONS)), _CORRUPTIONS.items())) \
+        if len(cells) >= len(_CORRUPTIONS) else dict(zip(cells, _CORRUPTIONS.items()))
+    for cell, (_, (corrupt, _)) in victims.items():
+        corrupt(cell)
+    assert main(["aggregate", "--cells", str(root / "cells"), "--tables", str(root / "tables"),
+                 "--plots", str(root / "plots")]) == 0
+    out = capsys.readouterr().out
+    rows = {r["cell"]: r for r in _read_csv_rows(root / "tables" / "cells.csv")}
+    assert len(rows) == len(cells)
+    for cell in cells:
+        row = rows[str(cell.relative_to(root / "cells"))]
+        if cell in victims and victims[cell][1][1] != "cell/telemetry.csv":
+            name, (_, named) = victims[cell]
+            assert row["status"] == "corrupt", name
+            assert str(cell / named) in row["error"], (name, row["error"])
+            assert f"corrupt: {row['cell']}: {row['error']}" in out
+        elif cell not in victims:
+            assert row["status"] == "ok" and row["perplexity_text"], row
+    assert (root / "plots" / "long_form.png").is_file()
+    # verdicts: run.completed fails and names each bad file, telemetry.csv included.
+    code = main(["verdicts", "--results", str(root)])
+    assert code == 0, capsys.readouterr().err
+    explanations = {r["cell"]: r["explanation"] for r in _read_csv_rows(root / "tables" / "verdicts_cells.csv")
+                    if r["signal"] == "run.completed"}
+    for cell, (name, (_, named)) in victims.items():
+        rel = str(cell.relative_to(root / "cells"))
+        assert str(cell / named) in explanations[rel], (name, explanations[rel])
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def _read_csv_rows(path):
+    import csv
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

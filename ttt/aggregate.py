@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .files import write_csv
+from .files import read_json, write_csv
 
 TWIN_FREE = {"ttt", "lr", "chunk", "ablation", "alpha"}  # parameters an off-twin need not share
 TRANSCRIPT_WORDS = 40  # words of each transcript shown side by side in gate_override.csv
@@ -25,21 +25,47 @@ def collect(cells_root: str | os.PathLike) -> list[dict]:
         rel = status_path.parent.relative_to(root)
         family, *parts = rel.parts
         params = dict(p.split("~", 1) for p in parts if "~" in p)
-        status = json.loads(status_path.read_text())
+        try:
+            status = _read_object(status_path)
+        except ValueError as exc:
+            rows.append({"family": family, "cell": str(rel), **params, "status": "corrupt",
+                         "error": str(exc)})
+            continue
         row: dict[str, Any] = {"family": family, "cell": str(rel), **params,
                                "status": status.get("status"), "error": status.get("error"),
                                "job_id": status.get("job_id")}
         metrics_path = status_path.parent / "cell" / "metrics.json"
-        if metrics_path.is_file():
-            row.update(_metrics_columns(json.loads(metrics_path.read_text())))
-        row.update(asr_columns(status_path.parent / "asr"))
-        if family == "gate_override":
-            row.update(_gate_columns(status_path.parent / "cell", params.get("alpha")))
+        try:
+            if metrics_path.is_file():
+                row.update(_metrics_columns(_read_object(metrics_path), metrics_path))
+            elif status.get("status") in ("ok", "diverged"):
+                raise ValueError(f"{metrics_path}: missing, although status.json says "
+                                 f"{status.get('status')!r}")
+            row.update(asr_columns(status_path.parent / "asr"))
+            if family == "gate_override":
+                row.update(_gate_columns(status_path.parent / "cell", params.get("alpha")))
+        except ValueError as exc:  # one bad file costs its cell's row only
+            row.update(status="corrupt", error=str(exc))
         rows.append(row)
     return rows
 
 
-def _metrics_columns(m: dict) -> dict:
+def _read_object(path: Path) -> dict:
+    """A JSON object from ``path``; ValueError naming the file when unreadable or not an object."""
+    data = read_json(path, path.name)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _metrics_columns(m: dict, path: Path | None = None) -> dict:
+    try:
+        return _columns(m)
+    except (AttributeError, TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: unexpected structure ({type(exc).__name__}: {exc})") from None
+
+
+def _columns(m: dict) -> dict:
     tel = m.get("ttt_telemetry") or {}
     thr = m.get("throughput") or {}
     ppl = m.get("perplexity") or {}
@@ -86,7 +112,7 @@ def asr_columns(asr_dir: Path) -> dict:
     path = asr_dir / "asr.json"
     if not path.is_file():
         return {}
-    a = json.loads(path.read_text())
+    a = _read_object(path)
     if a.get("status") != "ok":
         return {"asr_status": a.get("status")}
     ind = a.get("indicators") or {}
@@ -112,8 +138,11 @@ def _gate_columns(cell: Path, alpha: str | None) -> dict:
         diag = [r for r in _read_csv(cell / "diagnostics.csv") if r.get("gate_tanh_mean")]
         gate = _num(diag[-1]["gate_tanh_mean"]) if diag else None
     path = cell / "transcript.txt"
-    words = [line.split("] ", 1)[1].strip() for line in path.read_text().splitlines()
-             if "] " in line] if path.is_file() else []
+    try:
+        words = [line.split("] ", 1)[1].strip() for line in path.read_text().splitlines()
+                 if "] " in line] if path.is_file() else []
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
     return {"gate_tanh": gate, "transcript": " ".join(words[:TRANSCRIPT_WORDS])}
 
 
@@ -220,6 +249,7 @@ def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
         chunks = sorted({int(r["chunk"]) for r in grid})
         values = [[_num(next((r.get("perplexity_text") for r in grid if float(r["lr"]) == lr
                               and int(r["chunk"]) == c), None)) for lr in lrs] for c in chunks]
+        values = [[math.nan if v is None else v for v in line] for line in values]  # failed cells
         image = ax.imshow(values, cmap="viridis")
         ax.set(xticks=range(len(lrs)), xticklabels=[f"{lr:g}" for lr in lrs],
                yticks=range(len(chunks)), yticklabels=chunks, xlabel="lr", ylabel="chunk")
@@ -238,12 +268,12 @@ def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
         if r["family"] != "long_form":
             continue
         cell = cells_root / r["cell"] / "cell"
-        series = _read_csv(cell / "timeseries.csv")
+        series = _plot_rows(cell / "timeseries.csv")
         if series and "text_ppl" in series[0]:
             axes[1].plot([_num(s["start_s"]) for s in series], [_num(s["text_ppl"]) for s in series],
                          label=r["cell"].split("/", 1)[1])
         if r.get("ttt") == "on":
-            tel = _read_csv(cell / "telemetry.csv")
+            tel = _plot_rows(cell / "telemetry.csv")
             for layer in sorted({t["layer"] for t in tel}):
                 pts = [t for t in tel if t["layer"] == layer]
                 axes[0].plot([_num(t["step"]) / 12.5 for t in pts], [_num(t["w_norm"]) for t in pts],
@@ -312,9 +342,14 @@ def _consistency_plot(cells_root: Path, rows: list[dict], path: Path) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSON-lines file for a plot; an unreadable one is left out of the plot."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return []
+    return [r for r in rows if isinstance(r, dict)]
 
 
 def _figure5(cells_root: Path, cells: list[dict], path: Path, title: str, hybrid: bool) -> None:
@@ -326,7 +361,7 @@ def _figure5(cells_root: Path, cells: list[dict], path: Path, title: str, hybrid
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
     if cells:
-        tel = _read_csv(cells_root / cells[0]["cell"] / "cell" / "telemetry.csv")
+        tel = _plot_rows(cells_root / cells[0]["cell"] / "cell" / "telemetry.csv")
         layer = tel[0]["layer"] if tel else None
         pts = [t for t in tel if t["layer"] == layer]
         x = [_num(t["step"]) / 12.5 for t in pts]
@@ -348,11 +383,25 @@ def _figure5(cells_root: Path, cells: list[dict], path: Path, title: str, hybrid
     plt.close(fig)
 
 
+def _plot_rows(path: Path) -> list[dict]:
+    """A table's complete rows for a plot: an unreadable table (its cell's row says so) or a
+    truncated last row is left out rather than failing every plot."""
+    try:
+        rows = _read_csv(path)
+    except ValueError:
+        return []
+    return [r for r in rows if None not in r and all(v is not None for v in r.values())]
+
+
 def _read_csv(path: Path) -> list[dict]:
+    """Rows of a cell's table; ValueError naming the file when it cannot be read."""
     if not path.is_file():
         return []
-    with open(path) as f:
-        return list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: unreadable table ({type(exc).__name__})") from None
 
 
 def _num(value) -> float | None:

@@ -160,6 +160,9 @@ def aggregate_command(args: argparse.Namespace) -> int:
     rows = aggregate(args.cells, args.tables, args.plots, args.families)
     failed = [r["cell"] for r in rows if r.get("status") not in ("ok", "diverged")]
     print(f"{len(rows)} cells → {args.tables}/cells.csv" + (f"; not ok: {failed}" if failed else ""))
+    for row in rows:
+        if row.get("status") == "corrupt":
+            print(f"  corrupt: {row['cell']}: {row.get('error')}")
     return 0
 
 

@@ -11,7 +11,6 @@ defaults below are the ones documented in ``workflow/schemas/config.schema.yaml`
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from .files import read_json
 
 # ``families: None`` = every family. lr_grid searches the divergence boundary and telemetry
 # forces every chunk to clip: both are left out of the gates that their purpose makes fail.
@@ -95,7 +96,19 @@ class Cell:
 
     @property
     def done(self) -> bool:
-        return self.row.get("status") in DONE and self.metrics is not None
+        if self.row.get("status") not in DONE or self.metrics is None:
+            return False
+        for name in ("timeseries.csv", "telemetry.csv"):  # read now: a bad one is named here
+            self.table(name)
+        return self.corrupt is None
+
+    @property
+    def corrupt(self) -> str | None:
+        """The first of its files found unreadable (named, with why), or None."""
+        return self._cache.get("corrupt")
+
+    def _unreadable(self, exc: Exception):
+        self._cache.setdefault("corrupt", str(exc))
 
     @property
     def ttt_on(self) -> bool:
@@ -105,18 +118,33 @@ class Cell:
     def metrics(self) -> dict | None:
         if "metrics" not in self._cache:
             path = self.root / "cell" / "metrics.json"
-            self._cache["metrics"] = json.loads(path.read_text()) if path.is_file() else None
+            self._cache["metrics"] = self._object(path) if path.is_file() else None
         return self._cache["metrics"]
 
     def table(self, name: str) -> list[dict]:
         if name not in self._cache:
-            self._cache[name] = read_csv(self.root / "cell" / name)
+            try:
+                self._cache[name] = read_csv(self.root / "cell" / name)
+            except ValueError as exc:
+                self._unreadable(exc)
+                self._cache[name] = []
         return self._cache[name]
 
     @property
     def status(self) -> dict:
         path = self.root / "status.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return (self._object(path) or {}) if path.is_file() else {}
+
+    def _object(self, path: Path) -> dict | None:
+        """A JSON object, or None when unreadable (recorded: the cell is then not done)."""
+        try:
+            data = read_json(path, path.name)
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+            return data
+        except ValueError as exc:
+            self._unreadable(exc)
+            return None
 
     def log_path(self) -> Path | None:
         """The job's stdout log: status.json's path, else the one beside the cell (a results
@@ -131,10 +159,14 @@ class Cell:
 
 
 def read_csv(path: Path) -> list[dict]:
+    """Rows of a CSV table; ValueError naming the file when it cannot be read."""
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: unreadable table ({type(exc).__name__})") from None
     return [r for r in rows if set(r) != {"empty"}]
 
 
@@ -174,8 +206,11 @@ def _in(cells: list[Cell], cfg: dict) -> list[Cell]:
 def gate_completed(cells, _cfg):
     """Every cell of the matrix finished (ok or diverged); a failed cell is judged by no gate."""
     return [check("run.completed", c.name, 0.0 if c.done else 1.0, "0 failed",
-                  c.done, f"status {c.row.get('status')}" + (
-                      f": {c.row.get('error')}" if c.row.get("error") else ""))
+                  c.done, f"status corrupt: {c.corrupt}" if c.corrupt else
+                  f"status {c.row.get('status')}" + (
+                      f": {c.row.get('error')}" if c.row.get("error") else "") + (
+                      " (no metrics.json)" if c.row.get("status") in DONE and c.metrics is None
+                      else ""))
             for c in cells]
 
 
