@@ -148,7 +148,7 @@ def test_preemption_requeues_and_resumes_identically(slurm, cache, tmp_path):
         submit_and_wait(cfg_path, out, status, launcher, logs)))
     thread.start()
     job_id = _first_job_id(logs)
-    replay = out.with_name(f".{out.name}.replay") / "item0.pt"
+    replay = out.with_name(f".{out.name}.replay") / "item0.safetensors"
     _wait(lambda: replay.is_file(), 180, "the first snapshot")
     t0 = time.monotonic()
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
