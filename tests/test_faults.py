@@ -16,7 +16,7 @@ import yaml
 from conftest import CELL_TTT
 
 # Outputs that depend on the machine or the run's history, not on what was computed.
-_VOLATILE = {"throughput", "memory", "provenance", "requeues"}
+_VOLATILE = {"throughput", "memory", "provenance", "requeues", "load_s", "timing"}
 _COMPARED = ("transcript.jsonl", "transcript.txt", "timeseries.csv", "telemetry.csv",
              "diagnostics.csv")
 

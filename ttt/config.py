@@ -104,14 +104,14 @@ class TTTConfig:
             _check(self.conv_kernel_size % 2 == 1, "conv_kernel_size",
                    f"must be odd with conv_padding='center', got {self.conv_kernel_size}")
         tau = self.delta_clip_fro_norm
-        _check(tau is None or (_is_number(tau) and not math.isnan(tau)), "delta_clip_fro_norm",
-               f"must be a number or null, got {tau!r}")
+        _check(tau is None or (_is_number(tau) and math.isfinite(tau)), "delta_clip_fro_norm",
+               f"must be a finite number or null (null or <= 0 = no clipping), got {tau!r}")
         _check(self.target_source in TARGET_SOURCES, "target_source",
                f"must be one of {TARGET_SOURCES}, got {self.target_source!r}")
         _check(self.conv_init in CONV_INITS, "conv_init",
                f"must be one of {CONV_INITS}, got {self.conv_init!r}")
-        _check(_is_number(self.init_std) and self.init_std >= 0, "init_std",
-               f"must be a number >= 0, got {self.init_std!r}")
+        _check(_is_number(self.init_std) and math.isfinite(self.init_std) and self.init_std >= 0,
+               "init_std", f"must be a finite number >= 0, got {self.init_std!r}")
         _check(self.mlp_heads is None or (_is_int(self.mlp_heads) and self.mlp_heads >= 1),
                "mlp_heads", f"must be null or an integer >= 1, got {self.mlp_heads!r}")
         for name in ("gate_alpha_init", "gate_override"):
@@ -196,7 +196,8 @@ class YarnConfig:
                f"must be a number >= 1, got {self.scale!r}")
         _check(_is_int(self.original_context) and self.original_context >= 1, "original_context",
                f"must be an integer >= 1, got {self.original_context!r}")
-        _check(_is_number(self.beta_fast) and _is_number(self.beta_slow) and self.beta_slow > 0,
+        _check(_is_number(self.beta_fast) and _is_number(self.beta_slow) and self.beta_slow > 0
+               and math.isfinite(self.beta_fast) and math.isfinite(self.beta_slow),
                "beta_slow", f"must be a number > 0, got {self.beta_slow!r}")
         _check(self.beta_fast > self.beta_slow, "beta_fast",
                f"must be greater than beta_slow ({self.beta_slow}), got {self.beta_fast!r}")
@@ -256,6 +257,7 @@ class YarnConfig:
 # ---- one cell (ttt/cell.py runs it; the workflow checks every cell with it before any job) ---
 
 MODES = ("teacher_forced", "generate", "transcribe")
+MAX_DEMO_S = 86400.0  # a demo conversation longer than a day is a typo (1e12 s: a 171 PiB buffer)
 DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")  # what a cell can run on (torch.device names)
 
 
@@ -294,32 +296,62 @@ class CellConfig:
         def check(ok, name, msg):
             if not ok:
                 raise ValueError(f"{name}: {msg}")
+        def finite(x) -> bool:
+            return _is_number(x) and math.isfinite(x)
+
         check(isinstance(self.cell, str) and self.cell, "cell", "must be a non-empty string")
         check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        check(isinstance(self.model, str) and self.model, "model",
+              f"must be a checkpoint path or tiny[:SEED], got {self.model!r}")
+        check(self.base is None or isinstance(self.base, str), "base",
+              f"must be a path or null, got {self.base!r}")
         check(isinstance(self.data, Mapping) and len(self.data) == 1 and
               set(self.data) <= {"manifest", "demo"}, "data",
               "must be {manifest: PATH} or {demo: {durations: [...], seed: N}}")
-        demo = self.data.get("demo") if isinstance(self.data, Mapping) else None
-        if demo is not None:
-            durations = demo.get("durations", [20.0]) if isinstance(demo, Mapping) else None
+        if "manifest" in self.data:
+            check(isinstance(self.data["manifest"], str) and self.data["manifest"], "data.manifest",
+                  f"must be a path, got {self.data['manifest']!r}")
+        if "demo" in self.data:
+            demo = self.data["demo"]
+            check(isinstance(demo, Mapping), "data.demo",
+                  f"must be a mapping {{durations: [s, ...], seed: N}}, got {demo!r}")
+            unknown = sorted(map(str, set(demo) - {"durations", "seed"}))
+            check(not unknown, "data.demo", f"unknown key(s) {unknown}; valid keys are "
+                  "['durations', 'seed']")
+            durations = demo.get("durations", [20.0])
             check(isinstance(durations, list) and durations and all(
-                isinstance(d, (int, float)) and math.isfinite(d) and d > 0 for d in durations),
-                "data", f"demo durations must be finite numbers > 0, got {durations!r}")
-        check(isinstance(self.window_s, (int, float)) and math.isfinite(self.window_s)
-              and self.window_s > 0, "window_s", f"must be a finite number > 0, got {self.window_s!r}")
-        check(isinstance(self.block, int) and self.block >= 1, "block", "must be an integer >= 1")
+                finite(d) and 0 < d <= MAX_DEMO_S for d in durations), "data.demo.durations",
+                f"must be a list of finite numbers of seconds in (0, {MAX_DEMO_S}], got {durations!r}")
+            check(_is_int(demo.get("seed", 0)) and demo.get("seed", 0) >= 0, "data.demo.seed",
+                  f"must be an integer >= 0, got {demo.get('seed')!r}")
+        for name in ("ttt", "yarn"):
+            value = getattr(self, name)
+            check(value is None or isinstance(value, Mapping), name,
+                  f"must be a mapping of settings or null, got {value!r}")
+        check(finite(self.window_s) and self.window_s > 0, "window_s",
+              f"must be a finite number > 0, got {self.window_s!r}")
+        check(_is_int(self.block) and self.block >= 1, "block",
+              f"must be an integer >= 1, got {self.block!r}")
+        check(_is_int(self.seed), "seed", f"must be an integer, got {self.seed!r}")
+        for name in ("ab", "check_upstream"):
+            check(isinstance(getattr(self, name), bool), name,
+                  f"must be true or false, got {getattr(self, name)!r}")
+        check(isinstance(self.cache_dir, str) and self.cache_dir, "cache_dir",
+              f"must be a path, got {self.cache_dir!r}")
         check(isinstance(self.device, str) and DEVICE.fullmatch(self.device), "device",
               f"must be cpu, cuda, cuda:N or mps, got {self.device!r}")
         check(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
               f"must be float32, bfloat16 or float16, got {self.dtype!r}")
-        check(self.clip_saturation is None or 0 < self.clip_saturation <= 1, "clip_saturation",
-              "must be null (off) or in (0, 1]")
-        check(isinstance(self.snapshot_every, int) and self.snapshot_every >= 0, "snapshot_every",
-              "must be an integer >= 0 (0 = no snapshots)")
-        check(isinstance(self.diagnostics_every, int) and self.diagnostics_every >= 0,
-              "diagnostics_every", "must be an integer >= 0 (0 = off)")
-        check(self.temperature > 0 and self.temperature_text > 0, "temperature",
-              "temperatures must be > 0")
+        check(self.clip_saturation is None or (finite(self.clip_saturation)
+                                                and 0 < self.clip_saturation <= 1),
+              "clip_saturation", f"must be null (off) or in (0, 1], got {self.clip_saturation!r}")
+        check(_is_int(self.snapshot_every) and self.snapshot_every >= 0, "snapshot_every",
+              f"must be an integer >= 0 (0 = no snapshots), got {self.snapshot_every!r}")
+        check(_is_int(self.diagnostics_every) and self.diagnostics_every >= 0,
+              "diagnostics_every", f"must be an integer >= 0 (0 = off), got {self.diagnostics_every!r}")
+        for name in ("temperature", "temperature_text"):
+            value = getattr(self, name)
+            check(finite(value) and value > 0, name, f"must be a finite number > 0, got {value!r}")
         if self.ttt is not None:
             TTTConfig.from_dict(dict(self.ttt))  # validate early
         if self.yarn is not None:

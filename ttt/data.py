@@ -61,26 +61,54 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
     items = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text (a manifest is JSON lines)") from None
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             entry = json.loads(line)
             wav = (path.parent / entry["path"]).resolve()
-            duration = float(entry["duration"])
+            raw = entry["duration"]
             text = entry.get("text")
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             raise DataError(f"{path}:{number}: expected a JSON object with 'path' and "
                             "'duration'") from None
+        duration = _duration(raw, f"{path}:{number}")
+        seconds = check_audio(wav, channels=1 if text is not None else 2)
+        _check_duration(duration, seconds, wav, f"{path}:{number}")
         if text is not None:
-            check_audio(wav, channels=1)
             items.append(Item(wav, duration, [], reference=str(text)))
         else:
-            check_audio(wav)
             items.append(Item(wav, duration, read_alignments(wav, duration)))
     if not items:
         raise DataError(f"{path}: empty manifest")
     return items
+
+
+def _duration(raw, where: str) -> float:
+    """A manifest's ``duration``: a finite number of seconds > 0."""
+    try:
+        duration = float(raw) if not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError):
+        duration = math.nan
+    if not (math.isfinite(duration) and duration > 0):
+        raise DataError(f"{where}: 'duration' must be a finite number of seconds > 0, got {raw!r}")
+    return duration
+
+
+def _check_duration(duration: float, seconds: float, wav: Path, where: str) -> None:
+    """The manifest's duration against the audio: longer than the audio is an error (words
+    would be placed past its end); much shorter is worth a warning (the rest has no words)."""
+    if duration > seconds + 1 / FRAME_RATE:
+        raise DataError(f"{where}: 'duration' {duration:g} s, but {wav} holds only "
+                        f"{seconds:.3f} s of audio")
+    if seconds > 2 * duration + 1.0:
+        logging.getLogger(__name__).warning(
+            "%s: 'duration' %g s, but %s holds %.3f s of audio: words after %g s are dropped",
+            where, duration, wav, seconds, duration)
 
 
 def read_alignments(wav: Path, duration: float) -> list:
@@ -113,8 +141,8 @@ def reference_speaker(alignments) -> str:
     return OTHER if any(spk == OTHER for _, _, spk in alignments) else MAIN
 
 
-def check_audio(path: Path, channels: int = 2) -> None:
-    """Header-only check, so a bad file fails before any model is loaded."""
+def check_audio(path: Path, channels: int = 2) -> float:
+    """Header-only check, so a bad file fails before any model is loaded; its length (s)."""
     if not path.is_file():
         raise DataError(f"{path}: audio file not found")
     try:
@@ -126,6 +154,7 @@ def check_audio(path: Path, channels: int = 2) -> None:
                         + (" (left = Moshi, right = user)" if channels == 2 else ""))
     if info.frames == 0:
         raise DataError(f"{path}: no samples")
+    return info.frames / info.samplerate
 
 
 def load_audio(path: Path, channels: int = 2) -> np.ndarray:

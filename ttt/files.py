@@ -16,11 +16,40 @@ def read_yaml(path: str | os.PathLike, what: str, error: type[Exception] = Value
     """The YAML document at ``path``; ``what`` names it in the "not found" error."""
     import yaml
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return yaml.load(Path(path).read_text(), Loader=_unique_key_loader())
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not valid YAML (not UTF-8 text)") from None
     except yaml.YAMLError as exc:
         raise error(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def _unique_key_loader():
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (plain YAML
+    keeps the last one silently: ``lr: 0.01`` then ``lr: 1.0`` would run with 1.0)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                continue
+            first = seen.setdefault(key, key_node.start_mark.line + 1)
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} on line {key_node.start_mark.line + 1}, "
+                    f"first on line {first}", key_node.start_mark)
+        return loader.construct_mapping(node, deep=deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return UniqueKeyLoader
 
 
 def read_json(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> Any:

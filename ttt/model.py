@@ -196,6 +196,7 @@ def load_mimi(sources: Sources, device: str = "cpu"):
     """Mimi alone (its own config, the LM's codebook count from the LM kwargs): what data
     preparation needs, the LM untouched. Built on the meta device and assigned the stored
     tensors like the LM (upstream ``get_mimi`` initialises a random Mimi first)."""
+    _header(sources.mimi)  # a garbage or truncated file: one line naming it
     try:
         with torch.device("meta"):  # get_mimi builds its SEANet convs without a device
             mimi = loaders.get_mimi(None, _mimi_config(sources), device="meta")
