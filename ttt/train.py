@@ -350,7 +350,11 @@ def _seeds_ttt(ttt: TTTConfig) -> dict:
 
 
 def _rng_state(g: torch.Generator) -> dict:
-    return {"batch": g.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    """Every RNG's state as tensors and plain values, so ``torch.load(weights_only=True)`` reads
+    it back (numpy's key array travels as a tensor: nothing to unpickle)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"batch": g.get_state(), "torch": torch.get_rng_state(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
             "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
@@ -358,7 +362,8 @@ def _rng_state(g: torch.Generator) -> dict:
 def _set_rng_state(state: dict, g: torch.Generator) -> None:
     g.set_state(state["batch"])
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -382,7 +387,11 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
     resume = find_resume(out)
     saved = None
     if resume is not None:
-        saved = torch.load(resume / STATE_FILE, weights_only=False)
+        try:  # tensors and plain values only: a file planted in --out cannot run code
+            saved = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - pickle refused, truncated, not a torch file
+            raise ValueError(f"{resume / STATE_FILE}: unreadable training state "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         # Only the step budget may change between a run and its resumption.
         new, old = cfg.to_dict(), saved["config"]
         diff = sorted(k for k in set(new) | set(old)
