@@ -178,9 +178,10 @@ def _param_keys(rows: list[dict]) -> set[str]:
 
 
 # An lr_grid cell whose text perplexity exceeds its TTT-off twin's by this factor counts as
-# diverged: the fast weights ran away even if every number stayed finite (the MLP input is
-# normed, so a too-large lr rarely overflows; it wrecks the model instead).
-BLOWUP_PPL_RATIO = 2.0
+# diverged: past it the fast weights harm the model. The MLP input is normed, so a too-large lr
+# rarely overflows; the output saturates instead (the trained default at lr 1 is 1.35× off, the
+# untrained one still below off), so the boundary is where TTT starts to hurt, not an overflow.
+BLOWUP_PPL_RATIO = 1.1
 
 
 def _blown_up(r: dict) -> bool:
