@@ -61,7 +61,7 @@ def test_reduced_matrix_tables(workdir):
     ok = cells["lr_grid/lr~0.001/chunk~8/ttt~on"]
     assert ok["status"] == "ok" and ok["twin"] == "lr_grid/ttt~off"
     # what each row was computed from: model identity and the resolved TTT settings
-    assert ok["model"] == "tiny" and len(ok["model_digest"]) == 16 and ok["model_path"] == "tiny"
+    assert ok["model"] == "tiny" and len(ok["model_digest"]) == 16 and "tiny-control-" in ok["model_path"]
     assert (ok["ttt_lr"], ok["ttt_chunk_size"], ok["ttt_variant"]) == ("0.001", "8", "inplace")
     assert cells["lr_grid/ttt~off"]["ttt_lr"] == "" and cells["lr_grid/ttt~off"]["model_digest"] == ok["model_digest"]
     assert float(ok["perplexity_text_off"]) == float(cells["lr_grid/ttt~off"]["perplexity_text"])
@@ -82,9 +82,8 @@ def test_reduced_matrix_tables(workdir):
 
 
 def test_ablation_family_twins_and_verdicts(workdir):
-    """Paper Fig. 3c on the tiny default: each variant against the one TTT-off twin. Fresh TTT
-    parameters start the conv as the identity tap, so no_conv equals full exactly here, while
-    dropping W_target (diag N(0, 0.5²) → I) changes the updates."""
+    """Paper Fig. 3c on the tiny default: each variant against the one TTT-off twin. Its target
+    conv and W_target are trained, so dropping either changes the updates."""
     import json
     abl = read(workdir / "results/tables/ablation.csv")
     on = {f"ablation/ablation~{v}/ttt~on" for v in ("full", "no_conv", "no_target", "neither")}
@@ -101,8 +100,8 @@ def test_ablation_family_twins_and_verdicts(workdir):
             "full": (True, True), "no_conv": (False, True), "no_target": (True, False),
             "neither": (False, False)}[variant]
     ppl = {c.split("~")[1].split("/")[0]: float(abl[c]["perplexity_text"]) for c in on}
-    assert ppl["no_conv"] == ppl["full"] and ppl["neither"] == ppl["no_target"]
-    assert ppl["no_target"] != ppl["full"]
+    assert ppl["no_conv"] != ppl["full"] and ppl["no_target"] != ppl["full"]
+    assert ppl["neither"] != ppl["no_target"]
     assert float(abl["ablation/ablation~no_target/ttt~on"]["perplexity_text_vs_full"]) == \
         ppl["no_target"] - ppl["full"]
     verdicts = read_by(workdir / "results/tables/verdicts.csv", "signal")
