@@ -318,7 +318,7 @@ def test_panel_shows_heard_text_on_the_results_side(tmp_path):
 def test_stage_as_its_own_submitit_job(tmp_path, librivox):
     """The launcher route (a SLURM job on a cluster; submitit's local executor here) writes what
     the in-process stage writes; the job finds the recogniser output in the shared cache."""
-    from ttt.asr import submit_stage
+    from ttt.asr_job import submit_stage
     from ttt.launcher import read_launcher
 
     audio, _ = librivox

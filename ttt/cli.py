@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--launcher", default=None,
                    help="launcher YAML: with executor slurm the stage is its own SLURM job (the "
                         "launcher's GPUs); otherwise it runs in this process")
-    t.set_defaults(func=lambda args: _lazy("asr", "asr_command")(args))
+    t.set_defaults(func=lambda args: _lazy("asr_job", "asr_command")(args))
     p = sub.add_parser("selfcheck", help="run TTT on the embedded tiny model and compare modes")
     p.add_argument("--tokens", type=int, default=64, help="sequence length (default 64)")
     p.add_argument("--chunk", type=int, default=16, help="TTT chunk size (default 16)")
