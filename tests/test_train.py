@@ -153,3 +153,26 @@ def test_trained_control_remembers_beyond_its_context():
     assert np.nanmax(np.abs(prod[0] - off[0])) < 1e-3
     # Trained, not random: far below the untrained model's text perplexity (~200 here).
     assert np.exp(np.nanmean(off[0])) < 5
+
+
+def test_default_long_form_input_recurs_beyond_the_context(tmp_path):
+    """The default run's long_form cells read `demo: {recurrent: true}`: the first 8 s (audio and
+    words) come back after each 4-s filler, i.e. beyond the trained default's 32-frame context."""
+    import soundfile as sf
+
+    from ttt.config import CellConfig
+    from ttt.data import RECUR_GAP_S, RECUR_PART_S, read_manifest, write_demo_manifest
+
+    rec = read_manifest(write_demo_manifest(tmp_path, [30.0], 1, DEMO_WORDS, recurrent=True))[0]
+    plain = read_manifest(write_demo_manifest(tmp_path, [30.0], 1, DEMO_WORDS))[0]
+    audio, rate = sf.read(rec.path)
+    part, period = int(RECUR_PART_S * rate), int((RECUR_PART_S + RECUR_GAP_S) * rate)
+    assert period / rate > 32 / 12.5                          # beyond the attention context
+    assert np.array_equal(audio[:part], audio[period:period + part])
+    assert not np.array_equal(audio[part:period], audio[period + part:2 * period])  # fresh fillers
+    plain_audio, _ = sf.read(plain.path)
+    assert not np.array_equal(plain_audio[:part], plain_audio[period:period + part])
+    words = [w for w, (a, _), _ in rec.alignments if a < RECUR_PART_S]
+    assert words == [w for w, (a, _), _ in rec.alignments if period / rate <= a < period / rate + RECUR_PART_S]
+    with pytest.raises(ValueError, match="data.demo.recurrent"):
+        CellConfig(cell="x", data={"demo": {"durations": [8.0], "recurrent": "yes"}})

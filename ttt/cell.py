@@ -148,7 +148,8 @@ def cell_items(cfg: CellConfig, cache: Path):
     demo = dict(cfg.data["demo"])
     durations = [float(d) for d in demo.get("durations", [20.0])]
     seed = int(demo.get("seed", 0))
-    return read_manifest(write_demo_manifest(cache / "demo", durations, seed, DEMO_WORDS))
+    return read_manifest(write_demo_manifest(cache / "demo", durations, seed, DEMO_WORDS,
+                                             recurrent=bool(demo.get("recurrent", False))))
 
 
 def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: "Phases",

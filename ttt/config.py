@@ -265,7 +265,8 @@ DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")  # what a cell can run on (torch.dev
 class CellConfig:
     """One cell. ``ttt``/``yarn`` are TTTConfig/YarnConfig dicts overriding the checkpoint's own
     settings (``ttt: {enabled: false}`` for a TTT-off cell); ``data`` is ``{manifest: PATH}`` or
-    ``{demo: {durations: [s, ...], seed: N}}``."""
+    ``{demo: {durations: [s, ...], seed: N, recurrent: false}}`` (``recurrent``: the positive
+    control's pattern, README "The embedded default")."""
 
     cell: str
     mode: str = "teacher_forced"
@@ -315,9 +316,11 @@ class CellConfig:
             demo = self.data["demo"]
             check(isinstance(demo, Mapping), "data.demo",
                   f"must be a mapping {{durations: [s, ...], seed: N}}, got {demo!r}")
-            unknown = sorted(map(str, set(demo) - {"durations", "seed"}))
+            unknown = sorted(map(str, set(demo) - {"durations", "seed", "recurrent"}))
             check(not unknown, "data.demo", f"unknown key(s) {unknown}; valid keys are "
-                  "['durations', 'seed']")
+                  "['durations', 'recurrent', 'seed']")
+            check(isinstance(demo.get("recurrent", False), bool), "data.demo.recurrent",
+                  f"must be true or false, got {demo.get('recurrent')!r}")
             durations = demo.get("durations", [20.0])
             check(isinstance(durations, list) and durations and all(
                 finite(d) and 0 < d <= MAX_DEMO_S for d in durations), "data.demo.durations",

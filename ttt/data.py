@@ -249,6 +249,9 @@ def conversation_codes(mimi, tokenizer, item: Item, cache_dir: Path, mimi_id: st
 
 # ---- demo conversations for the embedded default ---------------------------------------------
 
+# The positive control's recurrence (gpu/control/run.sh): an 8-s part, 4-s fillers.
+RECUR_PART_S, RECUR_GAP_S = 8.0, 4.0
+
 def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[str]) -> Item:
     """A deterministic stereo 'conversation': speakers alternate turns of 3–8 words; each word is
     a short harmonic tone whose pitch depends on the word. Writes the wav and its alignments."""
@@ -284,15 +287,26 @@ def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[s
     return Item(wav, duration, read_alignments(wav, duration))
 
 
-def write_demo_manifest(directory: Path, durations: list[float], seed: int, words: list[str]) -> Path:
-    """A manifest of demo conversations (reused when already written with the same settings)."""
+def write_demo_manifest(directory: Path, durations: list[float], seed: int, words: list[str],
+                        recurrent: bool = False) -> Path:
+    """A manifest of demo conversations (reused when already written with the same settings).
+    ``recurrent``: the positive control's pattern (README "The embedded default"): the first
+    ``RECUR_PART_S`` seconds come back after every ``RECUR_GAP_S``-second filler, beyond the
+    default model's attention context, so a memory that outlives it can help."""
     directory.mkdir(parents=True, exist_ok=True)
-    manifest = directory / f"manifest-seed{seed}-{'_'.join(f'{d:g}' for d in durations)}s.jsonl"
+    kind = "-recurrent" if recurrent else ""
+    manifest = directory / f"manifest{kind}-seed{seed}-{'_'.join(f'{d:g}' for d in durations)}s.jsonl"
     lines = []
     for i, duration in enumerate(durations):
-        wav = directory / f"conversation{i:03d}-{duration:g}s-seed{seed}.wav"
+        wav = directory / f"conversation{i:03d}{kind}-{duration:g}s-seed{seed}.wav"
         if not wav.is_file() or not wav.with_suffix(".json").is_file():
-            write_demo_conversation(wav, duration, seed + i, words)
+            if recurrent:
+                from .control import write_control_conversation
+                write_control_conversation(wav, duration=duration, recurrent=True,
+                                           part_s=RECUR_PART_S, gap_s=RECUR_GAP_S, seed=seed + i,
+                                           words=words)
+            else:
+                write_demo_conversation(wav, duration, seed + i, words)
         lines.append(json.dumps({"path": wav.name, "duration": duration}))
     tmp = manifest.with_name(f".{manifest.name}.tmp{os.getpid()}")
     tmp.write_text("\n".join(lines) + "\n")

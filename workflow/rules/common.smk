@@ -28,7 +28,10 @@ def _data(family_cfg, duration, seed):
     """A family's inputs: its manifest when given, else a demo conversation of `duration`."""
     if family_cfg.get("manifest"):
         return {"manifest": family_cfg["manifest"]}
-    return {"demo": {"durations": [float(duration)], "seed": int(seed)}}
+    demo = {"durations": [float(duration)], "seed": int(seed)}
+    if family_cfg.get("recurrent"):
+        demo["recurrent"] = True
+    return {"demo": demo}
 
 
 def _cell(family, path_params, mode, data, ttt_on, ttt_extra=None, **extra):
