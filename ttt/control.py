@@ -1,7 +1,7 @@
 """The positive control's data and measurement: conversations whose content recurs beyond the
 attention context, and the held-out TTT-on vs TTT-off gain of a trained model.
 
-Conversations are the demo kind (``data.write_demo_conversation``'s word tones, two speakers,
+Conversations are the demo kind (``data.word_tone_turns``, the demo's word tones, two speakers,
 moshi-finetune layout). A *recurrent* one copies its first ``part_s`` seconds (audio samples
 and word alignments, frame-aligned, so the random Mimi sees the same samples) again after a
 ``gap_s`` filler that is longer than the context: only a memory that outlives the attention
@@ -16,37 +16,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 
-from .data import FRAME_RATE, MAIN, OTHER, SAMPLE_RATE
+from .data import FRAME_RATE, SAMPLE_RATE, word_tone_turns, write_conversation
 
 SAMPLES_PER_FRAME = int(SAMPLE_RATE / FRAME_RATE)  # 1920
-
-
-def _talk(rng, duration: float, words: list[str], channel: int = 0):
-    """Alternating turns of word tones over ``duration`` s: (audio [n, 2], alignments, channel)."""
-    n = int(round(duration * SAMPLE_RATE))
-    audio = np.zeros((n, 2), dtype=np.float32)
-    alignments = []
-    t = 0.1
-    while t < duration - 0.5:
-        for _ in range(int(rng.integers(3, 9))):
-            word = words[int(rng.integers(len(words)))]
-            length = float(rng.uniform(0.25, 0.5))
-            if t + length > duration - 0.1:
-                break
-            start = int(t * SAMPLE_RATE)
-            k = np.arange(int(length * SAMPLE_RATE))
-            f0 = 120 + 15 * (sum(map(ord, word)) % 20) + 60 * channel
-            tone = sum(np.sin(2 * np.pi * f0 * h * k / SAMPLE_RATE) / h for h in (1, 2, 3))
-            envelope = np.sin(np.pi * k / len(k)) ** 2
-            audio[start:start + len(k), channel] += 0.2 * (tone * envelope).astype(np.float32)
-            alignments.append([word, [t, t + length], MAIN if channel == 0 else OTHER])
-            t += length + float(rng.uniform(0.02, 0.12))
-        t += float(rng.uniform(0.2, 0.6))
-        channel = 1 - channel
-    audio += 0.003 * rng.standard_normal(audio.shape).astype(np.float32)
-    return audio, alignments, channel
 
 
 def _frames(seconds: float) -> float:
@@ -70,7 +43,7 @@ def write_control_conversation(wav: Path, *, duration: float, recurrent: bool, p
             if is_a and recurrent and first is not None:
                 audio, words_here = first
             else:
-                audio, words_here, channel = _talk(rng, length, words, channel)
+                audio, words_here, channel = word_tone_turns(rng, length, words, channel)
                 if is_a and first is None:
                     first = (audio, words_here)
             audio = audio[:int(round(length * SAMPLE_RATE))]
@@ -79,12 +52,7 @@ def write_control_conversation(wav: Path, *, duration: float, recurrent: bool, p
                            for w, (a, b), s in words_here if a < length]
             t += length
     audio = np.concatenate(pieces)
-    wav.parent.mkdir(parents=True, exist_ok=True)
-    tag = f".tmp{os.getpid()}"
-    sf.write(str(wav) + tag, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    Path(str(wav.with_suffix(".json")) + tag).write_text(json.dumps({"alignments": alignments}))
-    os.replace(str(wav.with_suffix(".json")) + tag, wav.with_suffix(".json"))
-    os.replace(str(wav) + tag, wav)
+    write_conversation(wav, audio, alignments)
     return {"path": wav.name, "duration": round(len(audio) / SAMPLE_RATE, 4), "recurrent": recurrent}
 
 

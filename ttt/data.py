@@ -252,38 +252,52 @@ def conversation_codes(mimi, tokenizer, item: Item, cache_dir: Path, mimi_id: st
 # The positive control's recurrence (gpu/control/run.sh): an 8-s part, 4-s fillers.
 RECUR_PART_S, RECUR_GAP_S = 8.0, 4.0
 
-def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[str]) -> Item:
-    """A deterministic stereo 'conversation': speakers alternate turns of 3–8 words; each word is
-    a short harmonic tone whose pitch depends on the word. Writes the wav and its alignments."""
-    rng = np.random.default_rng(seed)
-    n = int(duration * SAMPLE_RATE)
+def word_tone_turns(rng, duration: float, words: list[str], channel: int = 0, start: float = 0.1,
+                    samples: int | None = None):
+    """Alternating turns of 3–8 words over ``duration`` s, each word a short harmonic tone whose
+    pitch depends on the word: (audio [samples, 2], alignments, the channel that speaks next)."""
+    n = int(round(duration * SAMPLE_RATE)) if samples is None else samples
     audio = np.zeros((n, 2), dtype=np.float32)
     alignments = []
-    t, channel = 0.2, 0
+    t = start
     while t < duration - 0.5:
         for _ in range(int(rng.integers(3, 9))):
             word = words[int(rng.integers(len(words)))]
             length = float(rng.uniform(0.25, 0.5))
             if t + length > duration - 0.1:
                 break
-            start = int(t * SAMPLE_RATE)
+            first = int(t * SAMPLE_RATE)
             k = np.arange(int(length * SAMPLE_RATE))
             f0 = 120 + 15 * (sum(map(ord, word)) % 20) + 60 * channel
             tone = sum(np.sin(2 * np.pi * f0 * h * k / SAMPLE_RATE) / h for h in (1, 2, 3))
             envelope = np.sin(np.pi * k / len(k)) ** 2
-            audio[start:start + len(k), channel] += 0.2 * (tone * envelope).astype(np.float32)
-            alignments.append([word, [round(t, 3), round(t + length, 3)], MAIN if channel == 0 else OTHER])
+            audio[first:first + len(k), channel] += 0.2 * (tone * envelope).astype(np.float32)
+            alignments.append([word, [t, t + length], MAIN if channel == 0 else OTHER])
             t += length + float(rng.uniform(0.02, 0.12))
         t += float(rng.uniform(0.2, 0.6))
         channel = 1 - channel
     audio += 0.003 * rng.standard_normal(audio.shape).astype(np.float32)
+    return audio, alignments, channel
+
+
+def write_conversation(wav: Path, audio: np.ndarray, alignments: list) -> None:
+    """The wav and its sibling alignments json, each atomically (temporary name, then rename):
+    cells starting together may write the same demo."""
     wav.parent.mkdir(parents=True, exist_ok=True)
-    # Atomic (temporary name, then rename): cells starting together may write the same demo.
     tag = f".tmp{os.getpid()}"
     sf.write(str(wav) + tag, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
     Path(str(wav.with_suffix(".json")) + tag).write_text(json.dumps({"alignments": alignments}))
     os.replace(str(wav.with_suffix(".json")) + tag, wav.with_suffix(".json"))
     os.replace(str(wav) + tag, wav)
+
+
+def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[str]) -> Item:
+    """A deterministic stereo 'conversation' of word tones (``word_tone_turns``)."""
+    rng = np.random.default_rng(seed)
+    audio, alignments, _ = word_tone_turns(rng, duration, words, start=0.2,
+                                           samples=int(duration * SAMPLE_RATE))
+    alignments = [[w, [round(a, 3), round(b, 3)], s] for w, (a, b), s in alignments]
+    write_conversation(wav, audio, alignments)
     return Item(wav, duration, read_alignments(wav, duration))
 
 

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from .config import TTTConfig, strict_kwargs
+from .config import TTTConfig, _is_int, strict_kwargs
 from .checkpoints import resolve_checkpoint
 from .data import conversation_codes, read_manifest
 from .identity import file_digest
@@ -127,10 +127,6 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
         return TrainConfig.from_dict(raw)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _is_number(x) -> bool:
