@@ -11,6 +11,7 @@ defaults below are the ones documented in ``workflow/schemas/config.schema.yaml`
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 from dataclasses import dataclass, field
