@@ -285,14 +285,30 @@ def _upstream_regression(cfg, bundle, items, cache) -> dict:
     """This cell's model vs the same checkpoint loaded by upstream moshi's own loader, on the first
     block of the first input: the TTT-off regression guard (seed 000 item 9)."""
     from moshi.models import loaders
+    from safetensors import safe_open
+    from safetensors.torch import load_file
 
     src = bundle.sources
     kwargs = dict(src.lm_kwargs)
     if src.lora is not None:  # moshi's own LoRA path: LoRALinear modules, fused after loading
         kwargs.update(lora=True, lora_scaling=src.lora_scaling, lora_rank=_lora_rank(src.lora))
-    plain = loaders.get_moshi_lm(str(src.lm_weights), lm_kwargs=kwargs, device=cfg.device,
-                                 dtype=getattr(torch, cfg.dtype), lora_weights=src.lora,
-                                 fuse_lora=True)
+    dtype = getattr(torch, cfg.dtype)
+    with safe_open(str(src.lm_weights), "pt") as f:
+        stored = set(f.keys())
+    with torch.device("meta"):
+        upstream_keys = set(loaders.get_moshi_lm(None, lm_kwargs=kwargs, device="meta").state_dict())
+    ttt_only = stored - upstream_keys
+    if ttt_only and src.lora is None:
+        # A checkpoint trained with TTT: moshi's loader refuses its TTT tensors, so moshi's own
+        # LMModel takes every other tensor, strictly (no key missing, nothing added).
+        plain = loaders.get_moshi_lm(None, lm_kwargs=kwargs, device=cfg.device, dtype=dtype)
+        state = load_file(str(src.lm_weights), device=str(cfg.device))
+        plain.load_state_dict({k: v for k, v in state.items() if k not in ttt_only}, strict=True)
+        loader = f"LMModel.load_state_dict(strict), {len(ttt_only)} TTT tensors left out"
+    else:
+        plain = loaders.get_moshi_lm(str(src.lm_weights), lm_kwargs=kwargs, device=cfg.device,
+                                     dtype=dtype, lora_weights=src.lora, fuse_lora=True)
+        loader = "moshi.models.loaders.get_moshi_lm"
     codes = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes",
                                bundle.mimi_id)[:, :, :cfg.block].to(cfg.device)
     with torch.no_grad():
@@ -301,7 +317,8 @@ def _upstream_regression(cfg, bundle, items, cache) -> dict:
              ((ours.text_logits, theirs.text_logits), (ours.logits, theirs.logits))]
     equal = all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in
                 ((ours.text_logits, theirs.text_logits), (ours.logits, theirs.logits)))
-    return {"bitwise_equal": equal, "max_abs_diff": max(diffs), "steps": codes.shape[-1]}
+    return {"bitwise_equal": equal, "max_abs_diff": max(diffs), "steps": codes.shape[-1],
+            "upstream_loader": loader}
 
 
 def _embedding_plumbing(cfg, bundle, items, cache) -> dict:
