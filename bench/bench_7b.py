@@ -26,7 +26,7 @@ from moshi.models import loaders
 from moshi.models.lm import LMGen
 
 import ttt
-from ttt.tiny import TINY_LM_KWARGS
+from ttt.moshi.tiny import TINY_LM_KWARGS
 
 CASES = {
     "every6_c256": dict(start_layer=0, layer_frequency=6, chunk_size=256),

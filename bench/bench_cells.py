@@ -3,14 +3,14 @@
 Builds a random checkpoint directory (moshi's 7B config in bf16 by default) and measures, on the
 same device in the same process:
 
-- loading: ``ttt.model.load_checkpoint`` (TTT off and on) vs upstream
+- loading: ``ttt.moshi.model.load_checkpoint`` (TTT off and on) vs upstream
   ``loaders.get_moshi_lm(filename)`` on the same files;
-- teacher-forced: the cell's own timed pass (``ttt.cell`` ``_teacher_forced``: blocks, NLL,
+- teacher-forced: the cell's own timed pass (``ttt.eval.cell`` ``_teacher_forced``: blocks, NLL,
   telemetry, divergence checks; TTT off, TTT on, TTT on with its A/B twin) vs a plain
   ``lm(codes)`` + text and audio cross-entropy over the same frames, at each length (lengths past
   moshi's 3000 context run with context = the longest length, YaRN in the cells as the yarn family
   does; upstream with the same attention context);
-- generate: the cell's step (``ttt.generate.stream_user_channel``, Mimi decoding deferred) vs
+- generate: the cell's step (``ttt.eval.generate.stream_user_channel``, Mimi decoding deferred) vs
   upstream ``LMGen`` alone and ``LMGen`` + Mimi's streaming decode inside the step (what the cell
   did before), each in its own session after one untimed session, all at the same position, and
   the deferred decode's samples compared bitwise with the inline decode.
@@ -41,10 +41,10 @@ from safetensors.torch import save_file
 
 import ttt
 from ttt import cell as cells
-from ttt.generate import decode_audio, stream_user_channel
-from ttt.model import _train_tokenizer, load_checkpoint
-from ttt.surgery import ttt_disabled
-from ttt.tiny import TINY_LM_KWARGS
+from ttt.eval.generate import decode_audio, stream_user_channel
+from ttt.moshi.model import _train_tokenizer, load_checkpoint
+from ttt.moshi.surgery import ttt_disabled
+from ttt.moshi.tiny import TINY_LM_KWARGS
 
 TTT_7B = {"start_layer": 0, "layer_frequency": 6, "chunk_size": 256, "lr": 1e-3,
           "delta_clip_fro_norm": 1e-5}

@@ -2,7 +2,7 @@
 
 Streaming generation through ``ttt.TTTLMGen`` (CUDA graphs on a GPU): TTT off; In-Place TTT and
 the TTT-MLP hybrid on every 6th layer (``--every``), each without diagnostics and with
-:class:`ttt.diagnostics.Diagnostics` recorded every 100, 10 and 1 steps. Prints ms/step p50 and
+:class:`ttt.session.diagnostics.Diagnostics` recorded every 100, 10 and 1 steps. Prints ms/step p50 and
 the ratio to the same model without diagnostics (cases interleaved over ``--rounds``).
 
     python bench/bench_diagnostics.py                                  # 7B config, bf16, CUDA
@@ -21,8 +21,8 @@ import torch
 from moshi.models import loaders
 
 import ttt
-from ttt.diagnostics import Diagnostics
-from ttt.tiny import TINY_LM_KWARGS
+from ttt.session.diagnostics import Diagnostics
+from ttt.moshi.tiny import TINY_LM_KWARGS
 
 EVERY = (None, 100, 10, 1)
 

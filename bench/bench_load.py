@@ -27,7 +27,7 @@ from moshi.models import loaders
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ttt.model import DEFAULT_LM_KWARGS, _train_tokenizer, load_checkpoint  # noqa: E402
+from ttt.moshi.model import DEFAULT_LM_KWARGS, _train_tokenizer, load_checkpoint  # noqa: E402
 
 CELLS = {"generate_ttt_off": {"enabled": False},
          "generate_every6": {"start_layer": 0, "layer_frequency": 6, "chunk_size": 256}}

@@ -3,7 +3,7 @@
 One TTT layer's ``dual_form_output`` (d 4096, hid 11264, chunk 256, block 4096, τ 1e-5) on random
 bf16 inputs: relative error of the bf16 result against the same computation in float64 from the
 same inputs, and its time (CUDA events, median of 20 interleaved calls after warm-up). With ``--old FILE`` (another version of
-``ttt/inplace_math.py``) both are measured side by side in the same run.
+``ttt/core/inplace_math.py``) both are measured side by side in the same run.
 
     python bench/dual_form_check.py --lengths 2048 8192 [--old /tmp/old_inplace_math.py]
 """
@@ -16,8 +16,8 @@ import statistics
 
 import torch
 
-from ttt import inplace_math
-from ttt.inplace_math import conv_as_matrix
+from ttt.core import inplace_math
+from ttt.core.inplace_math import conv_as_matrix
 
 
 def load(path: str):

@@ -131,7 +131,7 @@ def graphed_vs_eager(cfg: ttt.TTTConfig) -> dict:
     update counts, fast-weight state, and the attention-vs-TTT diagnostics (read through tensor
     references taken at capture, which each replay rewrites). For the TTT-MLP hybrid this also
     proves its mini-batch commits inside the graph (device-side selects, no host driver)."""
-    from ttt.diagnostics import Diagnostics
+    from ttt.session.diagnostics import Diagnostics
 
     def fast_state(lm):
         out = {}

@@ -5,7 +5,7 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from ttt.tiny import TINY_LM_KWARGS, tiny_lm  # noqa: E402,F401
+from ttt.moshi.tiny import TINY_LM_KWARGS, tiny_lm  # noqa: E402,F401
 
 CARD = TINY_LM_KWARGS["card"]
 
@@ -74,7 +74,7 @@ def cache(tmp_path_factory):
 
 
 def make_cell(cache, name, durations, **overrides):
-    from ttt.cell import CellConfig
+    from ttt.eval.cell import CellConfig
     base = dict(cell=name, model="tiny-random", data={"demo": {"durations": durations, "seed": 3}},
                 ttt=CELL_TTT, window_s=2.0, cache_dir=str(cache))
     return CellConfig.from_dict({**base, **overrides})

@@ -15,7 +15,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import torch  # noqa: E402
 
 import ttt  # noqa: E402
-from ttt.snapshot import load_snapshot, restore, save_snapshot, snapshot  # noqa: E402
+from ttt.session.snapshot import load_snapshot, restore, save_snapshot, snapshot  # noqa: E402
 from conftest import randomize_ttt_params, random_sequence, tiny_lm  # noqa: E402
 
 

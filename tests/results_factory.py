@@ -1,14 +1,14 @@
 """Constructed ``results/`` folders, written like real runs (status.json, cell/metrics.json,
 timeseries.csv, telemetry.csv, the job log with TTT-TELEMETRY lines, tables/cells.csv through
-ttt.aggregate), so the verdict gates and the run comparison can be tested on planted faults."""
+ttt.report.aggregate), so the verdict gates and the run comparison can be tested on planted faults."""
 from __future__ import annotations
 
 import copy
 import json
 from pathlib import Path
 
-from ttt.aggregate import collect, mark_ablation, mark_lr_grid, pair_twins
-from ttt.files import write_csv
+from ttt.report.aggregate import collect, mark_ablation, mark_lr_grid, pair_twins
+from ttt.base.files import write_csv
 
 TTT = {"enabled": True, "variant": "inplace", "layers": None, "start_layer": 1, "layer_frequency": 2,
        "chunk_size": 16, "lr": 0.001, "conv_kernel_size": 2, "conv_padding": "right",

@@ -9,7 +9,7 @@ import torch
 import ttt
 from conftest import randomize_ttt_params, random_sequence, rel_err, tiny_lm
 from reference_ttt import build_reference
-from ttt.inplace_math import chunk_target
+from ttt.core.inplace_math import chunk_target
 
 ABLATIONS = {"full": {}, "no_conv": {"target_conv": False},
              "no_target": {"target_projection": False},
@@ -102,7 +102,7 @@ def test_ablations_have_no_unused_parameters_and_differ_from_full():
 def test_full_checkpoint_loads_into_an_ablated_model_and_ablated_one_into_full_fails(tmp_path):
     """Evaluating a trained full model with a part switched off drops that part's weights; a
     checkpoint trained without a part cannot silently load into a model that needs it."""
-    from ttt.model import CheckpointError, _check_keys
+    from ttt.moshi.model import CheckpointError, _check_keys
 
     full_cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=6, lr=0.5)
     full = randomize_ttt_params(ttt.apply_ttt(tiny_lm(0), full_cfg))

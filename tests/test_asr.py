@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ttt.asr import (DECODE, SEED, AsrConfig, asr_indicators, consistency, model_source, run_stage,
+from ttt.eval.asr import (DECODE, SEED, AsrConfig, asr_indicators, consistency, model_source, run_stage,
                      silence_fraction)
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
@@ -57,7 +57,7 @@ def test_silence_fraction_by_hand():
 
 def fake_cell(root: Path, windows: list[str], window_s: float, offset_s: float, wav: np.ndarray,
               rate: int = 16000, untrained: bool = False) -> Path:
-    """A generate cell's directory as ttt.cell writes it: metrics.json, transcript.jsonl, out.wav."""
+    """A generate cell's directory as ttt.eval.cell writes it: metrics.json, transcript.jsonl, out.wav."""
     root.mkdir(parents=True)
     sf.write(str(root / "out.wav"), wav, rate)
     (root / "metrics.json").write_text(json.dumps({
@@ -72,7 +72,7 @@ def fake_cell(root: Path, windows: list[str], window_s: float, offset_s: float, 
 def test_windows_follow_the_audio_offset(tmp_path, monkeypatch):
     """Recognised words are placed on Moshi's text axis (audio time + offset_s) before windowing;
     without the offset "world" (heard at 3.9 s) would fall in the first window."""
-    import ttt.asr as asr
+    import ttt.eval.asr as asr
 
     cell = fake_cell(tmp_path / "cell", ["hello", "world"], 4.0, 0.16, np.zeros(8 * 16000, "float32"))
     heard = {"words": [{"start": 0.1, "end": 0.5, "word": "Hello"},
@@ -226,7 +226,7 @@ def asr_results(tmp_path, on_wers, off_wers, untrained, same_words=False):
     write_asr(tmp_path, on, on_wers, untrained, "hello there")
     write_asr(tmp_path, off, off_wers, untrained, "hello there" if same_words else "good morning")
     aggregate_tables(tmp_path)
-    from ttt import verdicts
+    from ttt.report import verdicts
     summary, checks = verdicts.evaluate(tmp_path)
     return {r["signal"]: r for r in summary}, tmp_path
 
@@ -280,8 +280,8 @@ def test_panel_shows_heard_text_on_the_results_side(tmp_path):
     import zipfile
 
     from test_panel import ratings_doc
-    from ttt.panel import System, build_panel
-    from ttt.ratings import collect_ratings
+    from ttt.panel.page import System, build_panel
+    from ttt.panel.ratings import collect_ratings
 
     rate, systems = 24000, []
     for label, words in (("on", [(0.5, "Zebraword"), (4.2, "quokka")]), ("off", [(1.0, "narwhal")])):
@@ -318,8 +318,8 @@ def test_panel_shows_heard_text_on_the_results_side(tmp_path):
 def test_stage_as_its_own_submitit_job(tmp_path, librivox):
     """The launcher route (a SLURM job on a cluster; submitit's local executor here) writes what
     the in-process stage writes; the job finds the recogniser output in the shared cache."""
-    from ttt.asr_job import submit_stage
-    from ttt.launcher import read_launcher
+    from ttt.launch.asr_job import submit_stage
+    from ttt.launch.launcher import read_launcher
 
     audio, _ = librivox
     cell = fake_cell(tmp_path / "cell", ["and mister john dashwood"], 600.0, 0.0, audio[: 3 * 16000])

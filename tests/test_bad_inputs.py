@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from ttt.config import load_cell_config
-from ttt.data import DataError, read_manifest
+from ttt.eval.data import DataError, read_manifest
 
 BASE = "cell: c\nmode: generate\n"
 CONFIG_FAULTS = {  # YAML appended to BASE → the key the error must name
@@ -114,7 +114,7 @@ def test_manifest_much_shorter_than_audio_warns_and_non_utf8_is_named(tmp_path, 
     ("config.json", "list"),
 ])
 def test_damaged_checkpoint_files_are_named(cache, tmp_path, name, damage):
-    from ttt.model import CheckpointError, load_checkpoint, resolve_model
+    from ttt.moshi.model import CheckpointError, load_checkpoint, resolve_model
 
     source = resolve_model("tiny", cache / "models")
     ckpt = tmp_path / "ckpt"

@@ -10,10 +10,10 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from ttt.cell import CellConfig, cell_items, run_cell
+from ttt.eval.cell import CellConfig, cell_items, run_cell
 from conftest import CELL_TTT, make_cell
-from ttt.data import DataError, conversation_codes, read_manifest, write_demo_conversation
-from ttt.model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
+from ttt.eval.data import DataError, conversation_codes, read_manifest, write_demo_conversation
+from ttt.moshi.model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
 
 TTT = CELL_TTT
 

@@ -35,8 +35,8 @@ from moshi.models import loaders
 from moshi.modules.lora import LoRALinear, replace_all_linear_with_lora
 from safetensors.torch import load_file, save_file
 
-from ttt.checkpoints import CheckpointError, resolve_checkpoint
-from ttt.model import DEFAULT_LM_KWARGS, inspect_checkpoint, load_checkpoint, resolve_model
+from ttt.moshi.checkpoints import CheckpointError, resolve_checkpoint
+from ttt.moshi.model import DEFAULT_LM_KWARGS, inspect_checkpoint, load_checkpoint, resolve_model
 
 KW = DEFAULT_LM_KWARGS
 REPO = "kyutai/moshiko-pytorch-bf16"
@@ -165,7 +165,7 @@ def test_missing_hf_cache_is_one_line_naming_the_download(hub, tmp_path, capsys)
     assert "\n" not in message and f"huggingface-cli download {REPO}" in message
     assert message.startswith(REPO)
     # Through the CLI: exit 2, one line on stderr.
-    from ttt.cli import main
+    from ttt.cli.main import main
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"cell": "c", "model": REPO, "cache_dir": str(tmp_path / "cache"),
                                    "data": {"demo": {"durations": [1.0], "seed": 0}}}))
@@ -326,7 +326,7 @@ def count_random_init(fn):
 def old_load(tiny: Path, ttt: dict, seed: int):
     """The loader this replaces: random LM on the device, TTT, then the state dict copied in."""
     from ttt.config import TTTConfig
-    from ttt.surgery import apply_ttt
+    from ttt.moshi.surgery import apply_ttt
     lm = loaders.get_moshi_lm(None, lm_kwargs=KW, device="cpu", dtype=torch.float32)
     torch.manual_seed(seed)
     apply_ttt(lm, TTTConfig.from_dict(ttt))
@@ -384,7 +384,7 @@ def test_inspect_checks_headers_with_one_line_errors(tiny, tmp_path):
 def test_tables_report_the_run_peak_not_the_load():
     """metrics.json keeps both peaks; the tables' peak_mem_bytes is the run's (older cells, with
     one ``peak_bytes``, still read)."""
-    from ttt.aggregate import _metrics_columns
+    from ttt.report.aggregate import _metrics_columns
     both = {"memory": {"load_peak_bytes": 15_780_514_304, "run_peak_bytes": 17_471_474_176}}
     assert _metrics_columns(both)["peak_mem_bytes"] == 17_471_474_176
     assert _metrics_columns({"memory": {"peak_bytes": 7}})["peak_mem_bytes"] == 7

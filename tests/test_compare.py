@@ -5,8 +5,8 @@ import json
 import shutil
 
 from results_factory import aggregate_tables, cell_spec, healthy_specs, write_results
-from ttt.cli import main
-from ttt.compare import cell_key
+from ttt.cli.main import main
+from ttt.report.compare import cell_key
 
 PLANTED = "long_form/duration~60/ttt~on"
 

@@ -132,7 +132,7 @@ def test_killed_cell_reruns_to_the_uninterrupted_result(cache, tmp_path):
 def test_planted_pickle_never_runs(tmp_path):
     import torch
 
-    from ttt.snapshot import SnapshotError, load_snapshot
+    from ttt.session.snapshot import SnapshotError, load_snapshot
 
     marker = tmp_path / "ran"
     pickled = tmp_path / "item0.pt"
@@ -179,7 +179,7 @@ def _truncate(path):
 def test_aggregate_and_verdicts_survive_corrupt_files(tmp_path, capsys):
     """Issue 16 item 7: one bad file costs its own cell's row, named; no traceback, others kept."""
     from results_factory import healthy_specs, write_results
-    from ttt.cli import main
+    from ttt.cli.main import main
 
     root = write_results(tmp_path / "results", healthy_specs())
     cells = sorted(p.parent for p in (root / "cells").glob("**/status.json"))

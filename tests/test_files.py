@@ -1,9 +1,9 @@
 """One-line errors of the shared document readers, through the commands that use them."""
 import pytest
 
-from ttt.files import read_json, read_yaml, write_csv
-from ttt.launcher import read_launcher
-from ttt.ratings import PanelError, read_ratings
+from ttt.base.files import read_json, read_yaml, write_csv
+from ttt.launch.launcher import read_launcher
+from ttt.panel.ratings import PanelError, read_ratings
 
 
 def test_missing_and_malformed_documents_name_the_file(tmp_path):

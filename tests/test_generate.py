@@ -7,10 +7,10 @@ import jiwer
 import pytest
 import soundfile as sf
 
-from ttt.cell import run_cell
+from ttt.eval.cell import run_cell
 from conftest import CELL_TTT, make_cell
-from ttt.generate import collapse_indicators
-from ttt.metrics import normalize
+from ttt.eval.generate import collapse_indicators
+from ttt.eval.metrics import normalize
 
 TTT = CELL_TTT
 
@@ -60,10 +60,10 @@ def test_collapse_indicators_on_known_text():
 RESUME = r"""
 import json, sys, torch
 from moshi.utils.compile import no_compile
-from ttt.model import load_checkpoint, resolve_model
-from ttt.generate import stream_user_channel
-from ttt.data import conversation_codes
-from ttt.cell import CellConfig, cell_items
+from ttt.moshi.model import load_checkpoint, resolve_model
+from ttt.eval.generate import stream_user_channel
+from ttt.eval.data import conversation_codes
+from ttt.eval.cell import CellConfig, cell_items
 cache, snap, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 from pathlib import Path
 cache = Path(cache)

@@ -3,8 +3,8 @@ import json
 import os
 import subprocess
 
-from ttt import identity
-from ttt.identity import file_digest, files_digest, sidecar, value_digest
+from ttt.base import identity
+from ttt.base.identity import file_digest, files_digest, sidecar, value_digest
 
 
 def _sha256sum(path):
@@ -65,8 +65,8 @@ def test_mimi_code_cache_is_keyed_by_content_not_directory_name(cache, tmp_path,
     from moshi.models import loaders
     from safetensors.torch import save_file
 
-    from ttt.data import conversation_codes, load_audio, write_demo_conversation
-    from ttt.model import DEMO_WORDS, resolve_model
+    from ttt.eval.data import conversation_codes, load_audio, write_demo_conversation
+    from ttt.moshi.model import DEMO_WORDS, resolve_model
 
     item = write_demo_conversation(tmp_path / "data" / "c.wav", 1.0, 5, DEMO_WORDS)
     mimi = loaders.get_mimi(str(resolve_model("tiny-random", cache / "models") / "mimi.safetensors"),

@@ -10,37 +10,38 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ttt"
 
-# Lowest first; a module may import only from its own layer or the ones before it.
-LAYERS = [
-    ("base", "config files identity outdir"),
-    ("core", "inplace_math"),
-    ("moshi", "gating ttt_mlp surgery yarn tiny checkpoints model"),
-    ("session", "streaming snapshot telemetry diagnostics"),
-    ("eval", "data metrics generate cell prepare train speech control asr"),
-    ("report", "aggregate verdicts compare"),
-    ("panel", "panel ratings"),
-    ("launch", "launcher preflight asr_job"),
-    ("cli", "cli __main__ __init__"),
-]
-LAYER_OF = {m: i for i, (_, names) in enumerate(LAYERS) for m in names.split()}
+# Lowest first; each layer is a folder of ttt/ (the package root holds only config.py, the
+# lazy public API and __main__). A module may import only from its own layer or those before it.
+LAYERS = ["base", "core", "moshi", "session", "eval", "report", "panel", "launch", "cli"]
+ROOT_MODULES = {"config": "base", "__init__": "cli", "__main__": "cli"}
+
+
+def layer_of(dotted: str) -> str | None:
+    """``ttt.eval.cell`` → ``eval``; ``ttt.config`` → ``base``; ``ttt`` → ``cli``."""
+    parts = dotted.split(".")[1:] or ["__init__"]
+    return parts[0] if parts[0] in LAYERS else ROOT_MODULES.get(parts[0])
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        out[".".join(rel.parts[:-1] if rel.name == "__init__" and len(rel.parts) > 2 else rel.parts)] = path
+    return out
 
 
 def package_imports(path: Path) -> list[tuple[str, int]]:
-    """(imported ttt module, line) for every import of a sibling module in ``path``."""
+    """(imported ttt module, line) for every import of a ttt module in ``path``."""
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level >= 1:
-                names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+            assert node.level == 0, f"{path}:{node.lineno}: use absolute imports (ttt.<layer>.<module>)"
+            if node.module == "ttt":
+                out += [(f"ttt.{a.name}", node.lineno) for a in node.names]
             elif node.module and node.module.startswith("ttt."):
-                names = [node.module.split(".")[1]]
-            else:
-                names = []
+                out.append((node.module, node.lineno))
         elif isinstance(node, ast.Import):
-            names = [a.name.split(".")[1] for a in node.names if a.name.startswith("ttt.")]
-        else:
-            continue
-        out += [(n, node.lineno) for n in names]
+            out += [(a.name, node.lineno) for a in node.names if a.name.startswith("ttt.")]
     return out
 
 
@@ -54,38 +55,39 @@ def external_imports(path: Path) -> set[str]:
     return out
 
 
-def test_every_module_has_a_layer():
-    modules = {p.stem for p in PACKAGE.glob("*.py")}
-    assert modules - set(LAYER_OF) == set(), "give each new module a layer in LAYERS"
-    assert set(LAYER_OF) - modules == set(), "LAYERS names modules that no longer exist"
+def test_every_module_sits_in_a_layer_folder():
+    homeless = [name for name in modules() if layer_of(name) is None]
+    assert homeless == [], "put each module in a layer folder (LAYERS) or ROOT_MODULES"
+    assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == set(LAYERS)
 
 
 def test_no_module_imports_from_a_layer_above_its_own():
     upward = []
-    for path in sorted(PACKAGE.glob("*.py")):
-        me = path.stem
+    for name, path in sorted(modules().items()):
+        mine = LAYERS.index(layer_of(name))
         for dep, line in package_imports(path):
-            if dep in LAYER_OF and LAYER_OF[dep] > LAYER_OF[me]:
-                upward.append(f"ttt/{path.name}:{line} ({LAYERS[LAYER_OF[me]][0]}) imports "
-                              f"{dep} ({LAYERS[LAYER_OF[dep]][0]})")
+            theirs = layer_of(dep)
+            if theirs is not None and LAYERS.index(theirs) > mine:
+                upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({LAYERS[mine]}) imports {dep}")
     assert upward == []
 
 
 def test_the_math_and_config_never_import_moshi():
-    below_moshi = [m for m, i in LAYER_OF.items() if i < LAYER_OF["gating"]]
-    for module in below_moshi:
-        assert "moshi" not in external_imports(PACKAGE / f"{module}.py"), module
+    below_moshi = [n for n in modules() if LAYERS.index(layer_of(n)) < LAYERS.index("moshi")]
+    assert "ttt.core.inplace_math" in below_moshi and "ttt.config" in below_moshi
+    for name in below_moshi:
+        assert "moshi" not in external_imports(modules()[name]), name
     assert "torch" not in external_imports(PACKAGE / "config.py")
 
 
-LIGHT = ["ttt.aggregate", "ttt.verdicts", "ttt.compare", "ttt.ratings", "ttt.panel",
-         "ttt.launcher", "ttt.cli", "ttt.config"]
+LIGHT = ["ttt.report.aggregate", "ttt.report.verdicts", "ttt.report.compare", "ttt.panel.ratings", "ttt.panel.page",
+         "ttt.launch.launcher", "ttt.cli.main", "ttt.config"]
 
 
 @pytest.mark.parametrize("entry", LIGHT + ["--help"])
 def test_reporting_launch_and_cli_import_neither_torch_nor_moshi(entry):
     if entry == "--help":
-        code = ("import sys\nfrom ttt.cli import main\ntry:\n    main(['--help'])\n"
+        code = ("import sys\nfrom ttt.cli.main import main\ntry:\n    main(['--help'])\n"
                 "except SystemExit:\n    pass\n")
     else:
         code = f"import {entry}\n"

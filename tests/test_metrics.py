@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import ttt
-from ttt.metrics import normalize, perplexity, sliding_perplexity, teacher_forced_nll, word_errors
+from ttt.eval.metrics import normalize, perplexity, sliding_perplexity, teacher_forced_nll, word_errors
 from conftest import randomize_ttt_params, random_sequence, tiny_lm
 
 

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from ttt.outdir import OutputError, check_output, claim_output, remove_dead_temporaries
+from ttt.base.outdir import OutputError, check_output, claim_output, remove_dead_temporaries
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from ttt.outdir import claim_output
+from ttt.base.outdir import claim_output
 with claim_output(Path(sys.argv[1])):
     tmp = Path(sys.argv[1]).with_name('.' + Path(sys.argv[1]).name + '.tmp' + str(__import__('os').getpid()))
     tmp.mkdir()

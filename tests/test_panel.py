@@ -22,9 +22,9 @@ import pytest
 import soundfile as sf
 import yaml
 
-from ttt.cli import main
-from ttt.panel import System, build_panel, make_server
-from ttt.ratings import (PanelError, collect_ratings, fnv1a32, mulberry32, pair_sides, rater_plan,
+from ttt.cli.main import main
+from ttt.panel.page import System, build_panel, make_server
+from ttt.panel.ratings import (PanelError, collect_ratings, fnv1a32, mulberry32, pair_sides, rater_plan,
                          sign_test, t_quantile_975)
 
 REPO = Path(__file__).resolve().parent.parent

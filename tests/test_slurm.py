@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ttt.cell import run_cell
-from ttt.launcher import submit_and_wait
+from ttt.eval.cell import run_cell
+from ttt.launch.launcher import submit_and_wait
 from conftest import make_cell
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,7 +113,7 @@ def _first_job_id(logs):
 
 
 def test_cancelled_job_fails_the_driver_quickly(slurm, cache, tmp_path):
-    from ttt.launcher import read_launcher
+    from ttt.launch.launcher import read_launcher
     cfg = make_cell(cache, "cancel", [60.0], mode="transcribe", ttt={"enabled": False})
     cfg_path = write_cell(tmp_path, cfg)
     launcher = read_launcher(launcher_file(tmp_path))
@@ -137,7 +137,7 @@ def test_cancelled_job_fails_the_driver_quickly(slurm, cache, tmp_path):
 
 
 def test_preemption_requeues_and_resumes_identically(slurm, cache, tmp_path):
-    from ttt.launcher import read_launcher
+    from ttt.launch.launcher import read_launcher
     cfg = make_cell(cache, "preempt", [40.0], mode="transcribe", snapshot_every=25)
     reference = run_cell(cfg, tmp_path / "uninterrupted", log=lambda m: None)
     cfg_path = write_cell(tmp_path, cfg)
@@ -168,7 +168,7 @@ def test_preemption_requeues_and_resumes_identically(slurm, cache, tmp_path):
 
 
 def test_several_drivers_at_once_do_not_collide(slurm, cache, tmp_path):
-    from ttt.launcher import read_launcher
+    from ttt.launch.launcher import read_launcher
     launcher = read_launcher(launcher_file(tmp_path))
     threads, results = [], []
     for i in range(3):
@@ -193,7 +193,7 @@ def test_time_limit_requeues_up_to_the_maximum_then_reports_timeout(slurm, cache
     """1-minute jobs signalled 20 s before their limit: the cell (≈ 2 min of work) is requeued
     once (max_requeues 1), runs out of time again and is reported as timed out — never as a
     success, never hanging. (Resuming from the snapshot is the preemption test's subject.)"""
-    from ttt.launcher import read_launcher
+    from ttt.launch.launcher import read_launcher
     cfg = make_cell(cache, "slow", [120.0], mode="generate", ttt={"enabled": False}, snapshot_every=50)
     cfg_path = write_cell(tmp_path, cfg)
     launcher = read_launcher(launcher_file(tmp_path, timeout_min=1, max_requeues=1,
@@ -212,7 +212,7 @@ def test_time_limit_requeues_up_to_the_maximum_then_reports_timeout(slurm, cache
 
 
 def test_job_array_of_cells_without_collisions(slurm, cache, tmp_path):
-    from ttt.launcher import read_launcher, submit_array_and_wait
+    from ttt.launch.launcher import read_launcher, submit_array_and_wait
     launcher = read_launcher(launcher_file(tmp_path))
     cells = []
     for i in range(3):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ttt
-from ttt.snapshot import load_snapshot, restore, save_snapshot, snapshot
+from ttt.session.snapshot import load_snapshot, restore, save_snapshot, snapshot
 from conftest import random_sequence, tiny_lm
 
 WORKER = Path(__file__).with_name("replay_worker.py")

@@ -1,5 +1,5 @@
-"""Synthesised two-speaker conversations (ttt/speech.py): real Festival speech checked on the audio
-itself: layout readable by ttt/data.py, words lying on voiced speech, two different voices, verbatim
+"""Synthesised two-speaker conversations (ttt/eval/speech.py): real Festival speech checked on the audio
+itself: layout readable by ttt/eval/data.py, words lying on voiced speech, two different voices, verbatim
 recurrence beyond ``recur_after_s`` only when asked for, determinism by seed.
 
 Festival, its two voices and the text (Debian packages) are installed by the fixture when missing
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ttt import speech
-from ttt.cli import main
-from ttt.data import FRAME_RATE, MAIN, OTHER, SAMPLE_RATE, load_audio, read_manifest
+from ttt.eval import speech
+from ttt.cli.main import main
+from ttt.eval.data import FRAME_RATE, MAIN, OTHER, SAMPLE_RATE, load_audio, read_manifest
 
 RECUR_AFTER = 6.0
 DURATION = 45.0
@@ -243,8 +243,8 @@ def test_a_recogniser_understands_both_channels(sets):
     """Intelligible speech, not just energy: the project's offline Whisper (tiny.en, bundled) hears
     each channel's words (measured: WER 0.13 for slt, 0.22 for kal over 2 min of conversation)."""
     import soxr
-    from ttt.asr import AsrConfig, load_model, recognise
-    from ttt.metrics import word_errors
+    from ttt.eval.asr import AsrConfig, load_model, recognise
+    from ttt.eval.metrics import word_errors
     model = load_model(AsrConfig(), threads=2)
     item = read_manifest(sets[False])[0]
     audio = load_audio(item.path)
@@ -259,7 +259,7 @@ def test_a_recogniser_understands_both_channels(sets):
 
 def test_preflight_accepts_only_configured_speech_sets():
     """A family may name a speech set before it is built, but only one configured under speech:."""
-    from ttt.preflight import PreflightError, check_matrix, speech_set_of
+    from ttt.launch.preflight import PreflightError, check_matrix, speech_set_of
     assert speech_set_of("results/data/speech/a/manifest.jsonl") == "a"
     assert speech_set_of("elsewhere/results/data/speech/a/manifest.jsonl") is None
     cell = {"family": "regression", "data": {"manifest": "results/data/speech/a/manifest.jsonl"}}

@@ -12,10 +12,10 @@ from safetensors.torch import load_file
 
 import ttt
 from conftest import directional_derivatives, tiny_lm
-from ttt.control import token_nll, write_control_conversation
-from ttt.model import DEMO_WORDS, TINY_TRAINED
-from ttt.surgery import ttt_disabled
-from ttt.train import TrainConfig, lm_loss, load_train_config, train
+from ttt.eval.control import token_nll, write_control_conversation
+from ttt.moshi.model import DEMO_WORDS, TINY_TRAINED
+from ttt.moshi.surgery import ttt_disabled
+from ttt.eval.train import TrainConfig, lm_loss, load_train_config, train
 
 HELD_OUT = Path(__file__).parent / "data" / "control_heldout_codes.pt"
 
@@ -83,7 +83,7 @@ def test_short_cpu_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tin
     # Figure-5 inner losses and ‖W‖ are logged for the TTT layer, gradient norm too.
     for key in ("l1_inner_w0", "l1_inner_before", "l1_inner_after", "l1_w_norm", "grad_norm"):
         assert np.isfinite(float(rows[-1][key])), key
-    bundle = ttt.model.load_checkpoint(root / "run" / "checkpoint")
+    bundle = ttt.moshi.model.load_checkpoint(root / "run" / "checkpoint")
     assert sorted(ttt.ttt_layers(bundle.lm)) == [1] and bundle.ttt.lr == 0.01
     # The TTT-off twin runs the trained W^(0), not the initial down projection.
     gating = bundle.lm.transformer.layers[1].gating
@@ -124,7 +124,7 @@ def test_bad_training_config_is_one_line_exit_2(tmp_path):
 def _trained_lm(**ttt_override):
     """The shipped weights, built from config.json + model.safetensors alone (no Mimi)."""
     from moshi.models import loaders
-    from ttt.checkpoints import split_config
+    from ttt.moshi.checkpoints import split_config
     lm_kwargs, ttt_config, _ = split_config(json.loads((TINY_TRAINED / "config.json").read_text()),
                                             TINY_TRAINED / "config.json")
     lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, device="cpu", dtype=torch.float32)
@@ -161,7 +161,7 @@ def test_default_long_form_input_recurs_beyond_the_context(tmp_path):
     import soundfile as sf
 
     from ttt.config import CellConfig
-    from ttt.data import RECUR_GAP_S, RECUR_PART_S, read_manifest, write_demo_manifest
+    from ttt.eval.data import RECUR_GAP_S, RECUR_PART_S, read_manifest, write_demo_manifest
 
     rec = read_manifest(write_demo_manifest(tmp_path, [30.0], 1, DEMO_WORDS, recurrent=True))[0]
     plain = read_manifest(write_demo_manifest(tmp_path, [30.0], 1, DEMO_WORDS))[0]

@@ -55,7 +55,7 @@ def test_ttt_disabled_context_gives_upstream_then_restores_ttt():
     _, ours = make_pair(ttt.TTTConfig(layers=(0, 2), chunk_size=4, lr=1.0))
     seq = random_sequence(1, T)
     with_ttt = text_logits(ours, seq)
-    from ttt.surgery import ttt_disabled
+    from ttt.moshi.surgery import ttt_disabled
     with ttt_disabled(ours):
         assert torch.equal(text_logits(ours, seq), text_logits(upstream, seq))
         assert torch.equal(stream_logits(ours, seq, [3] * 13 + [1]), stream_logits(upstream, seq, [3] * 13 + [1]))

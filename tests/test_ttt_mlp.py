@@ -7,9 +7,9 @@ import torch
 
 import ttt
 from conftest import directional_derivatives, random_sequence, rel_err, tiny_lm
-from ttt.surgery import ttt_disabled
+from ttt.moshi.surgery import ttt_disabled
 from reference_ttt_mlp import reference_branch
-from ttt.ttt_mlp import TTTMLPBranch
+from ttt.moshi.ttt_mlp import TTTMLPBranch
 
 D, HEADS, M = 32, 4, 4
 
@@ -196,7 +196,7 @@ def _layer_io(lm, index):
 @pytest.mark.parametrize("variant", ["inplace", "ttt_mlp"])
 def test_diagnostics_describe_the_layer(variant):
     import json
-    from ttt.diagnostics import LOG_PREFIX, Diagnostics, diagnostics_line
+    from ttt.session.diagnostics import LOG_PREFIX, Diagnostics, diagnostics_line
     cfg = dict(variant=variant, start_layer=1, layer_frequency=2, chunk_size=M, lr=1.0,
                init_std=0.3)
     lm = ttt.apply_ttt(tiny_lm(0), ttt.TTTConfig(**cfg))
@@ -258,7 +258,7 @@ def test_every_hybrid_config_field_from_yaml_changes_behaviour(field):
 
 def test_snapshot_mid_mini_batch_restores_the_hybrid_state(tmp_path):
     """W_b, W_cur, the mini-batch buffers and counters travel; W_base (a parameter) does not."""
-    from ttt.snapshot import load_snapshot, restore, save_snapshot, snapshot
+    from ttt.session.snapshot import load_snapshot, restore, save_snapshot, snapshot
     cfg = ttt.TTTConfig(variant="ttt_mlp", layers=(1, 2), chunk_size=M, lr=1.0, init_std=0.3)
     lm = ttt.apply_ttt(tiny_lm(0), cfg)
     seq = random_sequence(1, 15)
@@ -306,7 +306,7 @@ def test_seeds_hybrid_checkpoint_loads(tmp_path):
     """A checkpoint directory in the seeds' hybrid layout loads through load_checkpoint (keys and
     shapes checked) and gives the logits of the model it was written from."""
     from safetensors.torch import save_file
-    from ttt.model import build_tiny_checkpoint, load_checkpoint
+    from ttt.moshi.model import build_tiny_checkpoint, load_checkpoint
     ckpt = build_tiny_checkpoint(tmp_path / "ckpt", seed=0)
     cfg = dict(variant="ttt_mlp", layers=[1, 3], chunk_size=M, lr=1.0, init_std=0.3)
     source = load_checkpoint(ckpt, ttt=cfg, seed=1).lm
@@ -319,6 +319,6 @@ def test_seeds_hybrid_checkpoint_loads(tmp_path):
     seq = random_sequence(1, 14)
     with torch.no_grad():
         assert torch.equal(loaded.forward_text(seq)[1], source.forward_text(seq)[1])
-    from ttt.model import CheckpointError
+    from ttt.moshi.model import CheckpointError
     with pytest.raises(CheckpointError, match="unexpected key.*ttt_mlp"):
         load_checkpoint(ckpt, ttt={**cfg, "layers": [1]})  # layer 3 holds a branch too

@@ -1,4 +1,4 @@
-"""The test-plan gates (ttt.verdicts): each passes on healthy constructed results and fails on a
+"""The test-plan gates (ttt.report.verdicts): each passes on healthy constructed results and fails on a
 planted fault; strict exit codes; thresholds from the config schema."""
 import csv
 import shutil
@@ -9,8 +9,8 @@ import yaml
 
 from results_factory import (STRESS, cell_spec, healthy_specs, inert_spec, modified, telemetry_rows,
                              windows, write_results)
-from ttt import verdicts
-from ttt.cli import main
+from ttt.report import verdicts
+from ttt.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 ON = "long_form/duration~60/ttt~on"
@@ -264,7 +264,7 @@ def test_effect_on_real_tiny_runs_fails_inert_and_passes_working(tmp_path, cache
     perplexity is another question)."""
     from conftest import CELL_TTT, make_cell
     from results_factory import aggregate_tables
-    from ttt.cell import run_cell
+    from ttt.eval.cell import run_cell
     runs = {"long_form/duration~4/ttt~on": {**CELL_TTT, "delta_clip_fro_norm": None},
             "long_form/duration~4/ttt~off": {"enabled": False},
             "telemetry/tau~1e-05/ttt~on": {**CELL_TTT, "lr": 1e-3, "delta_clip_fro_norm": 1e-5},
@@ -301,7 +301,7 @@ def test_ttt_off_twin_of_the_trained_default_is_ttt_with_lr_zero(cache):
     tensors left out) and equal the same model with TTT on at lr 0."""
     import torch
     from conftest import random_sequence
-    from ttt.model import load_checkpoint, resolve_model
+    from ttt.moshi.model import load_checkpoint, resolve_model
     path = resolve_model("tiny", cache / "models")
     off = load_checkpoint(path, ttt={"enabled": False}).lm
     frozen = load_checkpoint(path, ttt={"lr": 0.0}).lm

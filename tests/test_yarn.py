@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ttt
-from ttt.yarn import yarn_inv_freq
+from ttt.moshi.yarn import yarn_inv_freq
 from conftest import randomize_ttt_params, random_sequence, rel_err, tiny_lm
 
 

@@ -1,14 +1,15 @@
 """Test-time training (In-Place TTT) and YaRN for upstream Kyutai Moshi, by module surgery.
 
-The public names are imported on first use (PEP 562), so ``import ttt.launcher`` / ``ttt.cli`` —
+The public names are imported on first use (PEP 562), so ``import ttt.launch.launcher`` / ``ttt.cli.main`` —
 the drivers Snakemake starts on a login node, one per cell in flight — load neither torch nor moshi.
 """
 from importlib import import_module
 
-_EXPORTS = {"TTTConfig": "config", "YarnConfig": "config", "apply_ttt": "surgery",
-            "remove_ttt": "surgery", "ttt_layers": "surgery", "TTTLMGen": "streaming",
-            "ttt_state": "telemetry", "apply_yarn": "yarn", "load_checkpoint": "model",
-            "inspect_checkpoint": "model", "resolve_checkpoint": "checkpoints"}
+_EXPORTS = {"TTTConfig": "config", "YarnConfig": "config", "apply_ttt": "moshi.surgery",
+            "remove_ttt": "moshi.surgery", "ttt_layers": "moshi.surgery",
+            "TTTLMGen": "session.streaming", "ttt_state": "session.telemetry",
+            "apply_yarn": "moshi.yarn", "load_checkpoint": "moshi.model",
+            "inspect_checkpoint": "moshi.model", "resolve_checkpoint": "moshi.checkpoints"}
 
 __all__ = list(_EXPORTS)
 __version__ = "0.1.0"

@@ -43,7 +43,7 @@ class TTTConfig:
     is a TTT layer iff ``i >= start_layer`` and ``(i - start_layer) % layer_frequency == 0``.
     The depformer is never touched.
 
-    ``variant='ttt_mlp'`` is the older TTT-MLP hybrid (``ttt.ttt_mlp``): there ``chunk_size`` is
+    ``variant='ttt_mlp'`` is the older TTT-MLP hybrid (``ttt.moshi.ttt_mlp``): there ``chunk_size`` is
     the inner-loop mini-batch M, ``lr`` the base learning rate η_base (Sun et al. use 0.1),
     ``init_std`` the std of its fresh projections and fast weights, and the In-Place keys (conv,
     clip, target) are unused.
@@ -254,7 +254,7 @@ class YarnConfig:
         return cls.from_dict(kwargs)
 
 
-# ---- one cell (ttt/cell.py runs it; the workflow checks every cell with it before any job) ---
+# ---- one cell (ttt/eval/cell.py runs it; the workflow checks every cell with it before any job) ---
 
 MODES = ("teacher_forced", "generate", "transcribe")
 MAX_DEMO_S = 86400.0  # a demo conversation longer than a day is a typo (1e12 s: a 171 PiB buffer)
@@ -289,7 +289,7 @@ class CellConfig:
     check_upstream: bool = False
     cache_dir: str = "results/cache"
     diagnostics_every: int = 100  # steps between attention-vs-TTT diagnostics (0 = off)
-    # Content digest of the model's files (ttt/preflight.py): the workflow writes it so a changed
+    # Content digest of the model's files (ttt/launch/preflight.py): the workflow writes it so a changed
     # checkpoint at the same path changes the cell config, and the tables show what ran.
     model_digest: str | None = None
 
@@ -369,7 +369,7 @@ class CellConfig:
 
 
 def load_cell_config(path: str | os.PathLike) -> CellConfig:
-    from .files import read_yaml
+    from ttt.base.files import read_yaml
 
     path = Path(path)
     raw = read_yaml(path, "cell config")

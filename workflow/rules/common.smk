@@ -1,6 +1,6 @@
 # Config validation and the matrix: every cell's path and its cell config. Before any job is
 # planned, every cell config goes through the validators the cell itself uses and the model is
-# checked (ttt/preflight.py); a bad value stops the run with one line naming the key.
+# checked (ttt/launch/preflight.py); a bad value stops the run with one line naming the key.
 import hashlib
 import json
 import os

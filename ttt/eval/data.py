@@ -1,0 +1,328 @@
+"""Inputs of a cell: moshi-finetune manifests (stereo wav, left = Moshi, right = user, plus the
+sibling alignments json), the demo conversations the embedded default generates, and their
+tokenisation into Moshi's 17 streams (text at 12.5 Hz, 8 Moshi + 8 user Mimi codebooks).
+
+Every problem with an input is a one-line ``DataError`` naming the file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+from safetensors.torch import load_file, save_file
+
+from ttt.base.identity import file_digest, value_digest
+
+SAMPLE_RATE = 24000
+FRAME_RATE = 12.5
+PAD_ID, END_OF_PADDING_ID = 3, 0
+MAIN, OTHER = "SPEAKER_MAIN", "SPEAKER_OTHER"
+CODES_FORMAT = "ttt-mimi-codes/2"
+
+
+class DataError(ValueError):
+    """An unusable input, with the file at fault in the message."""
+
+
+@dataclass
+class Item:
+    """One input: a stereo conversation with word alignments, or (``reference`` set) a mono
+    recording of the user with its reference text, for ``transcribe``/``generate``."""
+
+    path: Path
+    duration: float
+    alignments: list[tuple[str, tuple[float, float], str]]
+    reference: str | None = None
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.reference is not None else 2
+
+
+def read_manifest(path: str | os.PathLike) -> list[Item]:
+    """jsonl lines ``{"path", "duration"}`` (paths relative to the manifest) for stereo
+    conversations with sibling alignments, or ``{"path", "duration", "text"}`` for a mono
+    recording with its reference transcript. A directory stands for every ``*jsonl`` file under
+    it, as moshi-finetune reads a data directory (``finetune/data/dataset.py``, ``DataDir``)."""
+    path = Path(path)
+    if path.is_dir():
+        manifests = sorted(p for p in path.rglob("*jsonl") if p.is_file())
+        if not manifests:
+            raise DataError(f"{path}: no *.jsonl manifest under this data directory")
+        return [item for manifest in manifests for item in read_manifest(manifest)]
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    items = []
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text (a manifest is JSON lines)") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            wav = (path.parent / entry["path"]).resolve()
+            raw = entry["duration"]
+            text = entry.get("text")
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            raise DataError(f"{path}:{number}: expected a JSON object with 'path' and "
+                            "'duration'") from None
+        duration = _duration(raw, f"{path}:{number}")
+        seconds = check_audio(wav, channels=1 if text is not None else 2)
+        _check_duration(duration, seconds, wav, f"{path}:{number}")
+        if text is not None:
+            items.append(Item(wav, duration, [], reference=str(text)))
+        else:
+            items.append(Item(wav, duration, read_alignments(wav, duration)))
+    if not items:
+        raise DataError(f"{path}: empty manifest")
+    return items
+
+
+def _duration(raw, where: str) -> float:
+    """A manifest's ``duration``: a finite number of seconds > 0."""
+    try:
+        duration = float(raw) if not isinstance(raw, bool) else math.nan
+    except (TypeError, ValueError):
+        duration = math.nan
+    if not (math.isfinite(duration) and duration > 0):
+        raise DataError(f"{where}: 'duration' must be a finite number of seconds > 0, got {raw!r}")
+    return duration
+
+
+def _check_duration(duration: float, seconds: float, wav: Path, where: str) -> None:
+    """The manifest's duration against the audio: longer than the audio is an error (words
+    would be placed past its end); much shorter is worth a warning (the rest has no words)."""
+    if duration > seconds + 1 / FRAME_RATE:
+        raise DataError(f"{where}: 'duration' {duration:g} s, but {wav} holds only "
+                        f"{seconds:.3f} s of audio")
+    if seconds > 2 * duration + 1.0:
+        logging.getLogger(__name__).warning(
+            "%s: 'duration' %g s, but %s holds %.3f s of audio: words after %g s are dropped",
+            where, duration, wav, seconds, duration)
+
+
+def read_alignments(wav: Path, duration: float) -> list:
+    """``[word, (start, end), speaker]`` of the sibling json (moshi-finetune's ``annotate.py``
+    format). Words starting at or after the end of the audio are dropped, and counted in the log,
+    as moshi-finetune never reaches them; a word starting inside that runs past the end is kept
+    (its tokens are placed as moshi-finetune places them)."""
+    sibling = wav.with_suffix(".json")
+    if not sibling.is_file():
+        raise DataError(f"{sibling}: alignments file missing (expected beside {wav.name})")
+    try:
+        raw = json.loads(sibling.read_text())["alignments"]
+        alignments = [(str(w), (float(a), float(b)), str(spk)) for w, (a, b), spk in raw]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise DataError(f"{sibling}: expected {{\"alignments\": [[word, [start, end], speaker], "
+                        "...]}") from None
+    kept = [a for a in alignments if a[1][0] < duration]
+    running_over = sum(1 for a in kept if a[1][1] > duration)
+    if len(kept) < len(alignments) or running_over:
+        logging.getLogger(__name__).warning(
+            "%s: %d word(s) start past the end of the audio (%.3f s): dropped; %d run past it: "
+            "kept", sibling, len(alignments) - len(kept), duration, running_over)
+    return kept
+
+
+def reference_speaker(alignments) -> str:
+    """Whose words a ``transcribe`` cell scores: the user's (SPEAKER_OTHER, right channel) when
+    the alignments carry any, else SPEAKER_MAIN's (left channel) — moshi-finetune's
+    ``annotate.py`` transcribes the left channel only and labels every word SPEAKER_MAIN."""
+    return OTHER if any(spk == OTHER for _, _, spk in alignments) else MAIN
+
+
+def check_audio(path: Path, channels: int = 2) -> float:
+    """Header-only check, so a bad file fails before any model is loaded; its length (s)."""
+    if not path.is_file():
+        raise DataError(f"{path}: audio file not found")
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise DataError(f"{path}: unreadable or unsupported audio ({str(exc).strip()})") from None
+    if info.channels != channels:
+        raise DataError(f"{path}: {info.channels} channel(s), expected {channels}"
+                        + (" (left = Moshi, right = user)" if channels == 2 else ""))
+    if info.frames == 0:
+        raise DataError(f"{path}: no samples")
+    return info.frames / info.samplerate
+
+
+def load_audio(path: Path, channels: int = 2) -> np.ndarray:
+    """float32 [channels, samples] at 24 kHz (resampled with soxr when needed)."""
+    check_audio(path, channels)
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
+        raise DataError(f"{path}: unreadable or unsupported audio ({str(exc).strip()})") from None
+    if rate != SAMPLE_RATE:
+        import soxr
+        audio = soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
+    return np.ascontiguousarray(audio.T)
+
+
+def word_tokens(tokenizer, word: str) -> list[int]:
+    """A word's tokens as moshi-finetune tokenises an alignment: stripped, each line encoded,
+    lines joined by the newline piece, no BOS."""
+    lines = [tokenizer.encode(line) for line in word.strip().split("\n")]
+    tokens = lines[0]
+    for line in lines[1:]:
+        tokens = [*tokens, tokenizer.encode("\n")[-1], *line]
+    return tokens
+
+
+def text_stream(alignments, tokenizer, frames: int, speaker: str = MAIN) -> torch.Tensor:
+    """Moshi's text stream as moshi-finetune builds it for training (``Interleaver`` with
+    ``keep_main_only=True``, ``finetune/data/interleaver.py``): ``speaker``'s words with a duration
+    (start < end), in start order; a word enters at frame floor(12.5·start) (0 if negative) and
+    its tokens take consecutive frames until the next word enters, which cuts off what is left
+    (of several words entering in one frame, the last wins); padding (3) elsewhere, and
+    end-of-padding (0) on a padding frame right before a token."""
+    entering = []  # (frame, tokens) in start order
+    for word, (start, end), spk in sorted(alignments, key=lambda a: a[1][0]):
+        if spk != speaker or not start < end:
+            continue
+        frame = max(0, math.floor(start * FRAME_RATE))
+        if frame >= frames:
+            break
+        entering.append((frame, word_tokens(tokenizer, word)))
+    stream = torch.full((frames,), PAD_ID, dtype=torch.long)
+    for k, (frame, tokens) in enumerate(entering):
+        stop = entering[k + 1][0] if k + 1 < len(entering) else frames
+        for t, token in zip(range(frame, stop), tokens):
+            if t > 0 and stream[t - 1] == PAD_ID:
+                stream[t - 1] = END_OF_PADDING_ID
+            stream[t] = token
+    return stream
+
+
+def _codes_key(mimi, item: Item, mimi_id: str) -> str:
+    """What a cached code file was computed from: Mimi's weights, the audio, the settings."""
+    return value_digest({"format": CODES_FORMAT, "mimi": mimi_id, "audio": file_digest(item.path),
+                         "channels": item.channels, "codebooks": getattr(mimi, "num_codebooks", None),
+                         "sample_rate": SAMPLE_RATE})
+
+
+@torch.no_grad()
+def mimi_codes(mimi, item: Item, cache_dir: Path, mimi_id: str) -> torch.Tensor:
+    """[2, n_q, frames] codes (left, right), computed once per audio content, Mimi weights
+    (``mimi_id``: their content digest) and settings. Stored as safetensors (nothing executable
+    is loaded from the cache); an unreadable cached file is discarded and recomputed."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    cached = cache_dir / f"{_codes_key(mimi, item, mimi_id)[:32]}.safetensors"
+    if cached.is_file():
+        try:
+            codes = load_file(str(cached))["codes"]
+            if codes.dtype == torch.long and codes.dim() == 3 and codes.shape[0] == 2:
+                return codes
+            raise ValueError(f"codes of shape {list(codes.shape)}, {codes.dtype}")
+        except Exception as exc:  # noqa: BLE001 - any unreadable cache file is recomputed
+            print(f"warning: {cached}: discarding a corrupt cached codes file "
+                  f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", file=sys.stderr)
+            cached.unlink(missing_ok=True)
+    audio = torch.from_numpy(load_audio(item.path, channels=item.channels))
+    if item.channels == 1:  # the user speaks; Moshi's channel is silent
+        audio = torch.cat([torch.zeros_like(audio), audio])
+    codes = mimi.encode(audio[:, None].to(next(mimi.parameters()).device)).cpu().long().contiguous()
+    tmp = cached.with_name(f".{cached.name}.tmp{os.getpid()}")
+    save_file({"codes": codes}, str(tmp))
+    os.replace(tmp, cached)
+    return codes
+
+
+def conversation_codes(mimi, tokenizer, item: Item, cache_dir: Path, mimi_id: str) -> torch.Tensor:
+    """[1, 17, T] input of ``lm(codes)``: text, 8 Moshi codebooks (left), 8 user (right)."""
+    audio = mimi_codes(mimi, item, cache_dir, mimi_id)
+    frames = audio.shape[-1]
+    text = text_stream(item.alignments, tokenizer, frames)
+    return torch.cat([text[None], audio[0], audio[1]], dim=0)[None]
+
+
+# ---- demo conversations for the embedded default ---------------------------------------------
+
+# The positive control's recurrence (gpu/control/run.sh): an 8-s part, 4-s fillers.
+RECUR_PART_S, RECUR_GAP_S = 8.0, 4.0
+
+def word_tone_turns(rng, duration: float, words: list[str], channel: int = 0, start: float = 0.1,
+                    samples: int | None = None):
+    """Alternating turns of 3–8 words over ``duration`` s, each word a short harmonic tone whose
+    pitch depends on the word: (audio [samples, 2], alignments, the channel that speaks next)."""
+    n = int(round(duration * SAMPLE_RATE)) if samples is None else samples
+    audio = np.zeros((n, 2), dtype=np.float32)
+    alignments = []
+    t = start
+    while t < duration - 0.5:
+        for _ in range(int(rng.integers(3, 9))):
+            word = words[int(rng.integers(len(words)))]
+            length = float(rng.uniform(0.25, 0.5))
+            if t + length > duration - 0.1:
+                break
+            first = int(t * SAMPLE_RATE)
+            k = np.arange(int(length * SAMPLE_RATE))
+            f0 = 120 + 15 * (sum(map(ord, word)) % 20) + 60 * channel
+            tone = sum(np.sin(2 * np.pi * f0 * h * k / SAMPLE_RATE) / h for h in (1, 2, 3))
+            envelope = np.sin(np.pi * k / len(k)) ** 2
+            audio[first:first + len(k), channel] += 0.2 * (tone * envelope).astype(np.float32)
+            alignments.append([word, [t, t + length], MAIN if channel == 0 else OTHER])
+            t += length + float(rng.uniform(0.02, 0.12))
+        t += float(rng.uniform(0.2, 0.6))
+        channel = 1 - channel
+    audio += 0.003 * rng.standard_normal(audio.shape).astype(np.float32)
+    return audio, alignments, channel
+
+
+def write_conversation(wav: Path, audio: np.ndarray, alignments: list) -> None:
+    """The wav and its sibling alignments json, each atomically (temporary name, then rename):
+    cells starting together may write the same demo."""
+    wav.parent.mkdir(parents=True, exist_ok=True)
+    tag = f".tmp{os.getpid()}"
+    sf.write(str(wav) + tag, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    Path(str(wav.with_suffix(".json")) + tag).write_text(json.dumps({"alignments": alignments}))
+    os.replace(str(wav.with_suffix(".json")) + tag, wav.with_suffix(".json"))
+    os.replace(str(wav) + tag, wav)
+
+
+def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[str]) -> Item:
+    """A deterministic stereo 'conversation' of word tones (``word_tone_turns``)."""
+    rng = np.random.default_rng(seed)
+    audio, alignments, _ = word_tone_turns(rng, duration, words, start=0.2,
+                                           samples=int(duration * SAMPLE_RATE))
+    alignments = [[w, [round(a, 3), round(b, 3)], s] for w, (a, b), s in alignments]
+    write_conversation(wav, audio, alignments)
+    return Item(wav, duration, read_alignments(wav, duration))
+
+
+def write_demo_manifest(directory: Path, durations: list[float], seed: int, words: list[str],
+                        recurrent: bool = False) -> Path:
+    """A manifest of demo conversations (reused when already written with the same settings).
+    ``recurrent``: the positive control's pattern (README "The embedded default"): the first
+    ``RECUR_PART_S`` seconds come back after every ``RECUR_GAP_S``-second filler, beyond the
+    default model's attention context, so a memory that outlives it can help."""
+    directory.mkdir(parents=True, exist_ok=True)
+    kind = "-recurrent" if recurrent else ""
+    manifest = directory / f"manifest{kind}-seed{seed}-{'_'.join(f'{d:g}' for d in durations)}s.jsonl"
+    lines = []
+    for i, duration in enumerate(durations):
+        wav = directory / f"conversation{i:03d}{kind}-{duration:g}s-seed{seed}.wav"
+        if not wav.is_file() or not wav.with_suffix(".json").is_file():
+            if recurrent:
+                from ttt.eval.control import write_control_conversation
+                write_control_conversation(wav, duration=duration, recurrent=True,
+                                           part_s=RECUR_PART_S, gap_s=RECUR_GAP_S, seed=seed + i,
+                                           words=words)
+            else:
+                write_demo_conversation(wav, duration, seed + i, words)
+        lines.append(json.dumps({"path": wav.name, "duration": duration}))
+    tmp = manifest.with_name(f".{manifest.name}.tmp{os.getpid()}")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, manifest)
+    return manifest

@@ -1,0 +1,167 @@
+"""Streaming generation over the user channel (``generate`` and ``transcribe`` modes), with
+periodic snapshots to resume from, and the collapse indicators a listener would notice.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ttt.eval.data import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
+from ttt.session.diagnostics import Diagnostics, diagnostics_line
+from ttt.session.snapshot import (SnapshotError, load_snapshot, refuse_mismatch, restore, save_snapshot,
+                       snapshot)
+from ttt.session.streaming import TTTLMGen
+from ttt.moshi.surgery import ttt_layers
+from ttt.session.telemetry import telemetry_line, ttt_state
+
+
+@dataclass
+class StreamResult:
+    text_tokens: list[tuple[int, int]] = field(default_factory=list)  # (step, token id)
+    pcm: list[np.ndarray] = field(default_factory=list)  # Mimi's decode of audio_codes
+    audio_codes: list[np.ndarray] = field(default_factory=list)  # [8, 1] per complete frame
+    step_ms: list[float] = field(default_factory=list)
+    telemetry: list[dict] = field(default_factory=list)
+    diagnostics: list[dict] = field(default_factory=list)
+    steps_done: int = 0
+    requeues: int = 0
+    diverged: bool = False
+
+
+@torch.no_grad()
+def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk: int | None,
+                        snapshot_path: Path | None, snapshot_every: int, log,
+                        temp: float = 0.8, temp_text: float = 0.7, decode: bool = True,
+                        diagnostics_every: int = 0, identity: dict | None = None) -> StreamResult:
+    """Feed ``user_codes`` [1, 8, T] step by step through :class:`TTTLMGen`, keeping Moshi's audio
+    codes; with ``decode``, Mimi decodes them after the last step (:func:`decode_audio`: the same
+    streaming decode, frame by frame, as inline, so the same samples; generation never reads the
+    audio back, so decoding inside the timed step only made every step slower). With
+    ``snapshot_path``, the complete state (LM, fast weights, LMGen, RNG, outputs and codes so far)
+    is saved every ``snapshot_every`` steps and, if a snapshot is already there, the run resumes
+    from it (preemption). ``diagnostics_every`` > 0 records the attention-vs-TTT diagnostics every
+    that many steps (``result.diagnostics`` and a log line). ``identity`` (config, model and
+    input digests) is saved with each snapshot; a snapshot of another identity is refused
+    (``SnapshotMismatch``), an unreadable one discarded (logged)."""
+    gen = TTTLMGen(lm, temp=temp, temp_text=temp_text)
+    T = user_codes.shape[-1]
+    result = StreamResult()
+    device = user_codes.device
+    torch.manual_seed(seed)
+    diag = Diagnostics(lm) if diagnostics_every and ttt_layers(lm) else None
+    with gen.streaming(1):
+        modules = {"gen": gen, "lm": lm}
+        saved = _saved_snapshot(snapshot_path, log)
+        if saved is not None:
+            refuse_mismatch(snapshot_path, saved.get("identity"), identity or {})
+            extra = restore(modules, saved)
+            result = StreamResult(**extra["result"])
+            result.requeues += 1
+            log(f"resumed from {snapshot_path} at step {result.steps_done}")
+        for t in range(result.steps_done, T):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = gen.step(user_codes[:, :, t:t + 1])
+            if out is not None:
+                out = out.cpu().numpy()  # one transfer: the text token and the audio codes
+                result.text_tokens.append((t, int(out[0, 0, 0])))
+                if (out[0, 1:] >= 0).all():
+                    result.audio_codes.append(out[0, 1:])
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            result.step_ms.append((time.perf_counter() - t0) * 1e3)
+            result.steps_done = t + 1
+            if chunk and result.steps_done % chunk == 0 and ttt_layers(lm):
+                for layer, s in ttt_state(lm).items():
+                    row = {k: float(v[0]) for k, v in s.items()}
+                    row.update(step=result.steps_done, layer=layer)
+                    result.telemetry.append(row)
+                    if not all(np.isfinite(v) for v in row.values()):
+                        result.diverged = True
+            if diag is not None and result.steps_done % diagnostics_every == 0:
+                record = diag.record()
+                result.diagnostics += [{"step": result.steps_done, "layer": i, **r}
+                                       for i, r in record.items()]
+                log(diagnostics_line(record, result.steps_done))
+            if result.steps_done % 250 == 0 or result.steps_done == T:
+                log(f"step {result.steps_done}/{T} ({result.steps_done / FRAME_RATE:.0f} s)")
+                if ttt_layers(lm):
+                    log(telemetry_line(ttt_state(lm), result.steps_done))
+            if snapshot_path is not None and result.steps_done % snapshot_every == 0:
+                save_snapshot(snapshot_path, snapshot(modules, extra={"result": vars(result)},
+                                                      identity=identity))
+            if result.diverged:
+                break
+    if diag is not None:
+        diag.close()
+    if decode:
+        result.pcm = decode_audio(mimi, result.audio_codes, device)
+    return result
+
+
+@torch.no_grad()
+def decode_audio(mimi, frames: list[np.ndarray], device) -> list[np.ndarray]:
+    """Mimi's streaming decode of ``frames`` ([8, 1] codes each), one frame per call in one
+    streaming session, exactly as a decode inside the generation loop would run it."""
+    pcm = []
+    with mimi.streaming(1):
+        for frame in frames:
+            codes = torch.from_numpy(frame).to(device)[None]
+            pcm.append(mimi.decode(codes)[0, 0].float().cpu().numpy())
+    return pcm
+
+
+def _saved_snapshot(path: Path | None, log) -> dict | None:
+    """The snapshot at ``path`` if there is a readable one; a corrupt one is discarded (logged)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        return load_snapshot(path)
+    except SnapshotError as exc:
+        log(f"discarding it and starting afresh: {exc}")
+        path.unlink(missing_ok=True)
+        return None
+
+
+def words_with_times(tokens: list[tuple[int, int]], tokenizer) -> list[tuple[float, str]]:
+    """Group sentencepiece pieces into words ('▁' starts a word), timed by their first step."""
+    words: list[list] = []
+    for step, token in tokens:
+        if token in (PAD_ID, END_OF_PADDING_ID) or token >= tokenizer.vocab_size():
+            continue
+        piece = tokenizer.id_to_piece(token)
+        if piece.startswith("▁") or not words:
+            words.append([step / FRAME_RATE, piece.lstrip("▁")])
+        else:
+            words[-1][1] += piece
+    return [(t, w) for t, w in words if w]
+
+
+def collapse_indicators(tokens: list[tuple[int, int]], words: list[str], minutes: float) -> dict:
+    """What tells a listener the model stopped talking sense: speaking rate, lexical diversity,
+    the longest n-gram said twice, and how much of the text stream is padding."""
+    def distinct(n: int) -> float | None:
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        return len(set(grams)) / len(grams) if grams else None
+
+    longest = 0
+    for n in range(1, min(len(words), 200) + 1):
+        counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+        if not counts or max(counts.values()) < 2:
+            break
+        longest = n
+    pads = sum(1 for _, tok in tokens if tok in (PAD_ID, END_OF_PADDING_ID))
+    return {"words_per_min": len(words) / minutes if minutes > 0 else None,
+            "distinct_1": distinct(1), "distinct_2": distinct(2),
+            "longest_repeated_ngram": longest,
+            "pad_fraction": pads / len(tokens) if tokens else None}
+
+
+def windowed_words(words: list[tuple[float, str]], window_s: float, start: float) -> str:
+    return " ".join(w for t, w in words if start <= t < start + window_s)

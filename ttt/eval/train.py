@@ -1,0 +1,494 @@
+"""The outer loop: train a Moshi-architecture LM with TTT layers in the loop (teacher forcing).
+
+``lm(codes)`` runs the parallel (dual) form of In-Place TTT, which is differentiable and
+chunk-causal, so the loss is what the model scores at test time: text and audio cross-entropy on
+moshi's own masks. Two modes: ``scratch`` (every weight, from a fresh random model) and
+``ttt_only`` (only the TTT parameters, on top of a checkpoint's frozen weights).
+
+Output directory: ``checkpoint/`` in the project's layout (``run-cell`` loads it) plus
+``train_state.pt`` inside it (optimizer, step, RNG states, config), replaced together and
+atomically; ``train_log.csv`` (one row per logged step). A rerun with the same ``--out`` resumes
+from the last checkpoint and refuses a different config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from ttt.config import TTTConfig, _is_int, strict_kwargs
+from ttt.moshi.checkpoints import resolve_checkpoint
+from ttt.eval.data import conversation_codes, read_manifest
+from ttt.base.identity import file_digest
+from ttt.base.files import read_yaml, write_csv
+from ttt.moshi.gating import TTTGating, gated_hidden
+from ttt.core.inplace_math import chunk_delta, chunk_target, clip_factor
+from ttt.moshi.model import (UNTRAINED, codec_untrained, load_checkpoint, load_mimi, project_config,
+                    resolve_model)
+from ttt.moshi.surgery import apply_ttt, ttt_layers
+
+MODES = ("scratch", "ttt_only")
+STATE_FILE = "train_state.pt"
+RESUMABLE_CHANGES = {"steps", "time_limit_s"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every key of a training YAML (README "Training")."""
+
+    train: str                          # manifest.jsonl of the training conversations
+    eval: str | None = None             # manifest of held-out conversations (loss logged)
+    base: str = "tiny-random"           # model spec: tokenizer + Mimi (and weights for ttt_only)
+    mode: str = "scratch"
+    lm_kwargs: Mapping[str, Any] = field(default_factory=dict)  # scratch: overrides of base's
+    ttt: Mapping[str, Any] = field(default_factory=dict)        # TTTConfig keys
+    steps: int = 100
+    batch_size: int = 4
+    segment_frames: int | None = None   # random crops of this length; null = whole conversations
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    text_weight: float = 1.0
+    audio_weight: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    time_limit_s: float | None = None   # stop (and checkpoint) after this much training time
+    device: str = "cpu"
+    cache_dir: str = "results/cache"
+
+    def __post_init__(self) -> None:
+        def check(ok, name, msg):
+            if not ok:
+                raise ValueError(f"{name}: {msg}")
+        for name in ("train", "base"):
+            check(isinstance(getattr(self, name), str) and getattr(self, name), name,
+                  "must be a non-empty string")
+        check(self.eval is None or isinstance(self.eval, str), "eval", "must be a path or null")
+        check(self.mode in MODES, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        check(isinstance(self.lm_kwargs, Mapping), "lm_kwargs", "must be a mapping")
+        check(not self.lm_kwargs or self.mode == "scratch", "lm_kwargs",
+              "only with mode: scratch (ttt_only keeps the checkpoint's architecture)")
+        check(isinstance(self.ttt, Mapping), "ttt", "must be a mapping of TTT settings")
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            value = getattr(self, name)
+            check(_is_int(value) and value >= 1, name, f"must be an integer >= 1, got {value!r}")
+        check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",
+              "must be an integer >= 0")
+        check(_is_int(self.seed), "seed", "must be an integer")
+        check(self.segment_frames is None or (_is_int(self.segment_frames) and self.segment_frames >= 2),
+              "segment_frames", "must be null or an integer >= 2")
+        for name in ("lr", "weight_decay", "text_weight", "audio_weight"):
+            value = getattr(self, name)
+            check(_is_number(value) and math.isfinite(value) and value >= 0, name,
+                  f"must be a finite number >= 0, got {value!r}")
+        check(self.grad_clip is None or (_is_number(self.grad_clip) and self.grad_clip > 0),
+              "grad_clip", "must be null (off) or a number > 0")
+        check(isinstance(self.device, str), "device", "must be a string (cpu, cuda, ...)")
+        check(self.time_limit_s is None or (_is_number(self.time_limit_s) and self.time_limit_s > 0),
+              "time_limit_s", "must be null (none) or a number > 0")
+        self.ttt_config()  # validated here, before any heavy work
+
+    def ttt_config(self) -> TTTConfig:
+        try:
+            return TTTConfig.from_dict(dict(self.ttt))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"ttt.{exc}") from None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        return cls(**strict_kwargs(cls, data, "train config"))
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["lm_kwargs"], out["ttt"] = dict(self.lm_kwargs), dict(self.ttt)
+        return out
+
+
+def load_train_config(path: str | os.PathLike) -> TrainConfig:
+    raw = read_yaml(path, "training config", ValueError)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of training settings")
+    try:
+        return TrainConfig.from_dict(raw)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+# ---- model and data -------------------------------------------------------------------------
+
+class _Base:
+    """Tokenizer and Mimi of the base checkpoint; Mimi (385 MB for the random one) is loaded only
+    when a conversation's codes are not cached yet."""
+
+    def __init__(self, spec: str, directory: Path, device: str, mimi=None) -> None:
+        import sentencepiece
+        self.spec, self.sources, self.device, self._mimi = spec, resolve_checkpoint(directory), device, mimi
+        self.tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(self.sources.tokenizer))
+        self.mimi_id = file_digest(self.sources.mimi)
+
+    @property
+    def mimi(self):
+        if self._mimi is None:
+            self._mimi = load_mimi(self.sources, self.device)
+        return self._mimi
+
+
+def build_model(cfg: TrainConfig):
+    """(lm with TTT applied, base checkpoint (tokenizer, lazy Mimi), LM kwargs, parameters to
+    train)."""
+    from moshi.models import loaders
+
+    base_dir = resolve_model(cfg.base, Path(cfg.cache_dir) / "models")
+    ttt = cfg.ttt_config()
+    if cfg.mode == "ttt_only":
+        bundle = load_checkpoint(base_dir, ttt=ttt.to_dict(), device=cfg.device, seed=cfg.seed)
+        lm = bundle.lm
+        base = _Base(cfg.base, base_dir, cfg.device, bundle.mimi)
+        lm_kwargs = dict(base.sources.lm_kwargs)
+        for p in lm.parameters():
+            p.requires_grad_(False)
+        trained = [p for name, p in ttt_parameters(lm)]
+        for p in trained:
+            p.requires_grad_(True)
+    else:
+        base = _Base(cfg.base, base_dir, cfg.device)
+        lm_kwargs = {**base.sources.lm_kwargs, **cfg.lm_kwargs}
+        torch.manual_seed(cfg.seed)
+        try:
+            lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, device=cfg.device,
+                                      dtype=torch.float32)
+        except TypeError as exc:
+            raise ValueError(f"lm_kwargs: {exc}") from None
+        apply_ttt(lm, ttt)
+        trained = list(lm.parameters())
+    if not trained:
+        raise ValueError("ttt: no TTT layer selected, nothing to train in mode ttt_only")
+    return lm, base, lm_kwargs, trained
+
+
+def ttt_parameters(lm) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters TTT adds: the target generator (In-Place; W^(0) stays the pretrained down
+    projection) or the whole TTT-MLP branch and its gate."""
+    out = []
+    for i, module in ttt_layers(lm).items():
+        for name, p in module.named_parameters():
+            if isinstance(module, TTTGating) and not name.startswith("target_generator."):
+                continue
+            out.append((f"transformer.layers.{i}.{name}", p))
+    return out
+
+
+def load_codes(manifest: str, base: _Base, cache_dir: str) -> list[torch.Tensor]:
+    """[17, T] codes of every conversation of a manifest (Mimi codes cached by content)."""
+    items = read_manifest(manifest)
+    if any(i.reference is not None for i in items):
+        raise ValueError(f"{manifest}: training needs stereo conversations with alignments")
+    cache = Path(cache_dir) / "codes"
+    mimi = _LazyMimi(base)
+    return [conversation_codes(mimi, base.tokenizer, item, cache, base.mimi_id)[0]
+            for item in items]
+
+
+class _LazyMimi:
+    """Stands for the base's Mimi; loads it on first use (a cached conversation never does)."""
+
+    def __init__(self, base: _Base) -> None:
+        self._base = base
+        self.num_codebooks = base.sources.num_codebooks  # part of the codes cache key
+
+    def __getattr__(self, name):
+        return getattr(self._base.mimi, name)
+
+
+def sample_batch(codes: list[torch.Tensor], cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
+    """[B, 17, L] from conversations drawn with replacement; random crops of ``segment_frames``
+    (all rows cut to the shortest conversation's length when that is shorter)."""
+    idx = torch.randint(len(codes), (cfg.batch_size,), generator=g).tolist()
+    length = min(codes[i].shape[-1] for i in idx)
+    if cfg.segment_frames is not None:
+        length = min(length, cfg.segment_frames)
+    rows = []
+    for i in idx:
+        start = int(torch.randint(codes[i].shape[-1] - length + 1, (1,), generator=g))
+        rows.append(codes[i][:, start:start + length])
+    return torch.stack(rows)
+
+
+def lm_loss(lm, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text CE, audio CE) in nats, means over moshi's valid positions (its masks)."""
+    out = lm(codes)
+    wide = lambda x: x if x.dtype == torch.float64 else x.float()  # noqa: E731  (fp32 at least)
+    text_target = codes[:, :1]
+    text = F.cross_entropy(wide(out.text_logits[out.text_mask]), text_target[out.text_mask])
+    audio_target = codes[:, lm.audio_offset:lm.audio_offset + lm.dep_q]
+    audio = F.cross_entropy(wide(out.logits[out.mask]), audio_target[out.mask])
+    return text, audio
+
+
+# ---- Figure-5 inner losses and fast-weight norms --------------------------------------------
+
+class InnerProbe:
+    """Captures each In-Place layer's input on one forward and recomputes, for batch row 0, the
+    per-chunk inner losses ℓ(W⁽⁰⁾), ℓ(W⁽ⁱ⁾) and ℓ(W⁽ⁱ⁺¹⁾) on chunk i (means over chunks), ‖W⁽⁰⁾‖
+    and the relative change ‖W_end − W⁽⁰⁾‖/‖W⁽⁰⁾‖ (explicit fast weights; logging steps only)."""
+
+    def __init__(self, lm) -> None:
+        self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.handles = []
+        for i, layer in ttt_layers(lm).items():
+            if isinstance(layer, TTTGating):
+                self.handles.append(layer.register_forward_hook(self._hook(i)))
+        self.layers = ttt_layers(lm)
+
+    def _hook(self, index: int):
+        def hook(module, args, _out):
+            self.inputs[index] = (args[0][:1].detach(), module._tap.x0[:1].detach())
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+    @torch.no_grad()
+    def stats(self) -> dict[str, float]:
+        out = {}
+        for i, (x, x0) in sorted(self.inputs.items()):
+            layer = self.layers[i]
+            cfg = layer.cfg
+            z = gated_hidden(layer.linear_in.weight, layer.activation, x).float()
+            C = cfg.chunk_size
+            n = (z.shape[1] - 1) // C
+            w0 = layer.w_down.float()
+            prefix = f"l{i}_"
+            out[prefix + "w0_norm"] = float(w0.norm())
+            if n == 0:
+                continue
+            tg = layer.target_generator
+            v = chunk_target(x0[0, :n * C].reshape(n, C, -1), tg.conv_weight, tg.projection,
+                             cfg.conv_padding)
+            deltas = chunk_delta(z[0, :n * C].reshape(n, C, -1), v)
+            steps = deltas * (cfg.lr * clip_factor(deltas.norm(dim=(1, 2)), cfg.clip))[:, None, None]
+            w_before = w0[None] + torch.cumsum(steps, 0) - steps  # W^(i) for chunk i
+            inner = lambda w: float(-(w * deltas).sum((1, 2)).mean())  # noqa: E731
+            out[prefix + "inner_w0"] = inner(w0[None])
+            out[prefix + "inner_before"] = inner(w_before)
+            out[prefix + "inner_after"] = inner(w_before + steps)
+            w_end = w0 + steps.sum(0)
+            out[prefix + "w_norm"] = float(w_end.norm())
+            out[prefix + "w_rel_change"] = float((w_end - w0).norm() / w0.norm())
+        self.inputs.clear()
+        return out
+
+
+# ---- checkpoint and state -------------------------------------------------------------------
+
+def write_checkpoint(out: Path, lm, base: _Base, lm_kwargs: dict, ttt: TTTConfig, state: dict) -> Path:
+    """``out/checkpoint`` (config.json, model.safetensors, tokenizer.model, mimi.safetensors,
+    train_state.pt), replaced as a whole: written beside, then swapped in by renames."""
+    for layer in ttt_layers(lm).values():
+        if isinstance(layer, TTTGating):
+            # The TTT-off twin (ttt_disabled) runs linear_out: keep it equal to the trained W^(0)
+            # so "off" means these weights without updates.
+            with torch.no_grad():
+                layer.linear_out.weight.copy_(layer.w_down.to(layer.linear_out.weight.dtype))
+    final = out / "checkpoint"
+    tmp = out / f".checkpoint.tmp{os.getpid()}"
+    old = out / ".checkpoint.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in lm.state_dict().items()},
+              str(tmp / "model.safetensors"))
+    shutil.copyfile(base.sources.tokenizer, tmp / "tokenizer.model")
+    try:  # 385 MB for the random Mimi: a hard link where the filesystem allows
+        os.link(base.sources.mimi, tmp / "mimi.safetensors")
+    except OSError:
+        shutil.copyfile(base.sources.mimi, tmp / "mimi.safetensors")
+    codec = UNTRAINED if codec_untrained(base.spec, base.sources.directory) else None
+    config = {**project_config(lm_kwargs, codec), "ttt_config": _seeds_ttt(ttt)}
+    (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    torch.save(state, tmp / STATE_FILE)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _seeds_ttt(ttt: TTTConfig) -> dict:
+    """The seeds' ``ttt_config`` keys, for readers that know only those."""
+    out = {"enabled": ttt.enabled, "start_layer": ttt.start_layer,
+           "layer_frequency": ttt.layer_frequency, "chunk_size": ttt.chunk_size,
+           "learning_rate": ttt.lr, "conv_kernel_size": ttt.conv_kernel_size,
+           "delta_clip_fro_norm": ttt.delta_clip_fro_norm}
+    if ttt.layers is not None:
+        out["layers"] = list(ttt.layers)
+    return out
+
+
+def _rng_state(g: torch.Generator) -> dict:
+    """Every RNG's state as tensors and plain values, so ``torch.load(weights_only=True)`` reads
+    it back (numpy's key array travels as a tensor: nothing to unpickle)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"batch": g.get_state(), "torch": torch.get_rng_state(),
+            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict, g: torch.Generator) -> None:
+    g.set_state(state["batch"])
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def find_resume(out: Path) -> Path | None:
+    """The checkpoint to resume from: ``checkpoint/``, or ``.checkpoint.old`` when a swap was
+    interrupted between its two renames."""
+    for name in ("checkpoint", ".checkpoint.old"):
+        if (out / name / STATE_FILE).is_file():
+            return out / name
+    return None
+
+
+# ---- the loop -------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
+    """Train to ``cfg.steps`` (resuming from ``out_dir`` when it holds a checkpoint); returns
+    the final summary (also written to ``out_dir/summary.json``)."""
+    out = Path(out_dir)
+    resume = find_resume(out)
+    saved = None
+    if resume is not None:
+        try:  # tensors and plain values only: a file planted in --out cannot run code
+            saved = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - pickle refused, truncated, not a torch file
+            raise ValueError(f"{resume / STATE_FILE}: unreadable training state "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        # Only the step budget may change between a run and its resumption.
+        new, old = cfg.to_dict(), saved["config"]
+        diff = sorted(k for k in set(new) | set(old)
+                      if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        if diff:
+            raise ValueError(f"{out}: holds a run with a different config (key(s) {diff}); "
+                             "use another --out or the same config")
+    torch.manual_seed(cfg.seed)
+    lm, base, lm_kwargs, params = build_model(cfg)
+    ttt = cfg.ttt_config()
+    train_codes = load_codes(cfg.train, base, cfg.cache_dir)
+    eval_codes = load_codes(cfg.eval, base, cfg.cache_dir) if cfg.eval else []
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    step, rows, elapsed = 0, [], 0.0
+    if saved is not None:
+        from safetensors.torch import load_file
+        lm.load_state_dict(load_file(str(resume / "model.safetensors"), device=cfg.device))
+        opt.load_state_dict(saved["optimizer"])
+        _set_rng_state(saved["rng"], g)
+        step, rows, elapsed = saved["step"], saved["log"], saved["elapsed_s"]
+        log(f"resumed from {resume} at step {step}")
+    lm.train()
+    probe = InnerProbe(lm)
+    data_hashes = {name: file_digest(Path(path)) for name, path in
+                   (("train", cfg.train), ("eval", cfg.eval)) if path}
+    started = time.perf_counter() - elapsed
+    while step < cfg.steps:
+        batch = sample_batch(train_codes, cfg, g).to(cfg.device)
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        last = step + 1 == cfg.steps or (cfg.time_limit_s is not None and
+                                          time.perf_counter() - started >= cfg.time_limit_s)
+        logging = (step + 1) % cfg.log_every == 0 or last
+        text, audio = lm_loss(lm, batch)
+        loss = cfg.text_weight * text + cfg.audio_weight * audio
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+        opt.step()
+        step += 1
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"step {step}: loss is {loss.item()} (diverged)")
+        if logging:
+            row = {"step": step, "loss": loss.item(), "text_loss": text.item(),
+                   "audio_loss": audio.item(), "grad_norm": float(grad_norm),
+                   "lr": opt.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - started}
+            row.update(probe.stats())
+            if eval_codes:
+                row.update(evaluate_loss(lm, eval_codes, cfg))
+            rows.append(row)
+            write_csv(out / "train_log.csv", rows) if out.is_dir() else None
+            log(_log_line(row))
+        if step % cfg.checkpoint_every == 0 or last:
+            out.mkdir(parents=True, exist_ok=True)
+            state = {"config": cfg.to_dict(), "step": step, "optimizer": opt.state_dict(),
+                     "rng": _rng_state(g), "log": rows, "elapsed_s": time.perf_counter() - started}
+            write_checkpoint(out, lm, base, lm_kwargs, ttt, state)
+            write_csv(out / "train_log.csv", rows)
+        if last:
+            break
+    probe.close()
+    summary = {"steps": step, "final": rows[-1] if rows else None,
+               "train_time_s": time.perf_counter() - started, "device": _device_name(cfg.device),
+               "platform": platform.platform(), "torch": torch.__version__,
+               "data_sha256": data_hashes, "config": cfg.to_dict(),
+               "parameters_trained": sum(p.numel() for p in params)}
+    tmp = out / f".summary.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    os.replace(tmp, out / "summary.json")
+    return summary
+
+
+@torch.no_grad()
+def evaluate_loss(lm, codes: list[torch.Tensor], cfg: TrainConfig) -> dict:
+    """Held-out text/audio CE (whole conversations, one at a time), eval mode."""
+    lm.eval()
+    try:
+        pairs = [lm_loss(lm, c[None].to(cfg.device)) for c in codes]
+    finally:
+        lm.train()
+    return {"eval_text_loss": float(np.mean([t.item() for t, _ in pairs])),
+            "eval_audio_loss": float(np.mean([a.item() for _, a in pairs]))}
+
+
+def _log_line(row: dict) -> str:
+    parts = [f"step {row['step']}", f"loss {row['loss']:.4f}", f"text {row['text_loss']:.4f}",
+             f"audio {row['audio_loss']:.4f}", f"|g| {row['grad_norm']:.3g}"]
+    if "eval_text_loss" in row:
+        parts.append(f"eval text {row['eval_text_loss']:.4f} audio {row['eval_audio_loss']:.4f}")
+    for key in sorted(k for k in row if k.endswith("_w_norm")):
+        i = key.split("_")[0]
+        parts.append(f"{i}: |W| {row[key]:.4g} dW/W {row.get(i + '_w_rel_change', float('nan')):.3g}"
+                     f" inner W0/before/after {row.get(i + '_inner_w0', float('nan')):.4g}/"
+                     f"{row.get(i + '_inner_before', float('nan')):.4g}/"
+                     f"{row.get(i + '_inner_after', float('nan')):.4g}")
+    parts.append(f"{row['elapsed_s']:.0f} s")
+    return "TRAIN " + ", ".join(parts)
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"

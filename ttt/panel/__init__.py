@@ -1,0 +1,1 @@
+"""Layer 6: the blind listening panel (page, server, ratings)."""
