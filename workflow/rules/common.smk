@@ -14,7 +14,7 @@ validate(config, "../schemas/config.schema.yaml")
 sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [workflow.basedir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-from ttt import preflight  # noqa: E402
+from ttt.launch import preflight  # noqa: E402
 
 PLOTS = ["lr_grid", "long_form", "yarn", "figure5", "figure5_hybrid", "consistency"]
 FAMILY_KEYS = ("model", "base", "device", "dtype", "cache_dir")
