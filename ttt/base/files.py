@@ -1,15 +1,20 @@
-"""Reading config/data documents with one-line errors, and writing tables atomically.
+"""Reading config/data documents with one-line errors, and the one atomic writer.
 
 Every reader names the file in its error (missing, or not parseable) and raises the caller's
-error type, so each command keeps its exit-code contract; writers never leave half a file.
+error type, so each command keeps its exit-code contract. Every file the project writes goes
+through ``atomic_write`` (temporary name in the same folder, fsync, rename), so a reader — the
+next workflow rule, a rerun after a crash — sees the old file or the new one, never half of one.
+The table writer ``write_csv`` lives here, not in ``ttt.report.tables``, because the cell (eval
+layer, below report) writes its own tables with it.
 """
 from __future__ import annotations
 
-import csv
 import json
+import math
 import os
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def read_yaml(path: str | os.PathLike, what: str, error: type[Exception] = ValueError) -> Any:
@@ -64,13 +69,52 @@ def read_json(path: str | os.PathLike, what: str, error: type[Exception] = Value
         raise error(f"{path}: not valid JSON (not UTF-8 text)") from None
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    """All rows' keys as columns (first-seen order), written atomically (temp file + rename)."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` writes the whole file at a temporary name beside ``path`` (same folder, so
+    the rename cannot cross filesystems); it is flushed to disk, then renamed over ``path``. When
+    ``write`` fails the temporary file is removed and ``path`` is left as it was."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r)) or ["empty"]
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """``text`` as the whole content of ``path``, atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_csv(path: str | os.PathLike, rows, columns: list[str] | None = None) -> None:
+    """A table, atomically: ``rows`` is a list of dicts (columns: every key, first seen first) or
+    a DataFrame; ``columns`` fixes the header (a header-only table needs it). A cell holding None
+    (or a key a row lacks) is written empty; a float NaN is written ``nan``, so a blank always
+    means "no value" and ``nan`` a value that is not a number. A table with no columns at all is
+    written with the single column ``empty``, so it still reads as a CSV."""
+    import pandas as pd
+
+    if isinstance(rows, pd.DataFrame):
+        frame = rows if columns is None else rows.reindex(columns=columns)
+    else:
+        columns = columns or list(dict.fromkeys(k for r in rows for k in r))
+        frame = pd.DataFrame([[r.get(k) for k in columns] for r in rows], columns=columns,
+                             dtype=object)
+    if frame.columns.empty:
+        frame = pd.DataFrame(columns=["empty"])
+    text = frame.map(_csv_cell)
+    atomic_write(path, lambda tmp: text.to_csv(tmp, index=False, lineterminator="\r\n"))
+
+
+def _csv_cell(value):
+    """None (or pandas' NA) → empty, a float NaN → ``nan``; pandas would write both empty."""
+    if value is None or type(value).__name__ == "NAType":
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return value

@@ -15,13 +15,10 @@ sys.path.insert(0, workflow.basedir)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [workflow.basedir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 from ttt.launch import preflight  # noqa: E402
+from ttt.report.tables import cell_path, cell_value  # noqa: E402  (the reports parse what it writes)
 
 PLOTS = ["lr_grid", "long_form", "yarn", "figure5", "figure5_hybrid", "consistency"]
 FAMILY_KEYS = ("model", "base", "device", "dtype", "cache_dir")
-
-
-def _num(x):
-    return f"{x:g}" if isinstance(x, float) else str(x)
 
 
 def _data(family_cfg, duration, seed):
@@ -37,7 +34,7 @@ def _data(family_cfg, duration, seed):
 def _cell(family, path_params, mode, data, ttt_on, ttt_extra=None, **extra):
     base = {k: config[k] for k in FAMILY_KEYS}
     ttt = {**(config.get("ttt") or {}), **(ttt_extra or {})} if ttt_on else {"enabled": False}
-    path = "/".join([family] + [f"{k}~{_num(v)}" for k, v in path_params] + [f"ttt~{'on' if ttt_on else 'off'}"])
+    path = cell_path(family, [*path_params, ("ttt", "on" if ttt_on else "off")])
     return path, {**base, "cell": path, "family": family, "mode": mode, "data": data,
                   "ttt": ttt or None, **extra}
 

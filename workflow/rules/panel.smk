@@ -19,8 +19,8 @@ def panel_cells():
     if length not in lengths:
         raise ValueError(f"config panel.duration_s: {length} is not one of {p['family']}'s "
                          f"lengths {lengths}")
-    prefix = f"{p['family']}/duration~{_num(length)}"
-    return {"ttt_on": f"{prefix}/ttt~on", "ttt_off": f"{prefix}/ttt~off"}
+    return {f"ttt_{on}": cell_path(p["family"], [("duration", length), ("ttt", on)])
+            for on in ("on", "off")}
 
 
 PANEL_CELLS = panel_cells()
@@ -46,7 +46,7 @@ if PANEL_CELLS:
         params:
             name=config["panel"]["name"],
             systems=" ".join(f"--system {s}=results/cells/{c}/cell" for s, c in PANEL_CELLS.items()),
-            offsets=" ".join(_num(float(o)) for o in config["panel"]["offsets_s"]),
+            offsets=" ".join(cell_value(float(o)) for o in config["panel"]["offsets_s"]),
             clip=config["panel"]["clip_s"],
             seed=config["panel"]["seed"],
             raters=" ".join(f"--rater {r}" for r in config["panel"]["raters"]),
