@@ -40,7 +40,7 @@ from moshi.modules.transformer import set_attention_context
 from safetensors.torch import save_file
 
 import ttt
-from ttt import cell as cells
+from ttt.eval import cell as cells
 from ttt.eval.generate import decode_audio, stream_user_channel
 from ttt.moshi.model import _train_tokenizer, load_checkpoint
 from ttt.moshi.surgery import ttt_disabled
