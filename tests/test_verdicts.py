@@ -310,3 +310,63 @@ def test_ttt_off_twin_of_the_trained_default_is_ttt_with_lr_zero(cache):
         a, b = off.forward_text(seq)[1], frozen.forward_text(seq)[1]
     assert not any("w_down" in k for k in off.state_dict())
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ---- the registry: one gate, one signal ---------------------------------------------------------
+
+def test_every_signal_is_the_one_signal_of_its_registered_gate(tmp_path):
+    """Each registered gate's checks carry its signal and no other; the README's table documents
+    exactly the registered signals (a signal cannot exist, or be documented, without its gate)."""
+    import re
+    write_results(tmp_path, modified(healthy_specs(), ON, diverged=True))
+    cells = verdicts.load_cells(tmp_path)
+    by_name = {c.name: c for c in cells}
+    seen = set()
+    for signal, registered in verdicts.REGISTRY.gates.items():
+        checks = registered.run(cells, verdicts.thresholds(), by_name)
+        assert {c["signal"] for c in checks} <= {signal}, signal
+        seen |= {c["signal"] for c in checks}
+    assert seen and verdicts.SIGNALS == list(verdicts.REGISTRY.gates)
+    _, checks = verdicts.evaluate(tmp_path)
+    assert {c["signal"] for c in checks} <= set(verdicts.SIGNALS)
+    readme = (REPO / "README.md").read_text().split("### Verdicts: what passed", 1)[1]
+    documented = set()
+    for line in readme.split("\n\n", 2)[2].split("\n\n", 1)[0].splitlines()[2:]:
+        names = re.findall(r"`([\w.]+)`", line.split("|")[1])
+        documented |= {names[0]} | {names[0].rsplit("_", 1)[0] + n for n in names[1:]}
+    assert documented == set(verdicts.SIGNALS)
+
+
+def test_registry_refuses_a_second_gate_a_foreign_signal_and_an_undocumented_gate(tmp_path):
+    registry = verdicts.Registry()
+
+    @registry.gate("cost.demo", section="cost")
+    def demo(scope):
+        """One check per cell in the cost families."""
+        return [verdicts.check(c.name, 0.0, scope.g["max_regression"], True, "ok") for c in scope.cells]
+
+    with pytest.raises(ValueError, match="'cost.demo' already has a gate"):
+        registry.gate("cost.demo", section="cost")(lambda scope: [])
+    with pytest.raises(ValueError, match="unknown thresholds section 'costs'"):
+        registry.gate("cost.other", section="costs")(demo)
+    with pytest.raises(ValueError, match="needs a docstring"):
+        registry.gate("cost.other", section="cost")(lambda scope: [])
+    assert registry.signals == ["cost.demo"]
+
+    @registry.gate("cost.sneaky", section="cost")
+    def sneaky(scope):
+        """A gate that tries to emit a second signal."""
+        return [{**verdicts.check(c.name, 0.0, 0.0, True, "ok"), "signal": "cost.other"}
+                for c in scope.cells]
+
+    write_results(tmp_path, healthy_specs())
+    cells = verdicts.load_cells(tmp_path)
+    with pytest.raises(TypeError, match="cost.sneaky: a check names a signal"):
+        registry.gates["cost.sneaky"].run(cells, verdicts.thresholds(), {c.name: c for c in cells})
+    del registry.gates["cost.sneaky"]
+    summary, checks = registry.evaluate(tmp_path)
+    assert [r["signal"] for r in summary] == ["cost.demo"] and summary[0]["verdict"] == "pass"
+    assert {c["cell"] for c in checks} == {c.name for c in cells if c.family in DEFAULT_COST_FAMILIES}
+
+
+DEFAULT_COST_FAMILIES = verdicts.DEFAULTS["cost"]["families"]

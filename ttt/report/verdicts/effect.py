@@ -1,0 +1,60 @@
+"""Did TTT do anything at all? (issue 14: an inert TTT must read "no effect", never "pass"). Shared
+by the effect, next-chunk-gain and τ-stress gates."""
+from __future__ import annotations
+
+from ttt.report.verdicts.loading import Cell, num
+
+# Relative resolution of the compute dtype (machine epsilon): a fast-weight change ‖W − W₀‖/‖W₀‖
+# below it is lost when W is cast for the matmul (bf16: 7.8e-3; fp32: 1.2e-7).
+DTYPE_EPS = {"float32": 2.0 ** -23, "bfloat16": 2.0 ** -7, "float16": 2.0 ** -10}
+
+
+def effect_of(c: Cell, twin: Cell | None, min_change: float) -> tuple[bool, float, str]:
+    """(TTT had an effect, largest relative fast-weight change, why) for a TTT-on cell.
+
+    No effect when ‖W − W₀‖/‖W₀‖ stays below the compute dtype's resolution in every layer (the
+    cast for the matmul rounds the change away), or when the outputs equal the TTT-off twin's in
+    every window (perplexity within ``min_change`` relative; generated or transcribed text
+    identical). Names lr·τ, the bound on each update's size."""
+    m = c.metrics
+    dtype = (m.get("config") or {}).get("dtype", "float32")
+    eps = DTYPE_EPS.get(dtype, DTYPE_EPS["float32"])
+    rel = max((num(r.get("w_drift")) / num(r.get("w_norm")) for r in c.table("telemetry.csv")
+               if num(r.get("w_drift")) is not None and num(r.get("w_norm"))), default=0.0)
+    ttt = (m.get("config") or {}).get("resolved_ttt") or {}
+    lr, tau = ttt.get("lr"), ttt.get("delta_clip_fro_norm")
+    bound = (f"lr·τ = {lr:g}·{tau:g} = {lr * tau:.3g} bounds each update's ‖ΔW‖_F"
+             if lr is not None and tau else f"lr = {lr} (no clip: lr·τ bounds nothing)")
+    reasons = []
+    if not rel >= eps:  # NaN counts as no measurable change too
+        reasons.append(f"‖W − W₀‖/‖W₀‖ ≤ {rel:.3g}, below {dtype} resolution {eps:.2g}")
+    same = outputs_equal(c, twin, min_change) if twin is not None else None
+    if same:
+        reasons.append(f"outputs equal the TTT-off twin's in every window ({same})")
+    if reasons:
+        return False, rel, "no effect: " + "; ".join(reasons) + f"; {bound}"
+    return True, rel, (f"‖W − W₀‖/‖W₀‖ up to {rel:.3g} (≥ {dtype} resolution {eps:.2g}), outputs "
+                       f"differ from the TTT-off twin; {bound}")
+
+
+def outputs_equal(c: Cell, twin: Cell, min_change: float) -> str | None:
+    """What matched, when every shared window has the same perplexities (within ``min_change``,
+    relative) or the same text as the twin; None when something differs or nothing compares."""
+    on = {(r.get("item"), num(r.get("start_s"))): r for r in c.table("timeseries.csv")}
+    off = {(r.get("item"), num(r.get("start_s"))): r for r in twin.table("timeseries.csv")}
+    keys = [k for k in on if k in off]
+    compared = []
+    for column in ("text_ppl", "audio_ppl", "wer"):
+        pairs = [(num(on[k].get(column)), num(off[k].get(column))) for k in keys]
+        pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+        if not pairs:
+            continue
+        if any(abs(a - b) > min_change * abs(b) for a, b in pairs):
+            return None
+        compared.append(f"{column} over {len(pairs)} windows")
+    texts = [x.transcript() for x in (c, twin)]
+    if texts[0] is not None and texts[1] is not None:
+        if texts[0] != texts[1]:
+            return None
+        compared.append("identical transcript")
+    return ", ".join(compared) or None

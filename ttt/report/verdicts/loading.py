@@ -1,0 +1,144 @@
+"""A results tree as the gates see it: ``tables/cells.csv``'s rows, each a :class:`Cell` reading
+its own files on first use (``metrics.json``, ``timeseries.csv``, ``telemetry.csv``, the job log,
+the ASR output). A file that cannot be read marks its cell not done, with the reason: the
+``run.completed`` gate names it, and no other gate judges the cell."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ttt.base.files import read_json
+
+DONE = ("ok", "diverged")
+
+
+@dataclass
+class Cell:
+    """One row of cells.csv with lazy access to its files."""
+
+    row: dict
+    root: Path  # results/cells/<cell>
+    _cache: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.row["cell"]
+
+    @property
+    def family(self) -> str:
+        return self.row["family"]
+
+    @property
+    def done(self) -> bool:
+        if self.row.get("status") not in DONE or self.metrics is None:
+            return False
+        for name in ("timeseries.csv", "telemetry.csv"):  # read now: a bad one is named here
+            self.table(name)
+        return self.corrupt is None
+
+    @property
+    def corrupt(self) -> str | None:
+        """The first of its files found unreadable (named, with why), or None."""
+        return self._cache.get("corrupt")
+
+    def _unreadable(self, exc: Exception):
+        self._cache.setdefault("corrupt", str(exc))
+
+    @property
+    def ttt_on(self) -> bool:
+        return bool(self.metrics and self.metrics.get("ttt"))
+
+    @property
+    def metrics(self) -> dict | None:
+        if "metrics" not in self._cache:
+            path = self.root / "cell" / "metrics.json"
+            self._cache["metrics"] = self._object(path) if path.is_file() else None
+        return self._cache["metrics"]
+
+    def table(self, name: str) -> list[dict]:
+        if name not in self._cache:
+            try:
+                self._cache[name] = read_csv(self.root / "cell" / name)
+            except ValueError as exc:
+                self._unreadable(exc)
+                self._cache[name] = []
+        return self._cache[name]
+
+    @property
+    def status(self) -> dict:
+        path = self.root / "status.json"
+        return (self._object(path) or {}) if path.is_file() else {}
+
+    def _object(self, path: Path) -> dict | None:
+        """A JSON object, or None when unreadable (recorded: the cell is then not done)."""
+        try:
+            data = read_json(path, path.name)
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+            return data
+        except ValueError as exc:
+            self._unreadable(exc)
+            return None
+
+    def log_path(self) -> Path | None:
+        """The job's stdout log: status.json's path, else the one beside the cell (a results
+        folder moved elsewhere keeps its logs under ``jobs/``)."""
+        logged = self.status.get("log")
+        if logged and Path(logged).is_file():
+            return Path(logged)
+        job = self.status.get("job_id") or self.row.get("job_id")
+        found = sorted((self.root / "jobs").glob(f"{job}_*log.out")) if job else []
+        found = found or sorted((self.root / "jobs").glob("*_log.out"))
+        return found[-1] if found else None
+
+    def asr(self) -> dict | None:
+        """The ASR stage's summary (``asr/asr.json``), None when the stage did not run."""
+        path = self.root / "asr" / "asr.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def asr_windows(self) -> list[dict]:
+        """The ASR stage's per-window rows (``asr/asr.jsonl``)."""
+        return read_jsonl(self.root / "asr" / "asr.jsonl")
+
+    def transcript(self) -> str | None:
+        path = self.root / "cell" / "transcript.txt"
+        return path.read_text() if path.is_file() else None
+
+
+def read_csv(path: Path) -> list[dict]:
+    """Rows of a CSV table; ValueError naming the file when it cannot be read."""
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path}: unreadable table ({type(exc).__name__})") from None
+    return [r for r in rows if set(r) != {"empty"}]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_cells(results: str | os.PathLike) -> list[Cell]:
+    results = Path(results)
+    table = results / "tables" / "cells.csv"
+    if not table.is_file():
+        raise ValueError(f"{table}: not found (run the aggregate rule first)")
+    return [Cell(row, results / "cells" / row["cell"]) for row in read_csv(table)]
+
+
+def num(value) -> float | None:
+    """A number from a CSV/JSON field, None when empty; NaN/Inf are kept."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
