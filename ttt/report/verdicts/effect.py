@@ -2,7 +2,8 @@
 by the effect, next-chunk-gain and τ-stress gates."""
 from __future__ import annotations
 
-from ttt.report.verdicts.loading import Cell, num
+from ttt.report.tables import number
+from ttt.report.verdicts.loading import Cell
 
 # Relative resolution of the compute dtype (machine epsilon): a fast-weight change ‖W − W₀‖/‖W₀‖
 # below it is lost when W is cast for the matmul (bf16: 7.8e-3; fp32: 1.2e-7).
@@ -19,8 +20,8 @@ def effect_of(c: Cell, twin: Cell | None, min_change: float) -> tuple[bool, floa
     m = c.metrics
     dtype = (m.get("config") or {}).get("dtype", "float32")
     eps = DTYPE_EPS.get(dtype, DTYPE_EPS["float32"])
-    rel = max((num(r.get("w_drift")) / num(r.get("w_norm")) for r in c.table("telemetry.csv")
-               if num(r.get("w_drift")) is not None and num(r.get("w_norm"))), default=0.0)
+    rel = max((number(r.get("w_drift")) / number(r.get("w_norm")) for r in c.table("telemetry.csv")
+               if number(r.get("w_drift")) is not None and number(r.get("w_norm"))), default=0.0)
     ttt = (m.get("config") or {}).get("resolved_ttt") or {}
     lr, tau = ttt.get("lr"), ttt.get("delta_clip_fro_norm")
     bound = (f"lr·τ = {lr:g}·{tau:g} = {lr * tau:.3g} bounds each update's ‖ΔW‖_F"
@@ -40,12 +41,12 @@ def effect_of(c: Cell, twin: Cell | None, min_change: float) -> tuple[bool, floa
 def outputs_equal(c: Cell, twin: Cell, min_change: float) -> str | None:
     """What matched, when every shared window has the same perplexities (within ``min_change``,
     relative) or the same text as the twin; None when something differs or nothing compares."""
-    on = {(r.get("item"), num(r.get("start_s"))): r for r in c.table("timeseries.csv")}
-    off = {(r.get("item"), num(r.get("start_s"))): r for r in twin.table("timeseries.csv")}
+    on = {(r.get("item"), number(r.get("start_s"))): r for r in c.table("timeseries.csv")}
+    off = {(r.get("item"), number(r.get("start_s"))): r for r in twin.table("timeseries.csv")}
     keys = [k for k in on if k in off]
     compared = []
     for column in ("text_ppl", "audio_ppl", "wer"):
-        pairs = [(num(on[k].get(column)), num(off[k].get(column))) for k in keys]
+        pairs = [(number(on[k].get(column)), number(off[k].get(column))) for k in keys]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
         if not pairs:
             continue

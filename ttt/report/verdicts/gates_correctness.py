@@ -2,7 +2,7 @@
 its first update, every TTT layer receives the summed token embeddings)."""
 from __future__ import annotations
 
-from ttt.report.verdicts.loading import num
+from ttt.report.tables import number
 from ttt.report.verdicts.registry import Scope, check, gate
 
 
@@ -14,7 +14,7 @@ def pre_update_logits(s: Scope):
     for c in s.cells:
         if not (c.done and c.ttt_on):
             continue
-        err = num((c.metrics.get("ab") or {}).get("pre_update_logits_rel_err"))
+        err = number((c.metrics.get("ab") or {}).get("pre_update_logits_rel_err"))
         if err is None:
             out.append(check(c.name, None, g["max_rel_err"], False,
                              "no A/B result in metrics.json (the cell needs ab: true)"))
@@ -37,7 +37,7 @@ def ttt_off_bitwise(s: Scope):
             out.append(check(c.name, None, 0.0, False,
                              "no upstream comparison in metrics.json (the cell needs check_upstream)"))
             continue
-        diff = num(reg.get("max_abs_diff"))
+        diff = number(reg.get("max_abs_diff"))
         equal = reg.get("bitwise_equal") is True
         out.append(check(c.name, diff, 0.0, equal,
                          f"{'bitwise equal' if equal else 'differs'} over {reg.get('steps')} steps "
@@ -58,7 +58,7 @@ def embedding_plumbing(s: Scope):
                 resolved.get("target_source", "embeddings") != "embeddings":
             continue  # no token-embedding target (the hybrid, or V̂ from the MLP's own input)
         plumbing = c.metrics.get("plumbing")
-        diff = num((plumbing or {}).get("max_abs_diff"))
+        diff = number((plumbing or {}).get("max_abs_diff"))
         if diff is None:
             out.append(check(c.name, None, g["max_abs_diff"],
                              False, "no plumbing check in metrics.json"))

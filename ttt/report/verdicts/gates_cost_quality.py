@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ttt.report.verdicts.loading import num
+from ttt.report.tables import number
 from ttt.report.verdicts.registry import Scope, check, gate
 from ttt.report.verdicts.stats import bootstrap_ci
 
@@ -21,8 +21,8 @@ def throughput(s: Scope):
         twin = s.twin(c)
         if not (c.done and c.ttt_on and twin is not None):
             continue
-        on = num((c.metrics.get("throughput") or {}).get("ms_per_step_p50"))
-        off = num((twin.metrics.get("throughput") or {}).get("ms_per_step_p50"))
+        on = number((c.metrics.get("throughput") or {}).get("ms_per_step_p50"))
+        off = number((twin.metrics.get("throughput") or {}).get("ms_per_step_p50"))
         if not on or not off:
             out.append(check(f"{c.name} vs {twin.name}", None,
                              g["max_regression"], False, "no throughput measured"))
@@ -50,7 +50,7 @@ def consistency_wer(s: Scope):
         asr = _heard(c)
         if asr is None:
             continue
-        wer = num((asr.get("consistency") or {}).get("wer"))
+        wer = number((asr.get("consistency") or {}).get("wer"))
         if asr.get("codec_untrained"):
             out.append(check(c.name, wer, g["max_wer"], None, UNTRAINED_CODEC))
         elif wer is None:
@@ -82,8 +82,8 @@ def consistency_wer_vs_off(s: Scope):
         if asr.get("codec_untrained") or twin_asr.get("codec_untrained"):
             out.append(check(name, None, g["max_worse"], None, UNTRAINED_CODEC))
             continue
-        on = {num(r.get("start_s")): num(r.get("consistency_wer")) for r in c.asr_windows()}
-        off = {num(r.get("start_s")): num(r.get("consistency_wer")) for r in twin.asr_windows()}
+        on = {number(r.get("start_s")): number(r.get("consistency_wer")) for r in c.asr_windows()}
+        off = {number(r.get("start_s")): number(r.get("consistency_wer")) for r in twin.asr_windows()}
         pairs = [(on[k], off[k]) for k in on if k in off and on[k] is not None and off[k] is not None]
         if not pairs:
             out.append(check(name, None, g["max_worse"], None,

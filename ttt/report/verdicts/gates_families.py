@@ -3,7 +3,8 @@ into a no-op, and the lr grid must bracket its best lr and reach a diverging one
 from __future__ import annotations
 
 from ttt.report.verdicts.effect import effect_of
-from ttt.report.verdicts.loading import Cell, num
+from ttt.report.tables import number
+from ttt.report.verdicts.loading import Cell
 from ttt.report.verdicts.registry import Scope, check, gate
 
 
@@ -16,8 +17,8 @@ def clips(s: Scope):
     for c in s.cells:
         if not (c.done and c.ttt_on):
             continue
-        clipped = sum(num(r) or 0 for r in _final(c, "clip_events"))
-        updates = sum(num(r) or 0 for r in _final(c, "updates"))
+        clipped = sum(number(r) or 0 for r in _final(c, "clip_events"))
+        updates = sum(number(r) or 0 for r in _final(c, "updates"))
         fraction = clipped / updates if updates else 0.0
         works, _, why = effect_of(c, s.twin(c), s.cfg["effect"]["min_output_change"])
         out.append(check(c.name, fraction, g["min_fraction"],
@@ -40,16 +41,16 @@ def boundary(s: Scope):
     or perplexity above ``aggregate.BLOWUP_PPL_RATIO`` × TTT off)."""
     out = []
     grid = [c for c in s.cells if c.row.get("ttt") == "on" and c.row.get("lr")]
-    for chunk in sorted({c.row.get("chunk") for c in grid}, key=lambda x: num(x) or 0):
+    for chunk in sorted({c.row.get("chunk") for c in grid}, key=lambda x: number(x) or 0):
         rows = [c.row for c in grid if c.row.get("chunk") == chunk]
-        lrs = sorted({num(r["lr"]) for r in rows})
+        lrs = sorted({number(r["lr"]) for r in rows})
         best = next((r for r in rows if r.get("best_lr_for_chunk") == "True"), None)
-        boundary = num(rows[0].get("divergence_boundary_lr"))
+        boundary = number(rows[0].get("divergence_boundary_lr"))
         name = f"lr_grid chunk {chunk}"
         if best is None:
             out.append(check(name, None, "inside", False, "every lr diverged: no best lr"))
             continue
-        lr, ppl, off = num(best["lr"]), num(best.get("perplexity_text")), num(best.get("perplexity_text_off"))
+        lr, ppl, off = number(best["lr"]), number(best.get("perplexity_text")), number(best.get("perplexity_text_off"))
         text = (f"best lr {lr:g} (text ppl {ppl:.4g} vs TTT off {off if off is None else f'{off:.4g}'})"
                 f" in grid {[f'{x:g}' for x in lrs]}; "
                 + (f"diverges from lr {boundary:g}" if boundary else "no lr diverged"))

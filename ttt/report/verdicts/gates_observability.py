@@ -2,12 +2,12 @@
 monotonic counters, and a parseable ``TTT-TELEMETRY`` line in the job log."""
 from __future__ import annotations
 
-from ttt.report.verdicts.loading import num
+from ttt.report.tables import number
 from ttt.report.verdicts.registry import Scope, check, gate
 
 
 def _present(c) -> set[int]:
-    return {int(num(r["layer"])) for r in c.table("telemetry.csv")}
+    return {int(number(r["layer"])) for r in c.table("telemetry.csv")}
 
 
 @gate("observability.telemetry_layers", section="observability")
@@ -33,7 +33,7 @@ def telemetry_layers(s: Scope):
             continue
         final = {}
         for r in rows:
-            final[int(num(r["layer"]))] = num(r["updates"]) or 0.0
+            final[int(number(r["layer"]))] = number(r["updates"]) or 0.0
         should_update = cfg_ttt is not None and (m.get("steps") or 0) > cfg_ttt.chunk_size
         idle = sorted(i for i in expected & present if should_update and not final.get(i))
         missing, extra = sorted(expected - present), sorted(present - expected)
@@ -57,7 +57,7 @@ def counters_monotonic(s: Scope):
         decreases, seen = 0, {}
         for r in rows:
             key = (r.get("item"), r["layer"])
-            now = (num(r["updates"]), num(r["clip_events"]))
+            now = (number(r["updates"]), number(r["clip_events"]))
             before = seen.get(key)
             if before is not None:
                 decreases += sum(1 for a, b in zip(before, now) if b is not None and a is not None and b < a)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from ttt.report.verdicts.effect import effect_of
-from ttt.report.verdicts.loading import num
+from ttt.report.tables import number
 from ttt.report.verdicts.registry import Scope, check, gate
 from ttt.report.verdicts.stats import bootstrap_ci
 
@@ -38,9 +38,9 @@ def _not_worse(s: Scope, column: str, relative: bool, tol: float):
         twin = s.twin(c)
         if not (c.done and c.ttt_on and twin is not None):
             continue
-        on = {(r.get("item"), num(r.get("start_s"))): r for r in c.table("timeseries.csv")}
-        off = {(r.get("item"), num(r.get("start_s"))): r for r in twin.table("timeseries.csv")}
-        pairs = [(num(on[k].get(column)), num(off[k].get(column))) for k in on if k in off]
+        on = {(r.get("item"), number(r.get("start_s"))): r for r in c.table("timeseries.csv")}
+        off = {(r.get("item"), number(r.get("start_s"))): r for r in twin.table("timeseries.csv")}
+        pairs = [(number(on[k].get(column)), number(off[k].get(column))) for k in on if k in off]
         pairs = [(a, b) for a, b in pairs if a is not None and b is not None
                  and math.isfinite(a) and math.isfinite(b) and (b > 0 or not relative)]
         if not pairs:

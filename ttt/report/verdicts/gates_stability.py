@@ -6,7 +6,8 @@ import math
 
 import numpy as np
 
-from ttt.report.verdicts.loading import DONE, num
+from ttt.report.tables import number
+from ttt.report.verdicts.loading import DONE
 from ttt.report.verdicts.registry import Scope, check, gate
 
 
@@ -38,7 +39,7 @@ def finite(s: Scope):
         for name in ("timeseries.csv", "telemetry.csv"):
             for row in c.table(name):
                 for k, v in row.items():
-                    x = num(v)
+                    x = number(v)
                     if x is not None and not math.isfinite(x):
                         bad.append(f"{name} {k}={v} at step {row.get('step', row.get('start_s'))}")
         if m.get("diverged"):
@@ -73,11 +74,11 @@ def w_norm_plateau(s: Scope):
         if not (c.done and c.ttt_on):
             continue
         rows = c.table("telemetry.csv")
-        last_item = max((num(r.get("item")) or 0 for r in rows), default=0)
+        last_item = max((number(r.get("item")) or 0 for r in rows), default=0)
         worst, where, judged = 0.0, None, False
-        for layer in sorted({r["layer"] for r in rows}, key=num):
-            pts = [(num(r["step"]), num(r["w_norm"])) for r in rows
-                   if r["layer"] == layer and (num(r.get("item")) or 0) == last_item]
+        for layer in sorted({r["layer"] for r in rows}, key=number):
+            pts = [(number(r["step"]), number(r["w_norm"])) for r in rows
+                   if r["layer"] == layer and (number(r.get("item")) or 0) == last_item]
             pts = sorted(p for p in pts if p[0] is not None and p[1] is not None)
             tail = pts[len(pts) - max(3, math.ceil(g["tail"] * len(pts))):] if len(pts) >= 3 else []
             if not tail:
@@ -115,8 +116,8 @@ def clip_saturation(s: Scope):
         totals: dict[str, list[float]] = {}
         for (_, layer), r in last.items():
             t = totals.setdefault(layer, [0.0, 0.0])
-            t[0] += num(r["clip_events"]) or 0.0
-            t[1] += num(r["updates"]) or 0.0
+            t[0] += number(r["clip_events"]) or 0.0
+            t[1] += number(r["updates"]) or 0.0
         fractions = {layer: clips / updates for layer, (clips, updates) in totals.items() if updates}
         if not fractions:
             out.append(check(c.name, None, g["max_fraction"], None,

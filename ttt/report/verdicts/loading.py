@@ -4,13 +4,13 @@ the ASR output). A file that cannot be read marks its cell not done, with the re
 ``run.completed`` gate names it, and no other gate judges the cell."""
 from __future__ import annotations
 
-import csv
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ttt.base.files import read_json
+from ttt.report.tables import read_table
 
 DONE = ("ok", "diverged")
 
@@ -61,7 +61,8 @@ class Cell:
     def table(self, name: str) -> list[dict]:
         if name not in self._cache:
             try:
-                self._cache[name] = read_csv(self.root / "cell" / name)
+                self._cache[name] = read_table(self.root / "cell" / name,
+                                               missing_ok=True).to_dict("records")
             except ValueError as exc:
                 self._unreadable(exc)
                 self._cache[name] = []
@@ -108,18 +109,6 @@ class Cell:
         return path.read_text() if path.is_file() else None
 
 
-def read_csv(path: Path) -> list[dict]:
-    """Rows of a CSV table; ValueError naming the file when it cannot be read."""
-    if not path.is_file():
-        return []
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: unreadable table ({type(exc).__name__})") from None
-    return [r for r in rows if set(r) != {"empty"}]
-
-
 def read_jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -131,14 +120,5 @@ def load_cells(results: str | os.PathLike) -> list[Cell]:
     table = results / "tables" / "cells.csv"
     if not table.is_file():
         raise ValueError(f"{table}: not found (run the aggregate rule first)")
-    return [Cell(row, results / "cells" / row["cell"]) for row in read_csv(table)]
-
-
-def num(value) -> float | None:
-    """A number from a CSV/JSON field, None when empty; NaN/Inf are kept."""
-    if value is None or value == "" or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
+    return [Cell(row, results / "cells" / row["cell"])
+            for row in read_table(table, "cells table").to_dict("records")]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ttt.base.files import write_text
+from ttt.report.tables import write_csv
 from ttt.report.verdicts.registry import NO_EFFECT, REGISTRY
 
 
 def write_verdicts(results: str | os.PathLike, tables: str | os.PathLike, cfg: dict | None = None,
                    rst: str | os.PathLike | None = None, rst_intro: str | os.PathLike | None = None
                    ) -> list[dict]:
-    from ttt.base.files import write_csv
     summary, checks = REGISTRY.evaluate(results, cfg)
     tables = Path(tables)
     tables.mkdir(parents=True, exist_ok=True)
@@ -22,7 +23,7 @@ def write_verdicts(results: str | os.PathLike, tables: str | os.PathLike, cfg: d
         for c in checks])
     if rst is not None:
         intro = Path(rst_intro).read_text() if rst_intro else ""
-        Path(rst).write_text(summary_rst(summary) + "\n" + intro)
+        write_text(rst, summary_rst(summary) + "\n" + intro)
     return summary
 
 
