@@ -80,7 +80,7 @@ def test_the_math_and_config_never_import_moshi():
     assert "torch" not in external_imports(PACKAGE / "config.py")
 
 
-LIGHT = ["ttt.report.aggregate", "ttt.report.verdicts", "ttt.report.compare", "ttt.panel.ratings", "ttt.panel.page",
+LIGHT = ["ttt.report.aggregate", "ttt.report.verdicts", "ttt.session.telemetry_records", "ttt.report.compare", "ttt.panel.ratings", "ttt.panel.page",
          "ttt.launch.launcher", "ttt.cli.main", "ttt.config"]
 
 

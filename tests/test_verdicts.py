@@ -370,3 +370,17 @@ def test_registry_refuses_a_second_gate_a_foreign_signal_and_an_undocumented_gat
 
 
 DEFAULT_COST_FAMILIES = verdicts.DEFAULTS["cost"]["families"]
+
+
+def test_judging_a_results_tree_loads_neither_torch_nor_moshi(tmp_path):
+    """Issue 17: the verdicts run on a login node; parsing a TTT-TELEMETRY line or a telemetry
+    table must not pull in the model stack (it did, through ttt.session.telemetry)."""
+    import subprocess
+    import sys
+    write_results(tmp_path, healthy_specs())
+    code = ("import sys\nfrom ttt.cli.main import main\n"
+            f"assert main(['verdicts', '--results', {str(tmp_path)!r}]) == 0\n"
+            "print(sorted(m for m in ('torch', 'moshi') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=REPO).stdout
+    assert "17 pass" in out and out.strip().splitlines()[-1] == "[]", out[-500:]

@@ -72,7 +72,7 @@ def counters_monotonic(s: Scope):
 def log_line(s: Scope):
     """The job log has ``TTT-TELEMETRY {json}`` lines, all well formed, the last for the layers
     telemetry.csv has."""
-    from ttt.session.telemetry import parse_telemetry_line
+    from ttt.session.telemetry_records import parse_telemetry_line
 
     out = []
     for c in s.cells:

@@ -86,7 +86,7 @@ def next_chunk_gain(s: Scope):
     positive: below ``min_rel_gain`` in size, or when the effect test finds TTT inert (a gain of
     weights that move below the dtype's resolution changes nothing), it is "no effect"; negative
     it fails."""
-    from ttt.session.telemetry import next_chunk_gain as gains_of
+    from ttt.session.telemetry_records import next_chunk_gain as gains_of
     g = s.g
     out = []
     for c in s.cells:
