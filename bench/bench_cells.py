@@ -42,9 +42,9 @@ from safetensors.torch import save_file
 import ttt
 from ttt.eval import cell as cells
 from ttt.eval.generate import decode_audio, stream_user_channel
-from ttt.moshi.model import _train_tokenizer, load_checkpoint
+from ttt.moshi.model import load_checkpoint
 from ttt.moshi.surgery import ttt_disabled
-from ttt.moshi.tiny import TINY_LM_KWARGS
+from ttt.moshi.tiny import TINY_LM_KWARGS, train_demo_tokenizer
 
 TTT_7B = {"start_layer": 0, "layer_frequency": 6, "chunk_size": 256, "lr": 1e-3,
           "delta_clip_fro_norm": 1e-5}
@@ -81,7 +81,7 @@ def build_checkpoint(directory: Path, lm_kwargs: dict, device: str, dtype) -> di
               str(directory / "model.safetensors"))
     save_file({k: v.contiguous() for k, v in mimi.state_dict().items()},
               str(directory / "mimi.safetensors"))
-    (directory / "tokenizer.model").write_bytes(_train_tokenizer())
+    (directory / "tokenizer.model").write_bytes(train_demo_tokenizer())
     (directory / "config.json").write_text(json.dumps({"lm_kwargs": lm_kwargs}))
     del lm, mimi
     free(device)

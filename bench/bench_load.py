@@ -27,7 +27,8 @@ from moshi.models import loaders
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ttt.moshi.model import DEFAULT_LM_KWARGS, _train_tokenizer, load_checkpoint  # noqa: E402
+from ttt.moshi.model import load_checkpoint  # noqa: E402
+from ttt.moshi.tiny import DEFAULT_LM_KWARGS, train_demo_tokenizer  # noqa: E402
 
 CELLS = {"generate_ttt_off": {"enabled": False},
          "generate_every6": {"start_layer": 0, "layer_frequency": 6, "chunk_size": 256}}
@@ -50,7 +51,7 @@ def build(directory: Path, lm_kwargs: dict | None, device: str) -> float:
                 module.embedding_sum.copy_(0.01 * torch.randn(module.embedding_sum.shape))
     save_file({k: v.contiguous() for k, v in mimi.state_dict().items()},
               str(directory / loaders.MIMI_NAME))
-    (directory / loaders.TEXT_TOKENIZER_NAME).write_bytes(_train_tokenizer())
+    (directory / loaders.TEXT_TOKENIZER_NAME).write_bytes(train_demo_tokenizer())
     if lm_kwargs is not None:
         (directory / "config.json").write_text(json.dumps(lm_kwargs))
     os.replace(str(weights) + ".tmp", weights)

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from ttt.eval.cell import CellConfig, cell_items, run_cell
 from conftest import CELL_TTT, make_cell
 from ttt.eval.data import DataError, conversation_codes, read_manifest, write_demo_conversation
-from ttt.moshi.model import DEMO_WORDS, CheckpointError, load_checkpoint, resolve_model
+from ttt.moshi.model import CheckpointError, load_checkpoint, resolve_model
+from ttt.moshi.tiny import DEMO_WORDS
 
 TTT = CELL_TTT
 

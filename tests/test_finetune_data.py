@@ -19,7 +19,7 @@ import sentencepiece
 import soundfile as sf
 
 from ttt.eval.data import (MAIN, OTHER, read_alignments, read_manifest, reference_speaker, text_stream)
-from ttt.moshi.model import _train_tokenizer
+from ttt.moshi.tiny import train_demo_tokenizer
 
 PAD, EOP = 3, 0
 
@@ -53,7 +53,7 @@ def finetune_text_stream(alignments, tokenizer, frames, main="SPEAKER_MAIN", rat
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return sentencepiece.SentencePieceProcessor(model_proto=_train_tokenizer())
+    return sentencepiece.SentencePieceProcessor(model_proto=train_demo_tokenizer())
 
 
 # Alignments as moshi-finetune's annotate.py writes them (whisper words keep their leading space,
@@ -82,7 +82,7 @@ def test_text_stream_matches_moshi_finetune(tokenizer, case):
 
 
 def test_text_stream_matches_moshi_finetune_on_random_alignments(tokenizer):
-    from ttt.moshi.model import DEMO_WORDS
+    from ttt.moshi.tiny import DEMO_WORDS
     rng = random.Random(0)
     for _ in range(200):
         t, alignments = rng.uniform(-0.2, 0.3), []

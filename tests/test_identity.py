@@ -66,7 +66,8 @@ def test_mimi_code_cache_is_keyed_by_content_not_directory_name(cache, tmp_path,
     from safetensors.torch import save_file
 
     from ttt.eval.data import conversation_codes, load_audio, write_demo_conversation
-    from ttt.moshi.model import DEMO_WORDS, resolve_model
+    from ttt.moshi.model import resolve_model
+    from ttt.moshi.tiny import DEMO_WORDS
 
     item = write_demo_conversation(tmp_path / "data" / "c.wav", 1.0, 5, DEMO_WORDS)
     mimi = loaders.get_mimi(str(resolve_model("tiny-random", cache / "models") / "mimi.safetensors"),

@@ -80,14 +80,15 @@ def test_the_math_and_config_never_import_moshi():
     assert "torch" not in external_imports(PACKAGE / "config.py")
 
 
-LIGHT = ["ttt.report.aggregate", "ttt.report.verdicts", "ttt.session.telemetry_records", "ttt.report.compare", "ttt.panel.ratings", "ttt.panel.page",
-         "ttt.launch.launcher", "ttt.cli.main", "ttt.config"]
+LIGHT = ["ttt.report.aggregate", "ttt.report.verdicts", "ttt.session.telemetry_records", "ttt.report.compare",
+         "ttt.panel.ratings", "ttt.panel.page", "ttt.panel.server", "ttt.launch.launcher", "ttt.cli.main",
+         "ttt.config"]
 
 
-@pytest.mark.parametrize("entry", LIGHT + ["--help"])
+@pytest.mark.parametrize("entry", LIGHT + ["--help", "--version"])
 def test_reporting_launch_and_cli_import_neither_torch_nor_moshi(entry):
-    if entry == "--help":
-        code = ("import sys\nfrom ttt.cli.main import main\ntry:\n    main(['--help'])\n"
+    if entry.startswith("--"):
+        code = (f"import sys\nfrom ttt.cli.main import main\ntry:\n    main([{entry!r}])\n"
                 "except SystemExit:\n    pass\n")
     else:
         code = f"import {entry}\n"

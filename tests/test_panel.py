@@ -23,7 +23,8 @@ import soundfile as sf
 import yaml
 
 from ttt.cli.main import main
-from ttt.panel.page import System, build_panel, make_server
+from ttt.panel.page import System, build_panel
+from ttt.panel.server import make_server
 from ttt.panel.ratings import (PanelError, collect_ratings, fnv1a32, mulberry32, pair_sides, rater_plan,
                          sign_test, t_quantile_975)
 

@@ -306,7 +306,8 @@ def test_seeds_hybrid_checkpoint_loads(tmp_path):
     """A checkpoint directory in the seeds' hybrid layout loads through load_checkpoint (keys and
     shapes checked) and gives the logits of the model it was written from."""
     from safetensors.torch import save_file
-    from ttt.moshi.model import build_tiny_checkpoint, load_checkpoint
+    from ttt.moshi.model import load_checkpoint
+    from ttt.moshi.tiny import build_tiny_checkpoint
     ckpt = build_tiny_checkpoint(tmp_path / "ckpt", seed=0)
     cfg = dict(variant="ttt_mlp", layers=[1, 3], chunk_size=M, lr=1.0, init_std=0.3)
     source = load_checkpoint(ckpt, ttt=cfg, seed=1).lm

@@ -150,7 +150,7 @@ def test_changed_config_reruns_exactly_the_cells_it_changes(tmp_path):
 def test_same_path_new_checkpoint_content_reruns_cells(tmp_path):
     """Model identity is the files' content, not the path: a checkpoint rewritten in place reruns
     every cell; each file's digest is remembered beside it by (size, mtime, inode)."""
-    from ttt.moshi.model import build_tiny_checkpoint
+    from ttt.moshi.tiny import build_tiny_checkpoint
     from ttt.launch.preflight import model_identity
 
     ckpt = build_tiny_checkpoint(tmp_path / "ckpt")

@@ -26,7 +26,9 @@ from ttt.eval.data import FRAME_RATE, DataError, conversation_codes, read_manife
 from ttt.session.diagnostics import Diagnostics, diagnostics_line
 from ttt.eval.metrics import perplexity, sliding_perplexity, teacher_forced_nll
 from ttt.moshi.checkpoints import resolve_checkpoint
-from ttt.moshi.model import DEMO_WORDS, CheckpointError, codec_untrained, load_checkpoint
+from ttt.moshi.checkpoints import codec_untrained
+from ttt.moshi.model import CheckpointError, load_checkpoint
+from ttt.moshi.tiny import DEMO_WORDS
 from ttt.moshi.surgery import ttt_disabled, ttt_layers
 from ttt.session.telemetry import next_chunk_gain, telemetry_line, ttt_state
 

@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from ttt.moshi.model import DEMO_WORDS
+    from ttt.moshi.tiny import DEMO_WORDS
 
     parser = argparse.ArgumentParser(prog="python -m ttt.eval.control", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

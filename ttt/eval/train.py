@@ -36,8 +36,8 @@ from ttt.base.identity import file_digest
 from ttt.base.files import read_yaml, write_csv
 from ttt.moshi.gating import TTTGating, gated_hidden
 from ttt.core.inplace_math import chunk_delta, chunk_target, clip_factor
-from ttt.moshi.model import (UNTRAINED, codec_untrained, load_checkpoint, load_mimi, project_config,
-                    resolve_model)
+from ttt.moshi.checkpoints import UNTRAINED, codec_untrained, project_config
+from ttt.moshi.model import load_checkpoint, load_mimi, resolve_model
 from ttt.moshi.surgery import apply_ttt, ttt_layers
 
 MODES = ("scratch", "ttt_only")

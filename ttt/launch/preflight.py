@@ -126,7 +126,7 @@ def check_model(spec: str, base: str | None, cache_root: str | os.PathLike) -> d
     if spec == "tiny":  # the shipped trained default: its TTT settings, nothing built yet
         import json
         from ttt.config import TTTConfig
-        from ttt.moshi.model import TINY_TRAINED
+        from ttt.moshi.tiny import TINY_TRAINED
         raw = json.loads((TINY_TRAINED / "config.json").read_text())
         return TTTConfig.from_seeds(raw["ttt_config"]).to_dict()
     if is_embedded(spec):
@@ -156,7 +156,7 @@ def model_identity(spec: str, base: str | None, cache_root: str | os.PathLike) -
     if spec == "tiny":  # the shipped weights identify it (a retrained default is another model);
         # hashed here, not through identity's sidecars: the package folder may be read-only
         import hashlib
-        from ttt.moshi.model import TINY_TRAINED
+        from ttt.moshi.tiny import TINY_TRAINED
         digests = {n: hashlib.sha256((TINY_TRAINED / n).read_bytes()).hexdigest()
                    for n in ("config.json", "model.safetensors", "tokenizer.model")}
         return {"model": spec, "model_path": "tiny", "model_digest": value_digest(digests)[:16]}

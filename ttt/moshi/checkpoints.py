@@ -48,6 +48,7 @@ OUR_KEYS = ("ttt_config", "yarn_config", "lm_kwargs", "codec")
 # TEXT_TOKENIZER_NAME.
 OUR_NAMES = {"moshi_name": "model.safetensors", "mimi_name": "mimi.safetensors",
              "tokenizer_name": "tokenizer.model"}
+UNTRAINED = "untrained"  # model_id.codec of a checkpoint whose Mimi is random (its audio is noise)
 _REPO_ID = re.compile(r"^(hf://)?[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -92,13 +93,13 @@ class Sources:
 def locate(spec: str | os.PathLike, cache_root: str | os.PathLike = "results/models") -> Path:
     """The directory a ``model:`` value names: built (tiny), looked up (HF cache) or as given."""
     if spec == "tiny":  # the trained default (positive control), shipped in the package
-        from ttt.moshi.model import materialize_trained
+        from ttt.moshi.tiny import materialize_trained
         return materialize_trained(cache_root)
     if isinstance(spec, str) and spec.startswith("tiny:"):
         raise CheckpointError(f"model: {spec!r}: the trained default has no seeds; an untrained "
                               f"random model is 'tiny-random:{spec.split(':', 1)[1]}'")
     if isinstance(spec, str) and (spec == "tiny-random" or spec.startswith("tiny-random:")):
-        from ttt.moshi.model import build_tiny_checkpoint
+        from ttt.moshi.tiny import build_tiny_checkpoint
         try:
             seed = int(spec.split(":", 1)[1]) if ":" in spec else 0
         except ValueError:
@@ -164,6 +165,27 @@ def split_config(raw: dict | None, path: Path) -> tuple[dict, dict | None, dict 
         skip = set(MOSHI_FILE_KEYS) | set(LORA_KEYS) | set(OUR_KEYS)
         lm_kwargs = {k: v for k, v in raw.items() if k not in skip}
     return lm_kwargs, raw.get("ttt_config"), raw.get("yarn_config")
+
+
+def project_config(lm_kwargs: dict, codec: str | None = None) -> dict:
+    """The project's config.json: moshi's own flat layout (LM kwargs + the file names), so
+    ``loaders.CheckpointInfo`` reads our checkpoints as they are; our own marks go under
+    ``model_id``, the one free-form key moshi sets aside (any other key would reach LMModel)."""
+    return {**lm_kwargs, **OUR_NAMES, **({"model_id": {"codec": codec}} if codec else {})}
+
+
+def codec_untrained(spec: str, directory: str | os.PathLike) -> bool:
+    """Whether the checkpoint's Mimi is the random one the embedded default builds: its audio is
+    noise, so nothing heard in it can be judged (the ASR verdict says n/a). ``tiny`` specs are
+    always random (also checkpoints cached before the marker existed)."""
+    if spec in ("tiny", "tiny-random") or spec.startswith(("tiny:", "tiny-random:")):
+        return True
+    try:
+        cfg = read_json(Path(directory) / "config.json", "config.json")
+    except ValueError:
+        return False
+    marks = cfg.get("model_id") if isinstance(cfg.get("model_id"), dict) else {}
+    return UNTRAINED in (cfg.get("codec"), marks.get("codec"))  # top level: older checkpoints
 
 
 def _resolve_directory(directory: Path, base: Sources | None, cache_root) -> Sources:

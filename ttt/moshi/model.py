@@ -1,4 +1,4 @@
-"""Load a model at the size of its weights, or build the embedded tiny default as a checkpoint.
+"""Load a model at the size of its weights (the embedded tiny default is built by :mod:`ttt.moshi.tiny`).
 
 Where the files come from (every layout users have) is :mod:`ttt.moshi.checkpoints`. Loading builds the
 LM on the meta device (no random weights), checks every key and shape against the file headers
@@ -10,29 +10,22 @@ Every problem is a one-line ``CheckpointError`` naming the file or key, raised b
 """
 from __future__ import annotations
 
-import io
-import json
-import math
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import sentencepiece
 import torch
 from moshi.models import loaders
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ttt.moshi.checkpoints import CheckpointError, OUR_NAMES, Sources, locate, resolve_checkpoint
+from ttt.moshi.checkpoints import CheckpointError, Sources, locate, resolve_checkpoint
 from ttt.config import TTTConfig, YarnConfig
 from ttt.base.files import read_json
 from ttt.base.identity import file_digest, files_digest
 from ttt.moshi.surgery import apply_ttt, remove_ttt
-from ttt.moshi.tiny import TINY_LM_KWARGS
 from ttt.moshi.ttt_mlp import seeds_hybrid_key
 from ttt.moshi.yarn import apply_yarn
 
@@ -313,131 +306,6 @@ def _check_keys(path: Path, lm, shapes: dict[str, tuple]) -> None:
         if key in want and want[key] != shape:
             raise CheckpointError(f"{path}: {key} has shape {list(shape)}, the model expects "
                                   f"{list(want[key])}")
-
-
-# ---- the embedded default ---------------------------------------------------------------------
-
-DEFAULT_LM_KWARGS = {**TINY_LM_KWARGS, "card": 2048, "text_card": 64, "context": 3000}
-DEMO_WORDS = ("hello world how are you today fine thanks good morning yes no maybe tell me about "
-              "the weather it is sunny and warm what time we could go for a walk later sounds "
-              "great see you soon").split()
-
-
-def build_tiny_checkpoint(directory: str | os.PathLike, seed: int = 0) -> Path:
-    """A tiny random Moshi LM (Moshi's 17 streams and delays), a random Mimi with initialised
-    codebooks and a sentencepiece tokenizer trained on the demo vocabulary, written atomically as
-    a checkpoint directory. Deterministic from ``seed``; a few seconds on CPU."""
-    target = Path(directory)
-    if target.is_dir():
-        resolve_checkpoint(target)  # complete, or an error naming what is missing
-        return target
-    torch.manual_seed(seed)
-    lm = loaders.get_moshi_lm(None, lm_kwargs=DEFAULT_LM_KWARGS, device="cpu", dtype=torch.float32)
-    mimi = loaders.get_mimi(None, device="cpu", num_codebooks=lm.dep_q)
-    randomize_mimi(mimi, seed)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(tmp / "model.safetensors"))
-    save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(tmp / "mimi.safetensors"))
-    (tmp / "tokenizer.model").write_bytes(_train_tokenizer())
-    (tmp / "config.json").write_text(json.dumps(project_config(DEFAULT_LM_KWARGS, UNTRAINED), indent=1))
-    try:
-        tmp.rename(target)
-    except OSError:  # another process built it first (cells starting together): use theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-        resolve_checkpoint(target)
-    return target
-
-
-def randomize_mimi(mimi, seed: int) -> None:
-    """Random Mimi weights drawn with numpy, so every torch version and machine builds the same
-    codec (torch's own init differs between versions, and the trained default's inputs are this
-    codec's codes): conv/linear weights and their biases U(±1/√fan_in) as torch's default init,
-    codebooks N(0, 0.01²) (a fresh Mimi's codebooks are zero: every code would be 0)."""
-    rng = np.random.default_rng(seed)
-    with torch.no_grad():
-        state = mimi.state_dict(keep_vars=True)
-        for name, tensor in state.items():
-            if name.endswith(".embedding_sum"):
-                tensor.copy_(torch.from_numpy(0.01 * rng.standard_normal(tuple(tensor.shape))))
-                continue
-            weight = state.get(name[:-len("bias")] + "weight") if name.endswith(".bias") else tensor
-            if not name.endswith((".weight", ".bias")) or weight is None or weight.dim() < 2:
-                continue
-            bound = 1.0 / math.sqrt(weight.shape[1] * math.prod(weight.shape[2:]))
-            tensor.copy_(torch.from_numpy(rng.uniform(-bound, bound, tuple(tensor.shape))))
-        for module in mimi.modules():
-            if hasattr(module, "embedding_sum"):
-                module._embedding = None
-
-
-# The embedded default: the positive control trained by ``ttt train`` (README "The embedded
-# default"). The package ships its LM weights, config and tokenizer; its Mimi is tiny-random's
-# (seed 0, regenerated deterministically by :func:`randomize_mimi`: 385 MB is too large to ship).
-TINY_TRAINED = Path(__file__).parent.parent / "assets" / "tiny-control"
-
-
-def materialize_trained(cache_root: str | os.PathLike) -> Path:
-    """The shipped trained default as a complete checkpoint directory under ``cache_root`` (Mimi
-    linked from the cached tiny-random seed-0 checkpoint, built on first use), written
-    atomically; named by the shipped weights' digest, so a retrained default is rebuilt."""
-    import hashlib
-    digest = hashlib.sha256((TINY_TRAINED / "model.safetensors").read_bytes()).hexdigest()[:12]
-    target = Path(cache_root) / f"tiny-control-{digest}"
-    if target.is_dir():
-        resolve_checkpoint(target)
-        return target
-    random_dir = build_tiny_checkpoint(target.parent / "tiny-seed0", 0)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors", "tokenizer.model"):
-        shutil.copyfile(TINY_TRAINED / name, tmp / name)
-    try:
-        os.link(random_dir / "mimi.safetensors", tmp / "mimi.safetensors")
-    except OSError:
-        shutil.copyfile(random_dir / "mimi.safetensors", tmp / "mimi.safetensors")
-    try:
-        tmp.rename(target)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
-        resolve_checkpoint(target)
-    return target
-
-
-def _train_tokenizer() -> bytes:
-    lines = [" ".join(DEMO_WORDS[i:] + DEMO_WORDS[:i]) for i in range(len(DEMO_WORDS))]
-    buffer = io.BytesIO()
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(lines * 4), model_writer=buffer, vocab_size=60,
-        model_type="unigram", hard_vocab_limit=False, unk_id=0, bos_id=1, eos_id=2, pad_id=3,
-        seed_sentencepiece_size=1000, minloglevel=2, num_threads=1)  # single thread: deterministic
-    return buffer.getvalue()
-
-
-UNTRAINED = "untrained"  # model_id.codec of a checkpoint whose Mimi is random (its audio is noise)
-
-
-def project_config(lm_kwargs: dict, codec: str | None = None) -> dict:
-    """The project's config.json: moshi's own flat layout (LM kwargs + the file names), so
-    ``loaders.CheckpointInfo`` reads our checkpoints as they are; our own marks go under
-    ``model_id``, the one free-form key moshi sets aside (any other key would reach LMModel)."""
-    return {**lm_kwargs, **OUR_NAMES, **({"model_id": {"codec": codec}} if codec else {})}
-
-
-def codec_untrained(spec: str, directory: str | os.PathLike) -> bool:
-    """Whether the checkpoint's Mimi is the random one the embedded default builds: its audio is
-    noise, so nothing heard in it can be judged (the ASR verdict says n/a). ``tiny`` specs are
-    always random (also checkpoints cached before the marker existed)."""
-    if spec in ("tiny", "tiny-random") or spec.startswith(("tiny:", "tiny-random:")):
-        return True
-    try:
-        cfg = read_json(Path(directory) / "config.json", "config.json")
-    except ValueError:
-        return False
-    marks = cfg.get("model_id") if isinstance(cfg.get("model_id"), dict) else {}
-    return UNTRAINED in (cfg.get("codec"), marks.get("codec"))  # top level: older checkpoints
 
 
 def mimi_id(model: str | os.PathLike | Sources, cache_root: str | os.PathLike = "results/models",

@@ -1,0 +1,53 @@
+"""The commands over a results folder: ``ttt aggregate``, ``ttt verdicts``, ``ttt compare`` (the
+last two live in :mod:`ttt.report`, imported when they run)."""
+from __future__ import annotations
+
+import argparse
+
+from ttt.cli.common import command
+
+
+def aggregate_command(args: argparse.Namespace) -> int:
+    from ttt.report.aggregate import aggregate
+    rows = aggregate(args.cells, args.tables, args.plots, args.families)
+    failed = [r["cell"] for r in rows if r.get("status") not in ("ok", "diverged")]
+    print(f"{len(rows)} cells → {args.tables}/cells.csv" + (f"; not ok: {failed}" if failed else ""))
+    for row in rows:
+        if row.get("status") == "corrupt":
+            print(f"  corrupt: {row['cell']}: {row.get('error')}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    a = sub.add_parser("aggregate", help="tables and plots over results/cells")
+    a.add_argument("--cells", default="results/cells")
+    a.add_argument("--tables", default="results/tables")
+    a.add_argument("--plots", default="results/plots")
+    a.add_argument("--families", nargs="*", default=[])
+    a.set_defaults(func=aggregate_command)
+    v = sub.add_parser(
+        "verdicts", help="test-plan gates over a results folder → tables/verdicts.csv",
+        description="Evaluate the success signals (stability, correctness, responsiveness, "
+                    "observability, cost) over RESULTS/tables/cells.csv and the cell folders; write "
+                    "verdicts.csv (one row per signal) and verdicts_cells.csv (every check). Exit "
+                    "codes: 0 written, 1 with --strict when a gate fails, 2 bad input.")
+    v.add_argument("--results", default="results", help="results folder (tables/, cells/)")
+    v.add_argument("--tables", default=None, help="where to write (default RESULTS/tables)")
+    v.add_argument("--thresholds", default=None,
+                   help="YAML of gate settings (the config's verdicts: section); default: built-in")
+    v.add_argument("--strict", action="store_true", help="exit 1 when any gate fails (CI)")
+    v.add_argument("--rst", default=None, help="also write the summary as reStructuredText")
+    v.add_argument("--rst-intro", default=None, help="text appended after the --rst summary")
+    v.set_defaults(func=command("report.verdicts", "verdicts_command"))
+    c = sub.add_parser(
+        "compare", help="diff two runs' tables cell by cell (matched by parameters)",
+        description="Match the cells of two runs by their parameters and write OUT/diff.csv (every "
+                    "metric, regressions flagged), OUT/unmatched.csv and OUT/summary.txt. Exit "
+                    "codes: 0 written, 1 with --strict when a regression is flagged, 2 bad input.")
+    c.add_argument("a", metavar="RESULTS_A", help="earlier run: results folder or its cells.csv")
+    c.add_argument("b", metavar="RESULTS_B", help="later run: results folder or its cells.csv")
+    c.add_argument("--out", required=True, help="output folder")
+    c.add_argument("--thresholds", default=None,
+                   help="YAML metric: relative threshold (the config's compare: section)")
+    c.add_argument("--strict", action="store_true", help="exit 1 when a regression is flagged")
+    c.set_defaults(func=command("report.compare", "compare_command"))

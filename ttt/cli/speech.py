@@ -1,0 +1,42 @@
+"""``ttt speech``: two-speaker conversations from Festival voices (README "Speech data")."""
+from __future__ import annotations
+
+import argparse
+
+from ttt.cli.common import bad_input
+
+
+def speech_command(args: argparse.Namespace) -> int:
+    """Exit 0 written, 2 for bad settings or a missing synthesiser/text package (one line)."""
+    from ttt.eval.speech import SpeechError, write_conversations
+    try:
+        manifest = write_conversations(args.out, count=args.count, duration_s=args.duration,
+                                       recurrence=args.recurrence, seed=args.seed,
+                                       recur_after_s=args.recur_after,
+                                       recur_fraction=args.recur_fraction,
+                                       text_part=args.text_part, cache_dir=args.cache)
+    except SpeechError as exc:
+        return bad_input(exc, stdout=True)
+    print(manifest)
+    return 0
+
+
+def add_parser(sub) -> None:
+    s = sub.add_parser(
+        "speech", help="synthesise two-speaker conversations (Festival voices, public-domain text)",
+        description="Write COUNT stereo 24 kHz conversations with word alignments in "
+                    "moshi-finetune's layout (OUT/manifest.jsonl); see README 'Speech data'. "
+                    "Exit codes: 0 written, 2 bad settings or missing Debian packages.")
+    s.add_argument("--out", required=True, help="output folder (manifest.jsonl, wavs, alignments)")
+    s.add_argument("--count", type=int, required=True, help="number of conversations")
+    s.add_argument("--duration", type=float, required=True, help="length of each (s)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--recurrence", action="store_true",
+                   help="repeat earlier turns verbatim more than --recur-after seconds later")
+    s.add_argument("--recur-after", type=float, default=10.0, help="minimum recurrence distance (s)")
+    s.add_argument("--recur-fraction", type=float, default=0.5,
+                   help="probability that a turn past --recur-after is a repeat")
+    s.add_argument("--text-part", choices=["all", "train", "heldout"], default="all",
+                   help="dictionary entries used: all, or the disjoint train / heldout parts")
+    s.add_argument("--cache", default=None, help="sentence cache (default OUT/sentences)")
+    s.set_defaults(func=speech_command)

@@ -1,0 +1,37 @@
+"""``ttt train``: a Moshi-architecture LM with TTT layers, teacher forcing, resumable."""
+from __future__ import annotations
+
+import argparse
+
+from ttt.cli.common import add_config_out_device, bad_input, no_compile, with_device
+
+
+def train_command(args: argparse.Namespace) -> int:
+    """Exit 0 trained (or already at its last step), 2 bad config, data or checkpoint."""
+    from ttt.eval.data import DataError
+    from ttt.eval.train import load_train_config, train
+    from ttt.moshi.model import CheckpointError
+
+    try:
+        cfg = with_device(load_train_config(args.config), args.device)
+        with no_compile():
+            summary = train(cfg, args.out, log=lambda m: print(m, flush=True))
+    except (ValueError, DataError, CheckpointError) as exc:
+        return bad_input(exc)
+    final = summary["final"] or {}
+    print(f"trained {summary['steps']} steps in {summary['train_time_s']:.0f} s on "
+          f"{summary['device']}: text loss {final.get('text_loss', float('nan')):.4f}, audio loss "
+          f"{final.get('audio_loss', float('nan')):.4f} → {args.out}/checkpoint")
+    return 0
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser(
+        "train", help="train a Moshi-architecture LM with TTT layers (teacher forcing)",
+        description="Train from scratch or only the TTT parameters of a checkpoint on "
+                    "moshi-finetune manifests; writes OUT/checkpoint (run-cell loads it), "
+                    "OUT/train_log.csv and OUT/summary.json; rerun with the same --out to resume. "
+                    "Exit codes: 0 trained, 2 bad config, data or checkpoint.")
+    add_config_out_device(t, "training YAML (keys: README 'Training')",
+                          "output directory (resumed when it holds a run)")
+    t.set_defaults(func=train_command)
