@@ -2,7 +2,6 @@
 console script and ``--version`` (torch and moshi stay unimported: tests/test_layers.py)."""
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ def test_version_prints_the_package_version(capsys):
 
 
 def test_console_script_and_version_come_from_the_package():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["scripts"] == {"ttt": "ttt.cli.main:main"}
     # one version: the wheel's metadata reads ttt.__version__, the string --version prints
