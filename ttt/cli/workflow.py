@@ -3,7 +3,6 @@ flight on a login node: it must stay light) and ``ttt prepare`` (Mimi codes, onc
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ttt.cli.common import bad_input, no_compile
@@ -27,6 +26,8 @@ def submit_command(args: argparse.Namespace) -> int:
 def prepare_command(args: argparse.Namespace) -> int:
     """Tokenise a cell's inputs once (Mimi codes cache) before its cells run: Mimi alone, never
     the LM, on the CPU where the configured GPU is absent (ttt/eval/prepare.py)."""
+    import json
+
     from ttt.eval.cell import load_cell_config
     from ttt.eval.data import DataError
     from ttt.eval.prepare import preparation_device, prepare
