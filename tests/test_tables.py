@@ -41,6 +41,12 @@ def test_written_table_reads_back_as_written(tmp_path):
     assert number(table["flag"][0]) is None and number(table["gone"][0]) is None
 
 
+def test_ints_stay_ints_beside_floats_blanks_and_nan(tmp_path):
+    """pandas' own conversions would write these ints as floats (3.0), as the csv module did not."""
+    write_csv(tmp_path / "t.csv", [{"n": 3, "m": 1, "k": 2}, {"n": None, "m": math.nan, "k": 2.5}])
+    assert (tmp_path / "t.csv").read_text() == "n,m,k\n3,1,2\n,nan,2.5\n"
+
+
 def test_dataframe_in_and_header_only_tables(tmp_path):
     frame = pd.DataFrame({"a": [1.5, math.nan], "b": ["x", None]})
     write_csv(tmp_path / "f.csv", frame)

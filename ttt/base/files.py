@@ -101,13 +101,14 @@ def write_csv(path: str | os.PathLike, rows, columns: list[str] | None = None) -
 
     if isinstance(rows, pd.DataFrame):
         frame = rows if columns is None else rows.reindex(columns=columns)
+        columns, records = list(frame.columns), frame.astype(object).itertuples(index=False)
     else:
         columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-        frame = pd.DataFrame([[r.get(k) for k in columns] for r in rows], columns=columns,
-                             dtype=object)
-    if frame.columns.empty:
-        frame = pd.DataFrame(columns=["empty"])
-    text = frame.map(_csv_cell)
+        records = ([r.get(k) for k in columns] for r in rows)
+    # Cell by cell, as objects: pandas' own conversions would write an int column holding a
+    # blank as floats ("3.0") and NaN as blank.
+    text = pd.DataFrame([[_csv_cell(v) for v in record] for record in records],
+                        columns=columns or ["empty"], dtype=object)
     atomic_write(path, lambda tmp: text.to_csv(tmp, index=False, lineterminator="\r\n"))
 
 

@@ -5,14 +5,13 @@ ended) and ``cell/metrics.json`` (when it completed). Failed cells keep their ro
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-from ttt.base.files import read_json, write_csv
+from ttt.base.files import read_json
+from ttt.report.tables import cell_params, number, read_table, write_csv
 
 TWIN_FREE = {"ttt", "lr", "chunk", "ablation", "alpha"}  # parameters an off-twin need not share
 TRANSCRIPT_WORDS = 40  # words of each transcript shown side by side in gate_override.csv
@@ -23,8 +22,7 @@ def collect(cells_root: str | os.PathLike) -> list[dict]:
     root = Path(cells_root)
     for status_path in sorted(root.glob("**/status.json")):
         rel = status_path.parent.relative_to(root)
-        family, *parts = rel.parts
-        params = dict(p.split("~", 1) for p in parts if "~" in p)
+        family, params = cell_params(rel)
         try:
             status = _read_object(status_path)
         except ValueError as exc:
@@ -135,8 +133,9 @@ def _gate_columns(cell: Path, alpha: str | None) -> dict:
     if alpha not in (None, "learned"):
         gate = math.tanh(float(alpha))
     else:
-        diag = [r for r in _read_csv(cell / "diagnostics.csv") if r.get("gate_tanh_mean")]
-        gate = _num(diag[-1]["gate_tanh_mean"]) if diag else None
+        diag = read_table(cell / "diagnostics.csv", "diagnostics table", missing_ok=True)
+        means = [m for m in diag.get("gate_tanh_mean", []) if m != ""]
+        gate = number(means[-1]) if means else None
     path = cell / "transcript.txt"
     try:
         words = [line.split("] ", 1)[1].strip() for line in path.read_text().splitlines()
@@ -171,10 +170,7 @@ def pair_twins(rows: list[dict]) -> list[dict]:
 
 
 def _param_keys(rows: list[dict]) -> set[str]:
-    keys = set()
-    for r in rows:
-        keys |= {p.split("~", 1)[0] for p in r["cell"].split("/")[1:] if "~" in p}
-    return keys
+    return {key for r in rows for key in cell_params(r["cell"])[1]}
 
 
 # An lr_grid cell whose text perplexity exceeds its TTT-off twin's by this factor counts as
@@ -233,184 +229,9 @@ def aggregate(cells_root: str | os.PathLike, tables: str | os.PathLike, plots: s
     write_csv(tables / "cells.csv", rows)
     for family in families:
         write_csv(tables / f"{family}.csv", [r for r in rows if r["family"] == family])
+    from ttt.report.plots import make_plots
     make_plots(Path(cells_root), rows, plots)
     return rows
-
-
-def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # LR × chunk heatmap of text perplexity (TTT on).
-    grid = [r for r in rows if r["family"] == "lr_grid" and r.get("ttt") == "on"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    if grid:
-        lrs = sorted({float(r["lr"]) for r in grid})
-        chunks = sorted({int(r["chunk"]) for r in grid})
-        values = [[_num(next((r.get("perplexity_text") for r in grid if float(r["lr"]) == lr
-                              and int(r["chunk"]) == c), None)) for lr in lrs] for c in chunks]
-        values = [[math.nan if v is None else v for v in line] for line in values]  # failed cells
-        image = ax.imshow(values, cmap="viridis")
-        ax.set(xticks=range(len(lrs)), xticklabels=[f"{lr:g}" for lr in lrs],
-               yticks=range(len(chunks)), yticklabels=chunks, xlabel="lr", ylabel="chunk")
-        fig.colorbar(image, label="text perplexity")
-        for (i, j), r in [((chunks.index(int(r["chunk"])), lrs.index(float(r["lr"]))), r) for r in grid]:
-            if r.get("diverged"):
-                ax.text(j, i, "div", ha="center", va="center", color="red")
-    ax.set_title("LR grid (TTT on)")
-    fig.tight_layout()
-    fig.savefig(plots / "lr_grid.png", dpi=100)
-    plt.close(fig)
-
-    # Long-form: ‖W‖ and sliding perplexity vs time.
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
-    for r in rows:
-        if r["family"] != "long_form":
-            continue
-        cell = cells_root / r["cell"] / "cell"
-        series = _plot_rows(cell / "timeseries.csv")
-        if series and "text_ppl" in series[0]:
-            axes[1].plot([_num(s["start_s"]) for s in series], [_num(s["text_ppl"]) for s in series],
-                         label=r["cell"].split("/", 1)[1])
-        if r.get("ttt") == "on":
-            tel = _plot_rows(cell / "telemetry.csv")
-            for layer in sorted({t["layer"] for t in tel}):
-                pts = [t for t in tel if t["layer"] == layer]
-                axes[0].plot([_num(t["step"]) / 12.5 for t in pts], [_num(t["w_norm"]) for t in pts],
-                             label=f"{r['cell'].split('/', 1)[1]} L{layer}")
-    axes[0].set(title="‖W‖_F vs time (long form)", xlabel="time (s)")
-    axes[1].set(title="sliding text perplexity (long form)", xlabel="time (s)")
-    for ax in axes:
-        if ax.lines:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(plots / "long_form.png", dpi=100)
-    plt.close(fig)
-
-    # YaRN: throughput and pre-update logits error vs length.
-    yarn = [r for r in rows if r["family"] == "yarn" and "tokens" in r]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
-    for ttt in ("off", "on"):
-        pts = sorted((int(r["tokens"]), r) for r in yarn if r.get("ttt") == ttt)
-        axes[0].plot([p for p, _ in pts], [_num(r.get("tokens_per_s")) for _, r in pts], "o-", label=f"TTT {ttt}")
-        if ttt == "on":
-            axes[1].plot([p for p, _ in pts], [_num(r.get("pre_update_logits_rel_err")) for _, r in pts], "o-")
-    axes[0].set(title="YaRN: teacher-forced tokens/s", xlabel="tokens")
-    axes[1].set(title="pre-update logits rel. error (TTT on vs off)", xlabel="tokens")
-    if axes[0].lines:
-        axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(plots / "yarn.png", dpi=100)
-    plt.close(fig)
-
-    _consistency_plot(cells_root, rows, plots / "consistency.png")
-
-    # Figure-5 curves: the longest TTT-on long-form cell; the hybrid's learned-gate cell.
-    longest = sorted((r for r in rows if r["family"] == "long_form" and r.get("ttt") == "on"),
-                     key=lambda r: _num(r.get("steps")) or 0)
-    _figure5(cells_root, longest[-1:], plots / "figure5.png", "", hybrid=False)
-    hybrid = [r for r in rows if r["family"] == "gate_override" and r.get("alpha") == "learned"]
-    _figure5(cells_root, hybrid, plots / "figure5_hybrid.png", "TTT-MLP, learned gate: ", hybrid=True)
-
-
-def _consistency_plot(cells_root: Path, rows: list[dict], path: Path) -> None:
-    """The gibberish detector: consistency WER (what the recogniser heard vs Moshi's text) per
-    window against time, for the long-form generate cells (the short-form ones when the run has
-    none), TTT on and off."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    family = next((f for f in ("long_form", "short_form")
-                   if any(r["family"] == f and r.get("asr_status") == "ok" for r in rows)), None)
-    untrained = False
-    for r in rows:
-        if r["family"] != family or r.get("asr_status") != "ok":
-            continue
-        untrained |= r.get("codec_untrained") is True
-        series = [(s["start_s"], s["consistency_wer"]) for s in
-                  _read_jsonl(cells_root / r["cell"] / "asr" / "asr.jsonl")]
-        ax.plot([_num(t) for t, _ in series], [_num(w) for _, w in series], "o-",
-                label=r["cell"].split("/", 1)[1])
-    note = " (untrained codec: noise)" if untrained else ""
-    ax.set(title=f"consistency WER vs time, {family or 'no generate cell'}{note}",
-           xlabel="time (s)", ylabel="WER heard vs text stream")
-    if ax.lines:
-        ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file for a plot; an unreadable one is left out of the plot."""
-    if not path.is_file():
-        return []
-    try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        return []
-    return [r for r in rows if isinstance(r, dict)]
-
-
-def _figure5(cells_root: Path, cells: list[dict], path: Path, title: str, hybrid: bool) -> None:
-    """Figure 5 of the first TTT layer of ``cells[0]`` over time: ℓ(W⁽⁰⁾), ℓ(W⁽ⁱ⁾) before and
-    ℓ(W⁽ⁱ⁺¹⁾) after each update (left), and the next-chunk gain ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾), the health
-    signal (right). For In-Place TTT ℓ is linear in W, so after < before holds by construction
-    and says nothing; only the gain does. For the hybrid neither holds by construction."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    if cells:
-        tel = _plot_rows(cells_root / cells[0]["cell"] / "cell" / "telemetry.csv")
-        layer = tel[0]["layer"] if tel else None
-        pts = [t for t in tel if t["layer"] == layer]
-        x = [_num(t["step"]) / 12.5 for t in pts]
-        for key, style, name in (("inner_loss_initial", ":", "ℓ(W⁽⁰⁾)"),
-                                 ("inner_loss_before", "--", "ℓ(W⁽ⁱ⁾) before"),
-                                 ("inner_loss_after", "-", "ℓ(W⁽ⁱ⁺¹⁾) after")):
-            axes[0].plot(x, [_num(t[key]) for t in pts], style, label=name)
-        axes[0].legend(fontsize=7)
-        note = ("TTT-MLP: after < before is not by construction" if hybrid else
-                "In-Place: after < before holds by construction (ℓ linear in W)")
-        axes[0].set(title=f"{title}inner losses, layer {layer}\n{note}", xlabel="time (s)")
-        gain = [_num(t.get("inner_gain")) for t in pts]
-        axes[1].plot(x, gain, "o-", ms=2)
-        axes[1].axhline(0.0, color="grey", lw=0.5)
-        axes[1].set(title="next-chunk gain ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾) (> 0: earlier chunks help this one)",
-                    xlabel="time (s)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def _plot_rows(path: Path) -> list[dict]:
-    """A table's complete rows for a plot: an unreadable table (its cell's row says so) or a
-    truncated last row is left out rather than failing every plot."""
-    try:
-        rows = _read_csv(path)
-    except ValueError:
-        return []
-    return [r for r in rows if None not in r and all(v is not None for v in r.values())]
-
-
-def _read_csv(path: Path) -> list[dict]:
-    """Rows of a cell's table; ValueError naming the file when it cannot be read."""
-    if not path.is_file():
-        return []
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise ValueError(f"{path}: unreadable table ({type(exc).__name__})") from None
-
-
-def _num(value) -> float | None:
-    try:
-        x = float(value)
-        return x if math.isfinite(x) else None
-    except (TypeError, ValueError):
-        return None
 
 
 def _run_peak(memory: dict) -> int | None:
