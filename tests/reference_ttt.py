@@ -30,6 +30,8 @@ class RefTTTLayer(nn.Module):
         # per row, per applied update: Figure 5's ℓ(W) = −Σ_t (W z_t)·v̂_t on the updated chunk
         # under W^(0), W^(i) (before) and W^(i+1) (after)
         self.inner_losses: list[list[tuple[float, float, float]]] = []
+        # per row, per applied update: (‖W‖_F, ‖W − W^(0)‖_F) of the W snapshot after it (float64)
+        self.w_norms: list[list[tuple[float, float]]] = []
 
     def target(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
         """v̂_s for one chunk, zero outside the chunk. Ablations (paper Fig. 3c): no conv
@@ -61,10 +63,10 @@ class RefTTTLayer(nn.Module):
         B, T, _ = x.shape
         hid = self.w0.shape[1]
         outs = torch.zeros(B, T, self.w0.shape[0], dtype=x.dtype)
-        self.delta_norms, self.clipped, self.inner_losses = [], [], []
+        self.delta_norms, self.clipped, self.inner_losses, self.w_norms = [], [], [], []
         for b in range(B):
             W = self.w0.clone()
-            zs, xs, norms, clips, losses = [], [], [], [], []
+            zs, xs, norms, clips, losses, w_norms = [], [], [], [], [], []
             for t in range(T):
                 h = self.w_in @ x[b, t]
                 z = F.silu(h[:hid]) * h[hid:]
@@ -84,12 +86,14 @@ class RefTTTLayer(nn.Module):
                             -sum(float((w @ zz.float()) @ v) for v, zz in zip(targets, zs))
                             for w in (self.w0, W, W_next)))
                         W = W_next
+                        w_norms.append((float(W.double().norm()), float((W.double() - self.w0.double()).norm())))
                         norms.append(n)
                         clips.append(self.tau is not None and n > self.tau)
                     zs, xs = [], []
             self.delta_norms.append(norms)
             self.clipped.append(clips)
             self.inner_losses.append(losses)
+            self.w_norms.append(w_norms)
         return outs
 
 

@@ -132,7 +132,8 @@ def test_divergence_ends_the_cell_cleanly_with_partial_results(cache, tmp_path):
     """An absurd learning rate without clipping blows the fast weights up: the cell stops at the
     first non-finite telemetry, records diverged, and still writes its directory."""
     boom = {**TTT, "lr": 1e30, "delta_clip_fro_norm": None}
-    metrics = run_cell(cell(cache, ttt=boom), tmp_path / "boom", log=lambda m: None)
+    # blocks of 2 chunks: the cell checks after each block (telemetry has a row per chunk)
+    metrics = run_cell(cell(cache, ttt=boom, block=16), tmp_path / "boom", log=lambda m: None)
     assert metrics["diverged"] is True
     rows = (tmp_path / "boom" / "telemetry.csv").read_text().splitlines()
     assert 1 < len(rows) < 1 + 2 * 9  # stopped before the last of 9 chunks × 2 layers

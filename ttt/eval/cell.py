@@ -30,7 +30,8 @@ from ttt.moshi.checkpoints import codec_untrained
 from ttt.moshi.model import CheckpointError, load_checkpoint
 from ttt.moshi.tiny import DEMO_WORDS
 from ttt.moshi.surgery import ttt_disabled, ttt_layers
-from ttt.session.telemetry import next_chunk_gain, telemetry_line, ttt_state
+from ttt.session.telemetry import (chunk_rows, chunk_telemetry, next_chunk_gain, telemetry_line,
+                                   ttt_state)
 
 
 def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print, fresh: bool = False) -> dict:
@@ -177,23 +178,31 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: "Phases",
 
         def on_block(end, block_nll, item_index=n):
             nonlocal diverged
-            states = ttt_state(lm)
+            states, chunks = ttt_state(lm), chunk_telemetry(lm)
             # one device → host transfer per block: the finiteness flag and every telemetry value
-            flat = [torch.isfinite(block_nll).all().reshape(1).float()] + [
-                v[:1].float() for s in states.values() for v in s.values()]
+            # (one row per chunk update where the layer logs them, else the state at the block end)
+            flat = [torch.isfinite(block_nll).all().reshape(1).double()] + [
+                v[:1].double() for s in states.values() for v in s.values()] + [
+                c[0].reshape(-1) for c in chunks.values()]
             values = torch.cat(flat).tolist()
             now = time.perf_counter()
             block_times.append(((now - last["t"]) * 1e3, end - last["step"]))
             diverged |= values[0] == 0.0
+            at, per_chunk = 1 + sum(map(len, states.values())), {}
+            for layer, c in chunks.items():
+                per_chunk[layer] = chunk_rows(values[at:at + c[0].numel()])
+                at += c[0].numel()
             at = 1
             for layer, s in states.items():
-                row = dict(zip(s, values[at:at + len(s)]))
+                block_row = dict(zip(s, values[at:at + len(s)]))
                 at += len(s)
-                row.update(item=item_index, step=offset + end, layer=layer)
-                telemetry.append(row)
-                clip_count[layer] = row.get("clip_events", 0)
-                if not all(math.isfinite(v) for v in row.values()):
-                    diverged = True
+                rows = [(int(r["updates"]) * chunk, r) for r in per_chunk.get(layer, [])]
+                for step, row in rows or [(end, block_row)]:
+                    row.update(item=item_index, step=offset + step, layer=layer)
+                    telemetry.append(row)
+                    clip_count[layer] = row.get("clip_events", 0)
+                    if not all(math.isfinite(v) for v in row.values()):
+                        diverged = True
             if diag is not None and (end // cfg.diagnostics_every > last["step"] // cfg.diagnostics_every
                                      or end == T):
                 record = diag.record()

@@ -83,6 +83,11 @@ class TTTState(State):
     # [B, 4] fp32 over every chunk i ≥ 1 so far (whatever the telemetry cadence): Σ next-chunk gain
     # ℓ(W^(0)) − ℓ(W^(i)), Σ |ℓ(W^(0))|, chunks with a positive gain, chunks (cumulative)
     gain_stats: torch.Tensor
+    # [B] fp32 ‖W^(i)‖_F and ‖W^(i) − W^(0)‖_F after the last update, read off W when it changes
+    # (telemetry reads these: no d×hid temporary per read); w0_norm ‖W^(0)‖_F
+    w_norm: torch.Tensor
+    w_drift: torch.Tensor
+    w0_norm: torch.Tensor
     fill: list[int] = field(default_factory=list)  # host mirror of ``pos`` for scheduling
     driven: bool = False      # set by TTTLMGen: the host drives updates between graph replays
 
@@ -92,6 +97,8 @@ class TTTState(State):
         mask = reset_mask.to(self.device)
         self.w.copy_(torch.where(mask[:, None, None], self.w0[None], self.w))
         self.sync_apply_copy()
+        self.w_norm.copy_(torch.where(mask, self.w0_norm, self.w_norm))
+        self.w_drift.masked_fill_(mask, 0.0)
         self.pos.masked_fill_(mask, 0)
         # Host mirror: a reset is a document boundary, not a per-token event; one sync is fine.
         self.fill = [0 if hit else f for f, hit in zip(self.fill, mask.tolist())]
@@ -99,6 +106,31 @@ class TTTState(State):
     def sync_apply_copy(self) -> None:
         if self.w_apply is not self.w:
             self.w_apply.copy_(self.w)
+
+    def refresh_norms(self) -> None:
+        """``w_norm`` and ``w_drift`` from W as it is now (after an update): one read of W and of
+        W^(0), the difference formed in slabs of rows (never a d×hid temporary)."""
+        self.w_norm.copy_(torch.linalg.vector_norm(self.w, dim=(-2, -1)))
+        self.w_drift.copy_(weight_distance(self.w, self.w0))
+
+
+def weight_distance(w: torch.Tensor, w0: torch.Tensor, max_elements: int = 1 << 22) -> torch.Tensor:
+    """‖w[b] − w0‖_F per row b, w [B, d, hid], w0 [d, hid]: the difference formed ``max_elements``
+    at a time (a few MB), not as a B×d×hid temporary (46 M elements per layer at 7B)."""
+    d, hid = w0.shape
+    rows = max(1, max_elements // max(1, w.shape[0] * hid))
+    sq = torch.zeros(w.shape[0], device=w.device, dtype=torch.float32)
+    for lo in range(0, d, rows):
+        part = torch.linalg.vector_norm(w[:, lo:lo + rows] - w0[lo:lo + rows], dim=(-2, -1))
+        sq.add_(part.float().square())
+    return sq.sqrt_()
+
+
+# Per-chunk telemetry (TTTGating.chunk_log): one record per chunk update, these columns, the state
+# as it is right after that chunk's update. ``valid`` marks the rows that updated.
+CHUNK_FIELDS = ("updates", "clip_events", "w_norm", "w_drift", "w_rel_change", "last_delta_norm",
+                "inner_loss_initial", "inner_loss_before", "inner_loss_after",
+                "gain_sum", "gain_initial_abs_sum", "gain_positive", "gain_chunks", "valid")
 
 
 class TTTGating(StreamingModule[TTTState]):
@@ -127,6 +159,9 @@ class TTTGating(StreamingModule[TTTState]):
         self.w_down = nn.Parameter(linear_out.weight.detach().float().clone())
         self.target_generator = TargetGenerator(d, cfg, **factory)
         self.register_load_state_dict_pre_hook(_seeds_load_hook)
+        # Per-chunk telemetry of the streaming session: [B, n, len(CHUNK_FIELDS)] float64 device
+        # tensors appended as updates happen (no host sync); ``telemetry.chunk_telemetry`` drains it.
+        self.chunk_log: list[torch.Tensor] = []
 
     @property
     def dims(self) -> tuple[int, int]:
@@ -207,7 +242,9 @@ class TTTGating(StreamingModule[TTTState]):
         C = self.cfg.chunk_size
         device = self.w_down.device
         dtype = self.linear_in.weight.dtype
+        self.chunk_log = []  # per-chunk telemetry records of this session (CHUNK_FIELDS)
         w = self.w_down.detach().float()[None].repeat(batch_size, 1, 1)
+        w0_norm = torch.linalg.vector_norm(self.w_down.detach().float())
         w_apply = w if dtype == torch.float32 else w.to(dtype)
         zeros = lambda *s, dt=torch.long: torch.zeros(*s, device=device, dtype=dt)  # noqa: E731
         state = TTTState(
@@ -216,7 +253,9 @@ class TTTGating(StreamingModule[TTTState]):
             pos=zeros(batch_size), updates=zeros(batch_size), clip_events=zeros(batch_size),
             last_delta_norm=zeros(batch_size, dt=torch.float32),
             inner_loss=zeros(batch_size, 3, dt=torch.float32),
-            gain_stats=zeros(batch_size, 4, dt=torch.float32), fill=[0] * batch_size)
+            gain_stats=zeros(batch_size, 4, dt=torch.float32),
+            w_norm=w0_norm.expand(batch_size).clone(), w_drift=zeros(batch_size, dt=torch.float32),
+            w0_norm=w0_norm, fill=[0] * batch_size)
         return state
 
     def _write_and_apply(self, state: TTTState, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -278,16 +317,29 @@ class TTTGating(StreamingModule[TTTState]):
         initial = -(apply_fast_weight(z[:, :U], w0).float().view(B, n, C, d) * v_all).sum((2, 3))
         before = -(out[:, :U].float().view(B, n, C, d) * v_all).sum((2, 3))
         index = state.updates[:, None] + torch.arange(n, device=z.device)[None]
-        _add_gain_stats(state, initial, before, index >= 1)
-        initial, before = initial[:, -1], before[:, -1]
-        after = before - c[:, -1] * norm[:, -1] ** 2
+        gains = _add_gain_stats(state, initial, before, index >= 1)
+        after = before - c * norm ** 2
+        # Per-chunk ‖W‖ and ‖W − W^(0)‖ without forming W^(j): ‖W + cΔ‖² = ‖W‖² + 2c⟨W, Δ⟩ + c²‖Δ‖²
+        # with ⟨W^(j), ΔW_j⟩ = −ℓ(W^(j)) and ⟨W^(0), ΔW_j⟩ = −ℓ(W^(0)) (float64, from the block's
+        # start); the block's last chunk is then read off W itself.
+        c64, sq64 = c.double(), norm.double() ** 2
+        w_sq = state.w_norm.double()[:, None] ** 2 + (c64 * (c64 * sq64 - 2 * before.double())).cumsum(1)
+        drift_sq = state.w_drift.double()[:, None] ** 2 + (
+            c64 * (c64 * sq64 + 2 * (initial.double() - before.double()))).cumsum(1)
+        clip_before = state.clip_events.clone()
         _fold(state.w, v_scaled, z[:, :U], fresh=False)  # W += Σ_j c_j ΔW_j, fp32, in place
         state.sync_apply_copy()
+        state.refresh_norms()
+        w_sq[:, -1], drift_sq[:, -1] = state.w_norm.double() ** 2, state.w_drift.double() ** 2
         state.updates.add_(n)
+        clipped = (norm > tau) if tau is not None else torch.zeros_like(norm, dtype=torch.bool)
         if tau is not None:
-            state.clip_events.add_((norm > tau).sum(1))
+            state.clip_events.add_(clipped.sum(1))
         state.last_delta_norm.copy_(norm[:, -1])
-        state.inner_loss.copy_(torch.stack([initial, before, after], dim=1))
+        state.inner_loss.copy_(torch.stack([initial[:, -1], before[:, -1], after[:, -1]], dim=1))
+        self._log_chunks(index + 1, clip_before[:, None] + clipped.cumsum(1), w_sq.clamp_min(0).sqrt(),
+                         drift_sq.clamp_min(0).sqrt(), norm, initial, before, after, gains,
+                         torch.ones_like(norm, dtype=torch.bool))
         tail = T - U
         if tail:
             state.z_buf[:, :tail] = z[:, U:]
@@ -316,15 +368,33 @@ class TTTGating(StreamingModule[TTTState]):
         losses = torch.stack([-(state.w0[None] * delta).sum((1, 2)), before,
                               before - (step * delta).sum((1, 2))], dim=1)
         state.inner_loss.copy_(torch.where(full[:, None], losses, state.inner_loss))
-        _add_gain_stats(state, losses[:, :1], losses[:, 1:2], (full & (state.updates >= 1))[:, None])
+        gains = _add_gain_stats(state, losses[:, :1], losses[:, 1:2],
+                                (full & (state.updates >= 1))[:, None])
         state.w.copy_(torch.where(full[:, None, None], state.w + step, state.w))
         state.sync_apply_copy()
+        state.refresh_norms()
         state.updates.add_(full.long())
         state.clip_events.add_((full & clipped).long())
         state.last_delta_norm.copy_(torch.where(full, norm, state.last_delta_norm))
+        self._log_chunks(state.updates[:, None], state.clip_events[:, None], state.w_norm[:, None],
+                         state.w_drift[:, None], norm[:, None], *losses[:, :, None].unbind(1),
+                         gains, full[:, None])
         state.pos.masked_fill_(full, 0)
         state.fill = [0 if f >= self.cfg.chunk_size else f for f in state.fill]
         return True
+
+    def _log_chunks(self, *columns: torch.Tensor) -> None:
+        """Append one record per chunk to :attr:`chunk_log`, on the device: columns [B, n]
+        (``gains`` [B, n, 4]) in CHUNK_FIELDS order but ``w_rel_change`` (added here). An
+        undrained log (a generate cell reads the state instead) is merged now and then: it stays
+        one small tensor holding 14 numbers per chunk."""
+        drift = columns[3].double()
+        columns = (*columns[:4], drift / self._streaming_state.w0_norm.double().clamp_min(1e-300),
+                   *columns[4:])
+        parts = [c.double()[..., None] if c.dim() == 2 else c.double() for c in columns]
+        self.chunk_log.append(torch.cat(parts, dim=-1))
+        if len(self.chunk_log) >= 64:
+            self.chunk_log[:] = [torch.cat(self.chunk_log, dim=1)]
 
     def advance(self, tokens: int) -> None:
         """Host bookkeeping after ``tokens`` graph-replayed tokens (the graph ran no Python)."""
@@ -334,13 +404,18 @@ class TTTGating(StreamingModule[TTTState]):
 
 
 def _add_gain_stats(state: TTTState, initial: torch.Tensor, before: torch.Tensor,
-                    counted: torch.Tensor) -> None:
+                    counted: torch.Tensor) -> torch.Tensor:
     """Add chunks [B, n] (ℓ(W^(0)), ℓ(W^(j)), whether chunk j counts: j ≥ 1 and updated) to
-    ``state.gain_stats`` on the device (no host sync)."""
+    ``state.gain_stats`` on the device (no host sync); returns the statistics as they stand
+    after each chunk [B, n, 4] (for the per-chunk telemetry)."""
     gain = (initial - before) * counted
+    terms = torch.stack([gain, initial.abs() * counted, ((gain > 0) & counted).float(),
+                         counted.float()], dim=2)
+    running = state.gain_stats[:, None] + terms.cumsum(1)
     state.gain_stats.add_(torch.stack([gain.sum(1), (initial.abs() * counted).sum(1),
                                        ((gain > 0) & counted).sum(1).float(),
                                        counted.sum(1).float()], dim=1))
+    return running
 
 
 class _Conv(nn.Module):
