@@ -115,7 +115,7 @@ def test_teacher_forced_cell_writes_a_row_per_chunk_and_the_plateau_verdict_judg
     from ttt.eval.cell import run_cell
     from ttt.eval.metrics import teacher_forced_nll
     from ttt.moshi.model import load_checkpoint, resolve_model
-    from ttt.report.verdicts import Cell, gate_w_norm_plateau, thresholds
+    from ttt.report.verdicts import REGISTRY, Cell, thresholds
     from ttt.eval.data import conversation_codes
     from ttt.eval.cell import cell_items
 
@@ -144,5 +144,5 @@ def test_teacher_forced_cell_writes_a_row_per_chunk_and_the_plateau_verdict_judg
         assert float(r["w_norm"]) == pytest.approx(snapshots[(r["layer"], int(r["step"]))], rel=1e-6)
 
     c = Cell(row={"cell": "chunks", "family": "long_form", "status": "ok"}, root=out.parent)
-    [verdict] = gate_w_norm_plateau([c], thresholds())
+    [verdict] = REGISTRY.gates["stability.w_norm_plateau"].run([c], thresholds(), {"chunks": c})
     assert verdict["value"] is not None, verdict
