@@ -15,10 +15,12 @@ B, a cell present in one run only, a table of A absent from B or with fewer rows
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 from pathlib import Path
+
+from ttt.base.files import write_csv, write_text
+from ttt.report.tables import cell_params, number, read_table
 
 # metric: (direction, default relative threshold); direction -1 = lower is better.
 THRESHOLDS = {
@@ -28,6 +30,7 @@ THRESHOLDS = {
 FLAGS = {"diverged": "False", "upstream_bitwise_equal": "True", "best_lr_for_chunk": None}
 NOT_METRICS = {"family", "cell", "status", "error", "job_id", "mode", "git_sha", "device", "twin",
                "ttt"}
+UNMATCHED_COLUMNS = ["only_in", "family", "cell", "status", "regression"]
 
 
 class CompareError(ValueError):
@@ -43,42 +46,22 @@ def read_cells(path: str | os.PathLike) -> tuple[Path, list[dict]]:
             break
     else:
         raise CompareError(f"{path}: no cells.csv (expected RESULTS/tables/cells.csv)")
-    try:
-        with open(candidate, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise CompareError(f"{candidate}: unreadable ({exc})") from None
-    if rows and not {"family", "cell"} <= set(rows[0]):
+    table = read_table(candidate, "cells table", CompareError)
+    if len(table) and not {"family", "cell"} <= set(table.columns):
         raise CompareError(f"{candidate}: not a cells table (needs 'family' and 'cell' columns)")
-    return candidate, rows
+    return candidate, table.to_dict("records")
 
 
 def cell_key(row: dict) -> tuple:
-    """(family, sorted (parameter, value)) from the cell path ``family/k~v/…``."""
-    family, *parts = row["cell"].split("/")
-    params = []
-    for part in parts:
-        if "~" in part:
-            k, v = part.split("~", 1)
-            params.append((k, _canonical(v)))
-    return (family, tuple(sorted(params)))
+    """(family, sorted (parameter, value)) from the cell path ``family/k~v/…``; a value that is a
+    finite number compares as one (``lr~1e-3`` is ``lr~0.001``)."""
+    family, params = cell_params(row["cell"])
+    return (family, tuple(sorted((k, _canonical(v)) for k, v in params.items())))
 
 
 def _canonical(value: str):
-    try:
-        x = float(value)
-        return x if math.isfinite(x) else value
-    except ValueError:
-        return value
-
-
-def _num(value) -> float | None:
-    if value is None or value == "" or value in ("True", "False"):
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return None
+    x = number(value)
+    return x if x is not None and math.isfinite(x) else value
 
 
 def thresholds(overrides: dict | None = None) -> dict[str, tuple[int, float | None]]:
@@ -150,7 +133,7 @@ def _metric_row(a: dict, b: dict, metric: str, limits: dict) -> dict:
             row["threshold"] = f"stays {good}"
             row["regression"] = va == good and vb not in ("", good)
         return row
-    xa, xb = _num(va), _num(vb)
+    xa, xb = number(va), number(vb)
     if xa is not None and metric in b and vb in ("", None) and b.get("status") in ("ok", "") \
             and limits.get(metric, (0, None))[1] is not None:  # lost although B says "ok"
         row.update(threshold="value kept", regression=True)
@@ -169,14 +152,8 @@ def _metric_row(a: dict, b: dict, metric: str, limits: dict) -> dict:
 
 def table_rows(tables_dir: Path, run: str) -> dict[str, int]:
     """Data rows of every CSV table of a run (beside its cells.csv)."""
-    out = {}
-    for path in sorted(tables_dir.glob("*.csv")):
-        try:
-            with open(path, newline="") as f:
-                out[path.name] = sum(1 for _ in csv.DictReader(f))
-        except (OSError, UnicodeDecodeError, csv.Error) as exc:
-            raise CompareError(f"{path}: unreadable table of run {run} ({exc})") from None
-    return out
+    return {path.name: len(read_table(path, f"table of run {run}", CompareError))
+            for path in sorted(tables_dir.glob("*.csv"))}
 
 
 def lost_tables(rows_a: dict[str, int], rows_b: dict[str, int]) -> list[dict]:
@@ -207,21 +184,16 @@ def summary_text(path_a, path_b, rows_a, rows_b, diff, unmatched, tables=()) -> 
 
 
 def run_compare(path_a, path_b, out, limits: dict | None = None) -> tuple[list[dict], str]:
-    from ttt.base.files import write_csv
     file_a, rows_a = read_cells(path_a)
     file_b, rows_b = read_cells(path_b)
     diff, unmatched = compare(rows_a, rows_b, limits)
     tables = lost_tables(table_rows(file_a.parent, "A"), table_rows(file_b.parent, "B"))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "diff.csv", diff)
-    if unmatched:
-        write_csv(out / "unmatched.csv", unmatched)
-    else:  # header only
-        (out / "unmatched.csv").write_text("only_in,family,cell,status,regression\n")
+    write_csv(out / "unmatched.csv", unmatched, columns=UNMATCHED_COLUMNS)
     write_csv(out / "tables.csv", tables)
     text = summary_text(file_a, file_b, rows_a, rows_b, diff, unmatched, tables)
-    (out / "summary.txt").write_text(text)
+    write_text(out / "summary.txt", text)
     return [r for r in diff if r["regression"]] + unmatched + \
         [t for t in tables if t["regression"]], text
 
