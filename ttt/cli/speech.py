@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ttt.cli.common import bad_input
 
@@ -14,7 +15,10 @@ def speech_command(args: argparse.Namespace) -> int:
                                        recurrence=args.recurrence, seed=args.seed,
                                        recur_after_s=args.recur_after,
                                        recur_fraction=args.recur_fraction,
-                                       text_part=args.text_part, cache_dir=args.cache)
+                                       text_part=args.text_part, cache_dir=args.cache,
+                                       unit=args.unit, vocabulary_size=args.vocabulary_size,
+                                       **({"text_source": Path(args.text_source)}
+                                          if args.text_source else {}))
     except SpeechError as exc:
         return bad_input(exc, stdout=True)
     print(manifest)
@@ -38,5 +42,11 @@ def add_parser(sub) -> None:
                    help="probability that a turn past --recur-after is a repeat")
     s.add_argument("--text-part", choices=["all", "train", "heldout"], default="all",
                    help="dictionary entries used: all, or the disjoint train / heldout parts")
+    s.add_argument("--unit", choices=["sentence", "word"], default="sentence",
+                   help="turns of 1-3 dictionary sentences, or of 3-8 random words of the part")
+    s.add_argument("--vocabulary-size", type=int, default=600,
+                   help="--unit word: the part's N most frequent words")
     s.add_argument("--cache", default=None, help="sentence cache (default OUT/sentences)")
+    s.add_argument("--text-source", default=None,
+                   help="the dictionary (default /usr/share/dictd/devil.dict.dz, Debian dict-devil)")
     s.set_defaults(func=speech_command)

@@ -7,6 +7,11 @@ Voices: Festival (Debian ``festival``, X11-style free licence) with two distinct
 the user's. Word times are Festival's own (the Word relation's ``word_start``/``word_end``), so
 alignments are the synthesiser's exact segment boundaries, not a recogniser's guess.
 
+Two turn units: ``sentence`` (1–3 consecutive sentences of a dictionary entry, the default) and
+``word`` (3–8 words drawn at random from the text part's most frequent words, each synthesised on
+its own and trimmed to its span: a spoken word list whose content cannot be memorised, which is
+what a positive control for test-time memory needs; README "The embedded default").
+
 Output is moshi-finetune's layout: ``manifest.jsonl`` of ``{"path", "duration"}``, stereo 24 kHz
 wavs (left = Moshi = SPEAKER_MAIN, right = user) and sibling ``.json`` alignments
 ``{"alignments": [[word, [start, end], speaker], ...]}``. Each sentence is synthesised once per
@@ -48,6 +53,10 @@ MAX_TURN_SENTENCES = 3
 HELDOUT_EVERY = 5     # text_part "heldout" = every 5th dictionary entry, "train" = the others
 MAX_TURN_WORDS = 20
 WORDS_PER_S = 2.6    # both voices speak about 2.5 words/s (measured)
+UNITS = ("sentence", "word")
+WORD_TURN = (3, 8)    # words per turn in unit "word"
+WORD_MARGIN_S = 0.04  # kept around a word's span when it is cut out of its utterance
+_WORD = re.compile(r"^[a-z]+(?:'[a-z]+)?$")
 
 
 class SpeechError(RuntimeError):
@@ -98,6 +107,20 @@ def passages(source: Path = TEXT_SOURCE) -> tuple[tuple[str, ...], ...]:
             if _ALLOWED.match(s) and s[-1] in ".!?" and 3 <= len(s.split()) <= MAX_TURN_WORDS:
                 entries[-1].append(s)
     return tuple(tuple(e) for e in entries if e)
+
+
+def vocabulary(pool, entries: list[int], size: int) -> list[str]:
+    """The ``size`` most frequent words of ``entries`` (lower case, letters with at most one
+    apostrophe; ties in a fixed pseudo-random order, not alphabetical), the word list of unit
+    ``word``."""
+    counts: dict[str, int] = {}
+    for i in entries:
+        for sentence in pool[i]:
+            for token in sentence.split():
+                word = token.strip(".,;:!?\"'-").lower()
+                if _WORD.match(word):
+                    counts[word] = counts.get(word, 0) + 1
+    return sorted(counts, key=lambda w: (-counts[w], hashlib.sha256(w.encode()).digest()))[:size]
 
 
 # ---- synthesis ---------------------------------------------------------------------------------
@@ -188,6 +211,25 @@ def _word_times(rows: str, duration: float) -> list:
     return times
 
 
+def trimmed(sentence: Sentence) -> Sentence:
+    """The sentence cut to its words' span plus ``WORD_MARGIN_S`` each side (a word synthesised on
+    its own carries Festival's utterance pauses), word times shifted to match."""
+    if not sentence.words:
+        return sentence
+    start = max(0.0, sentence.words[0][1] - WORD_MARGIN_S)
+    end = min(sentence.duration, sentence.words[-1][2] + WORD_MARGIN_S)
+    a, b = int(round(start * SAMPLE_RATE)), int(round(end * SAMPLE_RATE))
+    at = a / SAMPLE_RATE
+    return Sentence(sentence.samples[a:b], tuple((w, round(s - at, 4), round(e - at, 4))
+                                                 for w, s, e in sentence.words))
+
+
+def _units(texts, voice: str, cache: Path, unit: str) -> list[Sentence]:
+    out = synthesise(list(texts), voice, cache)
+    return [trimmed(s) for s in out] if unit == "word" else out
+
+
+@lru_cache(maxsize=8192)  # a word list is read back thousands of times per set
 def _load(key: Path) -> Sentence:
     audio, _ = sf.read(str(key.with_suffix(".wav")), dtype="float32")
     words = json.loads(key.with_suffix(".json").read_text())["words"]
@@ -240,6 +282,20 @@ class _FreshTurns:
         return out
 
 
+class _WordTurns(_FreshTurns):
+    """One speaker's fresh turns in unit ``word``: 3–8 words drawn uniformly from ``words``."""
+
+    def __init__(self, words: list[str], rng):
+        super().__init__(None, [], rng)
+        self.words = words
+
+    def __getitem__(self, i: int) -> tuple[str, ...]:
+        while len(self.taken) <= i:
+            n = int(self.rng.integers(WORD_TURN[0], WORD_TURN[1] + 1))
+            self.taken.append(tuple(self.words[int(j)] for j in self.rng.integers(0, len(self.words), n)))
+        return self.taken[i]
+
+
 def text_entries(pool, text_part: str) -> list[int]:
     """Indices of the entries of ``text_part``: ``all``, or the disjoint ``train`` / ``heldout``
     parts, so held-out conversations hold no sentence a model was trained on."""
@@ -253,7 +309,8 @@ def text_entries(pool, text_part: str) -> list[int]:
 def write_conversations(directory, *, count: int, duration_s: float, recurrence: bool, seed: int,
                         recur_after_s: float = 10.0, recur_fraction: float = 0.5,
                         text_part: str = "all", voices: tuple[str, str] = DEFAULT_VOICES,
-                        cache_dir=None, text_source: Path = TEXT_SOURCE) -> Path:
+                        cache_dir=None, text_source: Path = TEXT_SOURCE, unit: str = "sentence",
+                        vocabulary_size: int = 600) -> Path:
     """Write ``count`` stereo conversations of ``duration_s`` seconds into ``directory`` and return
     their manifest. Speakers alternate turns (1–3 sentences of one dictionary entry, 0.2–0.7 s gap,
     each turn starting on Mimi's 80 ms frame grid).
@@ -261,12 +318,18 @@ def write_conversations(directory, *, count: int, duration_s: float, recurrence:
     ``recur_fraction``, a verbatim repeat (same speaker, same text, identical audio) of one of that
     speaker's fresh turns which ended more than ``recur_after_s`` earlier (each repeated at most
     once); without it, no entry (hence no sentence) occurs twice in a conversation. ``text_part``
-    picks the entries (see ``text_entries``). Deterministic in ``seed``; sentences are cached in
-    ``cache_dir`` (default DIRECTORY/sentences)."""
-    if count < 1 or duration_s <= 0 or recur_after_s < 0 or not 0 <= recur_fraction <= 1:
+    picks the entries (see ``text_entries``); ``unit`` the turns (module docstring; ``word``
+    draws from the part's ``vocabulary_size`` most frequent words). Deterministic in ``seed``;
+    sentences are cached in ``cache_dir`` (default DIRECTORY/sentences), and Festival is needed
+    only for what the cache lacks. Manifest lines carry ``recurrent``: whether a turn repeats."""
+    if (count < 1 or duration_s <= 0 or recur_after_s < 0 or not 0 <= recur_fraction <= 1
+            or unit not in UNITS or vocabulary_size < 1):
         raise SpeechError(f"bad conversation settings: count={count}, duration_s={duration_s}, "
-                          f"recur_after_s={recur_after_s}, recur_fraction={recur_fraction}")
-    check_festival(voices)
+                          f"recur_after_s={recur_after_s}, recur_fraction={recur_fraction}, "
+                          f"unit={unit!r}, vocabulary_size={vocabulary_size}")
+    unknown = [v for v in voices if v not in VOICES]
+    if unknown:
+        raise SpeechError(f"unknown voice {unknown[0]!r} (known: {', '.join(VOICES)})")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else directory / "sentences"
@@ -275,14 +338,19 @@ def write_conversations(directory, *, count: int, duration_s: float, recurrence:
 
     # 1. each conversation's fresh turns per speaker (disjoint entries), and one synthesis batch
     #    per voice for the turns the conversation will most likely use; more are made on demand
+    words = vocabulary(pool, entries, vocabulary_size) if unit == "word" else None
     plans = []
     for index in range(count):
+        if words is not None:
+            plans.append([_WordTurns(words, np.random.default_rng([seed, index, s])) for s in (0, 1)])
+            continue
         order = [entries[i] for i in np.random.default_rng([seed, index]).permutation(len(entries))]
         plans.append([_FreshTurns(pool, order[s::2], np.random.default_rng([seed, index, s]))
                       for s in (0, 1)])
     expected_words = 0.5 * duration_s * WORDS_PER_S * 1.2 + 10
     with ThreadPoolExecutor(len(voices)) as pool:  # one Festival process per voice, in parallel
-        batches = [pool.submit(synthesise, [t for plan in plans for t in plan[s].planned(expected_words)],
+        batches = [pool.submit(synthesise, words if words is not None else  # every word, once
+                               [t for plan in plans for t in plan[s].planned(expected_words)],
                                voice, cache) for s, voice in enumerate(voices)]
         for batch in batches:
             batch.result()
@@ -290,19 +358,22 @@ def write_conversations(directory, *, count: int, duration_s: float, recurrence:
     # 2. lay the turns out with their real durations
     lines = []
     for index, plan in enumerate(plans):
-        name = f"conversation{index:03d}-{duration_s:g}s-seed{seed}-{'rec' if recurrence else 'fresh'}"
+        name = (f"conversation{index:03d}-{duration_s:g}s-seed{seed}-{'rec' if recurrence else 'fresh'}"
+                + ("-words" if unit == "word" else ""))
         turns = _layout(plan, voices, cache, duration_s, recurrence, recur_after_s,
-                        recur_fraction, np.random.default_rng([seed, index, 2]))
+                        recur_fraction, np.random.default_rng([seed, index, 2]), unit)
         if not turns:
             raise SpeechError(f"duration_s={duration_s}: too short for a single turn")
-        _write_conversation(directory / f"{name}.wav", turns, voices, cache, duration_s)
-        lines.append(json.dumps({"path": f"{name}.wav", "duration": float(duration_s)}))
+        _write_conversation(directory / f"{name}.wav", turns, voices, cache, duration_s, unit)
+        lines.append(json.dumps({"path": f"{name}.wav", "duration": float(duration_s),
+                                 "recurrent": any(t.repeat_of is not None for t in turns)}))
     manifest = directory / "manifest.jsonl"
     _atomic(manifest, lambda p: p.write_text("\n".join(lines) + "\n"))
     return manifest
 
 
-def _layout(plan, voices, cache, duration_s, recurrence, recur_after_s, recur_fraction, rng):
+def _layout(plan, voices, cache, duration_s, recurrence, recur_after_s, recur_fraction, rng,
+            unit="sentence"):
     turns: list[_Turn] = []
     used = [0, 0]              # fresh turns taken per speaker
     repeated: set[int] = set()
@@ -320,7 +391,7 @@ def _layout(plan, voices, cache, duration_s, recurrence, recur_after_s, recur_fr
             texts = plan[speaker][used[speaker]]
             if texts is None:  # the text ran out: the rest stays silent
                 break
-        length = sum(s.duration for s in synthesise(list(texts), voices[speaker], cache))
+        length = sum(s.duration for s in _units(texts, voices[speaker], cache, unit))
         t = _on_frame(t)
         if t + length > duration_s:
             break
@@ -341,12 +412,13 @@ def _on_frame(t: float) -> float:
     return math.ceil(t * FRAME_RATE - 1e-9) * samples / SAMPLE_RATE
 
 
-def _write_conversation(wav: Path, turns: list[_Turn], voices, cache, duration_s: float) -> None:
+def _write_conversation(wav: Path, turns: list[_Turn], voices, cache, duration_s: float,
+                        unit: str = "sentence") -> None:
     audio = np.zeros((int(round(duration_s * SAMPLE_RATE)), 2), dtype=np.float32)
     alignments = []
     for turn in turns:
         offset = int(round(turn.start * SAMPLE_RATE))
-        for sentence in synthesise(list(turn.texts), voices[turn.speaker], cache):
+        for sentence in _units(turn.texts, voices[turn.speaker], cache, unit):
             audio[offset:offset + len(sentence.samples), turn.speaker] = sentence.samples
             at = offset / SAMPLE_RATE
             for word, start, end in sentence.words:

@@ -54,6 +54,7 @@ def _speech_args(w):
             f" --recur-after {float(s.get('recur_after_s', 10.0))}"
             f" --recur-fraction {float(s.get('recur_fraction', 0.5))}"
             f" --text-part {s.get('text_part', 'all')}"
+            f" --unit {s.get('unit', 'sentence')} --vocabulary-size {int(s.get('vocabulary_size', 600))}"
             + (" --recurrence" if s.get("recurrence", False) else ""))
 
 
