@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 export NO_TORCH_COMPILE := 1
 
-.PHONY: setup speech-deps test test-slurm gpu-proof run examples clean
+.PHONY: setup speech-deps test lint test-slurm gpu-proof run examples clean
 
 setup: $(BIN)/.installed
 
@@ -31,6 +31,12 @@ speech-deps:
 # as root on Debian and skips with the reason otherwise.
 test: setup
 	$(BIN)/python -m pytest -q -rs
+
+# The workflow's lint and formatting alone (`make test` runs both, tests/test_workflow_lint.py);
+# `snakefmt workflow` rewrites the files as the check wants them.
+lint: setup
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check workflow
 
 test-slurm: setup
 	$(BIN)/python -m pytest -q -rs -m slurm tests/test_slurm.py

@@ -608,7 +608,7 @@ def test_served_page_posts_ratings(browser, served):
 
 def snakemake(workdir, *args):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "NO_TORCH_COMPILE": "1"}
-    done = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+    done = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(REPO / "workflow" / "Snakefile"),
                            "--directory", str(workdir), "--profile", str(REPO / "profiles/local"),
                            *args], capture_output=True, text=True, env=env, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

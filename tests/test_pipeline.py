@@ -16,7 +16,7 @@ BIN = Path(sys.executable).parent
 
 def snakemake(workdir: Path, *args, check=True):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "NO_TORCH_COMPILE": "1"}
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory",
            str(workdir), "--profile", str(REPO / "profiles" / "local"), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)
     if check:
@@ -171,7 +171,7 @@ def test_schema_error_names_the_key_before_any_job(tmp_path):
 def test_slurm_profile_dry_run_lists_the_full_matrix(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     done = subprocess.run([str(BIN / "snakemake"), "-n", "--profile", "profiles/slurm",
-                           "--directory", str(tmp_path), "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(tmp_path), "--snakefile", str(REPO / "workflow" / "Snakefile"),
                            "--configfile", str(REPO / "config/config.yaml"), str(REPO / "config/full.yaml"),
                            # the site values: a model that resolves (full.yaml's placeholder is
                            # refused up front) and the launcher file (relative to --directory)

@@ -69,7 +69,7 @@ def test_pipeline_on_slurm_matches_local(slurm, cache, tmp_path):
                     regression={**base["regression"], "duration_s": 4})
         (wd / "config" / "config.yaml").write_text(yaml.safe_dump(base))
         env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
-        done = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+        done = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(REPO / "workflow" / "Snakefile"),
                                "--directory", str(wd), "--profile", str(REPO / "profiles/local")],
                               capture_output=True, text=True, env=env, timeout=900)
         assert done.returncode == 0, done.stderr[-3000:]

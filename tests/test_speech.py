@@ -223,7 +223,7 @@ def test_snakemake_rule_builds_a_set_once(festival, tmp_path):
                speech={"tiny": {"count": 1, "duration_s": 8, "recurrence": True, "recur_after_s": 2}})
     (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}", "NO_TORCH_COMPILE": "1"}
-    cmd = [str(bin_ / "snakemake"), "--snakefile", str(repo / "Snakefile"), "--directory",
+    cmd = [str(bin_ / "snakemake"), "--snakefile", str(repo / "workflow" / "Snakefile"), "--directory",
            str(tmp_path), "-c1"]
     # a family that reads the set makes the default target build it first
     plan = subprocess.run(cmd + ["-n", "--quiet", "rules"], capture_output=True, text=True, env=env,

@@ -18,7 +18,7 @@ LAUNCHER = str(REPO / "profiles" / "local" / "submitit.yaml")
 
 def snakemake(workdir: Path, *args):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "NO_TORCH_COMPILE": "1"}
-    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory",
+    cmd = [str(BIN / "snakemake"), "--snakefile", str(REPO / "workflow" / "Snakefile"), "--directory",
            str(workdir), "--profile", str(REPO / "profiles" / "local"), *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
@@ -85,7 +85,7 @@ def test_full_config_as_shipped_is_refused_up_front(tmp_path):
     """config/full.yaml's `model: /path/to/checkpoint` placeholder: one line, no job."""
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     done = subprocess.run([str(BIN / "snakemake"), "-n", "--profile", "profiles/slurm", "--directory",
-                           str(tmp_path), "--snakefile", str(REPO / "Snakefile"), "--configfile",
+                           str(tmp_path), "--snakefile", str(REPO / "workflow" / "Snakefile"), "--configfile",
                            str(REPO / "config/config.yaml"), str(REPO / "config/full.yaml"),
                            "--config", f"launcher={REPO}/profiles/slurm/submitit.yaml"],
                           cwd=REPO, capture_output=True, text=True, env=env, timeout=300)

@@ -11,11 +11,11 @@ rule aggregate:
         plots=[report(f"results/plots/{p}.png", category="Plots") for p in PLOTS],
     log:
         "results/tables/aggregate.log",
+    localrule: True
+    conda:
+        "../envs/ttt.yaml"
     params:
         families=" ".join(config["families"]),
-    conda:
-        "../../envs/ttt.yaml"
-    localrule: True
     shell:
         "python -m ttt aggregate --cells results/cells --tables results/tables --plots results/plots"
         " --families {params.families} > {log} 2>&1"

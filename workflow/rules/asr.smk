@@ -9,14 +9,15 @@ ASR_TARGETS = [f"results/cells/{c}/asr" for c in ASR_CELLS]
 rule asr_config:
     output:
         "results/asr/asr.yaml",
-    params:
-        asr=config.get("asr") or {},
+    log:
+        "results/asr/asr_config.log",
     localrule: True
-    run:
-        import yaml
-
-        with open(output[0], "w") as f:
-            yaml.safe_dump(params.asr, f, sort_keys=False)
+    conda:
+        "../envs/ttt.yaml"
+    params:
+        asr=as_yaml(config.get("asr") or {}),
+    shell:
+        "printf '%s' {params.asr:q} > {output} 2> {log}"
 
 
 rule asr:
@@ -27,13 +28,13 @@ rule asr:
         directory("results/cells/{cell}/asr"),
     log:
         "results/cells/{cell}/asr.log",
+    conda:
+        "../envs/ttt.yaml"
+    threads: 1
     params:
         cell="results/cells/{cell}/cell",
         cache=f"{config['cache_dir']}/asr",
         launcher=config["launcher"],
-    threads: 1
-    conda:
-        "../../envs/ttt.yaml"
     shell:
         "python -m ttt asr --cell {params.cell} --out {output} --config {input.cfg}"
         " --cache {params.cache} --threads {threads} --launcher {params.launcher} > {log} 2>&1"

@@ -1,6 +1,7 @@
 # One driver per cell: writes the cell config, submits it through submitit, waits (bounded) and
 # records how it ended in status.json. Drivers run where Snakemake runs (local rules).
 
+
 wildcard_constraints:
     cell=".+",
 
@@ -8,12 +9,15 @@ wildcard_constraints:
 rule cell_config:
     output:
         "results/cells/{cell}/cell.yaml",
+    log:
+        "results/cells/{cell}/cell_config.log",
+    localrule: True
+    conda:
+        "../envs/ttt.yaml"
     params:
         cfg=lambda w: cell_yaml(w.cell),
-    localrule: True
-    run:
-        with open(output[0], "w") as f:
-            f.write(params.cfg)
+    shell:
+        "printf '%s' {params.cfg:q} > {output} 2> {log}"
 
 
 rule run_cell:
@@ -25,12 +29,12 @@ rule run_cell:
         cell=directory("results/cells/{cell}/cell"),
     log:
         "results/cells/{cell}/run_cell.log",
+    localrule: True
+    conda:
+        "../envs/ttt.yaml"
     params:
         launcher=config["launcher"],
         jobs="results/cells/{cell}/jobs",
-    conda:
-        "../../envs/ttt.yaml"
-    localrule: True
     shell:
         "python -m ttt submit --config {input.cfg} --out {output.cell} --status {output.status}"
         " --launcher {params.launcher} --log-dir {params.jobs} > {log} 2>&1"

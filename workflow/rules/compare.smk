@@ -7,14 +7,15 @@ COMPARE_TARGETS = ["results/compare/summary.txt"] if config.get("compare_with") 
 rule compare_config:
     output:
         "results/compare/thresholds.yaml",
-    params:
-        thresholds=config.get("compare_thresholds") or {},
+    log:
+        "results/compare/compare_config.log",
     localrule: True
-    run:
-        import yaml
-
-        with open(output[0], "w") as f:
-            yaml.safe_dump(params.thresholds, f, sort_keys=False)
+    conda:
+        "../envs/ttt.yaml"
+    params:
+        thresholds=as_yaml(config.get("compare_thresholds") or {}),
+    shell:
+        "printf '%s' {params.thresholds:q} > {output} 2> {log}"
 
 
 rule compare:
@@ -27,11 +28,11 @@ rule compare:
         summary=report("results/compare/summary.txt", category="Comparison"),
     log:
         "results/compare/compare.log",
+    localrule: True
+    conda:
+        "../envs/ttt.yaml"
     params:
         other=config.get("compare_with") or "",
-    conda:
-        "../../envs/ttt.yaml"
-    localrule: True
     shell:
         "python -m ttt compare {params.other:q} results --out results/compare"
         " --thresholds {input.thresholds} > {log} 2>&1"

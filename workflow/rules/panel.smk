@@ -3,31 +3,14 @@
 # results/listening/<name>/ratings/ holds files, `snakemake` tables them (the same as
 # `python -m ttt panel collect`) and `snakemake --report` shows the tables and the plot.
 import glob
-
-
-def panel_cells():
-    """{system label: cell path} of the panel's TTT-on and TTT-off cells, or {} without a panel."""
-    p = config.get("panel")
-    if not p or p["family"] not in config["families"]:
-        return {}
-    family = config[p["family"]]
-    if family["mode"] != "generate":
-        raise ValueError(f"config panel.family: {p['family']} runs mode {family['mode']!r}; the "
-                         "panel needs generate cells (their out.wav)")
-    lengths = family.get("durations_s") or [family["duration_s"]]
-    length = p["duration_s"] if p["duration_s"] is not None else max(lengths)
-    if length not in lengths:
-        raise ValueError(f"config panel.duration_s: {length} is not one of {p['family']}'s "
-                         f"lengths {lengths}")
-    return {f"ttt_{on}": cell_path(p["family"], [("duration", length), ("ttt", on)])
-            for on in ("on", "off")}
-
+import os
 
 PANEL_CELLS = panel_cells()
 PANEL_DIR = f"results/listening/{config['panel']['name']}" if PANEL_CELLS else None
 PANEL_RATINGS = sorted(glob.glob(f"{PANEL_DIR}/ratings/*.json")) if PANEL_CELLS else []
-PANEL_TARGETS = (([f"{PANEL_DIR}/index.html"] if PANEL_CELLS else [])
-                 + (["results/tables/mos.csv"] if PANEL_RATINGS else []))
+PANEL_TARGETS = ([f"{PANEL_DIR}/index.html"] if PANEL_CELLS else []) + (
+    ["results/tables/mos.csv"] if PANEL_RATINGS else []
+)
 
 
 if PANEL_CELLS:
@@ -43,6 +26,9 @@ if PANEL_CELLS:
             bundle=f"{PANEL_DIR}/{config['panel']['name']}-raters.zip",
         log:
             f"{PANEL_DIR}/build.log",
+        localrule: True
+        conda:
+            "../envs/ttt.yaml"
         params:
             name=config["panel"]["name"],
             systems=" ".join(f"--system {s}=results/cells/{c}/cell" for s, c in PANEL_CELLS.items()),
@@ -50,10 +36,7 @@ if PANEL_CELLS:
             clip=config["panel"]["clip_s"],
             seed=config["panel"]["seed"],
             raters=" ".join(f"--rater {r}" for r in config["panel"]["raters"]),
-            out=PANEL_DIR,
-        conda:
-            "../../envs/ttt.yaml"
-        localrule: True
+            out=lambda w, output: os.path.dirname(output.page),
         shell:
             "python -m ttt panel build --name {params.name} {params.systems} --offsets {params.offsets}"
             " --clip {params.clip} --seed {params.seed} {params.raters} --out {params.out} > {log} 2>&1"
@@ -71,9 +54,9 @@ if PANEL_RATINGS:
             plot=report("results/plots/mos.png", category="Listening panel"),
         log:
             "results/tables/panel_collect.log",
-        conda:
-            "../../envs/ttt.yaml"
         localrule: True
+        conda:
+            "../envs/ttt.yaml"
         shell:
             "python -m ttt panel collect {input.ratings} --key {input.key} --out {output.mos}"
             " --preference {output.preference} --plot {output.plot} > {log} 2>&1"

@@ -4,25 +4,31 @@ import os
 
 # A fixed path (workflow.source_path gives a per-run temporary copy: as a param it reran the
 # verdicts at every invocation).
-REPORT_INTRO = os.path.join(workflow.basedir, "workflow", "report", "workflow.rst")
+REPORT_INTRO = os.path.join(workflow.basedir, "report", "workflow.rst")
 # The report's front page: the verdict summary once the verdicts rule has written it.
-REPORT_TEXT = (os.path.abspath("results/tables/verdicts.rst")
-               if os.path.exists("results/tables/verdicts.rst") else REPORT_INTRO)
+REPORT_TEXT = (
+    os.path.abspath("results/tables/verdicts.rst")
+    if os.path.exists("results/tables/verdicts.rst")
+    else REPORT_INTRO
+)
 STRICT = str(config.get("strict")).lower() == "true"  # `--config strict=true` gives a string
-VERDICT_TARGETS = ["results/tables/verdicts.csv"] + (["results/tables/verdicts.strict"] if STRICT else [])
+VERDICT_TARGETS = ["results/tables/verdicts.csv"] + (
+    ["results/tables/verdicts.strict"] if STRICT else []
+)
 
 
 rule verdicts_config:
     output:
         "results/tables/verdicts.yaml",
-    params:
-        verdicts=config.get("verdicts") or {},
+    log:
+        "results/tables/verdicts_config.log",
     localrule: True
-    run:
-        import yaml
-
-        with open(output[0], "w") as f:
-            yaml.safe_dump(params.verdicts, f, sort_keys=False)
+    conda:
+        "../envs/ttt.yaml"
+    params:
+        verdicts=as_yaml(config.get("verdicts") or {}),
+    shell:
+        "printf '%s' {params.verdicts:q} > {output} 2> {log}"
 
 
 rule verdicts:
@@ -35,11 +41,11 @@ rule verdicts:
         rst="results/tables/verdicts.rst",
     log:
         "results/tables/verdicts.log",
+    localrule: True
+    conda:
+        "../envs/ttt.yaml"
     params:
         intro=REPORT_INTRO,
-    conda:
-        "../../envs/ttt.yaml"
-    localrule: True
     shell:
         "python -m ttt verdicts --results results --thresholds {input.thresholds}"
         " --rst {output.rst} --rst-intro {params.intro} > {log} 2>&1"
@@ -51,9 +57,11 @@ rule strict_verdicts:
         thresholds="results/tables/verdicts.yaml",
     output:
         "results/tables/verdicts.strict",
-    conda:
-        "../../envs/ttt.yaml"
+    log:
+        "results/tables/strict_verdicts.log",
     localrule: True
+    conda:
+        "../envs/ttt.yaml"
     shell:
         "python -m ttt verdicts --results results --thresholds {input.thresholds}"
-        " --tables results/tables/.strict --strict && touch {output}"
+        " --tables results/tables/.strict --strict > {log} 2>&1 && touch {output}"
