@@ -75,7 +75,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
     ``write`` fails the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

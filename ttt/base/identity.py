@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ttt.base.files import write_text
+
 _MEMO: dict[tuple, str] = {}
 _BLOCK = 1 << 20
 
@@ -63,16 +65,11 @@ def _read_sidecar(path: Path, stamp: tuple) -> str | None:
 def _write_sidecar(path: Path, stamp: tuple, digest: str) -> None:
     size, mtime_ns, inode = stamp
     target = sidecar(path)
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps({"size": size, "mtime_ns": mtime_ns, "inode": inode,
-                                   "sha256": digest}) + "\n")
-        os.replace(tmp, target)
+        write_text(target, json.dumps({"size": size, "mtime_ns": mtime_ns, "inode": inode,
+                                       "sha256": digest}) + "\n")
     except OSError:  # read-only checkpoint directory: remembered for this process only
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
+        pass
 
 
 def value_digest(value: Any) -> str:

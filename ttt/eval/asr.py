@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ttt.base.files import read_json, read_yaml
+from ttt.base.files import read_json, read_yaml, write_text
 from ttt.eval.generate import collapse_indicators
 from ttt.eval.metrics import normalize, word_errors
 
@@ -217,7 +217,7 @@ def transcribe_file(path: str | os.PathLike, cfg: AsrConfig, cache_dir: str | os
     log(f"asr: {seconds:.1f} s of audio in {elapsed:.2f} s ({out['x_realtime']:.1f}x real time, "
         f"{device}, model load {load_s:.1f} s)")
     if cached_path is not None:
-        _atomic_text(cached_path, json.dumps(out) + "\n")
+        write_text(cached_path, json.dumps(out) + "\n")
     return {**out, "cached": False}
 
 
@@ -343,10 +343,3 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

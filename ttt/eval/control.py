@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ttt.eval.data import FRAME_RATE, SAMPLE_RATE, word_tone_turns, write_conversation
+from ttt.base.files import atomic_write, write_text
 
 SAMPLES_PER_FRAME = int(SAMPLE_RATE / FRAME_RATE)  # 1920
 
@@ -78,9 +79,7 @@ def write_control_manifest(directory: str | os.PathLike, *, count: int, duration
     else:
         lines = [_write_one(job) for job in jobs]
     manifest = directory / "manifest.jsonl"
-    tmp = manifest.with_name(f".{manifest.name}.tmp{os.getpid()}")
-    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    os.replace(tmp, manifest)
+    write_text(manifest, "".join(json.dumps(line) + "\n" for line in lines))
     return manifest
 
 
@@ -268,9 +267,7 @@ def encode_batched(bundle, manifest, cache_dir: str, batch: int) -> None:
                 out = bundle.mimi.encode(x).cpu()
                 codes += list(out.reshape(len(group), 2, *out.shape[1:]))
         for (item, path), c in zip(part, codes):
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            save_file({"codes": c.long().contiguous()}, str(tmp))
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: save_file({"codes": c.long().contiguous()}, str(tmp)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,9 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     override = {k: v for k, v in (("lr", args.lr), ("delta_clip_fro_norm", args.tau)) if v is not None}
     result = evaluate(args.checkpoint, args.manifest, cache_dir=args.cache_dir, device=args.device,
                       ttt=override or None, untrained_seed=args.untrained_seed)
-    tmp = Path(args.out).with_name(f".{Path(args.out).name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
-    os.replace(tmp, args.out)
+    write_text(args.out, json.dumps(result, indent=1) + "\n")
     for key, row in result["table"].items():
         print(key, json.dumps(row), file=sys.stdout)
     return 0

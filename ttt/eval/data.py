@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ttt.base.identity import file_digest, value_digest
+from ttt.base.files import atomic_write, write_text
 
 SAMPLE_RATE = 24000
 FRAME_RATE = 12.5
@@ -233,9 +234,7 @@ def mimi_codes(mimi, item: Item, cache_dir: Path, mimi_id: str) -> torch.Tensor:
     if item.channels == 1:  # the user speaks; Moshi's channel is silent
         audio = torch.cat([torch.zeros_like(audio), audio])
     codes = mimi.encode(audio[:, None].to(next(mimi.parameters()).device)).cpu().long().contiguous()
-    tmp = cached.with_name(f".{cached.name}.tmp{os.getpid()}")
-    save_file({"codes": codes}, str(tmp))
-    os.replace(tmp, cached)
+    atomic_write(cached, lambda tmp: save_file({"codes": codes}, str(tmp)))
     return codes
 
 
@@ -281,14 +280,11 @@ def word_tone_turns(rng, duration: float, words: list[str], channel: int = 0, st
 
 
 def write_conversation(wav: Path, audio: np.ndarray, alignments: list) -> None:
-    """The wav and its sibling alignments json, each atomically (temporary name, then rename):
-    cells starting together may write the same demo."""
-    wav.parent.mkdir(parents=True, exist_ok=True)
-    tag = f".tmp{os.getpid()}"
-    sf.write(str(wav) + tag, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    Path(str(wav.with_suffix(".json")) + tag).write_text(json.dumps({"alignments": alignments}))
-    os.replace(str(wav.with_suffix(".json")) + tag, wav.with_suffix(".json"))
-    os.replace(str(wav) + tag, wav)
+    """The wav and its sibling alignments json, each atomically (the json first: a wav present
+    means its alignments are): cells starting together may write the same demo."""
+    write_text(wav.with_suffix(".json"), json.dumps({"alignments": alignments}))
+    atomic_write(wav, lambda tmp: sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16",
+                                           format="WAV"))
 
 
 def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[str]) -> Item:
@@ -322,7 +318,5 @@ def write_demo_manifest(directory: Path, durations: list[float], seed: int, word
             else:
                 write_demo_conversation(wav, duration, seed + i, words)
         lines.append(json.dumps({"path": wav.name, "duration": duration}))
-    tmp = manifest.with_name(f".{manifest.name}.tmp{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, manifest)
+    write_text(manifest, "\n".join(lines) + "\n")
     return manifest

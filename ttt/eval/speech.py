@@ -23,7 +23,6 @@ import gzip
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -37,6 +36,7 @@ import numpy as np
 import soundfile as sf
 
 from ttt.eval.data import FRAME_RATE, MAIN, OTHER, SAMPLE_RATE
+from ttt.base.files import atomic_write, write_text
 
 TEXT_SOURCE = Path("/usr/share/dictd/devil.dict.dz")
 # voice name → (Festival command that selects it, Debian package, where the package puts it)
@@ -191,10 +191,10 @@ def _run_festival(texts: list[str], voice: str, folder: Path) -> None:
             duration = len(audio) / SAMPLE_RATE
             times = _word_times(words.read_text(), duration)
             key = folder / _cache_key(voice, text)
-            _atomic(key.with_suffix(".wav"), lambda p: sf.write(str(p), audio, SAMPLE_RATE,
-                                                                subtype="PCM_16", format="WAV"))
-            _atomic(key.with_suffix(".json"), lambda p: p.write_text(
-                json.dumps({"voice": voice, "text": text, "words": times})))
+            atomic_write(key.with_suffix(".wav"), lambda p: sf.write(
+                str(p), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
+            write_text(key.with_suffix(".json"),
+                       json.dumps({"voice": voice, "text": text, "words": times}))
 
 
 def _word_times(rows: str, duration: float) -> list:
@@ -234,12 +234,6 @@ def _load(key: Path) -> Sentence:
     audio, _ = sf.read(str(key.with_suffix(".wav")), dtype="float32")
     words = json.loads(key.with_suffix(".json").read_text())["words"]
     return Sentence(audio, tuple((w, float(a), float(b)) for w, a, b in words))
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 # ---- conversations -----------------------------------------------------------------------------
@@ -368,7 +362,7 @@ def write_conversations(directory, *, count: int, duration_s: float, recurrence:
         lines.append(json.dumps({"path": f"{name}.wav", "duration": float(duration_s),
                                  "recurrent": any(t.repeat_of is not None for t in turns)}))
     manifest = directory / "manifest.jsonl"
-    _atomic(manifest, lambda p: p.write_text("\n".join(lines) + "\n"))
+    write_text(manifest, "\n".join(lines) + "\n")
     return manifest
 
 
@@ -425,5 +419,5 @@ def _write_conversation(wav: Path, turns: list[_Turn], voices, cache, duration_s
                 alignments.append([word, [round(at + start, 4), round(at + end, 4)],
                                    MAIN if turn.speaker == 0 else OTHER])
             offset += len(sentence.samples)
-    _atomic(wav, lambda p: sf.write(str(p), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
-    _atomic(wav.with_suffix(".json"), lambda p: p.write_text(json.dumps({"alignments": alignments})))
+    atomic_write(wav, lambda p: sf.write(str(p), audio, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
+    write_text(wav.with_suffix(".json"), json.dumps({"alignments": alignments}))

@@ -33,7 +33,7 @@ from ttt.config import TTTConfig, _is_int, strict_kwargs
 from ttt.moshi.checkpoints import resolve_checkpoint
 from ttt.eval.data import conversation_codes, read_manifest
 from ttt.base.identity import file_digest
-from ttt.base.files import read_yaml, write_csv
+from ttt.base.files import read_yaml, write_csv, write_text
 from ttt.moshi.gating import TTTGating, gated_hidden
 from ttt.core.inplace_math import chunk_delta, chunk_target, clip_factor
 from ttt.moshi.checkpoints import UNTRAINED, codec_untrained, project_config
@@ -455,9 +455,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
                "platform": platform.platform(), "torch": torch.__version__,
                "data_sha256": data_hashes, "config": cfg.to_dict(),
                "parameters_trained": sum(p.numel() for p in params)}
-    tmp = out / f".summary.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, out / "summary.json")
+    write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import submitit
 
-from ttt.base.files import read_yaml
+from ttt.base.files import read_yaml, write_text
 
 # Keys of a launcher YAML (profiles/*/submitit.yaml). Unknown keys are errors.
 LAUNCHER_KEYS = {
@@ -177,7 +177,4 @@ def _mark_failed(out: Path, status: Mapping[str, Any]) -> None:
 
 
 def _write_status(path: Path, status: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(dict(status), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(dict(status), indent=2) + "\n")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ttt.panel.ratings import KEY_FORMAT, RATER_RE, VERSION, PanelError, rater_plan
+from ttt.base.files import write_text
 
 FADE_S = 0.01  # a cut in mid-waveform clicks; the click would tell clips apart, not systems
 TEMPLATE = Path(__file__).parent / "templates" / "panel.html"
@@ -237,11 +238,11 @@ def build_panel(name: str, systems: Sequence[System], offsets_s: Sequence[float]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if raters:
-        _atomic_write(out / "rater-links.txt", "".join(
+        write_text(out / "rater-links.txt", "".join(
             f"{r}\tindex.html?rater={r}&token={key['tokens'][r]}\n" for r in raters))
     notes = out / "QA-notes.md"
     if not notes.exists():  # the notes are the QA person's once written: a rebuild keeps them
-        _atomic_write(notes, qa_notes(key))
+        write_text(notes, qa_notes(key))
     return key
 
 
@@ -303,10 +304,3 @@ def _install(tmp: Path, out: Path, files: Sequence[str]) -> None:
     shutil.rmtree(old, ignore_errors=True)
     for f in files:
         os.replace(tmp / f, out / f)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

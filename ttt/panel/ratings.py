@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 
 
-from ttt.base.files import read_json, write_csv
+from ttt.base.files import atomic_write, read_json, write_csv
 
 
 KEY_FORMAT = "listening-panel-key"
@@ -319,8 +319,5 @@ def plot_mos(rows: list[dict], path: Path) -> None:
     if ax.lines:
         ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".")))
     plt.close(fig)
-    os.replace(tmp, path)

@@ -8,10 +8,10 @@ import http.server
 import json
 import os
 import re
-import secrets
 from pathlib import Path
 
 from ttt.panel.ratings import RATER_RE, PanelError, check_ratings, load_key, unblind
+from ttt.base.files import atomic_write
 
 MAX_POST = 8 << 20  # bytes; a ratings file is a few kB
 
@@ -117,13 +117,6 @@ def _store_posted(root: Path, key: dict, rater: str, body: bytes) -> tuple[int, 
         return 400, str(exc)
     except (ValueError, TypeError, KeyError, RecursionError) as exc:  # not JSON, or JSON of odd shape
         return 400, f"{where}: not a listening-panel ratings file ({type(exc).__name__})"
-    ratings = root / "ratings"
-    ratings.mkdir(exist_ok=True)
-    target = ratings / f"{rater}.json"  # rater: a key.json token holder, a RATER_RE id
-    tmp = ratings / f".post.tmp{os.getpid()}.{secrets.token_hex(4)}"
-    try:
-        tmp.write_bytes(body)
-        os.replace(tmp, target)  # a re-save by the same rater replaces
-    finally:
-        tmp.unlink(missing_ok=True)
+    target = root / "ratings" / f"{rater}.json"  # rater: a key.json token holder, a RATER_RE id
+    atomic_write(target, lambda tmp: tmp.write_bytes(body))  # a re-save by the same rater replaces
     return 200, f"saved as ratings/{rater}.json"

@@ -27,6 +27,8 @@ from moshi.utils.compile import CUDAGraphed
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ttt.base.files import atomic_write
+
 FORMAT = "ttt-streaming-snapshot/1"
 # Process-local or derived from parameters: never saved, never overwritten.
 _SKIP = {"device", "w0", "base_params", "graphed_main", "graphed_depth", "exit_stack", "reset_callback",
@@ -177,14 +179,7 @@ def save_snapshot(path: str | os.PathLike, snap: Mapping[str, Any]) -> None:
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     structure = json.dumps(_pack(dict(snap), tensors))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={"ttt": structure})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"ttt": structure}))
 
 
 def load_snapshot(path: str | os.PathLike) -> dict:
