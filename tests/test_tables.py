@@ -134,3 +134,13 @@ def test_workflow_writes_cell_paths_with_this_formatter():
     from pathlib import Path
     smk = (Path(__file__).parents[1] / "workflow" / "rules" / "common.smk").read_text()
     assert "from ttt.report.tables import cell_path" in smk and "~{" not in smk
+
+
+def test_cell_path_import_stays_light():
+    """Snakemake parses common.smk for every job; cell_path must not pull in pandas."""
+    import subprocess
+    import sys
+    code = "import sys, ttt.report.tables; print('pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.stdout.strip() == "False"

@@ -21,11 +21,12 @@ import csv
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable
-
-import pandas as pd
+from typing import TYPE_CHECKING, Iterable
 
 from ttt.base.files import write_csv
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["number", "read_table", "write_csv", "cell_path", "cell_params",
            "cell_value"]
@@ -47,6 +48,8 @@ def read_table(path: str | os.PathLike, what: str = "table", error: type[Excepti
     """The CSV at ``path`` as strings (see the module docstring); ``what`` names it in the "not
     found" error, raised as ``error``. With ``missing_ok`` a missing file is an empty table. An
     empty file (no header) is an empty table, as the csv module read it."""
+    import pandas as pd  # here, not at the top: the workflow imports cell_path on every parse
+
     path = Path(path)
     if missing_ok and not path.is_file():
         return pd.DataFrame()
