@@ -1,5 +1,6 @@
 """Per-chunk fast-weight telemetry: one record per chunk update, equal to the W snapshots of an
-independent reference, at any block cadence, and rows in a teacher-forced cell's telemetry.csv."""
+independent reference, at any block cadence, and rows in a teacher-forced cell's telemetry.csv;
+reading telemetry and diagnostics costs no weight-sized temporary and no host sync per number."""
 import copy
 import csv
 
@@ -146,3 +147,39 @@ def test_teacher_forced_cell_writes_a_row_per_chunk_and_the_plateau_verdict_judg
     c = Cell(row={"cell": "chunks", "family": "long_form", "status": "ok"}, root=out.parent)
     [verdict] = REGISTRY.gates["stability.w_norm_plateau"].run([c], thresholds(), {"chunks": c})
     assert verdict["value"] is not None, verdict
+
+
+def _scalar_reads(fn) -> int:
+    """How many tensor → Python scalar reads (``.item()``, ``float(t)``: each a host sync on a GPU)
+    ``fn`` makes, counted at the dispatcher."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    count = [0]
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            count[0] += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    with Reads():
+        fn()
+    return count[0]
+
+
+@pytest.mark.parametrize("variant", ["inplace", "ttt_mlp"])
+def test_diagnostics_record_reads_the_device_once(variant):
+    """A diagnostics record (≈ 25 numbers per TTT layer, taken every block of a teacher-forced
+    cell) is one transfer, not one host sync per number."""
+    from ttt.session.diagnostics import Diagnostics
+    cfg = ttt.TTTConfig(variant=variant, start_layer=1, layer_frequency=2, chunk_size=4, lr=1.0,
+                        init_std=0.3)
+    lm = ttt.apply_ttt(tiny_lm(0), cfg)
+    diag = Diagnostics(lm)
+    seq = random_sequence(1, 12)
+    with torch.no_grad(), lm.streaming(1):
+        lm.forward_text(seq[:, :, :8])
+        diag.record()
+        lm.forward_text(seq[:, :, 8:])
+        reads = _scalar_reads(lambda: diag.record())
+    diag.close()
+    assert reads == 0

@@ -28,14 +28,13 @@ LOG_PREFIX = "TTT-DIAGNOSTICS "
 SPARSITY_REL = 1e-2  # |v| < 1% of the tensor's std counts as "near zero"
 
 
-def _stats(v: torch.Tensor) -> dict[str, float]:
+def _stats(v: torch.Tensor) -> dict[str, torch.Tensor]:
     std = v.std()
-    return {"mean": v.mean().item(), "std": std.item(),
-            "sparsity": (v.abs() < SPARSITY_REL * std).float().mean().item()}
+    return {"mean": v.mean(), "std": std, "sparsity": (v.abs() < SPARSITY_REL * std).float().mean()}
 
 
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
 
 
 class Diagnostics:
@@ -77,37 +76,49 @@ class Diagnostics:
         TTT/attention ratio, cosine similarities, mean/std/sparsity, change of the last token's
         vectors since the previous record, gate statistics (hybrid) and the fast-weight norm."""
         telemetry = ttt_state(self.lm)
-        out: dict[int, dict[str, float]] = {}
+        on_device: dict[int, dict[str, torch.Tensor | None]] = {}
+        last_norm: dict[int, torch.Tensor] = {}
         for i, module in self.layers.items():
             t = self._tensors(i, module)
             if t is None:
                 continue
             t = {k: v[row].float() for k, v in t.items()}  # [T, d]
-            rec: dict[str, float] = {}
+            rec: dict[str, torch.Tensor | None] = {}  # None: computed on the host from the others
             for name, v in t.items():
-                rec[f"{name}_norm"] = v.norm().item()
-                rec[f"{name}_norm_per_token"] = v.norm(dim=-1).mean().item()
+                rec[f"{name}_norm"] = v.norm()
+                rec[f"{name}_norm_per_token"] = v.norm(dim=-1).mean()
                 rec.update({f"{name}_{k}": x for k, x in _stats(v).items()})
-            rec["ttt_attn_ratio"] = rec["ttt_norm"] / max(rec["attn_norm"], 1e-30)
+            rec["ttt_attn_ratio"] = None
             rec["cos_attn_ttt"] = _cos(t["attn"], t["ttt"])
             rec["cos_attn_combined"] = _cos(t["attn"], t["combined"])
             rec["cos_ttt_combined"] = _cos(t["ttt"], t["combined"])
             now = {k: t[k][-1].clone() for k in ("attn", "ttt")}
             before = self.previous.get(i)
             if before is not None:
-                rec["attn_delta"] = (now["attn"] - before["attn"]).norm().item()
-                rec["ttt_delta"] = (now["ttt"] - before["ttt"]).norm().item()
-                rec["ttt_delta_rel"] = rec["ttt_delta"] / max(now["ttt"].norm().item(), 1e-30)
+                rec["attn_delta"] = (now["attn"] - before["attn"]).norm()
+                rec["ttt_delta"] = (now["ttt"] - before["ttt"]).norm()
+                rec["ttt_delta_rel"] = None
+                last_norm[i] = now["ttt"].norm()
             self.previous[i] = now
             if not isinstance(module, TTTGating):
                 alpha = (module.gating_alpha if module.cfg.gate_override is None
                          else torch.full_like(module.gating_alpha, module.cfg.gate_override))
-                rec.update(alpha_mean=alpha.mean().item(), alpha_std=alpha.std().item(),
-                           alpha_min=alpha.min().item(), alpha_max=alpha.max().item(),
-                           gate_tanh_mean=module.gate().mean().item())
+                rec.update(alpha_mean=alpha.mean(), alpha_std=alpha.std(), alpha_min=alpha.min(),
+                           alpha_max=alpha.max(), gate_tanh_mean=module.gate().mean())
             if telemetry.get(i):
-                rec["w_norm"] = float(telemetry[i]["w_norm"][row])
-            out[i] = rec
+                rec["w_norm"] = telemetry[i]["w_norm"][row]
+            on_device[i] = rec
+        # one device → host transfer for the whole record (was one sync per number)
+        flat = [v.reshape(1).float() for rec in on_device.values() for v in rec.values()
+                if v is not None] + [v.reshape(1).float() for v in last_norm.values()]
+        values = iter(torch.cat(flat).tolist() if flat else [])
+        out: dict[int, dict[str, float]] = {}
+        for i, rec in on_device.items():
+            out[i] = {k: None if v is None else next(values) for k, v in rec.items()}
+        for i, got in out.items():
+            got["ttt_attn_ratio"] = got["ttt_norm"] / max(got["attn_norm"], 1e-30)
+            if i in last_norm:
+                got["ttt_delta_rel"] = got["ttt_delta"] / max(next(values), 1e-30)
         return out
 
 
