@@ -170,7 +170,7 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: "Phases",
         if inputs is None:
             inputs = [conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes",
                                          model_key).to(cfg.device) for item in items]
-        warm_up(lm, inputs[0], chunk, diag)
+        warm_up(lm, inputs[0], chunk, diag, block)
     for n, codes in enumerate(inputs):
         T = codes.shape[-1]
         last = {"t": time.perf_counter(), "step": 0}
@@ -222,7 +222,8 @@ def _teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: "Phases",
             return diverged
 
         with phases("run"):
-            nll = teacher_forced_nll(lm, codes, block=block, on_block=on_block)
+            nll = teacher_forced_nll(lm, codes, block=block, on_block=on_block,
+                                     head=chunk if cfg.ab and n == 0 else 0)
         if n == 0 and not diverged:
             first = nll
         text_all.append(nll.text[0])
@@ -276,18 +277,27 @@ def teacher_forced_block(block: int, chunk: int | None) -> int:
     return block if not chunk else max(chunk, block // chunk * chunk)
 
 
-def warm_up(lm, codes: torch.Tensor, chunk: int | None, diag=None) -> None:
+def warm_up(lm, codes: torch.Tensor, chunk: int | None, diag=None, block: int | None = None) -> None:
     """Run the block shapes a timed pass can meet (3, 2 and 1 steps, and two whole TTT chunks
     with a tail) once in a throwaway streaming session, with one diagnostics record, so
     torch.compile's first compile and its dynamic-shape recompile (a shorter last block) and the
     first whole-chunk TTT block happen here and not inside the timed run (the first TTT-on pass
-    of a process paid ≈ 0.3 s more than later ones at 7B on an H100)."""
+    of a process paid ≈ 0.3 s more than later ones at 7B on an H100). On CUDA the whole-chunk
+    block is the pass's own first block (``block`` frames, rings of the pass's size, then it
+    stops), so the allocator's growth, cuDNN's attention plans and cuBLAS's choices for the
+    pass's shapes are paid here too, outside the timed run (not measured on a GPU yet)."""
     teacher_forced_nll(lm, codes[:, :, :5], block=3)
     teacher_forced_nll(lm, codes[:, :, :1], block=1)
     if chunk and codes.shape[-1] > chunk:
-        n = min(codes.shape[-1], 2 * chunk + 2)
-        record = (lambda _end, _nll: diag.record() is None) if diag is not None else None
-        teacher_forced_nll(lm, codes[:, :, :n], block=n, on_block=record)
+        def record(_end, _nll, stop=False):
+            if diag is not None:
+                diag.record()
+            return stop
+        if codes.is_cuda and block:  # the pass's first block, KV rings sized as in the pass
+            teacher_forced_nll(lm, codes, block=block, on_block=lambda e, x: record(e, x, stop=True))
+        else:
+            n = min(codes.shape[-1], 2 * chunk + 2)
+            teacher_forced_nll(lm, codes[:, :, :n], block=n, on_block=record)
         if diag is not None:
             diag.previous.clear()  # the first real record compares with nothing, as before
 
@@ -508,15 +518,15 @@ def _streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log, phases: Phas
 
 def _ab(lm, codes: torch.Tensor, chunk: int, block: int, on=None) -> dict:
     """TTT-off twin on the same input in the same job: pre-update logits error and the deltas.
-    ``on``: the cell's own TTT-on pass over this input (complete), reused instead of run again."""
-    head = codes[:, :, :chunk]
+    ``on``: the cell's own TTT-on pass over this input (complete, with the first chunk's text
+    logits), reused instead of run again. The pre-update logits are the first chunk's of each
+    pass's first block (the same forward as the scored one), not a pass of their own."""
     with torch.no_grad():
-        on_logits = lm(head).text_logits
-        if on is None:
-            on = teacher_forced_nll(lm, codes, block=block)
+        if on is None or on.head_text_logits is None:
+            on = teacher_forced_nll(lm, codes, block=block, head=chunk)
         with ttt_disabled(lm):
-            off_logits = lm(head).text_logits
-            off = teacher_forced_nll(lm, codes, block=block)
+            off = teacher_forced_nll(lm, codes, block=block, head=chunk)
+    on_logits, off_logits = on.head_text_logits, off.head_text_logits
     ok = torch.isfinite(off_logits)
     err = ((on_logits - off_logits).abs()[ok].max() / off_logits.abs()[ok].max()).item()
     out = {"pre_update_logits_rel_err": err,

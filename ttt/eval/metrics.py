@@ -23,10 +23,14 @@ class TokenNLL:
 
     text: np.ndarray   # [B, T]
     audio: np.ndarray  # [B, dep_q, T]
+    # text logits [B, 1, head, text_card] of the first ``head`` steps (delayed axis, on the
+    # device) when asked for: the A/B twin's pre-update comparison, without a pass of its own
+    head_text_logits: torch.Tensor | None = None
 
 
 @torch.no_grad()
-def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None) -> TokenNLL:
+def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None,
+                       head: int = 0) -> TokenNLL:
     """What ``lm(codes)`` scores, computed by streaming ``forward_text`` over blocks of ``block``
     steps (TTT layers update exactly as in one pass), so a 60-minute input runs in memory bounded
     by the block, not the length. codes [B, K, T] as for ``lm(codes)``.
@@ -35,6 +39,8 @@ def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None)
     ``on_block(end_step, block_nll)`` runs after each block with that block's raw cross-entropy
     [B, 1 + dep_q, steps] on the device (delayed axis, unmasked: a divergence check needs only
     ``isfinite``); returning True stops early, leaving NaN for the steps not reached.
+    ``head`` > 0 keeps the text logits of the first ``head`` steps (``head_text_logits``; at most
+    the first block's).
 
     The main transformer's KV rings hold ``min(context + block − 1, T)`` slots (the attention
     mask still limits every query to moshi's ``context``): with rings of exactly ``context``
@@ -42,6 +48,7 @@ def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None)
     need; and a ring longer than the input would only add masked keys every query reads."""
     B, K, T = codes.shape
     delays = lm.delays
+    head_logits = None
     initial = lm._get_initial_token().expand(B, -1, -1)
     delayed = torch.cat([initial, _delay_sequence(delays, codes, initial)], dim=2)  # [B, K, T+1]
     streams = [0] + [q + lm.audio_offset for q in range(lm.dep_q)]
@@ -52,6 +59,8 @@ def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None)
         for a in range(0, T, block):
             b = min(a + block, T)
             out, text_logits = lm.forward_text(delayed[:, :, a:b])
+            if a == 0 and head:
+                head_logits = text_logits[:, :, :head].clone()
             logits = lm.forward_depformer_training(delayed[:, :, a + 1:b + 1], out)
             # the initial tokens (ids = card) are targets only where t < 0: clamped, then masked
             target = delayed[:, streams, a + 1:b + 1].clamp_min(0)
@@ -69,7 +78,8 @@ def teacher_forced_nll(lm, codes: torch.Tensor, block: int = 256, on_block=None)
         if d < T:
             out[:, i, :T - d] = raw[:, i, d:]
     out = torch.where(codes[:, streams] != lm.zero_token_id, out, torch.nan).cpu().numpy()
-    return TokenNLL(text=out[:, 0].astype(np.float64), audio=out[:, 1:].astype(np.float64))
+    return TokenNLL(text=out[:, 0].astype(np.float64), audio=out[:, 1:].astype(np.float64),
+                    head_text_logits=head_logits)
 
 
 def _token_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
