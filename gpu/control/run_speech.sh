@@ -6,11 +6,13 @@
 # table (trained TTT settings, production flags, untrained). $OUT gets the checkpoint's LM files,
 # the training config and log, and control.json (+ extra.tgz: full training log, 2 test codes).
 # A CPU dry run (README "The embedded default"): DEVICE=cpu TIME_LIMIT=5 TRAIN_COUNT=4 VAL_COUNT=1 TEST_COUNT=2
-# JOBS=2 DURATION=12 PYTHON=.../.venv/bin/python BUNDLE=... WORK=... OUT=... gpu/control/run_speech.sh
+# JOBS=2 DURATION=16 PYTHON=.../.venv/bin/python BUNDLE=... WORK=... OUT=... gpu/control/run_speech.sh
 set -euo pipefail
 export NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1
 B=${BUNDLE:-.ctl-speech}; W=${WORK:-/tmp/ctls}; DEVICE=${DEVICE:-cuda}; P=${PYTHON:-python3}
-TIME_LIMIT=${TIME_LIMIT:-150}; TRAIN_COUNT=${TRAIN_COUNT:-1200}; JOBS=${JOBS:-12}
+# TIME_LIMIT (training seconds) unset: what is left of BUDGET (whole script, s) after encoding,
+# less 100 s for the evaluations, within [60, 240]
+BUDGET=${BUDGET:-420}; TRAIN_COUNT=${TRAIN_COUNT:-1200}; JOBS=${JOBS:-12}
 VAL_COUNT=${VAL_COUNT:-16}; TEST_COUNT=${TEST_COUNT:-32}   # per group (recurrent, plain)
 OUT=${OUT:-$W/out}; mkdir -p "$W/data" "$OUT"
 t0=$(date +%s)
@@ -39,14 +41,16 @@ $P -m ttt.eval.speech_bundle base --out "$W/base" --tokenizer "$B/tokenizer.mode
    --lm-kwargs '{"text_card": 1000}' --cache-root "$W/cache/models" > /dev/null
 $P -m ttt.eval.control encode "$W/data/train.jsonl" "$W/data/val.jsonl" "$W/data/test.jsonl" \
    --base "$W/base" --device "$DEVICE" --cache-dir "$W/cache" --batch 32
-echo "encoded $(( $(date +%s) - t0 )) s"
+spent=$(( $(date +%s) - t0 )); echo "encoded $spent s"
+TIME_LIMIT=${TIME_LIMIT:-$(( BUDGET - spent - 100 < 60 ? 60 : (BUDGET - spent - 100 > 240 ? 240 : BUDGET - spent - 100) ))}
+echo "training for $TIME_LIMIT s"
 sed -e "s#WORK#$W#g; s/DEVICE/$DEVICE/; s/TTT_LR/${TTT_LR:-0.01}/; s/CHUNK/${CHUNK:-8}/; s/TIME_LIMIT/$TIME_LIMIT/" \
     gpu/control/variant_speech.yaml > "$W/train.yaml"
 $P -m ttt train --config "$W/train.yaml" --out "$W/run" > "$W/train.log" 2>&1 || { tail -n 20 "$W/train.log"; exit 1; }
 echo "trained $(( $(date +%s) - t0 )) s"; tail -n 2 "$W/train.log"
 C=$W/run/checkpoint; M=$W/data/test.jsonl
 ev() { $P -m ttt.eval.control evaluate --checkpoint "$C" --manifest "$M" --cache-dir "$W/cache" --device "$DEVICE" "$@"; }
-ev --out "$W/test.json" | grep -E "^(text|audio)\.(all|beyond_context)\." || true
+ev --out "$W/test.json" > "$W/test.txt"; grep -E "^(text|audio)\.(all|beyond_context)\." "$W/test.txt" || true
 ev --out "$W/test-prod.json" --lr 1e-3 --tau 1e-5 > /dev/null
 ev --out "$W/test-untrained.json" --untrained-seed 0 > /dev/null
 echo "evaluated $(( $(date +%s) - t0 )) s"
@@ -76,10 +80,25 @@ print("data equals the CPU build:", out["data_equals_cpu_build"])
 sources = resolve_checkpoint(W / "base")  # the codes' cache key, as ttt train computes it
 mimi = types.SimpleNamespace(num_codebooks=sources.num_codebooks)
 (W / "codes").mkdir(exist_ok=True)
-for item in read_manifest(data["test"])[:2]:
+items = read_manifest(data["test"])
+for item in items[:2]:
     key = _codes_key(mimi, item, file_digest(sources.mimi))[:32]
     shutil.copy(W / f"cache/codes/{key}.safetensors", W / "codes" / f"{item.path.stem}.safetensors")
+# the first test conversation encoded again on this machine's CPU, one at a time: equal to the
+# (batched, possibly GPU) codes the model was scored on?
+import torch
+from safetensors.torch import load_file
+from ttt.eval.data import load_audio
+from ttt.moshi.model import load_mimi
+cpu_mimi = load_mimi(sources, "cpu")
+with torch.no_grad():
+    again = cpu_mimi.encode(torch.from_numpy(load_audio(items[0].path))[:, None]).long()
+used = load_file(str(W / "codes" / f"{items[0].path.stem}.safetensors"))["codes"]
+out["codes_equal_cpu_encode"] = bool(torch.equal(again, used))
+out["codes_cpu_mismatch_fraction"] = float((again != used).float().mean())
+json.dump(out, open(W / "control.json", "w"), indent=1)
+print("codes equal a CPU encode:", out["codes_equal_cpu_encode"], out["codes_cpu_mismatch_fraction"])
 PY
 cp "$C/model.safetensors" "$C/config.json" "$C/tokenizer.model" "$W/control.json" "$W/train.yaml" "$W/run/train_log.csv" "$OUT"/
-tar czf "$OUT/extra.tgz" -C "$W" train.log codes data/test.jsonl
+tar czf "$OUT/extra.tgz" -C "$W" train.log test.txt codes data/test.jsonl
 echo "done $(( $(date +%s) - t0 )) s"
