@@ -133,3 +133,16 @@ def test_merge_rewrites_paths_and_keeps_flags(tmp_path):
     assert [x["path"] for x in lines] == ["rec/c.wav", "plain/c.wav"]
     assert [x["recurrent"] for x in lines] == [True, False]
     assert [i.path.parent.name for i in read_manifest(merged)] == ["rec", "plain"]
+
+
+@pytest.mark.skipif(not speech.TEXT_SOURCE.is_file(), reason="Debian dict-devil missing")
+def test_the_base_is_a_complete_checkpoint_with_the_speech_tokenizer(tmp_path, cache):
+    from ttt.moshi.model import inspect_checkpoint
+
+    a = speech_bundle.train_tokenizer(speech.TEXT_SOURCE, tmp_path / "a.model", vocab_size=300)
+    with pytest.raises(speech_bundle.BundleError, match="text_card=64 < 300"):
+        speech_bundle.build_base(tmp_path / "base", a, {"text_card": 64}, cache / "models")
+    base = speech_bundle.build_base(tmp_path / "base", a, {"text_card": 300}, cache / "models")
+    sources = inspect_checkpoint(base)  # every tensor header against the config, the tokenizer
+    assert sources.lm_kwargs["text_card"] == 300
+    assert sources.mimi.read_bytes() == (cache / "models" / "tiny-seed0" / "mimi.safetensors").read_bytes()

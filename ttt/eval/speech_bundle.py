@@ -152,8 +152,8 @@ def build_base(out: str | os.PathLike, tokenizer: str | os.PathLike, lm_kwargs: 
     from moshi.models import loaders
     from safetensors.torch import save_file
 
-    from ttt.moshi.model import (DEFAULT_LM_KWARGS, UNTRAINED, build_tiny_checkpoint,
-                                 project_config)
+    from ttt.moshi.checkpoints import UNTRAINED, project_config
+    from ttt.moshi.tiny import DEFAULT_LM_KWARGS, build_tiny_checkpoint
 
     size = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size()
     kwargs = {**DEFAULT_LM_KWARGS, **lm_kwargs}
