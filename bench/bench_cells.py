@@ -5,7 +5,7 @@ same device in the same process:
 
 - loading: ``ttt.moshi.model.load_checkpoint`` (TTT off and on) vs upstream
   ``loaders.get_moshi_lm(filename)`` on the same files;
-- teacher-forced: the cell's own timed pass (``ttt.eval.cell`` ``_teacher_forced``: blocks, NLL,
+- teacher-forced: the cell's own timed pass (``ttt.eval.teacher_forced.run_teacher_forced``: blocks, NLL,
   telemetry, divergence checks; TTT off, TTT on, TTT on with its A/B twin) vs a plain
   ``lm(codes)`` + text and audio cross-entropy over the same frames, at each length (lengths past
   moshi's 3000 context run with context = the longest length, YaRN in the cells as the yarn family
@@ -40,8 +40,10 @@ from moshi.modules.transformer import set_attention_context
 from safetensors.torch import save_file
 
 import ttt
-from ttt.eval import cell as cells
+from ttt.config import CellConfig
 from ttt.eval.generate import decode_audio, stream_user_channel
+from ttt.eval.phases import Phases
+from ttt.eval.teacher_forced import run_teacher_forced
 from ttt.moshi.model import load_checkpoint
 from ttt.moshi.surgery import ttt_disabled
 from ttt.moshi.tiny import TINY_LM_KWARGS, train_demo_tokenizer
@@ -147,9 +149,9 @@ def cell_pass(cfg, bundle, codes: torch.Tensor, tmp: Path) -> dict:
     """The cell's teacher-forced stage on ``codes`` (no data loading: the input is given)."""
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    phases = cells.Phases(cfg.device)
-    metrics = cells._teacher_forced(cfg, bundle, [], Path(cfg.cache_dir), tmp,
-                                    lambda m: None, phases, inputs=[codes])
+    phases = Phases(cfg.device)
+    metrics = run_teacher_forced(cfg, bundle, [], Path(cfg.cache_dir), tmp, lambda m: None, phases,
+                                 inputs=[codes])
     return {"frames_per_s": metrics["throughput"]["frames_per_s"],
             "ms_per_block_p50": metrics["throughput"]["ms_per_block_p50"],
             "ms_per_block_p90": metrics["throughput"]["ms_per_block_p90"],
@@ -192,7 +194,7 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
                                   ("cell_ttt_off", dict(ttt={"enabled": False}))):
                     with ttt_disabled(bundle.lm) if name == "cell_ttt_off" else contextlib.nullcontext():
                         passes.setdefault(name, []).append(cell_pass(
-                            cells.CellConfig.from_dict({**base, **cfg}), bundle, codes,
+                            CellConfig.from_dict({**base, **cfg}), bundle, codes,
                             args.cache / "tmp"))
             for name, runs in passes.items():
                 row[name] = {**max(runs, key=lambda r: r["frames_per_s"]),
@@ -227,8 +229,8 @@ def profile_passes(upstream, bundle, base: dict, codes: torch.Tensor, args) -> d
     from torch.profiler import ProfilerActivity, profile
 
     tables = {}
-    off = cells.CellConfig.from_dict({**base, "ttt": {"enabled": False}})
-    on = cells.CellConfig.from_dict({**base, "ttt": args.ttt_cfg})
+    off = CellConfig.from_dict({**base, "ttt": {"enabled": False}})
+    on = CellConfig.from_dict({**base, "ttt": args.ttt_cfg})
     for name, fn in (("plain", lambda: plain_forward_loss(upstream, codes)),
                      ("cell_ttt_off", lambda: cell_pass(off, bundle, codes, args.cache / "tmp")),
                      ("cell_ttt_on", lambda: cell_pass(on, bundle, codes, args.cache / "tmp"))):

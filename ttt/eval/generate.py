@@ -3,7 +3,6 @@ periodic snapshots to resume from, and the collapse indicators a listener would 
 """
 from __future__ import annotations
 
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,12 +11,12 @@ import numpy as np
 import torch
 
 from ttt.eval.data import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
-from ttt.session.diagnostics import Diagnostics, diagnostics_line
-from ttt.session.snapshot import (SnapshotError, load_snapshot, refuse_mismatch, restore, save_snapshot,
-                       snapshot)
-from ttt.session.streaming import TTTLMGen
 from ttt.moshi.surgery import ttt_layers
-from ttt.session.telemetry import telemetry_line, ttt_state
+from ttt.session.diagnostics import Diagnostics
+from ttt.session.monitor import StreamMonitor
+from ttt.session.snapshot import (SnapshotError, load_snapshot, refuse_mismatch, restore,
+                                  save_snapshot, snapshot)
+from ttt.session.streaming import TTTLMGen
 
 
 @dataclass
@@ -37,7 +36,8 @@ class StreamResult:
 def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk: int | None,
                         snapshot_path: Path | None, snapshot_every: int, log,
                         temp: float = 0.8, temp_text: float = 0.7, decode: bool = True,
-                        diagnostics_every: int = 0, identity: dict | None = None) -> StreamResult:
+                        diagnostics_every: int = 0, identity: dict | None = None,
+                        log_fields: dict | None = None) -> StreamResult:
     """Feed ``user_codes`` [1, 8, T] step by step through :class:`TTTLMGen`, keeping Moshi's audio
     codes; with ``decode``, Mimi decodes them after the last step (:func:`decode_audio`: the same
     streaming decode, frame by frame, as inline, so the same samples; generation never reads the
@@ -47,11 +47,12 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
     from it (preemption). ``diagnostics_every`` > 0 records the attention-vs-TTT diagnostics every
     that many steps (``result.diagnostics`` and a log line). ``identity`` (config, model and
     input digests) is saved with each snapshot; a snapshot of another identity is refused
-    (``SnapshotMismatch``), an unreadable one discarded (logged)."""
+    (``SnapshotMismatch``), an unreadable one discarded (logged). Timing, telemetry (a row
+    every ``chunk`` steps), diagnostics, divergence and progress lines: :class:`StreamMonitor`,
+    whose log lines carry ``log_fields`` (cell, item)."""
     gen = TTTLMGen(lm, temp=temp, temp_text=temp_text)
     T = user_codes.shape[-1]
     result = StreamResult()
-    device = user_codes.device
     torch.manual_seed(seed)
     diag = Diagnostics(lm) if diagnostics_every and ttt_layers(lm) else None
     with gen.streaming(1):
@@ -63,36 +64,22 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
             result = StreamResult(**extra["result"])
             result.requeues += 1
             log(f"resumed from {snapshot_path} at step {result.steps_done}")
+        monitor = StreamMonitor(
+            lm, T, chunk=chunk, log=log, log_every=250, frame_rate=FRAME_RATE, diagnostics=diag,
+            diagnostics_every=diagnostics_every, record_last=False, per_chunk=False,
+            start=result.steps_done,
+            log_fields=log_fields, telemetry=result.telemetry,
+            diagnostic_rows=result.diagnostics, block_ms=result.step_ms)
         for t in range(result.steps_done, T):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            monitor.restart()
             out = gen.step(user_codes[:, :, t:t + 1])
             if out is not None:
                 out = out.cpu().numpy()  # one transfer: the text token and the audio codes
                 result.text_tokens.append((t, int(out[0, 0, 0])))
                 if (out[0, 1:] >= 0).all():
                     result.audio_codes.append(out[0, 1:])
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            result.step_ms.append((time.perf_counter() - t0) * 1e3)
             result.steps_done = t + 1
-            if chunk and result.steps_done % chunk == 0 and ttt_layers(lm):
-                for layer, s in ttt_state(lm).items():
-                    row = {k: float(v[0]) for k, v in s.items()}
-                    row.update(step=result.steps_done, layer=layer)
-                    result.telemetry.append(row)
-                    if not all(np.isfinite(v) for v in row.values()):
-                        result.diverged = True
-            if diag is not None and result.steps_done % diagnostics_every == 0:
-                record = diag.record()
-                result.diagnostics += [{"step": result.steps_done, "layer": i, **r}
-                                       for i, r in record.items()]
-                log(diagnostics_line(record, result.steps_done))
-            if result.steps_done % 250 == 0 or result.steps_done == T:
-                log(f"step {result.steps_done}/{T} ({result.steps_done / FRAME_RATE:.0f} s)")
-                if ttt_layers(lm):
-                    log(telemetry_line(ttt_state(lm), result.steps_done))
+            result.diverged = monitor.observe(result.steps_done)
             if snapshot_path is not None and result.steps_done % snapshot_every == 0:
                 save_snapshot(snapshot_path, snapshot(modules, extra={"result": vars(result)},
                                                       identity=identity))
@@ -101,7 +88,7 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
     if diag is not None:
         diag.close()
     if decode:
-        result.pcm = decode_audio(mimi, result.audio_codes, device)
+        result.pcm = decode_audio(mimi, result.audio_codes, user_codes.device)
     return result
 
 

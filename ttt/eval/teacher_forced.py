@@ -1,0 +1,123 @@
+"""The ``teacher_forced`` cell mode: the conversation streamed in blocks through the model, its
+per-token losses as sliding perplexity, the stream watched by :class:`StreamMonitor`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ttt.base.files import write_csv
+from ttt.eval.cell_outputs import telemetry_summary, write_plots
+from ttt.eval.checks import ab_twin, upstream_regression
+from ttt.eval.data import FRAME_RATE, conversation_codes
+from ttt.eval.metrics import perplexity, sliding_perplexity, teacher_forced_nll
+from ttt.eval.phases import Phases, peak_memory
+from ttt.moshi.surgery import ttt_layers
+from ttt.session.diagnostics import Diagnostics
+from ttt.session.monitor import StreamMonitor
+
+
+def run_teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: Phases,
+                       inputs: list[torch.Tensor] | None = None) -> dict:
+    """``inputs``: the code tensors of ``items`` when the caller has them (the cell benchmark)."""
+    lm = bundle.lm
+    chunk = bundle.ttt.chunk_size if ttt_layers(lm) else None
+    block = teacher_forced_block(cfg.block, chunk)
+    window = max(1, int(round(cfg.window_s * FRAME_RATE)))
+    rows, telemetry, diagnostics, block_ms, per_step, frames = [], [], [], [], [], 0
+    diag = Diagnostics(lm) if cfg.diagnostics_every and ttt_layers(lm) else None
+    diverged, text_all, audio_all, offset, first = False, [], [], 0, None
+    with phases("prepare"):
+        if inputs is None:
+            inputs = [conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes",
+                                         bundle.mimi_id).to(cfg.device) for item in items]
+        warm_up(lm, inputs[0], chunk, diag, block)
+    for n, codes in enumerate(inputs):
+        T = codes.shape[-1]
+        monitor = StreamMonitor(
+            lm, T, chunk=chunk, log=lambda m, n=n: log(f"[{cfg.cell}] item {n + 1}/{len(inputs)}: {m}"),
+            log_every=20 * block, frame_rate=FRAME_RATE, diagnostics=diag,
+            diagnostics_every=cfg.diagnostics_every, clip_saturation=cfg.clip_saturation,
+            offset=offset, row_fields={"item": n}, log_fields={"cell": cfg.cell, "item": n},
+            telemetry=telemetry, diagnostic_rows=diagnostics, block_ms=block_ms)
+        with phases("run"):
+            nll = teacher_forced_nll(lm, codes, block=block, on_block=monitor.observe,
+                                     head=chunk if cfg.ab and n == 0 else 0)
+        per_step += monitor.per_step_ms()
+        frames += sum(monitor.block_steps)
+        diverged = monitor.diverged
+        if n == 0 and not diverged:
+            first = nll
+        text_all.append(nll.text[0])
+        audio_all.append(nll.audio[0].reshape(-1))
+        for start, ppl in sliding_perplexity(nll.text[0], window):
+            audio_ppl = perplexity(nll.audio[0][:, start:start + window])
+            rows.append({"item": n, "start_s": (offset + start) / FRAME_RATE, "text_ppl": ppl,
+                         "audio_ppl": audio_ppl})
+        offset += T
+        if diverged:
+            log(f"[{cfg.cell}] diverged at item {n + 1}: stopping, partial results kept")
+            break
+    text = np.concatenate(text_all)
+    audio_tokens = np.concatenate(audio_all)
+    with phases("run"):
+        ab = ab_twin(lm, inputs[0], chunk, block, first) if cfg.ab and ttt_layers(lm) else None
+        regression = upstream_regression(cfg, bundle, items, cache) if cfg.check_upstream else None
+    if diag is not None:
+        diag.close()
+    with phases("write"):
+        write_csv(tmp / "timeseries.csv", rows)
+        write_csv(tmp / "telemetry.csv", telemetry)
+        write_csv(tmp / "diagnostics.csv", diagnostics)
+        write_plots(tmp, rows, telemetry)
+    total_ms = sum(block_ms)
+    return {
+        "perplexity": {"text": perplexity(text), "audio": perplexity(audio_tokens)},
+        "wer": None,
+        "throughput": {"frames_per_s": 1000 * frames / total_ms if total_ms else None,
+                       "tokens_per_s": 1000 * frames / total_ms if total_ms else None,
+                       "block": block,
+                       "ms_per_block_p50": float(np.percentile(block_ms, 50)),
+                       "ms_per_block_p90": float(np.percentile(block_ms, 90)),
+                       "ms_per_step_p50": float(np.percentile(per_step, 50)),
+                       "ms_per_step_p90": float(np.percentile(per_step, 90)),
+                       "rtf": float(np.percentile(per_step, 50)) / (1000 / FRAME_RATE)},
+        "memory": {"run_peak_bytes": peak_memory(cfg.device)},
+        "ttt_telemetry": telemetry_summary(telemetry),
+        "diverged": diverged,
+        "steps": offset,
+        "ab": ab,
+        "regression": regression,
+    }
+
+
+def teacher_forced_block(block: int, chunk: int | None) -> int:
+    """Steps per teacher-forced block: ``block`` rounded down to a multiple of the TTT chunk (at
+    least one chunk), so telemetry rows fall on update boundaries."""
+    return block if not chunk else max(chunk, block // chunk * chunk)
+
+
+def warm_up(lm, codes: torch.Tensor, chunk: int | None, diag=None, block: int | None = None) -> None:
+    """Run the block shapes a timed pass can meet (3, 2 and 1 steps, and two whole TTT chunks
+    with a tail) once in a throwaway streaming session, with one diagnostics record, so
+    torch.compile's first compile and its dynamic-shape recompile (a shorter last block) and the
+    first whole-chunk TTT block happen here and not inside the timed run (the first TTT-on pass
+    of a process paid ≈ 0.3 s more than later ones at 7B on an H100). On CUDA the whole-chunk
+    block is the pass's own first block (``block`` frames, rings of the pass's size, then it
+    stops), so the allocator's growth, cuDNN's attention plans and cuBLAS's choices for the
+    pass's shapes are paid here too, outside the timed run (not measured on a GPU yet)."""
+    teacher_forced_nll(lm, codes[:, :, :5], block=3)
+    teacher_forced_nll(lm, codes[:, :, :1], block=1)
+    if chunk and codes.shape[-1] > chunk:
+        def record(_end, _nll, stop=False):
+            if diag is not None:
+                diag.record()
+            return stop
+        if codes.is_cuda and block:  # the pass's first block, KV rings sized as in the pass
+            teacher_forced_nll(lm, codes, block=block, on_block=lambda e, x: record(e, x, stop=True))
+        else:
+            n = min(codes.shape[-1], 2 * chunk + 2)
+            teacher_forced_nll(lm, codes[:, :, :n], block=n, on_block=record)
+        if diag is not None:
+            diag.previous.clear()  # the first real record compares with nothing, as before
