@@ -14,14 +14,17 @@ B=${BUNDLE:-.ctl-speech}; W=${WORK:-/tmp/ctls}; DEVICE=${DEVICE:-cuda}; P=${PYTH
 # less 100 s for the evaluations, within [60, 240]
 BUDGET=${BUDGET:-420}; TRAIN_COUNT=${TRAIN_COUNT:-1200}; JOBS=${JOBS:-12}
 VAL_COUNT=${VAL_COUNT:-16}; TEST_COUNT=${TEST_COUNT:-32}   # per group (recurrent, plain)
+DURATION=${DURATION:-32}; RECUR_AFTER=${RECUR_AFTER:-5}; BATCH=${BATCH:-16}
+# STOP_AFTER=encode: stop once the Mimi codes are cached (a later run with the same settings and
+# WORK finds them and goes straight to training)
 OUT=${OUT:-$W/out}; mkdir -p "$W/data" "$OUT"
 t0=$(date +%s)
 $P -m ttt.eval.speech_bundle unpack "$B" --cache "$W/sentences"
 echo "unpacked $(( $(date +%s) - t0 )) s"
-# 32-s conversations, turns of 3-8 words, repeats > 5 s (62 frames, ~2x the context) after their
-# source with probability 0.7; train words: the train part's 600 most frequent, held-out: the
+# DURATION-s conversations (32), turns of 3-8 words, repeats > RECUR_AFTER s (5 s = 62 frames,
+# ~2x the context) after their source with probability 0.7; train words: the train part's 600 most frequent, held-out: the
 # held-out part's 300 (115 of them not in the train list)
-speech() { $P -m ttt speech --unit word --duration ${DURATION:-32} --recur-after 5 --recur-fraction 0.7 \
+speech() { $P -m ttt speech --unit word --duration $DURATION --recur-after $RECUR_AFTER --recur-fraction 0.7 \
              --cache "$W/sentences" --text-source "$B/devil.dict.dz" "$@" > /dev/null; }
 per=$(( (TRAIN_COUNT + JOBS - 1) / JOBS )); rec=$(( JOBS * 3 / 4 ))   # 3/4 of the shards recurrent
 for k in $(seq 0 $((JOBS - 1))); do
@@ -42,9 +45,10 @@ $P -m ttt.eval.speech_bundle base --out "$W/base" --tokenizer "$B/tokenizer.mode
 $P -m ttt.eval.control encode "$W/data/train.jsonl" "$W/data/val.jsonl" "$W/data/test.jsonl" \
    --base "$W/base" --device "$DEVICE" --cache-dir "$W/cache" --batch 24  # 24 x 32 s: run.sh's 32 x 24 s
 spent=$(( $(date +%s) - t0 )); echo "encoded $spent s"
+[ "${STOP_AFTER:-}" = encode ] && exit 0
 TIME_LIMIT=${TIME_LIMIT:-$(( BUDGET - spent - 100 < 60 ? 60 : (BUDGET - spent - 100 > 240 ? 240 : BUDGET - spent - 100) ))}
 echo "training for $TIME_LIMIT s"
-sed -e "s#WORK#$W#g; s/DEVICE/$DEVICE/; s/TTT_LR/${TTT_LR:-0.01}/; s/CHUNK/${CHUNK:-8}/; s/TIME_LIMIT/$TIME_LIMIT/" \
+sed -e "s#WORK#$W#g; s/DEVICE/$DEVICE/; s/TTT_LR/${TTT_LR:-0.01}/; s/CHUNK/${CHUNK:-8}/; s/TIME_LIMIT/$TIME_LIMIT/; s/BATCH/$BATCH/; s/LOG_EVERY/${LOG_EVERY:-50}/" \
     gpu/control/variant_speech.yaml > "$W/train.yaml"
 $P -m ttt train --config "$W/train.yaml" --out "$W/run" > "$W/train.log" 2>&1 || { tail -n 20 "$W/train.log"; exit 1; }
 echo "trained $(( $(date +%s) - t0 )) s"; tail -n 2 "$W/train.log"
@@ -54,6 +58,7 @@ ev --out "$W/test.json" > "$W/test.txt"; grep -E "^(text|audio)\.(all|beyond_con
 ev --out "$W/test-prod.json" --lr 1e-3 --tau 1e-5 > /dev/null
 ev --out "$W/test-untrained.json" --untrained-seed 0 > /dev/null
 echo "evaluated $(( $(date +%s) - t0 )) s"
+COMPARABLE=$([ "$DURATION/$RECUR_AFTER/$VAL_COUNT/$TEST_COUNT" = 32/5/16/32 ] && echo 1 || echo 0) \
 WORK=$W BUNDLE=$B $P - <<'PY'
 import hashlib, json, os, pathlib, shutil, types
 from ttt.eval.data import read_manifest, _codes_key
@@ -74,7 +79,9 @@ out = {"test": json.load(open(W / "test.json")), "test_production_flags": json.l
        "bundle_index_sha256": digest(B / "index.json"),
        "data_sha256": {s: digest(m) for s, m in data.items()},
        "data_content_sha256": content,
-       "data_equals_cpu_build": {s: content[s] == v for s, v in expected.items() if s in content}}
+       "data_equals_cpu_build": ({s: content[s] == v for s, v in expected.items() if s in content}
+                                 if os.environ["COMPARABLE"] == "1" else
+                                 "n/a: other set sizes than the bundle's CPU build (32 s, 16 + 32)")}
 json.dump(out, open(W / "control.json", "w"), indent=1)
 print("data equals the CPU build:", out["data_equals_cpu_build"])
 sources = resolve_checkpoint(W / "base")  # the codes' cache key, as ttt train computes it
