@@ -65,6 +65,9 @@ BAD = {
     "yarn tokens": ({"yarn__tokens": [16, 64]}, "config yarn.tokens: 16 is shorter than yarn.original_context"),
     "gate_override variant": ({"gate_override__ttt__variant": "nope"},
                               "config gate_override.ttt.variant: must be one of"),
+    "hybrid on the trained In-Place default": (
+        {"gate_override__model": None},
+        "config gate_override.ttt.variant: ttt_mlp cannot load model tiny: its trained TTT layers are inplace"),
     "unedited model": ({"model": "/path/to/checkpoint"}, "config model: /path/to/checkpoint: no such checkpoint directory"),
 }
 

@@ -77,6 +77,7 @@ def check_matrix(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, An
         if cell.get("ttt") is not None:
             where = f"{family}.ttt" if "ttt" in (config.get(family) or {}) else "ttt"
             _as(where, lambda: TTTConfig.from_dict({**base_ttt, **cell["ttt"]}), path)
+            _check_variant(base_ttt, cell, where)
         if cell.get("yarn") is not None:
             _as("yarn", lambda: YarnConfig.from_dict(dict(cell["yarn"])), path)
     for path, cell in matrix.items():
@@ -86,6 +87,20 @@ def check_matrix(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, An
             head, _, rest = str(exc).partition(": ")
             where = f"{cell['family']}.{head}" if head in (config.get(cell["family"]) or {}) else head
             raise PreflightError(f"config {where}: {rest} (cell {path})") from None
+
+
+def _check_variant(checkpoint_ttt: Mapping[str, Any], cell: Mapping[str, Any], where: str) -> None:
+    """A checkpoint's trained TTT layers load only into the same variant: the hybrid's tensors are
+    not the In-Place layer's (the load would fail on missing keys inside the job)."""
+    if not checkpoint_ttt or cell["ttt"].get("enabled") is False:
+        return
+    trained = checkpoint_ttt.get("variant", "inplace")
+    wanted = cell["ttt"].get("variant", trained)
+    if wanted != trained:
+        raise PreflightError(
+            f"config {where}.variant: {wanted} cannot load model {cell['model']}: its trained TTT "
+            f"layers are {trained} (give {cell['family']} a model without TTT tensors, e.g. "
+            f"{cell['family']}.model: tiny-random) (cell {cell['cell']})")
 
 
 def check_launcher(path: str | os.PathLike) -> None:

@@ -39,6 +39,9 @@ def _data(family_cfg, duration, seed):
 
 def _cell(family, path_params, mode, data, ttt_on, ttt_extra=None, **extra):
     base = {k: config[k] for k in FAMILY_KEYS}
+    own_model = (config.get(family) or {}).get("model")
+    if own_model:  # a family may name its own model (e.g. the hybrid on a model without TTT)
+        base.update(model=own_model, base=(config.get(family) or {}).get("base"))
     ttt = {**(config.get("ttt") or {}), **(ttt_extra or {})} if ttt_on else {"enabled": False}
     path = cell_path(family, [*path_params, ("ttt", "on" if ttt_on else "off")])
     return path, {
@@ -211,23 +214,28 @@ ABLATIONS = {
 
 
 def preflight_checks():
-    """The model's identity (its files' content digest), once everything checks out."""
+    """Each model's identity (its files' content digest), once everything checks out; a model
+    is checked with the cells that read it (a family may name its own `model`)."""
     try:
         preflight.check_config(config)
         preflight.check_launcher(config["launcher"])
         models = f"{config['cache_dir']}/models"
-        checkpoint_ttt = preflight.check_model(config["model"], config["base"], models)
-        preflight.check_matrix(config, MATRIX, checkpoint_ttt)
-        return preflight.model_identity(config["model"], config["base"], models)
+        identities = {}
+        for model, base in dict.fromkeys((c["model"], c["base"]) for c in MATRIX.values()):
+            checkpoint_ttt = preflight.check_model(model, base, models)
+            cells = {p: c for p, c in MATRIX.items() if (c["model"], c["base"]) == (model, base)}
+            preflight.check_matrix(config, cells, checkpoint_ttt)
+            identities[model, base] = preflight.model_identity(model, base, models)
+        return identities
     except preflight.PreflightError as exc:
         sys.stderr.write(f"error: {exc}\n")
         sys.exit(2)
 
 
 MATRIX = build_matrix()
-MODEL = preflight_checks()
+MODELS = preflight_checks()
 for _spec in MATRIX.values():
-    _spec["model_digest"] = MODEL["model_digest"]
+    _spec["model_digest"] = MODELS[_spec["model"], _spec["base"]]["model_digest"]
 
 
 def cell_yaml(cell_path):
