@@ -237,7 +237,7 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, cach
 
 
 def encode_batched(bundle, manifest, cache_dir: str, batch: int) -> None:
-    """Fill the codes cache that ``ttt.eval.train.load_codes`` reads, ``batch`` equal-length
+    """Fill the codes cache that ``ttt.eval.train_data.load_codes`` reads, ``batch`` equal-length
     conversations per Mimi call, in strict fp32 (no TF32: the codes must equal a CPU encode's)."""
     import torch
 
@@ -305,10 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "encode":
         from ttt.moshi.model import load_checkpoint, resolve_model
-        from ttt.eval.train import _Base, load_codes
+        from ttt.eval.train_data import TrainBase, load_codes
         directory = resolve_model(args.base, Path(args.cache_dir) / "models")
         bundle = load_checkpoint(directory, device=args.device)
-        base = _Base(args.base, directory, args.device, bundle.mimi)
+        base = TrainBase(args.base, directory, args.device, bundle.mimi)
         for manifest in args.manifests:
             encode_batched(bundle, manifest, args.cache_dir, args.batch)
             print(manifest, len(load_codes(manifest, base, args.cache_dir)), "conversations")

@@ -17,8 +17,6 @@ import json
 import math
 import os
 import platform
-import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,21 +25,19 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 
-from ttt.config import TTTConfig, _is_int, strict_kwargs
-from ttt.moshi.checkpoints import resolve_checkpoint
-from ttt.eval.data import conversation_codes, read_manifest
-from ttt.base.identity import file_digest
 from ttt.base.files import read_yaml, write_csv, write_text
-from ttt.moshi.gating import TTTGating, gated_hidden
+from ttt.base.identity import file_digest
+from ttt.config import TTTConfig, _is_int, strict_kwargs
 from ttt.core.inplace_math import chunk_delta, chunk_target, clip_factor
-from ttt.moshi.checkpoints import UNTRAINED, codec_untrained, project_config
-from ttt.moshi.model import load_checkpoint, load_mimi, resolve_model
+from ttt.eval.train_data import TrainBase, load_codes, sample_batch
+from ttt.eval.train_state import (STATE_FILE, find_resume, rng_state, set_rng_state,
+                                  write_checkpoint)
+from ttt.moshi.gating import TTTGating, gated_hidden
+from ttt.moshi.model import load_checkpoint, resolve_model
 from ttt.moshi.surgery import apply_ttt, ttt_layers
 
 MODES = ("scratch", "ttt_only")
-STATE_FILE = "train_state.pt"
 RESUMABLE_CHANGES = {"steps", "time_limit_s"}
 
 
@@ -133,24 +129,7 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-# ---- model and data -------------------------------------------------------------------------
-
-class _Base:
-    """Tokenizer and Mimi of the base checkpoint; Mimi (385 MB for the random one) is loaded only
-    when a conversation's codes are not cached yet."""
-
-    def __init__(self, spec: str, directory: Path, device: str, mimi=None) -> None:
-        import sentencepiece
-        self.spec, self.sources, self.device, self._mimi = spec, resolve_checkpoint(directory), device, mimi
-        self.tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(self.sources.tokenizer))
-        self.mimi_id = file_digest(self.sources.mimi)
-
-    @property
-    def mimi(self):
-        if self._mimi is None:
-            self._mimi = load_mimi(self.sources, self.device)
-        return self._mimi
-
+# ---- model -----------------------------------------------------------------------------------
 
 def build_model(cfg: TrainConfig):
     """(lm with TTT applied, base checkpoint (tokenizer, lazy Mimi), LM kwargs, parameters to
@@ -162,7 +141,7 @@ def build_model(cfg: TrainConfig):
     if cfg.mode == "ttt_only":
         bundle = load_checkpoint(base_dir, ttt=ttt.to_dict(), device=cfg.device, seed=cfg.seed)
         lm = bundle.lm
-        base = _Base(cfg.base, base_dir, cfg.device, bundle.mimi)
+        base = TrainBase(cfg.base, base_dir, cfg.device, bundle.mimi)
         lm_kwargs = dict(base.sources.lm_kwargs)
         for p in lm.parameters():
             p.requires_grad_(False)
@@ -170,7 +149,7 @@ def build_model(cfg: TrainConfig):
         for p in trained:
             p.requires_grad_(True)
     else:
-        base = _Base(cfg.base, base_dir, cfg.device)
+        base = TrainBase(cfg.base, base_dir, cfg.device)
         lm_kwargs = {**base.sources.lm_kwargs, **cfg.lm_kwargs}
         torch.manual_seed(cfg.seed)
         try:
@@ -195,42 +174,6 @@ def ttt_parameters(lm) -> list[tuple[str, torch.nn.Parameter]]:
                 continue
             out.append((f"transformer.layers.{i}.{name}", p))
     return out
-
-
-def load_codes(manifest: str, base: _Base, cache_dir: str) -> list[torch.Tensor]:
-    """[17, T] codes of every conversation of a manifest (Mimi codes cached by content)."""
-    items = read_manifest(manifest)
-    if any(i.reference is not None for i in items):
-        raise ValueError(f"{manifest}: training needs stereo conversations with alignments")
-    cache = Path(cache_dir) / "codes"
-    mimi = _LazyMimi(base)
-    return [conversation_codes(mimi, base.tokenizer, item, cache, base.mimi_id)[0]
-            for item in items]
-
-
-class _LazyMimi:
-    """Stands for the base's Mimi; loads it on first use (a cached conversation never does)."""
-
-    def __init__(self, base: _Base) -> None:
-        self._base = base
-        self.num_codebooks = base.sources.num_codebooks  # part of the codes cache key
-
-    def __getattr__(self, name):
-        return getattr(self._base.mimi, name)
-
-
-def sample_batch(codes: list[torch.Tensor], cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
-    """[B, 17, L] from conversations drawn with replacement; random crops of ``segment_frames``
-    (all rows cut to the shortest conversation's length when that is shorter)."""
-    idx = torch.randint(len(codes), (cfg.batch_size,), generator=g).tolist()
-    length = min(codes[i].shape[-1] for i in idx)
-    if cfg.segment_frames is not None:
-        length = min(length, cfg.segment_frames)
-    rows = []
-    for i in idx:
-        start = int(torch.randint(codes[i].shape[-1] - length + 1, (1,), generator=g))
-        rows.append(codes[i][:, start:start + length])
-    return torch.stack(rows)
 
 
 def lm_loss(lm, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,81 +242,6 @@ class InnerProbe:
         return out
 
 
-# ---- checkpoint and state -------------------------------------------------------------------
-
-def write_checkpoint(out: Path, lm, base: _Base, lm_kwargs: dict, ttt: TTTConfig, state: dict) -> Path:
-    """``out/checkpoint`` (config.json, model.safetensors, tokenizer.model, mimi.safetensors,
-    train_state.pt), replaced as a whole: written beside, then swapped in by renames."""
-    for layer in ttt_layers(lm).values():
-        if isinstance(layer, TTTGating):
-            # The TTT-off twin (ttt_disabled) runs linear_out: keep it equal to the trained W^(0)
-            # so "off" means these weights without updates.
-            with torch.no_grad():
-                layer.linear_out.weight.copy_(layer.w_down.to(layer.linear_out.weight.dtype))
-    final = out / "checkpoint"
-    tmp = out / f".checkpoint.tmp{os.getpid()}"
-    old = out / ".checkpoint.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in lm.state_dict().items()},
-              str(tmp / "model.safetensors"))
-    shutil.copyfile(base.sources.tokenizer, tmp / "tokenizer.model")
-    try:  # 385 MB for the random Mimi: a hard link where the filesystem allows
-        os.link(base.sources.mimi, tmp / "mimi.safetensors")
-    except OSError:
-        shutil.copyfile(base.sources.mimi, tmp / "mimi.safetensors")
-    codec = UNTRAINED if codec_untrained(base.spec, base.sources.directory) else None
-    config = {**project_config(lm_kwargs, codec), "ttt_config": _seeds_ttt(ttt)}
-    (tmp / "config.json").write_text(json.dumps(config, indent=1) + "\n")
-    torch.save(state, tmp / STATE_FILE)
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def _seeds_ttt(ttt: TTTConfig) -> dict:
-    """The seeds' ``ttt_config`` keys, for readers that know only those."""
-    out = {"enabled": ttt.enabled, "start_layer": ttt.start_layer,
-           "layer_frequency": ttt.layer_frequency, "chunk_size": ttt.chunk_size,
-           "learning_rate": ttt.lr, "conv_kernel_size": ttt.conv_kernel_size,
-           "delta_clip_fro_norm": ttt.delta_clip_fro_norm}
-    if ttt.layers is not None:
-        out["layers"] = list(ttt.layers)
-    return out
-
-
-def _rng_state(g: torch.Generator) -> dict:
-    """Every RNG's state as tensors and plain values, so ``torch.load(weights_only=True)`` reads
-    it back (numpy's key array travels as a tensor: nothing to unpickle)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"batch": g.get_state(), "torch": torch.get_rng_state(),
-            "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-
-
-def _set_rng_state(state: dict, g: torch.Generator) -> None:
-    g.set_state(state["batch"])
-    torch.set_rng_state(state["torch"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def find_resume(out: Path) -> Path | None:
-    """The checkpoint to resume from: ``checkpoint/``, or ``.checkpoint.old`` when a swap was
-    interrupted between its two renames."""
-    for name in ("checkpoint", ".checkpoint.old"):
-        if (out / name / STATE_FILE).is_file():
-            return out / name
-    return None
-
-
 # ---- the loop -------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
@@ -407,7 +275,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
         from safetensors.torch import load_file
         lm.load_state_dict(load_file(str(resume / "model.safetensors"), device=cfg.device))
         opt.load_state_dict(saved["optimizer"])
-        _set_rng_state(saved["rng"], g)
+        set_rng_state(saved["rng"], g)
         step, rows, elapsed = saved["step"], saved["log"], saved["elapsed_s"]
         log(f"resumed from {resume} at step {step}")
     lm.train()
@@ -416,7 +284,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
                    (("train", cfg.train), ("eval", cfg.eval)) if path}
     started = time.perf_counter() - elapsed
     while step < cfg.steps:
-        batch = sample_batch(train_codes, cfg, g).to(cfg.device)
+        batch = sample_batch(train_codes, cfg.batch_size, cfg.segment_frames, g).to(cfg.device)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         last = step + 1 == cfg.steps or (cfg.time_limit_s is not None and
@@ -444,7 +312,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
         if step % cfg.checkpoint_every == 0 or last:
             out.mkdir(parents=True, exist_ok=True)
             state = {"config": cfg.to_dict(), "step": step, "optimizer": opt.state_dict(),
-                     "rng": _rng_state(g), "log": rows, "elapsed_s": time.perf_counter() - started}
+                     "rng": rng_state(g), "log": rows, "elapsed_s": time.perf_counter() - started}
             write_checkpoint(out, lm, base, lm_kwargs, ttt, state)
             write_csv(out / "train_log.csv", rows)
         if last:
