@@ -42,7 +42,7 @@ $P -m ttt.eval.speech_bundle merge --out "$W/data/test.jsonl" "$W/data/test-rec/
 echo "data $(( $(date +%s) - t0 )) s: $(wc -l < "$W/data/train.jsonl") train, $(wc -l < "$W/data/test.jsonl") test"
 $P -m ttt.eval.speech_bundle base --out "$W/base" --tokenizer "$B/tokenizer.model" \
    --lm-kwargs '{"text_card": 1000}' --cache-root "$W/cache/models" > /dev/null
-$P -m ttt.eval.control encode "$W/data/train.jsonl" "$W/data/val.jsonl" "$W/data/test.jsonl" \
+$P -m ttt.eval.control encode "$W/data/test.jsonl" "$W/data/val.jsonl" "$W/data/train.jsonl" \
    --base "$W/base" --device "$DEVICE" --cache-dir "$W/cache" --batch ${MIMI_BATCH:-24}  # 24 x 32 s: run.sh's 32 x 24 s
 spent=$(( $(date +%s) - t0 )); echo "encoded $spent s"
 [ "${STOP_AFTER:-}" = encode ] && exit 0
