@@ -9,19 +9,25 @@ Execution modes, one semantics:
 - CUDA-graphed streaming (moshi's ``in_cuda_graph()``): the per-token graph only writes Z and X₀
   into fixed-size chunk buffers and applies the current fast weight; the chunk update runs
   between graph replays, driven on the host by :class:`ttt.session.streaming.TTTLMGen`.
+
+The layer's parts live beside it: its streaming state in :mod:`ttt.moshi.inplace_state`, the
+target's input tap and weights in :mod:`ttt.moshi.inplace_target`, the update math in
+:mod:`ttt.core.inplace_math` and the per-chunk norms, gain statistics and telemetry records in
+:mod:`ttt.core.chunk_stats`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
-from moshi.modules.streaming import State, StreamingModule
+from moshi.modules.streaming import StreamingModule
 from moshi.utils.compile import in_cuda_graph, no_compile, torch_compile_lazy
 
 from ttt.config import TTTConfig
+from ttt.core.chunk_stats import add_gain_stats, chunk_record, squared_norms_after_chunks
 from ttt.core.inplace_math import (_add_chunk_causal, _fold, apply_fast_weight, chunk_delta, chunk_target,
-                           clip_factor, clip_scale, conv_as_matrix, dual_form_output)
+                                   clip_factor, clip_scale, conv_as_matrix, dual_form_output)
+from ttt.moshi.inplace_state import TTTState
+from ttt.moshi.inplace_target import EmbeddingTap, TargetGenerator
 
 
 @torch_compile_lazy
@@ -32,105 +38,6 @@ def gated_hidden(weight_in: torch.Tensor, activation, x: torch.Tensor) -> torch.
     B, T, _ = h.shape
     h = h.view(B, T, 2, -1)
     return activation(h[..., 0, :]) * h[..., 1, :]
-
-
-class EmbeddingTap:
-    """Holds X₀, the summed token embeddings of the current ``forward_text`` call.
-
-    moshi passes no extra kwargs to its layers, so X₀ reaches the TTT layers through hooks.
-    Without a condition fuser the transformer's input *is* X₀ (bitwise), taken by a pre-hook at no
-    cost. With a fuser, moshi adds the conditioning first, so X₀ is rebuilt from forward hooks on
-    the embedding tables, summed in ``forward_text``'s order (audio codebooks, then text).
-    """
-
-    def __init__(self) -> None:
-        self.x0: torch.Tensor | None = None
-        self.handles: list = []
-
-    def attach(self, lm: nn.Module, from_embeddings: bool | None = None) -> None:
-        if from_embeddings is None:
-            from_embeddings = getattr(lm, "fuser", None) is not None
-        if not from_embeddings:
-            self.handles.append(lm.transformer.register_forward_pre_hook(self._take_input))
-            return
-        tables = [lm.emb[i] for i in range(lm.num_audio_codebooks)] + [lm.text_emb]
-        for index, table in enumerate(tables):
-            self.handles.append(table.register_forward_hook(self._hook(first=index == 0)))
-
-    def _take_input(self, _module, args) -> None:
-        self.x0 = args[0]
-
-    def _hook(self, first: bool):
-        def hook(_module, _inputs, output):
-            self.x0 = output if first or self.x0 is None else self.x0 + output
-        return hook
-
-
-@dataclass
-class TTTState(State):
-    """Everything a TTT layer changes while streaming (and nothing else), per batch row."""
-
-    w0: torch.Tensor          # [d, hid] fp32 W^(0) (the layer's ``w_down``, not a copy)
-    w: torch.Tensor           # [B, d, hid] fp32 fast weights W^(i)
-    w_apply: torch.Tensor     # [B, d, hid] model-dtype copy used by the per-token matmul
-    z_buf: torch.Tensor       # [B, C, hid] Z of the current partial chunk
-    x0_buf: torch.Tensor      # [B, C, d] X₀ of the current partial chunk
-    pos: torch.Tensor         # [B] long, tokens in the current chunk (device truth)
-    updates: torch.Tensor     # [B] long, applied chunk updates (cumulative, survives reset)
-    clip_events: torch.Tensor  # [B] long, updates whose ‖ΔW‖_F exceeded τ
-    last_delta_norm: torch.Tensor  # [B] fp32, ‖ΔW‖_F of the last update (before clipping)
-    inner_loss: torch.Tensor  # [B, 3] fp32, ℓ(W^(0)), ℓ(W^(i)), ℓ(W^(i+1)) on the last chunk
-    # [B, 4] fp32 over every chunk i ≥ 1 so far (whatever the telemetry cadence): Σ next-chunk gain
-    # ℓ(W^(0)) − ℓ(W^(i)), Σ |ℓ(W^(0))|, chunks with a positive gain, chunks (cumulative)
-    gain_stats: torch.Tensor
-    # [B] fp32 ‖W^(i)‖_F and ‖W^(i) − W^(0)‖_F after the last update, read off W when it changes
-    # (telemetry reads these: no d×hid temporary per read); w0_norm ‖W^(0)‖_F
-    w_norm: torch.Tensor
-    w_drift: torch.Tensor
-    w0_norm: torch.Tensor
-    fill: list[int] = field(default_factory=list)  # host mirror of ``pos`` for scheduling
-    driven: bool = False      # set by TTTLMGen: the host drives updates between graph replays
-
-    def reset(self, reset_mask: torch.Tensor) -> None:
-        """Masked rows go back to W^(0) with an empty chunk; the others are untouched."""
-        super().reset(reset_mask)
-        mask = reset_mask.to(self.device)
-        self.w.copy_(torch.where(mask[:, None, None], self.w0[None], self.w))
-        self.sync_apply_copy()
-        self.w_norm.copy_(torch.where(mask, self.w0_norm, self.w_norm))
-        self.w_drift.masked_fill_(mask, 0.0)
-        self.pos.masked_fill_(mask, 0)
-        # Host mirror: a reset is a document boundary, not a per-token event; one sync is fine.
-        self.fill = [0 if hit else f for f, hit in zip(self.fill, mask.tolist())]
-
-    def sync_apply_copy(self) -> None:
-        if self.w_apply is not self.w:
-            self.w_apply.copy_(self.w)
-
-    def refresh_norms(self) -> None:
-        """``w_norm`` and ``w_drift`` from W as it is now (after an update): one read of W and of
-        W^(0), the difference formed in slabs of rows (never a d×hid temporary)."""
-        self.w_norm.copy_(torch.linalg.vector_norm(self.w, dim=(-2, -1)))
-        self.w_drift.copy_(weight_distance(self.w, self.w0))
-
-
-def weight_distance(w: torch.Tensor, w0: torch.Tensor, max_elements: int = 1 << 22) -> torch.Tensor:
-    """‖w[b] − w0‖_F per row b, w [B, d, hid], w0 [d, hid]: the difference formed ``max_elements``
-    at a time (a few MB), not as a B×d×hid temporary (46 M elements per layer at 7B)."""
-    d, hid = w0.shape
-    rows = max(1, max_elements // max(1, w.shape[0] * hid))
-    sq = torch.zeros(w.shape[0], device=w.device, dtype=torch.float32)
-    for lo in range(0, d, rows):
-        part = torch.linalg.vector_norm(w[:, lo:lo + rows] - w0[lo:lo + rows], dim=(-2, -1))
-        sq.add_(part.float().square())
-    return sq.sqrt_()
-
-
-# Per-chunk telemetry (TTTGating.chunk_log): one record per chunk update, these columns, the state
-# as it is right after that chunk's update. ``valid`` marks the rows that updated.
-CHUNK_FIELDS = ("updates", "clip_events", "w_norm", "w_drift", "w_rel_change", "last_delta_norm",
-                "inner_loss_initial", "inner_loss_before", "inner_loss_after",
-                "gain_sum", "gain_initial_abs_sum", "gain_positive", "gain_chunks", "valid")
 
 
 class TTTGating(StreamingModule[TTTState]):
@@ -317,15 +224,11 @@ class TTTGating(StreamingModule[TTTState]):
         initial = -(apply_fast_weight(z[:, :U], w0).float().view(B, n, C, d) * v_all).sum((2, 3))
         before = -(out[:, :U].float().view(B, n, C, d) * v_all).sum((2, 3))
         index = state.updates[:, None] + torch.arange(n, device=z.device)[None]
-        gains = _add_gain_stats(state, initial, before, index >= 1)
+        gains = add_gain_stats(state.gain_stats, initial, before, index >= 1)
         after = before - c * norm ** 2
-        # Per-chunk ‖W‖ and ‖W − W^(0)‖ without forming W^(j): ‖W + cΔ‖² = ‖W‖² + 2c⟨W, Δ⟩ + c²‖Δ‖²
-        # with ⟨W^(j), ΔW_j⟩ = −ℓ(W^(j)) and ⟨W^(0), ΔW_j⟩ = −ℓ(W^(0)) (float64, from the block's
-        # start); the block's last chunk is then read off W itself.
-        c64, sq64 = c.double(), norm.double() ** 2
-        w_sq = state.w_norm.double()[:, None] ** 2 + (c64 * (c64 * sq64 - 2 * before.double())).cumsum(1)
-        drift_sq = state.w_drift.double()[:, None] ** 2 + (
-            c64 * (c64 * sq64 + 2 * (initial.double() - before.double()))).cumsum(1)
+        # Per-chunk ‖W‖ and ‖W − W^(0)‖ without forming W^(j) (from the block's start); the block's
+        # last chunk is then read off W itself.
+        w_sq, drift_sq = squared_norms_after_chunks(state.w_norm, state.w_drift, c, norm, initial, before)
         clip_before = state.clip_events.clone()
         _fold(state.w, v_scaled, z[:, :U], fresh=False)  # W += Σ_j c_j ΔW_j, fp32, in place
         state.sync_apply_copy()
@@ -368,7 +271,7 @@ class TTTGating(StreamingModule[TTTState]):
         losses = torch.stack([-(state.w0[None] * delta).sum((1, 2)), before,
                               before - (step * delta).sum((1, 2))], dim=1)
         state.inner_loss.copy_(torch.where(full[:, None], losses, state.inner_loss))
-        gains = _add_gain_stats(state, losses[:, :1], losses[:, 1:2],
+        gains = add_gain_stats(state.gain_stats, losses[:, :1], losses[:, 1:2],
                                 (full & (state.updates >= 1))[:, None])
         state.w.copy_(torch.where(full[:, None, None], state.w + step, state.w))
         state.sync_apply_copy()
@@ -384,15 +287,11 @@ class TTTGating(StreamingModule[TTTState]):
         return True
 
     def _log_chunks(self, *columns: torch.Tensor) -> None:
-        """Append one record per chunk to :attr:`chunk_log`, on the device: columns [B, n]
-        (``gains`` [B, n, 4]) in CHUNK_FIELDS order but ``w_rel_change`` (added here). An
-        undrained log (a generate cell reads the state instead) is merged now and then: it stays
-        one small tensor holding 14 numbers per chunk."""
-        drift = columns[3].double()
-        columns = (*columns[:4], drift / self._streaming_state.w0_norm.double().clamp_min(1e-300),
-                   *columns[4:])
-        parts = [c.double()[..., None] if c.dim() == 2 else c.double() for c in columns]
-        self.chunk_log.append(torch.cat(parts, dim=-1))
+        """Append one record per chunk to :attr:`chunk_log`, on the device (columns as
+        :func:`ttt.core.chunk_stats.chunk_record` takes them). An undrained log (a generate cell
+        reads the state instead) is merged now and then: it stays one small tensor holding
+        14 numbers per chunk."""
+        self.chunk_log.append(chunk_record(columns, self._streaming_state.w0_norm))
         if len(self.chunk_log) >= 64:
             self.chunk_log[:] = [torch.cat(self.chunk_log, dim=1)]
 
@@ -401,79 +300,6 @@ class TTTGating(StreamingModule[TTTState]):
         state = self._streaming_state
         assert state is not None
         state.fill = [f + tokens for f in state.fill]
-
-
-def _add_gain_stats(state: TTTState, initial: torch.Tensor, before: torch.Tensor,
-                    counted: torch.Tensor) -> torch.Tensor:
-    """Add chunks [B, n] (ℓ(W^(0)), ℓ(W^(j)), whether chunk j counts: j ≥ 1 and updated) to
-    ``state.gain_stats`` on the device (no host sync); returns the statistics as they stand
-    after each chunk [B, n, 4] (for the per-chunk telemetry)."""
-    gain = (initial - before) * counted
-    terms = torch.stack([gain, initial.abs() * counted, ((gain > 0) & counted).float(),
-                         counted.float()], dim=2)
-    running = state.gain_stats[:, None] + terms.cumsum(1)
-    state.gain_stats.add_(torch.stack([gain.sum(1), (initial.abs() * counted).sum(1),
-                                       ((gain > 0) & counted).sum(1).float(),
-                                       counted.sum(1).float()], dim=1))
-    return running
-
-
-class _Conv(nn.Module):
-    """Holds the conv weight under the seeds' key ``conv1d.conv.weight``."""
-
-    def __init__(self, d: int, cfg: TTTConfig, **factory) -> None:
-        super().__init__()
-        k = cfg.conv_kernel_size
-        in_per_group = d if cfg.conv_padding == "right" else 1
-        self.conv = nn.Module()
-        self.conv.weight = nn.Parameter(torch.zeros(d, in_per_group, k, **factory))
-
-
-class TargetGenerator(nn.Module):
-    """Parameters of V̂ = Conv1D(X₀) W_targetᵀ.
-
-    Initialisation (``cfg.conv_init``): 'identity' (ours, the default) passes the current token's
-    input through (a one at tap 0 for 'right', the centre tap for 'center'), so TTT acts from the
-    first update even untrained; 'zero' is the official code's init (V̂ = 0: a fresh layer does
-    nothing until trained). W_target is diagonal N(0, init_std²) in both, as in the official code.
-    Either way the first chunk equals the pretrained model, and a trained checkpoint overwrites both.
-
-    Orientation: V̂ = Conv1D(X) W_targetᵀ (``nn.Linear``), so ``W_target.weight`` is the transpose
-    of the official projection ``P`` (used there as ``conv(X) @ P``). Official-layout weights load
-    as ``W_target.weight = Pᵀ``, and their depthwise conv ``[d, 1, k]`` needs ``conv_padding:
-    center`` (see README "Official layout").
-
-    Ablations (``cfg.target_conv`` / ``cfg.target_projection`` off): the part is not created
-    (no parameters, no state-dict keys) and :attr:`conv_weight` / :attr:`projection` are None,
-    which the target computation reads as "no conv" / "identity".
-    """
-
-    def __init__(self, d: int, cfg: TTTConfig, **factory) -> None:
-        super().__init__()
-        if cfg.target_conv:
-            self.conv1d = _Conv(d, cfg, **factory)
-        if cfg.target_projection:
-            self.W_target = nn.Linear(d, d, bias=False, **factory)
-        with torch.no_grad():
-            if cfg.target_conv and cfg.conv_init == "identity":
-                tap = 0 if cfg.conv_padding == "right" else (cfg.conv_kernel_size - 1) // 2
-                w = self.conv1d.conv.weight
-                if cfg.conv_padding == "right":
-                    w[:, :, tap] = torch.eye(d, **factory)
-                else:
-                    w[:, 0, tap] = 1.0
-            # Drawn even when unused, so an ablation leaves the random stream of later draws as is.
-            diag = torch.randn(d, device=factory["device"], dtype=torch.float32) * cfg.init_std
-            if cfg.target_projection:
-                self.W_target.weight.copy_(torch.diag(diag).to(self.W_target.weight.dtype))
-
-    @property
-    def conv_weight(self) -> torch.Tensor | None:
-        return self.conv1d.conv.weight if hasattr(self, "conv1d") else None
-
-    @property
-    def projection(self) -> torch.Tensor | None:
-        return self.W_target.weight if hasattr(self, "W_target") else None
 
 
 def _seeds_load_hook(module, state_dict, prefix, *_args) -> None:

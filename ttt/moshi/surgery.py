@@ -9,7 +9,8 @@ from moshi.modules.streaming import StreamingModule
 from moshi.modules.transformer import StreamingTransformerLayer
 
 from ttt.config import TTTConfig
-from ttt.moshi.gating import EmbeddingTap, TTTGating
+from ttt.moshi.gating import TTTGating
+from ttt.moshi.inplace_target import EmbeddingTap
 from ttt.moshi.ttt_mlp import HybridTransformerLayer, TTTMLPBranch
 
 

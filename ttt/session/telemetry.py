@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ttt.moshi.gating import CHUNK_FIELDS
+from ttt.core.chunk_stats import CHUNK_FIELDS
 from ttt.moshi.surgery import ttt_layers
 from ttt.session.telemetry_records import (LOG_FIELDS, LOG_PREFIX,  # noqa: F401 (re-exported)
                                            next_chunk_gain, parse_telemetry_line)

@@ -1,0 +1,58 @@
+"""The streaming state of an In-Place TTT layer (:class:`ttt.moshi.gating.TTTGating`): moshi's
+``State`` holding the fast weights, the partial chunk and the counters telemetry reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from moshi.modules.streaming import State
+
+from ttt.core.chunk_stats import weight_distance
+
+
+@dataclass
+class TTTState(State):
+    """Everything a TTT layer changes while streaming (and nothing else), per batch row."""
+
+    w0: torch.Tensor          # [d, hid] fp32 W^(0) (the layer's ``w_down``, not a copy)
+    w: torch.Tensor           # [B, d, hid] fp32 fast weights W^(i)
+    w_apply: torch.Tensor     # [B, d, hid] model-dtype copy used by the per-token matmul
+    z_buf: torch.Tensor       # [B, C, hid] Z of the current partial chunk
+    x0_buf: torch.Tensor      # [B, C, d] X₀ of the current partial chunk
+    pos: torch.Tensor         # [B] long, tokens in the current chunk (device truth)
+    updates: torch.Tensor     # [B] long, applied chunk updates (cumulative, survives reset)
+    clip_events: torch.Tensor  # [B] long, updates whose ‖ΔW‖_F exceeded τ
+    last_delta_norm: torch.Tensor  # [B] fp32, ‖ΔW‖_F of the last update (before clipping)
+    inner_loss: torch.Tensor  # [B, 3] fp32, ℓ(W^(0)), ℓ(W^(i)), ℓ(W^(i+1)) on the last chunk
+    # [B, 4] fp32 over every chunk i ≥ 1 so far (whatever the telemetry cadence): Σ next-chunk gain
+    # ℓ(W^(0)) − ℓ(W^(i)), Σ |ℓ(W^(0))|, chunks with a positive gain, chunks (cumulative)
+    gain_stats: torch.Tensor
+    # [B] fp32 ‖W^(i)‖_F and ‖W^(i) − W^(0)‖_F after the last update, read off W when it changes
+    # (telemetry reads these: no d×hid temporary per read); w0_norm ‖W^(0)‖_F
+    w_norm: torch.Tensor
+    w_drift: torch.Tensor
+    w0_norm: torch.Tensor
+    fill: list[int] = field(default_factory=list)  # host mirror of ``pos`` for scheduling
+    driven: bool = False      # set by TTTLMGen: the host drives updates between graph replays
+
+    def reset(self, reset_mask: torch.Tensor) -> None:
+        """Masked rows go back to W^(0) with an empty chunk; the others are untouched."""
+        super().reset(reset_mask)
+        mask = reset_mask.to(self.device)
+        self.w.copy_(torch.where(mask[:, None, None], self.w0[None], self.w))
+        self.sync_apply_copy()
+        self.w_norm.copy_(torch.where(mask, self.w0_norm, self.w_norm))
+        self.w_drift.masked_fill_(mask, 0.0)
+        self.pos.masked_fill_(mask, 0)
+        # Host mirror: a reset is a document boundary, not a per-token event; one sync is fine.
+        self.fill = [0 if hit else f for f, hit in zip(self.fill, mask.tolist())]
+
+    def sync_apply_copy(self) -> None:
+        if self.w_apply is not self.w:
+            self.w_apply.copy_(self.w)
+
+    def refresh_norms(self) -> None:
+        """``w_norm`` and ``w_drift`` from W as it is now (after an update): one read of W and of
+        W^(0), the difference formed in slabs of rows (never a d×hid temporary)."""
+        self.w_norm.copy_(torch.linalg.vector_norm(self.w, dim=(-2, -1)))
+        self.w_drift.copy_(weight_distance(self.w, self.w0))
