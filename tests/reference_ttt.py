@@ -1,4 +1,4 @@
-"""An independent In-Place TTT reference, written from the paper's equations (DESIGN §4).
+"""An independent In-Place TTT reference, written from the paper's equations (README "The math").
 
 Nothing here imports ``ttt``'s math: tokens are processed one at a time, the conv is an explicit
 sum over taps, ΔW an explicit sum of outer products, the clip a scalar min(1, τ/‖ΔW‖_F). The

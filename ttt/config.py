@@ -37,7 +37,7 @@ def strict_kwargs(cls, data: Mapping[str, Any], where: str) -> dict:
 
 @dataclass(frozen=True)
 class TTTConfig:
-    """In-Place TTT settings (paper Eq. 1 / Alg. 1, DESIGN §4).
+    """In-Place TTT settings (paper Eq. 1 / Alg. 1; README "The math").
 
     Layer selection: ``layers`` (explicit indices of the main transformer) wins; otherwise layer i
     is a TTT layer iff ``i >= start_layer`` and ``(i - start_layer) % layer_frequency == 0``.
@@ -177,7 +177,7 @@ class TTTConfig:
 
 @dataclass(frozen=True)
 class YarnConfig:
-    """YaRN context extension of the main transformer's RoPE (Peng et al. 2023, DESIGN §5).
+    """YaRN context extension of the main transformer's RoPE (Peng et al. 2023; README "`YarnConfig` keys").
 
     ``ramp='standard'`` is HF transformers' ``rope_type: "yarn"``; ``ramp='seeds'`` reproduces the
     seeds' non-standard ramp (bounds β·L instead of L/β, no attention temperature) so checkpoints
