@@ -5,7 +5,8 @@ import torch
 
 import ttt
 from conftest import make_cell
-from ttt.eval.cell import _ab, cell_items
+from ttt.eval.cell import cell_items
+from ttt.eval.checks import ab_twin
 from ttt.eval.data import conversation_codes
 from ttt.eval.metrics import teacher_forced_nll
 from ttt.moshi.model import load_checkpoint, resolve_model
@@ -29,7 +30,7 @@ def test_ab_twin_runs_one_pass_and_its_pre_update_logits_equal_a_separate_forwar
         return original(*args, **kwargs)
     lm.forward_text = counted
     try:
-        ab = _ab(lm, codes, chunk, block, on)
+        ab = ab_twin(lm, codes, chunk, block, on)
     finally:
         del lm.forward_text
         for h in hooks:
