@@ -75,8 +75,8 @@ def consistency_wer_vs_off(s: Scope):
         if asr is None:
             continue
         twin = s.twin(c)
-        twin_asr = twin.asr() if twin is not None and c.ttt_on else None
-        if not twin_asr or twin_asr.get("status") != "ok":
+        twin_asr = _heard(twin) if twin is not None and c.ttt_on else None
+        if twin_asr is None:
             continue
         name = f"{c.name} vs {twin.name}"
         if asr.get("codec_untrained") or twin_asr.get("codec_untrained"):
