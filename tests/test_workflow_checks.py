@@ -210,7 +210,10 @@ def test_login_node_without_cuda_prepares_and_submits(tmp_path):
     """`device: cuda` on a host without CUDA (this one): preparation runs on the CPU with Mimi alone,
     the drivers submit, the cells fail in their jobs with one line, every table is written, and
     the run exits non-zero at the end."""
-    write_config(tmp_path, families=["telemetry"], device="cuda", telemetry__duration_s=3)
+    launcher = tmp_path / "gpu-launcher.yaml"  # local jobs see GPU 0 (none here): preflight lets it by
+    launcher.write_text(Path(LAUNCHER).read_text() + "gpus_per_node: 1\n")
+    write_config(tmp_path, families=["telemetry"], device="cuda", telemetry__duration_s=3,
+                 launcher=str(launcher))
     done = snakemake(tmp_path)
     assert done.returncode != 0 and "cells_complete" in done.stderr, done.stderr[-3000:]
     assert "2 of 2 cell(s) failed or timed out" in done.stderr

@@ -25,12 +25,14 @@ LAUNCHER_KEYS = {
     "max_wait_min": "the driver gives up (cancels the job) after this long",
     "max_requeues": "preemptions / timeouts a Checkpointable cell may be requeued",
     "poll_s": "seconds between job state checks",
+    "gpus_per_node": "local executor: GPUs each job sees (CUDA_VISIBLE_DEVICES 0..N-1; submitit's "
+                     "local jobs see none at 0); on SLURM give it under slurm",
     "slurm": "mapping of submitit slurm_* parameters without the prefix "
              "(partition, account, gpus_per_node, cpus_per_task, mem_gb, qos, constraint, ...)",
 }
 GENERIC = {"mem_gb", "cpus_per_task", "gpus_per_node", "nodes", "tasks_per_node"}
 DEFAULTS = {"executor": "local", "timeout_min": 60, "max_wait_min": 240, "max_requeues": 3,
-            "poll_s": 1.0, "slurm": {}}
+            "poll_s": 1.0, "gpus_per_node": 0, "slurm": {}}
 
 
 def read_launcher(path: str | os.PathLike | None) -> dict:
@@ -46,6 +48,9 @@ def read_launcher(path: str | os.PathLike | None) -> dict:
     cfg = {**DEFAULTS, **raw}
     if cfg["executor"] not in ("local", "slurm"):
         raise ValueError(f"{path}: executor must be 'local' or 'slurm', got {cfg['executor']!r}")
+    gpus = cfg["gpus_per_node"]
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise ValueError(f"{path}: gpus_per_node must be an integer >= 0, got {gpus!r}")
     return cfg
 
 
@@ -71,6 +76,8 @@ def _executor(launcher: Mapping[str, Any], log_dir: Path, name: str):
     extra = {"slurm_max_num_timeout": launcher["max_requeues"]} if cluster == "slurm" else {}
     executor = submitit.AutoExecutor(folder=str(log_dir), cluster=cluster, **extra)
     params = {"timeout_min": launcher["timeout_min"], "name": name}
+    if cluster == "local":  # submitit sets CUDA_VISIBLE_DEVICES to the first N GPUs ("" at 0)
+        params["gpus_per_node"] = launcher.get("gpus_per_node", 0)
     if cluster == "slurm":  # submitit's generic names stay as they are, the rest get slurm_
         params.update({k if k in GENERIC else f"slurm_{k}": v
                        for k, v in (launcher.get("slurm") or {}).items()})

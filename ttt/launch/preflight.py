@@ -103,12 +103,18 @@ def _check_variant(checkpoint_ttt: Mapping[str, Any], cell: Mapping[str, Any], w
             f"{cell['family']}.model: tiny-random) (cell {cell['cell']})")
 
 
-def check_launcher(path: str | os.PathLike) -> None:
+def check_launcher(path: str | os.PathLike, device: str = "cpu") -> None:
+    """A readable launcher file; cells on CUDA through local jobs need GPUs made visible to them
+    (submitit's local jobs see none unless the file asks: they would fail one by one)."""
     from ttt.launch.launcher import read_launcher
     try:
-        read_launcher(path)
+        launcher = read_launcher(path)
     except ValueError as exc:
         raise PreflightError(f"config launcher: {exc}") from None
+    if (str(device).startswith("cuda") and launcher["executor"] == "local"
+            and launcher["gpus_per_node"] < 1):
+        raise PreflightError(f"config launcher: {path}: device {device} with the local executor "
+                             "needs gpus_per_node >= 1 (its jobs see no GPU otherwise)")
 
 
 def _as(where: str, build, cell: str) -> None:

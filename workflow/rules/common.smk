@@ -218,7 +218,7 @@ def preflight_checks():
     is checked with the cells that read it (a family may name its own `model`)."""
     try:
         preflight.check_config(config)
-        preflight.check_launcher(config["launcher"])
+        preflight.check_launcher(config["launcher"], config["device"])
         models = f"{config['cache_dir']}/models"
         identities = {}
         for model, base in dict.fromkeys((c["model"], c["base"]) for c in MATRIX.values()):
