@@ -155,6 +155,27 @@ def test_trained_control_remembers_beyond_its_context():
     assert np.exp(np.nanmean(off[0])) < 5
 
 
+def test_control_conversation_of_a_fractional_frame_count_ends(tmp_path):
+    """A duration of a fractional frame count (yarn's tokens / 12.5 + 1 s is always x.5 frames)
+    is written with its partial last frame as one whole frame. A remainder of half a frame or
+    less once rounded to no frame and looped forever (25 s, 31.72 s)."""
+    import signal
+
+    def too_long(*_):
+        raise TimeoutError("write_control_conversation did not end")
+
+    old = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(30)
+    try:
+        for duration, frames in ((25.0, 313), (31.72, 397), (21.46, 269), (30.0, 375)):
+            line = write_control_conversation(tmp_path / "c.wav", duration=duration, recurrent=True,
+                                              part_s=8.0, gap_s=4.0, seed=0, words=DEMO_WORDS)
+            assert round(line["duration"] * 12.5, 6) == frames, duration
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def test_default_long_form_input_recurs_beyond_the_context(tmp_path):
     """The default run's long_form cells read `demo: {recurrent: true}`: the first 8 s (audio and
     words) come back after each 4-s filler, i.e. beyond the trained default's 32-frame context."""

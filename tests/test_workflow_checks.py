@@ -97,6 +97,31 @@ def test_full_config_as_shipped_is_refused_up_front(tmp_path):
     assert "run_cell" not in done.stdout
 
 
+def test_default_recurrent_families_hold_a_full_copy_in_several_windows(tmp_path):
+    """The default run's long_form and yarn cells read the positive control's recurrent input
+    (README "The embedded default"), the only input on which its TTT has something to remember:
+    each cell holds a whole copy of the first RECUR_PART_S seconds and ≥ 3 perplexity windows
+    (a CI over one window is a single value); yarn's contexts stay YaRN extensions (scale > 1)."""
+    from ttt.eval.data import FRAME_RATE, RECUR_GAP_S, RECUR_PART_S
+
+    cfg = write_config(tmp_path, families=["long_form", "yarn"])
+    done = snakemake(tmp_path, "--until", "cell_config")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = [yaml.safe_load(p.read_text()) for p in (tmp_path / "results/cells").glob("**/cell.yaml")]
+    per_family = {f: sum(c["family"] == f for c in cells) for f in ("long_form", "yarn")}
+    assert per_family == {"long_form": 2 * len(cfg["long_form"]["durations_s"]),
+                          "yarn": 2 * len(cfg["yarn"]["tokens"])}
+    for c in cells:
+        demo = c["data"]["demo"]
+        assert demo.get("recurrent") is True, c["cell"]
+        (duration,) = demo["durations"]
+        assert duration >= 2 * RECUR_PART_S + RECUR_GAP_S, c["cell"]  # A | filler | A again
+        window = round(c["window_s"] * FRAME_RATE)
+        assert int(duration * FRAME_RATE) // window >= 3, c["cell"]
+        if c["family"] == "yarn":
+            assert c["yarn"]["scale"] > 1 and c["yarn"]["context"] > c["yarn"]["original_context"]
+
+
 # ---- item 4: a changed config is never ignored ------------------------------------------------
 
 SMALL = {"families": ["lr_grid", "telemetry", "ablation"], "ablation__variants": ["full"],

@@ -35,6 +35,9 @@ def write_control_conversation(wav: Path, *, duration: float, recurrent: bool, p
     part fresh. Returns the manifest line."""
     rng = np.random.default_rng(seed)
     part_s, gap_s = _frames(part_s), _frames(gap_s)
+    # Whole frames, a partial last frame counting as one: a remainder of half a frame or less
+    # rounded to no frame and never ended the loop (25 s = 312.5 frames hung).
+    duration = math.ceil(round(duration * FRAME_RATE, 6)) / FRAME_RATE
     pieces, alignments, t, channel, first = [], [], 0.0, 0, None
     while t < duration - 1e-6:
         for length, is_a in ((part_s, True), (gap_s, False)):
