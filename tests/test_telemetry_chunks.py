@@ -33,12 +33,15 @@ def _stream_records(lm, seq, blocks):
     return got
 
 
-@pytest.mark.parametrize("blocks", [[30], [1] * 30, [7, 11, 12]])
-def test_chunk_records_equal_reference_w_snapshots(blocks):
+@pytest.mark.parametrize("blocks,batch", [([30], 2), ([1] * 30, 2), ([7, 11, 12], 2),
+                                          ([12, 18], 1)])
+def test_chunk_records_equal_reference_w_snapshots(blocks, batch):
     """Whole-chunk blocks (dual form: W of the middle chunks never formed), token by token (W
     formed at every chunk) and mixed: every chunk's ‖W‖, ‖W − W⁽⁰⁾‖, clip count, ‖ΔW‖ and
-    inner losses equal the token-loop reference's, whose W is an explicit matrix after each chunk."""
-    seq = random_sequence(2, 31, seed=4)
+    inner losses equal the token-loop reference's, whose W is an explicit matrix after each chunk.
+    One row, a first block of whole chunks: ℓ(W⁽⁰⁾) is read off that block's own output (W still
+    W⁽⁰⁾), the next block computes it."""
+    seq = random_sequence(2, 31, seed=4)[:batch]
     cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=6, lr=0.5, delta_clip_fro_norm=None)
     upstream, ours = _pair(cfg)
     with torch.no_grad():
@@ -53,7 +56,7 @@ def test_chunk_records_equal_reference_w_snapshots(blocks):
     w0_norm = {i: float(layer.w_down.detach().double().norm()) for i, layer in ttt.ttt_layers(ours).items()}
     for i in (1, 3):
         layer = ref.ref_layers[i]
-        for b in (0, 1):
+        for b in range(batch):
             rows, want = got[i][b], layer.w_norms[b]
             assert [r["updates"] for r in rows] == [1, 2, 3, 4, 5] == list(range(1, len(want) + 1))
             clips = 0
@@ -67,6 +70,8 @@ def test_chunk_records_equal_reference_w_snapshots(blocks):
                 assert row["last_delta_norm"] == pytest.approx(dn, rel=1e-5)
                 scale = abs(l0) + abs(lb)
                 assert abs(row["inner_loss_before"] - lb) <= 1e-5 * scale
+                assert abs(row["inner_loss_initial"] - l0) <= 1e-5 * scale
+                assert abs(row["inner_loss_after"] - la) <= 1e-5 * (scale + abs(la))
                 assert abs(row["inner_gain"] - (l0 - lb)) <= 1e-5 * scale
             assert want[-1][1] > 2 * want[0][1] > 0  # W moves: the comparison is not vacuous
         assert 0 < sum(sum(c) for c in layer.clipped) < sum(map(len, layer.clipped))

@@ -198,7 +198,7 @@ def test_diagnostics_describe_the_layer(variant):
     import json
     from ttt.session.diagnostics import LOG_PREFIX, Diagnostics, diagnostics_line
     cfg = dict(variant=variant, start_layer=1, layer_frequency=2, chunk_size=M, lr=1.0,
-               init_std=0.3)
+               init_std=0.3, delta_clip_fro_norm=None)  # unclipped: W moves visibly
     lm = ttt.apply_ttt(tiny_lm(0), ttt.TTTConfig(**cfg))
     diag = Diagnostics(lm)
     got, hooks = _layer_io(lm, 1)
@@ -208,6 +208,7 @@ def test_diagnostics_describe_the_layer(variant):
         first = diag.record()
         lm.forward_text(seq[:, :, 8:])
         rec = diag.record()[1]
+        w_norm = ttt.ttt_state(lm)[1]["w_norm"][0].item()  # what telemetry reports at this point
     for h in hooks:
         h.remove()
     x_attn = got["inp"] + got["attn"]
@@ -226,7 +227,7 @@ def test_diagnostics_describe_the_layer(variant):
     cos = torch.nn.functional.cosine_similarity(attn.flatten(), ttt_part.flatten(), dim=0).item()
     assert rec["cos_attn_ttt"] == pytest.approx(cos, abs=1e-4)
     assert "attn_delta" not in first[1] and rec["attn_delta"] > 0 and rec["ttt_delta_rel"] > 0
-    assert rec["w_norm"] > 0
+    assert rec["w_norm"] == w_norm and w_norm != first[1]["w_norm"]  # W moved since the first record
     line = diagnostics_line({1: rec}, 12, cell="c")
     assert line.startswith(LOG_PREFIX)
     assert json.loads(line[len(LOG_PREFIX):])["layers"]["1"]["cos_attn_ttt"] == rec["cos_attn_ttt"]

@@ -37,10 +37,10 @@ def squared_norms_after_chunks(w_norm: torch.Tensor, w_drift: torch.Tensor, c: t
     ``before``: ‖W + cΔ‖² = ‖W‖² + 2c⟨W, Δ⟩ + c²‖Δ‖², with ⟨W^(j), ΔW_j⟩ = −ℓ(W^(j)) and
     ⟨W^(0), ΔW_j⟩ = −ℓ(W^(0)). Rounding grows along the block: the caller overwrites the last
     chunk's with the norms read off W itself."""
-    c64, sq64 = c.double(), delta_norm.double() ** 2
-    w_sq = w_norm.double()[:, None] ** 2 + (c64 * (c64 * sq64 - 2 * before.double())).cumsum(1)
+    c64, sq64, before64 = c.double(), delta_norm.double() ** 2, before.double()
+    w_sq = w_norm.double()[:, None] ** 2 + (c64 * (c64 * sq64 - 2 * before64)).cumsum(1)
     drift_sq = w_drift.double()[:, None] ** 2 + (
-        c64 * (c64 * sq64 + 2 * (initial.double() - before.double()))).cumsum(1)
+        c64 * (c64 * sq64 + 2 * (initial.double() - before64))).cumsum(1)
     return w_sq, drift_sq
 
 
@@ -66,5 +66,9 @@ def chunk_record(columns: tuple[torch.Tensor, ...], w0_norm: torch.Tensor) -> to
     ``w_drift`` / ‖W^(0)‖_F."""
     drift = columns[3].double()
     columns = (*columns[:4], drift / w0_norm.double().clamp_min(1e-300), *columns[4:])
-    parts = [c.double()[..., None] if c.dim() == 2 else c.double() for c in columns]
-    return torch.cat(parts, dim=-1)
+    # one concatenation promotes every column to float64 (exactly, as .double() would), instead
+    # of one conversion kernel per column
+    parts = [c[..., None] if c.dim() == 2 else c for c in columns]
+    record = torch.cat(parts, dim=-1)
+    assert record.dtype == torch.float64  # the w_rel_change column is float64
+    return record

@@ -163,6 +163,7 @@ class TTTGating(StreamingModule[TTTState]):
             gain_stats=zeros(batch_size, 4, dt=torch.float32),
             w_norm=w0_norm.expand(batch_size).clone(), w_drift=zeros(batch_size, dt=torch.float32),
             w0_norm=w0_norm, fill=[0] * batch_size)
+        state.w_version = w._version
         return state
 
     def _write_and_apply(self, state: TTTState, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -214,15 +215,22 @@ class TTTGating(StreamingModule[TTTState]):
         v_hat = v_hat.view(B, n, C, d)
         v_scaled = (v_hat * c.to(z.dtype)[..., None, None]).reshape(B, U, d)
         out = apply_fast_weight(z, state.w_apply)
-        _add_chunk_causal(out, z, v_scaled, C)
-        # Figure-5 inner losses of the last whole chunk: −⟨W, ΔW⟩ = −Σ_s v̂_s·(z_s Wᵀ), where the
-        # block's output over that chunk is exactly z_s W_lastᵀ.
-        # Every whole chunk's ℓ(W^(0)) and ℓ(W^(j)) feed the next-chunk gain statistics (one extra
-        # z W^(0)ᵀ product over the segment); the last chunk's three losses are kept as such.
-        w0 = self._derived("w0", (self.w_down,), z.dtype)
+        # Figure-5 inner losses ℓ(W) = −⟨W, ΔW_j⟩ = −Σ_s v̂_s·(z_s Wᵀ) of every whole chunk, under
+        # W^(0) (``initial``) and under W^(j) (``before``: the block's output over chunk j is
+        # exactly z_s W^(j)ᵀ); both feed the next-chunk gain statistics, the last chunk's three
+        # losses are kept as such. The products run in fp32 (the model-dtype operand is promoted
+        # inside the multiply, no fp32 copy of it). ℓ(W^(0)) costs one z W^(0)ᵀ product over the
+        # segment, except while W is still W^(0) untouched (a stream's first block): then that
+        # product is ``out`` before the chunks' own updates are added, the same GEMM on the same
+        # operands (one row, no tail), so it is reused.
         v_all = v_hat.float()
-        initial = -(apply_fast_weight(z[:, :U], w0).float().view(B, n, C, d) * v_all).sum((2, 3))
-        before = -(out[:, :U].float().view(B, n, C, d) * v_all).sum((2, 3))
+        if B == 1 and U == T and state.w_is_initial():
+            initial = -(out.view(B, n, C, d) * v_all).sum((2, 3))
+        else:
+            w0 = self._derived("w0", (self.w_down,), z.dtype)
+            initial = -(apply_fast_weight(z[:, :U], w0).view(B, n, C, d) * v_all).sum((2, 3))
+        _add_chunk_causal(out, z, v_scaled, C)
+        before = -(out[:, :U].view(B, n, C, d) * v_all).sum((2, 3))
         index = state.updates[:, None] + torch.arange(n, device=z.device)[None]
         gains = add_gain_stats(state.gain_stats, initial, before, index >= 1)
         after = before - c * norm ** 2

@@ -22,7 +22,6 @@ from torch import nn
 
 from ttt.moshi.gating import TTTGating
 from ttt.moshi.surgery import ttt_layers
-from ttt.session.telemetry import ttt_state
 
 LOG_PREFIX = "TTT-DIAGNOSTICS "
 SPARSITY_REL = 1e-2  # |v| < 1% of the tensor's std counts as "near zero"
@@ -35,6 +34,16 @@ def _stats(v: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0)
+
+
+def _w_norm(module) -> torch.Tensor | None:
+    """‖W‖_F per batch row as telemetry reports it (:func:`ttt.session.telemetry.ttt_state`),
+    read alone: the record needs no other telemetry value (each would be one more copy per layer
+    at every record); None when the layer is not streaming."""
+    if hasattr(module, "telemetry"):  # the TTT-MLP hybrid computes its own
+        return module.telemetry().get("w_norm")
+    state = module._streaming_state
+    return None if state is None else state.w_norm
 
 
 class Diagnostics:
@@ -75,7 +84,6 @@ class Diagnostics:
         """Per layer, batch row ``row``: magnitudes (Frobenius, and mean per-token L2) and the
         TTT/attention ratio, cosine similarities, mean/std/sparsity, change of the last token's
         vectors since the previous record, gate statistics (hybrid) and the fast-weight norm."""
-        telemetry = ttt_state(self.lm)
         on_device: dict[int, dict[str, torch.Tensor | None]] = {}
         last_norm: dict[int, torch.Tensor] = {}
         for i, module in self.layers.items():
@@ -105,8 +113,9 @@ class Diagnostics:
                          else torch.full_like(module.gating_alpha, module.cfg.gate_override))
                 rec.update(alpha_mean=alpha.mean(), alpha_std=alpha.std(), alpha_min=alpha.min(),
                            alpha_max=alpha.max(), gate_tanh_mean=module.gate().mean())
-            if telemetry.get(i):
-                rec["w_norm"] = telemetry[i]["w_norm"][row]
+            w_norm = _w_norm(module)
+            if w_norm is not None:
+                rec["w_norm"] = w_norm[row]
             on_device[i] = rec
         # one device → host transfer for the whole record (was one sync per number)
         flat = [v.reshape(1).float() for rec in on_device.values() for v in rec.values()

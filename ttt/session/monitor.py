@@ -72,7 +72,7 @@ class StreamMonitor:
         last = self.record_last and end == self.total
         states = None
         if self._crossed(self.chunk, end) or last:
-            states = ttt_state(self.lm)
+            states = ttt_state(self.lm, copy=False)  # read before the next forward: no copies
         self._read(end, loss, states or {})
         if self.diag is not None and (self._crossed(self.diagnostics_every, end) or last):
             record = self.diag.record()
@@ -123,7 +123,7 @@ class StreamMonitor:
     def _log_progress(self, end: int, states: dict | None) -> None:
         fr = self.frame_rate
         self.log(f"step {end}/{self.total} ({end / fr:.0f} s of {self.total / fr:.0f} s)")
-        states = ttt_state(self.lm) if states is None else states
+        states = ttt_state(self.lm, copy=False) if states is None else states
         if states:
             self.log(telemetry_line(states, self.offset + end, **self.log_fields))
 

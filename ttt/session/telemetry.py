@@ -11,7 +11,7 @@ from ttt.session.telemetry_records import (LOG_FIELDS, LOG_PREFIX,  # noqa: F401
                                            next_chunk_gain, parse_telemetry_line)
 
 
-def ttt_state(lm: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
+def ttt_state(lm: nn.Module, copy: bool = True) -> dict[int, dict[str, torch.Tensor]]:
     """Per TTT layer (by index), device tensors with one value per batch row:
 
     ``w_norm`` ‖W‖_F, ``w_drift`` ‖W − W^(0)‖_F, ``w_rel_change`` ‖W − W^(0)‖_F / ‖W^(0)‖_F
@@ -23,8 +23,11 @@ def ttt_state(lm: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
     ``inner_gain`` = ℓ(W^(0)) − ℓ(W^(i)) on that chunk: how much the earlier chunks' updates
     already help it. (after < before is true by construction for In-Place TTT, whose ℓ is linear
     in W: ℓ_after = ℓ_before − lr·s·‖ΔW‖²; the gain is the informative comparison.)
-    Empty dict entries for layers that are not streaming.
+    Empty dict entries for layers that are not streaming. ``copy=False``: the In-Place layers'
+    values are views of their live state (no copy kernel per value), for a caller that reads them
+    before the next forward (:class:`ttt.session.monitor.StreamMonitor`).
     """
+    keep = (lambda t: t.clone()) if copy else (lambda t: t)  # noqa: E731
     out: dict[int, dict[str, torch.Tensor]] = {}
     for index, layer in ttt_layers(lm).items():
         s = layer._streaming_state
@@ -36,17 +39,17 @@ def ttt_state(lm: nn.Module) -> dict[int, dict[str, torch.Tensor]]:
             continue
         with torch.no_grad():
             out[index] = _with_gain({
-                "w_norm": s.w_norm.clone(), "w_drift": s.w_drift.clone(),
+                "w_norm": keep(s.w_norm), "w_drift": keep(s.w_drift),
                 "w_rel_change": s.w_drift / s.w0_norm.clamp_min(torch.finfo(torch.float32).tiny),
-                "clip_events": s.clip_events.clone(),
-                "updates": s.updates.clone(),
-                "last_delta_norm": s.last_delta_norm.clone(),
-                "chunk_fill": s.pos.clone(),
-                "inner_loss_initial": s.inner_loss[:, 0].clone(),
-                "inner_loss_before": s.inner_loss[:, 1].clone(),
-                "inner_loss_after": s.inner_loss[:, 2].clone(),
-                "gain_sum": s.gain_stats[:, 0].clone(), "gain_initial_abs_sum": s.gain_stats[:, 1].clone(),
-                "gain_positive": s.gain_stats[:, 2].clone(), "gain_chunks": s.gain_stats[:, 3].clone(),
+                "clip_events": keep(s.clip_events),
+                "updates": keep(s.updates),
+                "last_delta_norm": keep(s.last_delta_norm),
+                "chunk_fill": keep(s.pos),
+                "inner_loss_initial": keep(s.inner_loss[:, 0]),
+                "inner_loss_before": keep(s.inner_loss[:, 1]),
+                "inner_loss_after": keep(s.inner_loss[:, 2]),
+                "gain_sum": keep(s.gain_stats[:, 0]), "gain_initial_abs_sum": keep(s.gain_stats[:, 1]),
+                "gain_positive": keep(s.gain_stats[:, 2]), "gain_chunks": keep(s.gain_stats[:, 3]),
             })
     return out
 
