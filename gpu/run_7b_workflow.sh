@@ -30,8 +30,11 @@ if ! python3 -c "$NEEDED" 2>/dev/null; then
   export PYTHONPATH="/tmp/ttt-site${PYTHONPATH:+:$PYTHONPATH}"
   python3 -c "$NEEDED" || { echo "error: packages still missing after installing $WHEELS" >&2; exit 2; }
 fi
-# The workflow's rules call `python`: the python3 that holds torch and the packages above.
-mkdir -p /tmp/ttt-bin && ln -sfn "$(command -v python3)" /tmp/ttt-bin/python
+# The workflow's rules call `python`: the python3 that holds torch and the packages above (a
+# wrapper, not a link: a link to a venv's python loses the venv's site-packages).
+mkdir -p /tmp/ttt-bin
+printf '#!/bin/sh\nexec %s "$@"\n' "$(command -v python3)" > /tmp/ttt-bin/python
+chmod +x /tmp/ttt-bin/python
 export PATH="/tmp/ttt-bin:$PATH"
 
 case "$MODEL_CONFIG" in
@@ -80,7 +83,7 @@ import json, platform, sys
 import torch
 out, config, model, rc, build_s, workflow_s, total_s = sys.argv[1:]
 cuda = torch.cuda.is_available()
-json.dump({"device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.processor()})",
+json.dump({"device": torch.cuda.get_device_name() if cuda else f"cpu ({platform.machine()})",
            "torch": torch.__version__, "python": platform.python_version(),
            "model_config": config, "model_dir": model, "snakemake_exit": int(rc),
            "build_s": int(build_s), "workflow_s": int(workflow_s), "total_s": int(total_s)},
