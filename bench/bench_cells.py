@@ -222,10 +222,50 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
     return results
 
 
+# The parts of a cell pass that a profile shows as ranges of their own: the warm-up (prepare,
+# outside the timed blocks), the monitor's reads between blocks (outside them too) and the TTT
+# layers' whole-chunk block update (inside them).
+SECTIONS = {"cell::warm_up": ("ttt.eval.teacher_forced", "warm_up"),
+            "cell::observe": ("ttt.session.monitor", "StreamMonitor.observe"),
+            "ttt::stream_chunks": ("ttt.moshi.gating", "TTTGating._stream_chunks")}
+
+
+@contextlib.contextmanager
+def tagged_sections():
+    """Wrap each of :data:`SECTIONS` in a ``record_function`` range while profiling (the
+    functions' own work is unchanged; the originals are put back afterwards)."""
+    import importlib
+
+    from torch.profiler import record_function
+
+    def wrap(fn, label):
+        def wrapped(*args, **kwargs):
+            with record_function(label):
+                return fn(*args, **kwargs)
+        return wrapped
+
+    undo = []
+    for label, (module, name) in SECTIONS.items():
+        owner = importlib.import_module(module)
+        *path, attr = name.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        original = getattr(owner, attr)
+        setattr(owner, attr, wrap(original, label))
+        undo.append((owner, attr, original))
+    try:
+        yield
+    finally:
+        for owner, attr, original in undo:
+            setattr(owner, attr, original)
+
+
 @torch.no_grad()
 def profile_passes(upstream, bundle, base: dict, codes: torch.Tensor, args) -> dict:
-    """torch.profiler over one plain lm(codes)+CE and one TTT-off cell pass: the top CUDA ops of
-    each, written beside the JSON (where a cell pass loses time against the plain forward)."""
+    """torch.profiler over one plain lm(codes)+CE and one TTT-off and one TTT-on cell pass: the
+    top CUDA ops of each, written beside the JSON (where a cell pass loses time against the plain
+    forward). A cell pass is the whole stage: its warm-up and the monitor's reads are in the
+    profile, outside the timed blocks; :data:`SECTIONS` show them as rows of their own."""
     from torch.profiler import ProfilerActivity, profile
 
     tables = {}
@@ -235,7 +275,8 @@ def profile_passes(upstream, bundle, base: dict, codes: torch.Tensor, args) -> d
                      ("cell_ttt_off", lambda: cell_pass(off, bundle, codes, args.cache / "tmp")),
                      ("cell_ttt_on", lambda: cell_pass(on, bundle, codes, args.cache / "tmp"))):
         with ttt_disabled(bundle.lm) if name != "cell_ttt_on" else contextlib.nullcontext():
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            with tagged_sections(), profile(
+                    activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 fn()
                 sync(args.device)
         tables[name] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)

@@ -5,7 +5,7 @@ bare streamed pass (``teacher_forced_nll``, what the cell times) and of one para
 
     NO_TORCH_COMPILE=1 PYTHONPATH=bench python bench/profile_cell_ops.py [--length 1024]
 
-Each section is tagged with ``record_function`` so one profile splits the cell into its warm-up,
+Each section is tagged with ``record_function`` (``bench_cells.tagged_sections``) so one profile splits the cell into its warm-up,
 its timed blocks and the monitor's reads between them. Kernel ops are the leaves of the
 op tree that compute (views, allocations and wrappers such as ``to`` → ``copy_`` left out): a
 stand-in for kernel launches on a GPU. CPU time on a shared machine is noisy; GPU time is not
@@ -21,23 +21,19 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile, record_function
+from torch.profiler import ProfilerActivity, profile
 
-from bench_cells import build_checkpoint, cell_pass, random_codes
+from bench_cells import SECTIONS, build_checkpoint, cell_pass, random_codes, tagged_sections
 from ttt.config import CellConfig
-from ttt.eval import teacher_forced as tf_module
 from ttt.eval.metrics import teacher_forced_nll
-from ttt.moshi.gating import TTTGating
 from ttt.moshi.model import load_checkpoint
 from ttt.moshi.surgery import ttt_disabled
 from ttt.moshi.tiny import TINY_LM_KWARGS
-from ttt.session.monitor import StreamMonitor
 
 MID = {**TINY_LM_KWARGS, "dim": 512, "num_heads": 8, "num_layers": 8, "context": 3000,
        "depformer_dim": 128, "depformer_dim_feedforward": 256, "depformer_num_heads": 4}
 TTT_MID = {"start_layer": 0, "layer_frequency": 2, "chunk_size": 64, "lr": 1e-3,
            "delta_clip_fro_norm": 1e-5}
-SECTIONS = ("cell::warm_up", "cell::observe", "ttt::stream_chunks")
 # aten ops that launch no kernel (views, metadata, allocation)
 NO_KERNEL = {"aten::" + n for n in (
     "as_strided", "slice", "view", "unsqueeze", "squeeze", "reshape", "expand", "transpose",
@@ -50,19 +46,9 @@ NO_KERNEL = {"aten::" + n for n in (
     "clone", "resize_", "set_", "_has_compatible_shallow_copy_type")}
 
 
-def tag(owner, name: str, label: str) -> None:
-    """Wrap ``owner.name`` in a profiler range (the function's own work is unchanged)."""
-    original = getattr(owner, name)
-
-    def wrapped(*args, **kwargs):
-        with record_function(label):
-            return original(*args, **kwargs)
-    setattr(owner, name, wrapped)
-
-
 def ops(fn) -> dict:
     """aten op calls and CPU ms of one call of ``fn``, overall and inside each tagged section."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with tagged_sections(), profile(activities=[ProfilerActivity.CPU]) as prof:
         t0 = time.perf_counter()
         fn()
         wall = time.perf_counter() - t0
@@ -103,9 +89,6 @@ def main(argv=None) -> None:
     bundle = load_checkpoint(directory, ttt=TTT_MID, device="cpu", dtype=torch.float32)
     lm = bundle.lm
     codes = random_codes(lm, args.length, "cpu", seed=1)
-    tag(TTTGating, "_stream_chunks", "ttt::stream_chunks")
-    tag(StreamMonitor, "observe", "cell::observe")
-    tag(tf_module, "warm_up", "cell::warm_up")
     base = dict(cell="ops", mode="teacher_forced", model=str(directory), device="cpu",
                 dtype="float32", cache_dir=str(args.cache), diagnostics_every=100, block=args.block)
     result: dict = {"lm": {k: MID[k] for k in ("dim", "num_layers", "num_heads")}, "ttt": TTT_MID,

@@ -33,9 +33,14 @@ def test_bench_cells_tiny_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_cells.py", "--config", "tiny", "--device", "cpu",
                                       "--dtype", "float32", "--lengths", "24", "--gen-steps", "14",
                                       "--rounds", "1", "--reps", "1", "--load-rounds", "1",
-                                      "--cache", str(tmp_path / "cache"), "--out", str(out)])
+                                      "--cache", str(tmp_path / "cache"), "--out", str(out),
+                                      "--profile", str(tmp_path / "profile.txt")])
     runpy.run_path(str(CELLS), run_name="__main__")
     data = json.loads(out.read_text())
+    # the profile splits a TTT-on cell pass into its warm-up (untimed), the monitor's reads
+    # (untimed) and the TTT layers' block updates (timed)
+    on = (tmp_path / "profile.txt").read_text().split("== cell_ttt_on (CPU)")[1]
+    assert all(f" {name} " in on for name in ("cell::warm_up", "cell::observe", "ttt::stream_chunks"))
     assert data["complete"] and data["device"] == "cpu"
     gen = data["generate"]
     assert {"cell_ttt_off", "cell_ttt_on", "upstream_lmgen", "upstream_lmgen_mimi"} <= set(gen)

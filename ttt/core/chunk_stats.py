@@ -66,9 +66,5 @@ def chunk_record(columns: tuple[torch.Tensor, ...], w0_norm: torch.Tensor) -> to
     ``w_drift`` / ‖W^(0)‖_F."""
     drift = columns[3].double()
     columns = (*columns[:4], drift / w0_norm.double().clamp_min(1e-300), *columns[4:])
-    # one concatenation promotes every column to float64 (exactly, as .double() would), instead
-    # of one conversion kernel per column
-    parts = [c[..., None] if c.dim() == 2 else c for c in columns]
-    record = torch.cat(parts, dim=-1)
-    assert record.dtype == torch.float64  # the w_rel_change column is float64
-    return record
+    parts = [c.double()[..., None] if c.dim() == 2 else c.double() for c in columns]
+    return torch.cat(parts, dim=-1)
