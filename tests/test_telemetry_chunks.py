@@ -188,3 +188,26 @@ def test_diagnostics_record_reads_the_device_once(variant):
         reads = _scalar_reads(lambda: diag.record())
     diag.close()
     assert reads == 0
+
+
+def test_w_is_initial_only_until_the_first_write():
+    """The first block may reuse its own output as z·W⁽⁰⁾ᵀ only while W is W⁽⁰⁾ untouched: any
+    update, reset or change of the parameter turns that off (no host sync decides it)."""
+    lm = randomize_ttt_params(ttt.apply_ttt(tiny_lm(0), ttt.TTTConfig(layers=(1,), chunk_size=4)))
+    layer = ttt.ttt_layers(lm)[1]
+    seq = random_sequence(1, 12)
+    with torch.no_grad(), lm.streaming(1):
+        state = layer._streaming_state
+        assert state.w_is_initial()
+        lm.forward_text(seq[:, :, :3])  # a partial chunk: buffered, W untouched
+        assert state.w_is_initial()
+        lm.forward_text(seq[:, :, 3:8])  # the first chunk completes: W updated
+        assert not state.w_is_initial()
+    with torch.no_grad(), lm.streaming(1):
+        state = layer._streaming_state
+        state.reset(torch.ones(1, dtype=torch.bool))  # back to W⁽⁰⁾, but written
+        assert not state.w_is_initial()
+    with torch.no_grad(), lm.streaming(1):
+        state = layer._streaming_state
+        layer.w_down.mul_(2.0)  # W⁽⁰⁾ itself changed under the session
+        assert not state.w_is_initial()

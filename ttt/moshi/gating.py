@@ -163,7 +163,7 @@ class TTTGating(StreamingModule[TTTState]):
             gain_stats=zeros(batch_size, 4, dt=torch.float32),
             w_norm=w0_norm.expand(batch_size).clone(), w_drift=zeros(batch_size, dt=torch.float32),
             w0_norm=w0_norm, fill=[0] * batch_size)
-        state.w_version = w._version
+        state.w_version = state.versions()
         return state
 
     def _write_and_apply(self, state: TTTState, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

@@ -34,15 +34,19 @@ class TTTState(State):
     w0_norm: torch.Tensor
     fill: list[int] = field(default_factory=list)  # host mirror of ``pos`` for scheduling
     driven: bool = False      # set by TTTLMGen: the host drives updates between graph replays
-    # ``w``'s version counter when it held W^(0) untouched (set at creation; -1: unknown). Every
-    # in-place write moves the counter on (an update, a reset, a snapshot restored into it), so
-    # :meth:`w_is_initial` is True only while no write has happened: no host sync needed.
-    w_version: int = -1
+    # The version counters of ``w`` and of ``w0`` (the parameter itself) when ``w`` was created
+    # as a copy of W^(0) (empty: unknown). Every in-place write moves a counter on (an update, a
+    # reset, a snapshot restored into ``w``, a change of the parameter), so :meth:`w_is_initial`
+    # is True only while neither was written: no host sync needed.
+    w_version: tuple = ()
+
+    def versions(self) -> tuple:
+        return (self.w._version, self.w0._version)
 
     def w_is_initial(self) -> bool:
         """Whether ``w`` is still exactly W^(0) as created (conservative: False after any write)."""
         try:
-            return self.w._version == self.w_version
+            return self.versions() == self.w_version
         except RuntimeError:  # an inference-mode tensor keeps no version counter
             return False
 
