@@ -119,15 +119,25 @@ def cell_items(cfg: CellConfig, cache: Path):
                                              recurrent=bool(demo.get("recurrent", False))))
 
 
+def git_sha(directory: Path) -> str | None:
+    """The commit of the checkout holding ``directory``, with ``+dirty`` when tracked files differ
+    from it: a run of edited code must not pass for a run of the commit."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=directory,
+                              timeout=10).stdout.strip()
+    try:
+        sha = git("rev-parse", "HEAD")
+        return (sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+                if sha else None)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _provenance(cfg: CellConfig, started: str) -> dict:
     import moshi
 
     from ttt import __version__
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
+    sha = git_sha(Path(__file__).parent)
     device = torch.cuda.get_device_name() if cfg.device.startswith("cuda") else platform.processor() or "cpu"
     return {"git_sha": sha, "versions": {"torch": torch.__version__, "moshi": moshi.__version__,
                                          "ttt": __version__},
