@@ -69,6 +69,9 @@ BAD = {
         {"gate_override__model": None},
         "config gate_override.ttt.variant: ttt_mlp cannot load model tiny: its trained TTT layers are inplace"),
     "unedited model": ({"model": "/path/to/checkpoint"}, "config model: /path/to/checkpoint: no such checkpoint directory"),
+    "panel of teacher-forced cells": ({"panel__family": "long_form"},
+                                      "config panel.family: long_form runs mode 'teacher_forced'"),
+    "panel length": ({"panel__duration_s": 99}, "config panel.duration_s: 99 is not one of short_form's"),
 }
 
 
@@ -95,6 +98,20 @@ def test_full_config_as_shipped_is_refused_up_front(tmp_path):
     assert done.returncode == 2
     assert "error: config model: /path/to/checkpoint: no such checkpoint directory" in done.stderr
     assert "run_cell" not in done.stdout
+
+
+def test_panel_null_plans_no_panel_job(tmp_path):
+    """`panel: null` (the schema's "no panel") plans the run without the listening panel, from a
+    config file or from `--config panel=null` (a string to Snakemake) alike."""
+    write_config(tmp_path, families=["short_form"])
+    assert "panel_page" in planned(snakemake(tmp_path, "-n"))  # the default's panel pairs short_form
+    for panel, extra in (({"panel": None}, ()), ({}, ("--config", "panel=null"))):
+        write_config(tmp_path, families=["short_form"], **panel)
+        done = snakemake(tmp_path, "-n", *extra)
+        assert done.returncode == 0, done.stderr[-3000:]
+        jobs = planned(done)
+        assert "panel_page" not in jobs and "panel_collect" not in jobs, extra
+        assert jobs["run_cell"] == {"cell=short_form/duration~8/ttt~on", "cell=short_form/duration~8/ttt~off"}
 
 
 def test_default_recurrent_families_hold_a_full_copy_in_several_windows(tmp_path):

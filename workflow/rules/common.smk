@@ -11,6 +11,10 @@ import sys
 import yaml
 from snakemake.utils import validate
 
+# `--config panel=null` arrives as the string 'null' (Snakemake reads --config values with YAML's
+# BaseLoader, which knows no null); it means no panel, as `panel: null` in a config file does.
+if config.get("panel") in ("null", "Null", "NULL", "~"):
+    config["panel"] = None
 validate(config, "../schemas/config.schema.yaml")
 
 # The ttt package beside this workflow (the repository root), for the DAG build here and, first
@@ -228,8 +232,13 @@ def preflight_checks():
             identities[model, base] = preflight.model_identity(model, base, models)
         return identities
     except preflight.PreflightError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        sys.exit(2)
+        stop(str(exc))
+
+
+def stop(message):
+    """A bad config value: one line naming the key, exit 2, before any job."""
+    sys.stderr.write(f"error: {message}\n")
+    sys.exit(2)
 
 
 MATRIX = build_matrix()
@@ -317,16 +326,14 @@ def panel_cells():
         return {}
     family = config[p["family"]]
     if family["mode"] != "generate":
-        raise ValueError(
+        stop(
             f"config panel.family: {p['family']} runs mode {family['mode']!r}; the "
-            "panel needs generate cells (their out.wav)"
+            "panel needs generate cells (their out.wav); `panel: null` = no panel"
         )
     lengths = family.get("durations_s") or [family["duration_s"]]
     length = p["duration_s"] if p["duration_s"] is not None else max(lengths)
     if length not in lengths:
-        raise ValueError(
-            f"config panel.duration_s: {length} is not one of {p['family']}'s lengths {lengths}"
-        )
+        stop(f"config panel.duration_s: {length} is not one of {p['family']}'s lengths {lengths}")
     return {
         f"ttt_{on}": cell_path(p["family"], [("duration", length), ("ttt", on)])
         for on in ("on", "off")
