@@ -114,6 +114,15 @@ def test_panel_null_plans_no_panel_job(tmp_path):
         assert jobs["run_cell"] == {"cell=short_form/duration~8/ttt~on", "cell=short_form/duration~8/ttt~off"}
 
 
+def test_config_null_on_the_command_line_is_null(tmp_path):
+    """`--config compare_with=null` means no comparison, as in a config file: not a folder
+    named "null" to compare with."""
+    write_config(tmp_path, families=["regression"])
+    done = snakemake(tmp_path, "-n", "--config", "compare_with=null")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "compare" not in planned(done)
+
+
 def test_default_recurrent_families_hold_a_full_copy_in_several_windows(tmp_path):
     """The default run's long_form and yarn cells read the positive control's recurrent input
     (README "The embedded default"), the only input on which its TTT has something to remember:

@@ -11,10 +11,12 @@ import sys
 import yaml
 from snakemake.utils import validate
 
-# `--config panel=null` arrives as the string 'null' (Snakemake reads --config values with YAML's
-# BaseLoader, which knows no null); it means no panel, as `panel: null` in a config file does.
-if config.get("panel") in ("null", "Null", "NULL", "~"):
-    config["panel"] = None
+# `--config KEY=null` arrives as the string 'null' (Snakemake reads --config values with YAML's
+# BaseLoader, which knows no null); it means null, as `KEY: null` in a config file does (e.g.
+# `panel=null`: no panel; `compare_with=null`).
+for _key, _value in list(config.items()):
+    if _value in ("null", "Null", "NULL", "~"):
+        config[_key] = None
 validate(config, "../schemas/config.schema.yaml")
 
 # The ttt package beside this workflow (the repository root), for the DAG build here and, first
