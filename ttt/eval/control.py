@@ -241,12 +241,14 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, cach
 
 def encode_batched(bundle, manifest, cache_dir: str, batch: int) -> None:
     """Fill the codes cache that ``ttt.eval.train_data.load_codes`` reads, ``batch`` equal-length
-    conversations per Mimi call, in strict fp32 (no TF32: the codes must equal a CPU encode's)."""
+    conversations per Mimi call (streamed in chunks past ``ONE_SHOT_MAX_S``, as ``mimi_codes``), in
+    strict fp32 (no TF32: the codes must equal a CPU encode's)."""
     import torch
 
     from safetensors.torch import save_file
 
-    from ttt.eval.data import _codes_key, load_audio, read_manifest
+    from ttt.eval.data import _codes_key, encode_chunk_frames, load_audio, read_manifest
+    from ttt.eval.mimi_encode import encode
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -255,19 +257,19 @@ def encode_batched(bundle, manifest, cache_dir: str, batch: int) -> None:
     todo = [(item, cache / f"{_codes_key(bundle.mimi, item, bundle.mimi_id)[:32]}.safetensors")
             for item in read_manifest(manifest)]
     todo = [(item, path) for item, path in todo if not path.is_file()]
-    device = next(bundle.mimi.parameters()).device
     for lo in range(0, len(todo), batch):
         part = todo[lo:lo + batch]
         audio = [torch.from_numpy(load_audio(item.path)) for item, _ in part]
-        if len({a.shape for a in audio}) > 1:  # unequal lengths: one at a time
-            groups = [[a] for a in audio]
+        plans = [encode_chunk_frames(item) for item, _ in part]
+        if len({(a.shape, plan) for a, plan in zip(audio, plans)}) > 1:  # unequal: one at a time
+            groups = [[i] for i in range(len(part))]
         else:
-            groups = [audio]
+            groups = [list(range(len(part)))]
         codes = []
         with torch.no_grad():
             for group in groups:
-                x = torch.stack(group).reshape(-1, 1, group[0].shape[-1]).to(device)
-                out = bundle.mimi.encode(x).cpu()
+                x = torch.stack([audio[i] for i in group]).reshape(-1, audio[group[0]].shape[-1])
+                out = encode(bundle.mimi, x, plans[group[0]]).cpu()
                 codes += list(out.reshape(len(group), 2, *out.shape[1:]))
         for (item, path), c in zip(part, codes):
             atomic_write(path, lambda tmp: save_file({"codes": c.long().contiguous()}, str(tmp)))

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from ttt.base.identity import file_digest, value_digest
 from ttt.base.files import atomic_write, write_text
+from ttt.eval import mimi_encode
 
 SAMPLE_RATE = 24000
 FRAME_RATE = 12.5
@@ -206,18 +207,31 @@ def text_stream(alignments, tokenizer, frames: int, speaker: str = MAIN) -> torc
     return stream
 
 
+def encode_chunk_frames(item: Item) -> int | None:
+    """How ``item``'s audio is encoded: None in one Mimi call, else frames per streamed chunk
+    (decided by the file's own length, read from its header)."""
+    return mimi_encode.chunk_frames(check_audio(item.path, item.channels))
+
+
 def _codes_key(mimi, item: Item, mimi_id: str) -> str:
-    """What a cached code file was computed from: Mimi's weights, the audio, the settings."""
-    return value_digest({"format": CODES_FORMAT, "mimi": mimi_id, "audio": file_digest(item.path),
-                         "channels": item.channels, "codebooks": getattr(mimi, "num_codebooks", None),
-                         "sample_rate": SAMPLE_RATE})
+    """What a cached code file was computed from: Mimi's weights, the audio, the settings, and
+    for streamed audio the chunk (one-shot keys are those of earlier runs: their files stay valid)."""
+    spec = {"format": CODES_FORMAT, "mimi": mimi_id, "audio": file_digest(item.path),
+            "channels": item.channels, "codebooks": getattr(mimi, "num_codebooks", None),
+            "sample_rate": SAMPLE_RATE}
+    frames = encode_chunk_frames(item)
+    if frames is not None:
+        spec["encode"] = {"method": "streamed", "chunk_frames": frames}
+    return value_digest(spec)
 
 
 @torch.no_grad()
 def mimi_codes(mimi, item: Item, cache_dir: Path, mimi_id: str) -> torch.Tensor:
     """[2, n_q, frames] codes (left, right), computed once per audio content, Mimi weights
-    (``mimi_id``: their content digest) and settings. Stored as safetensors (nothing executable
-    is loaded from the cache); an unreadable cached file is discarded and recomputed."""
+    (``mimi_id``: their content digest) and settings; audio over ``ONE_SHOT_MAX_S`` is encoded
+    in streamed chunks (bounded memory, :mod:`ttt.eval.mimi_encode`). Stored as safetensors
+    (nothing executable is loaded from the cache); an unreadable cached file is discarded and
+    recomputed."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     cached = cache_dir / f"{_codes_key(mimi, item, mimi_id)[:32]}.safetensors"
     if cached.is_file():
@@ -233,7 +247,7 @@ def mimi_codes(mimi, item: Item, cache_dir: Path, mimi_id: str) -> torch.Tensor:
     audio = torch.from_numpy(load_audio(item.path, channels=item.channels))
     if item.channels == 1:  # the user speaks; Moshi's channel is silent
         audio = torch.cat([torch.zeros_like(audio), audio])
-    codes = mimi.encode(audio[:, None].to(next(mimi.parameters()).device)).cpu().long().contiguous()
+    codes = mimi_encode.encode(mimi, audio, encode_chunk_frames(item)).cpu().long().contiguous()
     atomic_write(cached, lambda tmp: save_file({"codes": codes}, str(tmp)))
     return codes
 
