@@ -38,9 +38,11 @@ from moshi.modules.gating import ActivationGating
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from ttt.config import TTTConfig
-from ttt.moshi.gating import TTTGating
-from ttt.moshi.inplace_target import EmbeddingTap
+# This checkout's ttt, not whichever one is installed (``python bench/…`` puts only bench/ first).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ttt.config import TTTConfig  # noqa: E402
+from ttt.moshi.gating import TTTGating  # noqa: E402
+from ttt.moshi.inplace_target import EmbeddingTap  # noqa: E402
 
 SIZES = {"7b": dict(dim=4096, hidden=11264, chunk=256, block=2048),
          "small": dict(dim=256, hidden=704, chunk=16, block=128)}
@@ -165,24 +167,31 @@ def profile_chunks(layer, tap, blocks, device: str) -> list:
     return profiles
 
 
-def launches(prof, device: str) -> tuple[int, Counter]:
-    """Kernel launches in a profile, and their count by kernel (CUDA) or op (CPU) name."""
+def launches(prof, device: str) -> tuple[int, Counter, Counter]:
+    """Kernel launches in a profile, their count and total ms by kernel (CUDA: device kernels,
+    memcpy, memset) or by op (CPU: aten ops that compute, the leaves of the op tree)."""
     names: Counter = Counter()
+    ms: Counter = Counter()
     for e in prof.events():
         if device == "cuda":
             if e.device_type == DeviceType.CUDA:
                 names[e.name] += 1
+                ms[e.name] += e.time_range.elapsed_us() / 1e3
         elif (e.name.startswith("aten::") and e.name not in NO_KERNEL and not any(
                 c.name.startswith("aten::") and c.name not in NO_KERNEL for c in e.cpu_children)):
             names[e.name] += 1
-    return sum(names.values()), names
+            ms[e.name] += e.cpu_time / 1e3
+    return sum(names.values()), names, ms
 
 
 def op_rows(prof, device: str, rows: int) -> list[dict]:
-    """Ops grouped by name and input shapes, by self device time (CUDA) or self CPU time."""
+    """aten ops (not the kernels' own rows) grouped by name and input shapes, by the device time
+    of the kernels they launched themselves (CUDA) or their self CPU time."""
     cuda = device == "cuda"
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
-    avgs = sorted(prof.key_averages(group_by_input_shape=True), key=lambda a: -getattr(a, key))
+    avgs = [a for a in prof.key_averages(group_by_input_shape=True)
+            if a.device_type == DeviceType.CPU and a.key.startswith("aten::")]
+    avgs.sort(key=lambda a: -getattr(a, key))
     out = []
     for a in avgs[:rows]:
         out.append({"op": a.key, "input_shapes": str(a.input_shapes), "calls": a.count,
@@ -223,17 +232,22 @@ def run(args) -> tuple[dict, str]:
     text.append(f"  TTT-on layer (later block) / TTT-off layer: {on / off:.2f}x")
     for i, prof in enumerate(profiles):
         label = f"block{i + 1}"
-        count, names = launches(prof, device)
+        count, names, kernel_ms = launches(prof, device)
         rows = op_rows(prof, device, args.rows)
         result["launches_per_block"][label] = count
-        result["launches_by_name"][label] = dict(names.most_common())
+        result["launches_by_name"][label] = {k: {"calls": c, "ms": kernel_ms[k]}
+                                             for k, c in names.most_common()}
+        result.setdefault("kernel_ms_total", {})[label] = sum(kernel_ms.values())
         result["top_ops"][label] = rows
         text += ["", f"(b) _stream_chunks {label}: top {len(rows)} ops by self "
                  f"{'device' if device == 'cuda' else 'CPU'} time, grouped by input shapes",
                  table(rows, label),
                  "", f"(c) _stream_chunks {label}: {count} kernel launches "
                  f"({'device kernels + memcpy/memset' if device == 'cuda' else 'leaf compute ops, CPU'})"]
-        text += [f"  {n:5d}  {k[:120]}" for k, n in names.most_common(args.rows)]
+        text.append(f"  {'calls':>5} {'ms':>8}  {'kernel' if device == 'cuda' else 'op'} (total "
+                    f"{sum(kernel_ms.values()):.3f} ms)")
+        text += [f"  {n:5d} {kernel_ms[k]:8.3f}  {k[:120]}"
+                 for k, n in sorted(names.items(), key=lambda kv: -kernel_ms[kv[0]])[:args.rows]]
     return result, "\n".join(text)
 
 

@@ -38,7 +38,8 @@ def chunk_target(x0: torch.Tensor, conv_weight: torch.Tensor | None,
         y = F.linear(x, matrix[:, :d])
         for j in range(1, matrix.shape[1] // d):
             if j < C:
-                y[:, :C - j] += F.linear(x, matrix[:, j * d:(j + 1) * d])[:, j:]
+                # add_ on the view (``y[...] +=`` would also copy the sum back onto itself)
+                y[:, :C - j].add_(F.linear(x, matrix[:, j * d:(j + 1) * d])[:, j:])
     elif padding == "center":
         half = (conv_weight.shape[-1] - 1) // 2
         xt = F.pad(x.transpose(1, 2), (half, half))

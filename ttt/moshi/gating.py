@@ -209,7 +209,8 @@ class TTTGating(StreamingModule[TTTState]):
         v_hat = chunk_target(x0[:, :U].reshape(B * n, C, d), conv, projection,
                              self.cfg.conv_padding, dtype=z.dtype)
         zc = z[:, :U].reshape(B * n, C, hid)
-        sq = ((v_hat @ v_hat.transpose(1, 2)).float() * (zc @ zc.transpose(1, 2)).float()).sum((1, 2))
+        # ‖ΔW_j‖² from the C×C Grams in fp32 (the model-dtype Gram promoted inside the multiply)
+        sq = (v_hat @ v_hat.transpose(1, 2)).float().mul_(zc @ zc.transpose(1, 2)).sum((1, 2))
         norm = sq.clamp_min(0).sqrt().view(B, n)
         c = self.cfg.lr * clip_factor(norm, tau)  # [B, n]: lr · min(1, τ/‖ΔW_j‖)
         v_hat = v_hat.view(B, n, C, d)
@@ -231,25 +232,27 @@ class TTTGating(StreamingModule[TTTState]):
             initial = -(apply_fast_weight(z[:, :U], w0).view(B, n, C, d) * v_all).sum((2, 3))
         _add_chunk_causal(out, z, v_scaled, C)
         before = -(out[:, :U].view(B, n, C, d) * v_all).sum((2, 3))
-        index = state.updates[:, None] + torch.arange(n, device=z.device)[None]
-        gains = add_gain_stats(state.gain_stats, initial, before, index >= 1)
-        after = before - c * norm ** 2
-        # Per-chunk ‖W‖ and ‖W − W^(0)‖ without forming W^(j) (from the block's start); the block's
-        # last chunk is then read off W itself.
-        w_sq, drift_sq = squared_norms_after_chunks(state.w_norm, state.w_drift, c, norm, initial, before)
-        clip_before = state.clip_events.clone()
+        # Per-chunk statistics and records, vectorised over the block's chunks: [B, n] columns
+        # grouped into a few [B, n, k] tensors (one kernel per group, not per column and chunk).
+        updates = state.updates[:, None] + torch.arange(1, n + 1, device=z.device)[None]
+        gains = add_gain_stats(state.gain_stats, initial, before, updates >= 2)
+        losses = torch.stack([norm, initial, before, before - c * norm ** 2], dim=2)
+        # Per-chunk ‖W‖² and ‖W − W^(0)‖² without forming W^(j) (from the block's start); the
+        # block's last chunk is then read off W itself.
+        l64 = losses.double()
+        norms_sq = squared_norms_after_chunks(state.w_norm, state.w_drift, c, *l64[..., :3].unbind(2))
         _fold(state.w, v_scaled, z[:, :U], fresh=False)  # W += Σ_j c_j ΔW_j, fp32, in place
         state.sync_apply_copy()
         state.refresh_norms()
-        w_sq[:, -1], drift_sq[:, -1] = state.w_norm.double() ** 2, state.w_drift.double() ** 2
+        norms_sq[:, -1] = torch.stack([state.w_norm, state.w_drift], dim=1).double() ** 2
         state.updates.add_(n)
-        clipped = (norm > tau) if tau is not None else torch.zeros_like(norm, dtype=torch.bool)
+        clips = (norm > tau).cumsum(1) if tau is not None else torch.zeros_like(updates)
+        counts = torch.stack([updates, state.clip_events[:, None] + clips], dim=2)
         if tau is not None:
-            state.clip_events.add_(clipped.sum(1))
+            state.clip_events.add_(clips[:, -1])
         state.last_delta_norm.copy_(norm[:, -1])
-        state.inner_loss.copy_(torch.stack([initial[:, -1], before[:, -1], after[:, -1]], dim=1))
-        self._log_chunks(index + 1, clip_before[:, None] + clipped.cumsum(1), w_sq.clamp_min(0).sqrt(),
-                         drift_sq.clamp_min(0).sqrt(), norm, initial, before, after, gains,
+        state.inner_loss.copy_(losses[:, -1, 1:])
+        self._log_chunks(counts, norms_sq.clamp_min(0).sqrt(), losses, gains,
                          torch.ones_like(norm, dtype=torch.bool))
         tail = T - U
         if tail:
@@ -287,19 +290,19 @@ class TTTGating(StreamingModule[TTTState]):
         state.updates.add_(full.long())
         state.clip_events.add_((full & clipped).long())
         state.last_delta_norm.copy_(torch.where(full, norm, state.last_delta_norm))
-        self._log_chunks(state.updates[:, None], state.clip_events[:, None], state.w_norm[:, None],
-                         state.w_drift[:, None], norm[:, None], *losses[:, :, None].unbind(1),
-                         gains, full[:, None])
+        self._log_chunks(torch.stack([state.updates, state.clip_events], dim=1)[:, None],
+                         torch.stack([state.w_norm, state.w_drift], dim=1)[:, None],
+                         torch.cat([norm[:, None], losses], dim=1)[:, None], gains, full[:, None])
         state.pos.masked_fill_(full, 0)
         state.fill = [0 if f >= self.cfg.chunk_size else f for f in state.fill]
         return True
 
-    def _log_chunks(self, *columns: torch.Tensor) -> None:
-        """Append one record per chunk to :attr:`chunk_log`, on the device (columns as
+    def _log_chunks(self, *groups: torch.Tensor) -> None:
+        """Append one record per chunk to :attr:`chunk_log`, on the device (column groups as
         :func:`ttt.core.chunk_stats.chunk_record` takes them). An undrained log (a generate cell
         reads the state instead) is merged now and then: it stays one small tensor holding
         14 numbers per chunk."""
-        self.chunk_log.append(chunk_record(columns, self._streaming_state.w0_norm))
+        self.chunk_log.append(chunk_record(*groups, self._streaming_state.w0_norm))
         if len(self.chunk_log) >= 64:
             self.chunk_log[:] = [torch.cat(self.chunk_log, dim=1)]
 

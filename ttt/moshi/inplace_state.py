@@ -69,5 +69,5 @@ class TTTState(State):
     def refresh_norms(self) -> None:
         """``w_norm`` and ``w_drift`` from W as it is now (after an update): one read of W and of
         W^(0), the difference formed in slabs of rows (never a d×hid temporary)."""
-        self.w_norm.copy_(torch.linalg.vector_norm(self.w, dim=(-2, -1)))
+        torch.linalg.vector_norm(self.w, dim=(-2, -1), out=self.w_norm)
         self.w_drift.copy_(weight_distance(self.w, self.w0))
