@@ -144,6 +144,22 @@ def test_effect_needs_both_moved_weights_and_changed_outputs(tmp_path, case, spe
     assert row["verdict"] == "no effect" and needle in row["explanation"], (case, row)
 
 
+@pytest.mark.parametrize("case,w_change,ppl,verdict,needle", [
+    # bf16 at 32k tokens on an H100: W moved 1e-8, windows differ by up to 8e-4 (the TTT path's
+    # rounding): not a pass
+    ("inert weights, rounding-sized differences", 1e-8, None, "no effect", "rounding"),
+    ("moved weights, the same differences", 1e-3, None, "pass", ""),
+    ("inert weights, significantly worse", 1e-8, 25.0, "fail", ""),
+])
+def test_perplexity_of_inert_weights_is_no_effect_unless_worse(tmp_path, case, w_change, ppl,
+                                                               verdict, needle):
+    spec = cell_spec(ON, True, telemetry=telemetry_rows(w_change=w_change),
+                     timeseries=windows(20.0, noise=5e-4) if ppl is None else windows(ppl))
+    summary, _ = judge(tmp_path, replaced(healthy_specs(), spec))
+    row = summary["responsiveness.perplexity_text"]
+    assert row["verdict"] == verdict and needle in row["explanation"], (case, row)
+
+
 def test_effect_threshold_is_the_compute_dtype_resolution(tmp_path):
     """‖W − W₀‖/‖W₀‖ ≈ 2e-3 is far above fp32 resolution (1.2e-7) and below bf16's (7.8e-3)."""
     spec = cell_spec(ON, True, ppl=19.0, telemetry=telemetry_rows(w_change=1e-3))

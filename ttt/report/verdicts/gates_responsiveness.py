@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ttt.report.verdicts.effect import effect_of
+from ttt.report.verdicts.effect import effect_of, weights_inert
 from ttt.report.tables import number
 from ttt.report.verdicts.registry import Scope, check, gate
 from ttt.report.verdicts.stats import bootstrap_ci
@@ -30,7 +30,8 @@ def _not_worse(s: Scope, column: str, relative: bool, tol: float):
     """TTT on is not worse than its TTT-off twin, window by window: the mean per-window difference
     (perplexity: relative, on/off − 1; WER: absolute) with a bootstrap CI over windows. Fails
     when the whole CI lies above the tolerance (significantly worse); says "no effect" when on
-    equals off in every window (within ``effect.min_output_change``)."""
+    equals off in every window (within ``effect.min_output_change``), or when the fast weights
+    never moved past the dtype's resolution and on is not significantly worse."""
     g = s.g
     min_change = s.cfg["effect"]["min_output_change"]
     out = []
@@ -52,11 +53,16 @@ def _not_worse(s: Scope, column: str, relative: bool, tol: float):
         fmt = (lambda x: f"{x:+.2%}") if relative else (lambda x: f"{x:+.4f}")
         what = "relative" if relative else "absolute"
         same = bool(np.all(np.abs(d) <= (min_change if relative else 0.0)))
+        inert, rel, dtype, _ = weights_inert(c)
+        # weights that never moved: a difference not significantly worse is rounding, no effect
+        rounding = inert and lo <= tol and not same
+        why = ("no effect: TTT on equals off in every window; " if same else
+               f"no effect: fast weights moved ≤ {rel:.3g} (below {dtype} resolution), so on − off "
+               "is the TTT path's rounding; " if rounding else "")
         out.append(check(f"{c.name} vs {twin.name}", mean, tol, lo <= tol,
-                         ("no effect: TTT on equals off in every window; " if same else "")
-                         + f"{column} on − off ({what}) {fmt(mean)} [{fmt(lo)}, {fmt(hi)}] "
+                         why + f"{column} on − off ({what}) {fmt(mean)} [{fmt(lo)}, {fmt(hi)}] "
                          f"{g['confidence']:.0%} CI over {len(d)} windows; mean on "
-                         f"{a.mean():.4g} vs off {b.mean():.4g}", no_effect=same))
+                         f"{a.mean():.4g} vs off {b.mean():.4g}", no_effect=same or rounding))
     return out
 
 
