@@ -266,6 +266,7 @@ def profile_passes(upstream, bundle, base: dict, codes: torch.Tensor, args) -> d
     top CUDA ops of each, written beside the JSON (where a cell pass loses time against the plain
     forward). A cell pass is the whole stage: its warm-up and the monitor's reads are in the
     profile, outside the timed blocks; :data:`SECTIONS` show them as rows of their own."""
+    from torch.autograd.profiler_util import EventList
     from torch.profiler import ProfilerActivity, profile
 
     tables = {}
@@ -279,8 +280,12 @@ def profile_passes(upstream, bundle, base: dict, codes: torch.Tensor, args) -> d
                     activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 fn()
                 sync(args.device)
-        tables[name] = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
-        tables[name + " (CPU)"] = prof.key_averages().table(sort_by="cpu_time_total", row_limit=15)
+        averages = prof.key_averages()
+        tables[name] = averages.table(sort_by="cuda_time_total", row_limit=30)
+        tables[name + " (CPU)"] = averages.table(sort_by="cpu_time_total", row_limit=15)
+        sections = [e for e in averages if e.key in SECTIONS]  # always shown, whatever the top rows
+        if sections:
+            tables[name + " (sections)"] = EventList(sections).table(sort_by="cpu_time_total")
     path = args.profile
     path.write_text("\n\n".join(f"== {k} ({codes.shape[-1]} frames)\n{v}" for k, v in tables.items()))
     return {"file": path.name}

@@ -39,7 +39,7 @@ def test_bench_cells_tiny_smoke(tmp_path, monkeypatch):
     data = json.loads(out.read_text())
     # the profile splits a TTT-on cell pass into its warm-up (untimed), the monitor's reads
     # (untimed) and the TTT layers' block updates (timed)
-    on = (tmp_path / "profile.txt").read_text().split("== cell_ttt_on (CPU)")[1]
+    on = (tmp_path / "profile.txt").read_text().split("== cell_ttt_on (sections)")[1]
     assert all(f" {name} " in on for name in ("cell::warm_up", "cell::observe", "ttt::stream_chunks"))
     assert data["complete"] and data["device"] == "cpu"
     gen = data["generate"]
