@@ -2,6 +2,8 @@
 the TTT-off twin (A/B), the regression against upstream moshi's loader, and the X₀ plumbing."""
 from __future__ import annotations
 
+import contextlib
+import gc
 from pathlib import Path
 
 import torch
@@ -34,42 +36,94 @@ def ab_twin(lm, codes: torch.Tensor, chunk: int, block: int, on=None) -> dict:
 
 def upstream_regression(cfg, bundle, items, cache) -> dict:
     """This cell's model vs the same checkpoint loaded by upstream moshi's own loader, on the first
-    block of the first input: the TTT-off regression guard (seed 000 item 9)."""
+    block of the first input: the TTT-off regression guard (seed 000 item 9).
+
+    The two models are never on the device together (a 7B cell must run where upstream runs):
+    ours scores the block first and its logits go to the host; on a GPU our model then waits in
+    host memory while upstream's is loaded straight from the file (built on the meta device, the
+    stored tensors assigned: no random-weight model is ever built), run and freed; then ours comes
+    back, bitwise the same. The device's peak is one model and one forward, as upstream's alone."""
+    codes = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes",
+                               bundle.mimi_id)[:, :, :cfg.block].to(cfg.device)
+    with torch.no_grad():
+        ours = _logits_on_host(bundle.lm(codes))
+    with off_device(bundle.lm, cfg.device):
+        plain, loader = _upstream_lm(cfg, bundle.sources)
+        with torch.no_grad():
+            theirs = _logits_on_host(plain(codes))
+        del plain
+        _release(cfg.device)
+    diffs = [(a - b).abs().nan_to_num().max().item() for a, b in zip(ours, theirs)]
+    equal = all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in zip(ours, theirs))
+    return {"bitwise_equal": equal, "max_abs_diff": max(diffs), "steps": codes.shape[-1],
+            "upstream_loader": loader}
+
+
+def _logits_on_host(out) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text logits, audio logits) of an ``LMOutput``, copied to the host: all the comparison keeps."""
+    return out.text_logits.cpu(), out.logits.cpu()
+
+
+def _upstream_lm(cfg, src):
+    """Upstream's LM for this checkpoint, on ``cfg.device``, and how it was loaded. A checkpoint
+    trained with TTT carries tensors moshi's loader refuses: moshi's own ``LMModel`` (built on the
+    meta device, as ``get_moshi_lm`` builds it for a file) then takes every other tensor, cast as
+    ``get_moshi_lm`` casts them, strictly (no key missing, nothing added)."""
     from moshi.models import loaders
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    src = bundle.sources
     kwargs = dict(src.lm_kwargs)
     if src.lora is not None:  # moshi's own LoRA path: LoRALinear modules, fused after loading
         kwargs.update(lora=True, lora_scaling=src.lora_scaling, lora_rank=_lora_rank(src.lora))
     dtype = getattr(torch, cfg.dtype)
     with safe_open(str(src.lm_weights), "pt") as f:
         stored = set(f.keys())
-    with torch.device("meta"):
-        upstream_keys = set(loaders.get_moshi_lm(None, lm_kwargs=kwargs, device="meta").state_dict())
-    ttt_only = stored - upstream_keys
-    if ttt_only and src.lora is None:
-        # A checkpoint trained with TTT: moshi's loader refuses its TTT tensors, so moshi's own
-        # LMModel takes every other tensor, strictly (no key missing, nothing added).
-        plain = loaders.get_moshi_lm(None, lm_kwargs=kwargs, device=cfg.device, dtype=dtype)
-        state = load_file(str(src.lm_weights), device=str(cfg.device))
-        plain.load_state_dict({k: v for k, v in state.items() if k not in ttt_only}, strict=True)
-        loader = f"LMModel.load_state_dict(strict), {len(ttt_only)} TTT tensors left out"
-    else:
+    with torch.device("meta"):  # LMModel builds text_linear, depformer_in on the CPU first
+        plain = loaders.get_moshi_lm(None, lm_kwargs=kwargs, device="meta", dtype=dtype)
+    ttt_only = stored - set(plain.state_dict())
+    if not ttt_only or src.lora is not None:
+        del plain
         plain = loaders.get_moshi_lm(str(src.lm_weights), lm_kwargs=kwargs, device=cfg.device,
                                      dtype=dtype, lora_weights=src.lora, fuse_lora=True)
-        loader = "moshi.models.loaders.get_moshi_lm"
-    codes = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes",
-                               bundle.mimi_id)[:, :, :cfg.block].to(cfg.device)
-    with torch.no_grad():
-        ours, theirs = bundle.lm(codes), plain(codes)
-    diffs = [(a - b).abs().nan_to_num().max().item() for a, b in
-             ((ours.text_logits, theirs.text_logits), (ours.logits, theirs.logits))]
-    equal = all(torch.equal(a.nan_to_num(), b.nan_to_num()) for a, b in
-                ((ours.text_logits, theirs.text_logits), (ours.logits, theirs.logits)))
-    return {"bitwise_equal": equal, "max_abs_diff": max(diffs), "steps": codes.shape[-1],
-            "upstream_loader": loader}
+        return plain, "moshi.models.loaders.get_moshi_lm"
+    state = load_file(str(src.lm_weights), device=str(cfg.device))
+    for key in ttt_only:
+        del state[key]
+    for key, value in state.items():  # get_moshi_lm's own casts
+        if value.dtype.is_floating_point:
+            state[key] = value.float() if key.startswith(("condition_provider.", "fuser.")) \
+                else value.to(dtype)
+    plain.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*plain.named_parameters(), *plain.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"{src.lm_weights}: upstream's LMModel has {len(left)} tensor(s) the "
+                           f"checkpoint does not fill, e.g. {left[0]}")
+    return plain.eval(), f"LMModel.load_state_dict(strict), {len(ttt_only)} TTT tensors left out"
+
+
+@contextlib.contextmanager
+def off_device(lm, device: str):
+    """``lm`` waits in host memory inside the block when ``device`` is an accelerator (nothing
+    moves on the CPU); its derived-weight caches (casts of W^(0), the fused target matrix) are
+    dropped, they are rebuilt on first use. Back on ``device`` afterwards, bitwise the same."""
+    if torch.device(device).type == "cpu":
+        yield
+        return
+    lm.to("cpu")
+    for module in lm.modules():
+        module.__dict__.pop("_derived_cache", None)
+    _release(device)
+    try:
+        yield
+    finally:
+        lm.to(device)
+
+
+def _release(device: str) -> None:
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def embedding_plumbing(cfg, bundle, items, cache) -> dict | None:
