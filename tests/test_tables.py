@@ -130,10 +130,13 @@ def test_cell_path_round_trip_matches_the_workflow_spelling():
 
 
 def test_workflow_writes_cell_paths_with_this_formatter():
-    """common.smk builds every cell path with cell_path (the reports parse what it writes)."""
+    """The matrix builder (ttt/launch/matrix.py, which common.smk calls) builds every cell path
+    with cell_path (the reports parse what it writes)."""
     from pathlib import Path
-    smk = (Path(__file__).parents[1] / "workflow" / "rules" / "common.smk").read_text()
-    assert "from ttt.report.tables import cell_path" in smk and "~{" not in smk
+    root = Path(__file__).parents[1]
+    builder = (root / "ttt" / "launch" / "matrix.py").read_text()
+    smk = (root / "workflow" / "rules" / "common.smk").read_text()
+    assert "from ttt.report.tables import cell_path" in builder and "~{" not in builder + smk
 
 
 def test_cell_path_import_stays_light():

@@ -89,6 +89,22 @@ def check_matrix(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, An
             raise PreflightError(f"config {where}: {rest} (cell {path})") from None
 
 
+def check_workflow(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, Any]]) -> dict:
+    """Everything the workflow checks before any job, and each model's identity once all check
+    out: ``{(model, base): model_identity}``. A model is checked with the cells that read it (a
+    family may name its own ``model``)."""
+    check_config(config)
+    check_launcher(config["launcher"], config["device"])
+    models = f"{config['cache_dir']}/models"
+    identities = {}
+    for model, base in dict.fromkeys((c["model"], c["base"]) for c in matrix.values()):
+        checkpoint_ttt = check_model(model, base, models)
+        cells = {p: c for p, c in matrix.items() if (c["model"], c["base"]) == (model, base)}
+        check_matrix(config, cells, checkpoint_ttt)
+        identities[model, base] = model_identity(model, base, models)
+    return identities
+
+
 def _check_variant(checkpoint_ttt: Mapping[str, Any], cell: Mapping[str, Any], where: str) -> None:
     """A checkpoint's trained TTT layers load only into the same variant: the hybrid's tensors are
     not the In-Place layer's (the load would fail on missing keys inside the job)."""
