@@ -52,21 +52,30 @@ def log_lines(cell, telemetry):
     return lines
 
 
+def speed(ms):
+    """metrics.json's ``throughput`` at ``ms`` per step (p50)."""
+    return {"ms_per_step_p50": ms, "ms_per_step_p90": ms * 1.1, "rtf": ms / 80,
+            "tokens_per_s": 1000 / ms}
+
+
 def cell_spec(path, on, ppl=20.0, ms=1.0, ttt=None, **extra):
     """A completed teacher-forced cell; ``extra`` overrides metrics keys or gives files,
     ``ttt`` overrides resolved TTT keys."""
     telemetry = telemetry_rows() if on else []
     metrics = {
         "cell": path, "family": path.split("/")[0], "mode": "teacher_forced", "ttt": on,
-        "model_layers": 4, "steps": STEPS,
+        "model_path": "/models/tiny", "model_layers": 4, "steps": STEPS, "load_s": 0.5,
+        "timing": {"prepare_s": 0.1, "load_s": 0.5, "run_s": 2.0, "write_s": 0.1},
         "config": {"cell": path, "dtype": "float32",
                    "resolved_ttt": {**TTT, **(ttt or {})} if on else None, "resolved_yarn": None},
         "perplexity": {"text": ppl, "audio": 10 * ppl}, "wer": None,
-        "throughput": {"ms_per_step_p50": ms, "ms_per_step_p90": ms * 1.1, "rtf": ms / 80,
-                       "tokens_per_s": 1000 / ms},
+        "throughput": speed(ms),
         "memory": {"load_peak_bytes": 900_000, "run_peak_bytes": 1_000_000},
         "ttt_telemetry": {"updates": 20, "clip_events": 0, "final_w_norm": {"1": 5.1, "3": 5.3},
-                          "max_delta_norm": 0.5} if on else None,
+                          "max_delta_norm": 0.5, "max_w_rel_change": 0.002,
+                          "next_chunk_gain": {str(layer): {"mean": 0.1, "rel": 0.1, "positive": 1.0,
+                                                           "chunks": 9} for layer in LAYERS}}
+        if on else None,
         "diverged": False, "requeues": 0, "ab": None, "regression": None,
         "plumbing": {"layers": list(LAYERS), "max_abs_diff": 0.0, "steps": 16} if on else None,
         "provenance": {"git_sha": "abc", "device": "cpu"},

@@ -10,6 +10,8 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from ttt.base.result import SCHEMA_VERSION
+from ttt.base.result import load as load_result
 from ttt.eval.cell import CellConfig, cell_items, run_cell
 from conftest import CELL_TTT, make_cell
 from ttt.eval.data import DataError, conversation_codes, read_manifest, write_demo_conversation
@@ -30,6 +32,8 @@ def test_teacher_forced_cell_outputs_and_perplexity(cache, tmp_path):
         "diagnostics.csv", "metrics.json", "perplexity.png", "telemetry.csv", "telemetry.png",
         "timeseries.csv"]
     saved = json.loads((out / "metrics.json").read_text())
+    typed = load_result(out / "metrics.json")  # what the reports read: every key checked
+    assert typed.schema_version == SCHEMA_VERSION and typed.ab.pre_update_logits_rel_err < 1e-6
     for key in ("cell", "family", "mode", "ttt", "config", "provenance", "perplexity", "wer",
                 "throughput", "memory", "ttt_telemetry", "diverged", "requeues"):
         assert key in saved, key

@@ -385,7 +385,7 @@ def test_inspect_checks_headers_with_one_line_errors(tiny, tmp_path):
 def test_tables_report_the_run_peak_not_the_load():
     """metrics.json keeps both peaks; the tables' peak_mem_bytes is the run's (older cells, with
     one ``peak_bytes``, still read)."""
-    from ttt.report.aggregate import _metrics_columns
-    both = {"memory": {"load_peak_bytes": 15_780_514_304, "run_peak_bytes": 17_471_474_176}}
-    assert _metrics_columns(both)["peak_mem_bytes"] == 17_471_474_176
-    assert _metrics_columns({"memory": {"peak_bytes": 7}})["peak_mem_bytes"] == 7
+    from ttt.base.result import Memory
+    both = Memory(load_peak_bytes=15_780_514_304, run_peak_bytes=17_471_474_176)
+    assert both.run_peak == 17_471_474_176  # tests/test_result.py: the same through cells.csv
+    assert Memory(peak_bytes=7).run_peak == 7

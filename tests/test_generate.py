@@ -7,6 +7,7 @@ import jiwer
 import pytest
 import soundfile as sf
 
+from ttt.base.result import load as load_result
 from ttt.eval.cell import run_cell
 from conftest import CELL_TTT, make_cell
 from ttt.eval.generate import collapse_indicators
@@ -31,6 +32,8 @@ def test_generate_cell(cache, tmp_path):
     c = metrics["collapse"]
     assert 0 <= c["pad_fraction"] <= 1 and c["words_per_min"] >= 0
     assert metrics["throughput"]["ms_per_step_p50"] > 0
+    typed = load_result(out / "metrics.json")  # what the reports read: every key checked
+    assert typed.collapse.pad_fraction == c["pad_fraction"] and typed.audio.file == "out.wav"
 
 
 def test_transcribe_cell_wer_matches_jiwer(cache, tmp_path):
@@ -44,6 +47,7 @@ def test_transcribe_cell_wer_matches_jiwer(cache, tmp_path):
     assert metrics["wer"]["substitutions"] == want.substitutions
     assert metrics["wer"]["insertions"] == want.insertions + extra
     assert not (out / "out.wav").exists()
+    assert load_result(out / "metrics.json").wer.ref_words == want.hits + want.substitutions + want.deletions
 
 
 def test_collapse_indicators_on_known_text():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from results_factory import (STRESS, cell_spec, healthy_specs, inert_spec, modified, telemetry_rows,
+from results_factory import (STRESS, cell_spec, speed, healthy_specs, inert_spec, modified, telemetry_rows,
                              windows, write_results)
 from ttt.report import verdicts
 from ttt.cli.main import main
@@ -69,7 +69,7 @@ def test_healthy_results_pass_every_gate(tmp_path):
      "correctness.embedding_plumbing", "0.001"),
     ("worse ppl", dict(timeseries=windows(21.0, noise=0.01)), "responsiveness.perplexity_text",
      "+5.00%"),
-    ("slower twin", dict(throughput={"ms_per_step_p50": 1.2}), "cost.throughput", "+20.0%"),
+    ("slower twin", dict(throughput=speed(1.2)), "cost.throughput", "+20.0%"),
 ])
 def test_each_gate_fails_on_its_planted_fault(tmp_path, name, changes, signal, needle):
     summary, _ = judge(tmp_path, modified(healthy_specs(), ON, **changes))
@@ -216,7 +216,7 @@ def test_bootstrap_ci_brackets_the_mean_and_is_seeded():
 def test_strict_exit_codes_and_threshold_file(tmp_path, capsys):
     good = write_results(tmp_path / "good", healthy_specs())
     bad = write_results(tmp_path / "bad", modified(healthy_specs(), ON,
-                                                   throughput={"ms_per_step_p50": 1.2}))
+                                                   throughput=speed(1.2)))
     assert main(["verdicts", "--results", str(good), "--strict"]) == 0
     assert main(["verdicts", "--results", str(bad)]) == 0  # not strict: the table is the result
     assert main(["verdicts", "--results", str(bad), "--strict"]) == 1
@@ -262,8 +262,8 @@ def test_schema_and_config_carry_the_documented_defaults():
 
 def test_cost_at_exactly_the_threshold_passes_and_just_above_fails(tmp_path):
     """'A gate passes when its value is at most its threshold' (README): 5 vs 4 ms/step is +25 %."""
-    specs = modified(healthy_specs(), ON, throughput={"ms_per_step_p50": 5.0})
-    specs = modified(specs, OFF, throughput={"ms_per_step_p50": 4.0})
+    specs = modified(healthy_specs(), ON, throughput=speed(5.0))
+    specs = modified(specs, OFF, throughput=speed(4.0))
     at = verdicts.thresholds({"cost": {"max_regression": 0.25}})
     summary, _ = judge(tmp_path / "at", specs, at)
     assert summary["cost.throughput"]["value"] == 0.25

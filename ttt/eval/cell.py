@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from ttt.base.outdir import check_output, claim_output, remove_dead_temporaries
+from ttt.base.result import SCHEMA_VERSION, checked
 from ttt.config import MODES, CellConfig, load_cell_config  # noqa: F401 - this module's API too
 from ttt.eval.cell_outputs import write_json
 from ttt.eval.checks import embedding_plumbing
@@ -85,6 +86,10 @@ def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
                        provenance=_provenance(cfg, started))
         with phases("write"):
             metrics["timing"] = phases.seconds()  # metrics.json's own writing is the rest
+            metrics["schema_version"] = SCHEMA_VERSION
+            # Typed and checked before it is written: a renamed or mistyped metric fails here,
+            # in the cell's own tests, not as a blank column in a report later.
+            metrics = checked(metrics, str(out / "metrics.json")).to_dict()
             write_json(tmp / "metrics.json", metrics)
             tmp.rename(out)
         shutil.rmtree(replay_dir(out), ignore_errors=True)

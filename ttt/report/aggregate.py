@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ttt.base.files import read_json
+from ttt.base.result import CellResult, ChunkGain
+from ttt.base.result import load as load_result
 from ttt.report.tables import cell_params, number, read_table, write_csv
 
 TWIN_FREE = {"ttt", "lr", "chunk", "ablation", "alpha"}  # parameters an off-twin need not share
@@ -35,7 +37,7 @@ def collect(cells_root: str | os.PathLike) -> list[dict]:
         metrics_path = status_path.parent / "cell" / "metrics.json"
         try:
             if metrics_path.is_file():
-                row.update(_metrics_columns(_read_object(metrics_path), metrics_path))
+                row.update(_metrics_columns(metrics_path))
             elif status.get("status") in ("ok", "diverged"):
                 raise ValueError(f"{metrics_path}: missing, although status.json says "
                                  f"{status.get('status')!r}")
@@ -56,49 +58,41 @@ def _read_object(path: Path) -> dict:
     return data
 
 
-def _metrics_columns(m: dict, path: Path | None = None) -> dict:
-    try:
-        return _columns(m)
-    except (AttributeError, TypeError, ValueError, KeyError) as exc:
-        raise ValueError(f"{path}: unexpected structure ({type(exc).__name__}: {exc})") from None
+def _metrics_columns(path: Path) -> dict:
+    """cells.csv's columns from the typed cell result (ResultError, a ValueError, names the file
+    and key when it does not fit)."""
+    return _columns(load_result(path))
 
 
-def _columns(m: dict) -> dict:
-    tel = m.get("ttt_telemetry") or {}
-    thr = m.get("throughput") or {}
-    ppl = m.get("perplexity") or {}
-    wer = m.get("wer") or {}
-    ab = m.get("ab") or {}
-    reg = m.get("regression") or {}
+def _columns(m: CellResult) -> dict:
+    tel, thr, ppl = m.ttt_telemetry, m.throughput, m.perplexity
     return {
-        "ttt": "on" if m.get("ttt") else "off", "mode": m.get("mode"),
-        "wer": wer.get("wer"), "perplexity_text": ppl.get("text"), "perplexity_audio": ppl.get("audio"),
-        "ms_per_step": thr.get("ms_per_step_p50"), "ms_per_step_p90": thr.get("ms_per_step_p90"),
-        "rtf": thr.get("rtf"), "tokens_per_s": thr.get("tokens_per_s"),
-        "peak_mem_bytes": _run_peak(m.get("memory") or {}),
-        "updates": tel.get("updates"), "clip_events": tel.get("clip_events"),
-        "final_w_norm": max(tel["final_w_norm"].values()) if tel.get("final_w_norm") else None,
-        "max_delta_norm": tel.get("max_delta_norm"),
-        "max_w_rel_change": tel.get("max_w_rel_change"),
-        "next_chunk_gain_rel": _mean_rel_gain(tel.get("next_chunk_gain")),
-        "pre_update_logits_rel_err": ab.get("pre_update_logits_rel_err"),
-        "upstream_bitwise_equal": reg.get("bitwise_equal"),
-        "diverged": m.get("diverged"), "requeues": m.get("requeues"), "steps": m.get("steps"),
-        "git_sha": (m.get("provenance") or {}).get("git_sha"),
-        "device": (m.get("provenance") or {}).get("device"),
+        "ttt": "on" if m.ttt else "off", "mode": m.mode,
+        "wer": m.wer.wer if m.wer else None,
+        "perplexity_text": ppl.text if ppl else None, "perplexity_audio": ppl.audio if ppl else None,
+        "ms_per_step": thr.ms_per_step_p50, "ms_per_step_p90": thr.ms_per_step_p90,
+        "rtf": thr.rtf, "tokens_per_s": thr.tokens_per_s,
+        "peak_mem_bytes": m.memory.run_peak,
+        "updates": tel.updates if tel else None, "clip_events": tel.clip_events if tel else None,
+        "final_w_norm": max(tel.final_w_norm.values()) if tel and tel.final_w_norm else None,
+        "max_delta_norm": tel.max_delta_norm if tel else None,
+        "max_w_rel_change": tel.max_w_rel_change if tel else None,
+        "next_chunk_gain_rel": _mean_rel_gain(tel.next_chunk_gain) if tel else None,
+        "pre_update_logits_rel_err": m.ab.pre_update_logits_rel_err if m.ab else None,
+        "upstream_bitwise_equal": m.regression.bitwise_equal if m.regression else None,
+        "diverged": m.diverged, "requeues": m.requeues, "steps": m.steps,
+        "git_sha": m.provenance.git_sha, "device": m.provenance.device,
         **model_columns(m),
     }
 
 
-def model_columns(m: dict) -> dict:
+def model_columns(m: CellResult) -> dict:
     """What a row was computed from: the model (spec, the folder its weights were read from, the
     content digest of its files) and every resolved TTT setting (``ttt_<key>``; empty when off)."""
-    cfg = m.get("config") or {}
-    resolved = cfg.get("resolved_ttt") or {}
-    return {"model": cfg.get("model"), "model_path": m.get("model_path"),
-            "model_digest": cfg.get("model_digest"),
+    resolved = (m.resolved_ttt or {}) if m.ttt else {}
+    return {"model": m.model, "model_path": m.model_path, "model_digest": m.model_digest,
             **{f"ttt_{k}": ",".join(map(str, v)) if isinstance(v, list) else v
-               for k, v in resolved.items() if m.get("ttt")}}
+               for k, v in resolved.items()}}
 
 
 ASR_COLUMNS = ("consistency_wer", "asr_words_per_min", "asr_distinct_1", "asr_distinct_2",
@@ -120,9 +114,9 @@ def asr_columns(asr_dir: Path) -> dict:
             "asr_x_realtime": (a.get("speed") or {}).get("x_realtime")}
 
 
-def _mean_rel_gain(gains: dict | None) -> float | None:
+def _mean_rel_gain(gains: dict[str, ChunkGain]) -> float | None:
     """The layers' mean relative next-chunk gain (``telemetry.next_chunk_gain``'s ``rel``)."""
-    values = [g["rel"] for g in (gains or {}).values()]
+    values = [g.rel for g in gains.values()]
     return sum(values) / len(values) if values else None
 
 
@@ -232,9 +226,3 @@ def aggregate(cells_root: str | os.PathLike, tables: str | os.PathLike, plots: s
     from ttt.report.plots import make_plots
     make_plots(Path(cells_root), rows, plots)
     return rows
-
-
-def _run_peak(memory: dict) -> int | None:
-    """The run's peak without the load transient (older cells recorded only ``peak_bytes``)."""
-    return memory.get("run_peak_bytes", memory.get("peak_bytes"))
-

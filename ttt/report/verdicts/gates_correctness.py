@@ -2,7 +2,6 @@
 its first update, every TTT layer receives the summed token embeddings)."""
 from __future__ import annotations
 
-from ttt.report.tables import number
 from ttt.report.verdicts.registry import Scope, check, gate
 
 
@@ -14,7 +13,7 @@ def pre_update_logits(s: Scope):
     for c in s.cells:
         if not (c.done and c.ttt_on):
             continue
-        err = number((c.metrics.get("ab") or {}).get("pre_update_logits_rel_err"))
+        err = c.result.ab.pre_update_logits_rel_err if c.result.ab else None
         if err is None:
             out.append(check(c.name, None, g["max_rel_err"], False,
                              "no A/B result in metrics.json (the cell needs ab: true)"))
@@ -32,15 +31,14 @@ def ttt_off_bitwise(s: Scope):
     for c in s.cells:
         if not c.done or c.ttt_on:
             continue
-        reg = c.metrics.get("regression")
-        if not reg:
+        reg = c.result.regression
+        if reg is None:
             out.append(check(c.name, None, 0.0, False,
                              "no upstream comparison in metrics.json (the cell needs check_upstream)"))
             continue
-        diff = number(reg.get("max_abs_diff"))
-        equal = reg.get("bitwise_equal") is True
+        diff, equal = reg.max_abs_diff, reg.bitwise_equal
         out.append(check(c.name, diff, 0.0, equal,
-                         f"{'bitwise equal' if equal else 'differs'} over {reg.get('steps')} steps "
+                         f"{'bitwise equal' if equal else 'differs'} over {reg.steps} steps "
                          f"(max |diff| {diff:.3g})"))
     return out
 
@@ -53,18 +51,18 @@ def embedding_plumbing(s: Scope):
     for c in s.cells:
         if not (c.done and c.ttt_on):
             continue
-        resolved = (c.metrics.get("config") or {}).get("resolved_ttt") or {}
+        resolved = c.result.resolved_ttt or {}
         if resolved.get("variant", "inplace") != "inplace" or \
                 resolved.get("target_source", "embeddings") != "embeddings":
             continue  # no token-embedding target (the hybrid, or V̂ from the MLP's own input)
-        plumbing = c.metrics.get("plumbing")
-        diff = number((plumbing or {}).get("max_abs_diff"))
+        plumbing = c.result.plumbing
+        diff = plumbing.max_abs_diff if plumbing else None
         if diff is None:
             out.append(check(c.name, None, g["max_abs_diff"],
                              False, "no plumbing check in metrics.json"))
             continue
         out.append(check(c.name, diff, g["max_abs_diff"],
                          diff <= g["max_abs_diff"],
-                         f"layers {plumbing.get('layers')}: max |X0 received − Σ embeddings| "
-                         f"{diff:.3g} over {plumbing.get('steps')} steps"))
+                         f"layers {plumbing.layers}: max |X0 received − Σ embeddings| "
+                         f"{diff:.3g} over {plumbing.steps} steps"))
     return out

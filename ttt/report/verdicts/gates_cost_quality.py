@@ -21,8 +21,8 @@ def throughput(s: Scope):
         twin = s.twin(c)
         if not (c.done and c.ttt_on and twin is not None):
             continue
-        on = number((c.metrics.get("throughput") or {}).get("ms_per_step_p50"))
-        off = number((twin.metrics.get("throughput") or {}).get("ms_per_step_p50"))
+        on = c.result.throughput.ms_per_step_p50
+        off = twin.result.throughput.ms_per_step_p50
         if not on or not off:
             out.append(check(f"{c.name} vs {twin.name}", None,
                              g["max_regression"], False, "no throughput measured"))

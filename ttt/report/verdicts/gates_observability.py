@@ -20,13 +20,13 @@ def telemetry_layers(s: Scope):
     for c in s.cells:
         if not c.done:
             continue
-        m = c.metrics
+        m = c.result
         rows = c.table("telemetry.csv")
         present = _present(c)
-        resolved = (m.get("config") or {}).get("resolved_ttt")
+        resolved = m.resolved_ttt
         try:
-            cfg_ttt = TTTConfig.from_dict(resolved) if resolved and m.get("ttt") else None
-            expected = set(cfg_ttt.layer_indices(int(m["model_layers"]))) if cfg_ttt else set()
+            cfg_ttt = TTTConfig.from_dict(resolved) if resolved and m.ttt else None
+            expected = set(cfg_ttt.layer_indices(int(m.model_layers))) if cfg_ttt else set()
         except (ValueError, KeyError, TypeError) as exc:
             out.append(check(c.name, None, 0.0, False,
                              f"cannot tell which layers should update: {exc!r}"))
@@ -34,7 +34,7 @@ def telemetry_layers(s: Scope):
         final = {}
         for r in rows:
             final[int(number(r["layer"]))] = number(r["updates"]) or 0.0
-        should_update = cfg_ttt is not None and (m.get("steps") or 0) > cfg_ttt.chunk_size
+        should_update = cfg_ttt is not None and m.steps > cfg_ttt.chunk_size
         idle = sorted(i for i in expected & present if should_update and not final.get(i))
         missing, extra = sorted(expected - present), sorted(present - expected)
         problems = len(missing) + len(extra) + len(idle)

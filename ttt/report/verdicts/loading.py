@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ttt.base.files import read_json
+from ttt.base.result import CellResult, ResultError
 from ttt.report.tables import read_table
 
 DONE = ("ok", "diverged")
@@ -33,7 +34,7 @@ class Cell:
 
     @property
     def done(self) -> bool:
-        if self.row.get("status") not in DONE or self.metrics is None:
+        if self.row.get("status") not in DONE or self.result is None:
             return False
         for name in ("timeseries.csv", "telemetry.csv"):  # read now: a bad one is named here
             self.table(name)
@@ -49,10 +50,25 @@ class Cell:
 
     @property
     def ttt_on(self) -> bool:
-        return bool(self.metrics and self.metrics.get("ttt"))
+        return self.result is not None and self.result.ttt
+
+    @property
+    def result(self) -> CellResult | None:
+        """The typed metrics.json (:mod:`ttt.base.result`); None when absent, or when it does
+        not fit its type (the cell is then not done, and the reason names the file and key)."""
+        if "result" not in self._cache:
+            raw, path = self.metrics, self.root / "cell" / "metrics.json"
+            try:
+                self._cache["result"] = (CellResult.from_dict(raw, str(path))
+                                         if raw is not None else None)
+            except ResultError as exc:
+                self._unreadable(exc)
+                self._cache["result"] = None
+        return self._cache["result"]
 
     @property
     def metrics(self) -> dict | None:
+        """metrics.json as the plain object it is (prefer :attr:`result`, which is checked)."""
         if "metrics" not in self._cache:
             path = self.root / "cell" / "metrics.json"
             self._cache["metrics"] = self._object(path) if path.is_file() else None
