@@ -242,8 +242,7 @@ class TTTGating(StreamingModule[TTTState]):
         l64 = losses.double()
         norms_sq = squared_norms_after_chunks(state.w_norm, state.w_drift, c, *l64[..., :3].unbind(2))
         _fold(state.w, v_scaled, z[:, :U], fresh=False)  # W += Σ_j c_j ΔW_j, fp32, in place
-        state.sync_apply_copy()
-        state.refresh_norms()
+        state.after_update()
         norms_sq[:, -1] = torch.stack([state.w_norm, state.w_drift], dim=1).double() ** 2
         state.updates.add_(n)
         clips = (norm > tau).cumsum(1) if tau is not None else torch.zeros_like(updates)
@@ -285,8 +284,7 @@ class TTTGating(StreamingModule[TTTState]):
         gains = add_gain_stats(state.gain_stats, losses[:, :1], losses[:, 1:2],
                                 (full & (state.updates >= 1))[:, None])
         state.w.copy_(torch.where(full[:, None, None], state.w + step, state.w))
-        state.sync_apply_copy()
-        state.refresh_norms()
+        state.after_update()
         state.updates.add_(full.long())
         state.clip_events.add_((full & clipped).long())
         state.last_delta_norm.copy_(torch.where(full, norm, state.last_delta_norm))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from moshi.modules.streaming import State
 
-from ttt.core.chunk_stats import weight_distance
+from ttt.core.fused_w import apply_copy_and_norms
 
 
 @dataclass
@@ -66,8 +66,7 @@ class TTTState(State):
         if self.w_apply is not self.w:
             self.w_apply.copy_(self.w)
 
-    def refresh_norms(self) -> None:
-        """``w_norm`` and ``w_drift`` from W as it is now (after an update): one read of W and of
-        W^(0), the difference formed in slabs of rows (never a d×hid temporary)."""
-        torch.linalg.vector_norm(self.w, dim=(-2, -1), out=self.w_norm)
-        self.w_drift.copy_(weight_distance(self.w, self.w0))
+    def after_update(self) -> None:
+        """After W changed: the model-dtype copy and ``w_norm``, ``w_drift`` read off W (one fused
+        pass over W and W^(0) on CUDA; never a d×hid temporary, see :mod:`ttt.core.fused_w`)."""
+        apply_copy_and_norms(self.w, self.w0, self.w_apply, self.w_norm, self.w_drift)
