@@ -72,6 +72,13 @@ BAD = {
     "panel of teacher-forced cells": ({"panel__family": "long_form"},
                                       "config panel.family: long_form runs mode 'teacher_forced'"),
     "panel length": ({"panel__duration_s": 99}, "config panel.duration_s: 99 is not one of short_form's"),
+    # issue 25 item 2: a TTT that selects no layer would run as TTT off (exit 0, "ttt": false)
+    "start_layer past the trained default": (
+        {"ttt__start_layer": 99},
+        "config ttt.start_layer: 99 selects no layer of a model with 4 layers (0-3); `enabled: false` "
+        "runs without TTT; model tiny's trained TTT layers [1, 3] would go unused"),
+    "layers out of range": ({"ttt__layers": [9]},
+                            "config ttt.layers: [9] out of range for a model with 4 layers"),
 }
 
 

@@ -141,6 +141,17 @@ class TTTConfig:
         return [i for i in range(num_layers)
                 if i >= self.start_layer and (i - self.start_layer) % self.layer_frequency == 0]
 
+    def selected_layers(self, num_layers: int) -> list[int]:
+        """:meth:`layer_indices`, refusing an enabled TTT that selects no layer: it would run as
+        TTT off (a checkpoint's trained TTT weights ignored) and report ``ttt: false``."""
+        indices = self.layer_indices(num_layers)
+        if self.enabled and not indices:
+            key, value = (("layers", list(self.layers)) if self.layers is not None
+                          else ("start_layer", self.start_layer))
+            raise ValueError(f"{key}: {value} selects no layer of a model with {num_layers} layers "
+                             f"(0-{num_layers - 1}); `enabled: false` runs without TTT")
+        return indices
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TTTConfig":
         data = dict(data)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 
 class PreflightError(ValueError):
@@ -58,8 +58,10 @@ def speech_set_of(manifest: str) -> str | None:
 
 
 def check_matrix(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, Any]],
-                 checkpoint_ttt: Mapping[str, Any] | None = None) -> None:
-    """Every cell as the cell will read it; the first problem names its config key."""
+                 checkpoint_ttt: Mapping[str, Any] | None = None,
+                 num_layers: int | None = None) -> None:
+    """Every cell as the cell will read it; the first problem names its config key. With the
+    model's ``num_layers``, an enabled TTT must select layers of it (none would run as TTT off)."""
     from ttt.config import CellConfig, TTTConfig, YarnConfig
 
     check_config(config)
@@ -76,7 +78,10 @@ def check_matrix(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, An
             raise PreflightError(f"config {family}.manifest: {manifest}: not found")
         if cell.get("ttt") is not None:
             where = f"{family}.ttt" if "ttt" in (config.get(family) or {}) else "ttt"
-            _as(where, lambda: TTTConfig.from_dict({**base_ttt, **cell["ttt"]}), path)
+            ttt = _as(where, lambda: TTTConfig.from_dict({**base_ttt, **cell["ttt"]}), path)
+            if num_layers is not None:
+                _as(where, lambda: ttt.selected_layers(num_layers), path,
+                    _unused_training(base_ttt, num_layers, cell["model"]))
             _check_variant(base_ttt, cell, where)
         if cell.get("yarn") is not None:
             _as("yarn", lambda: YarnConfig.from_dict(dict(cell["yarn"])), path)
@@ -98,9 +103,9 @@ def check_workflow(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, 
     models = f"{config['cache_dir']}/models"
     identities = {}
     for model, base in dict.fromkeys((c["model"], c["base"]) for c in matrix.values()):
-        checkpoint_ttt = check_model(model, base, models)
+        info = check_model(model, base, models)
         cells = {p: c for p, c in matrix.items() if (c["model"], c["base"]) == (model, base)}
-        check_matrix(config, cells, checkpoint_ttt)
+        check_matrix(config, cells, info.ttt, info.num_layers)
         identities[model, base] = model_identity(model, base, models)
     return identities
 
@@ -133,13 +138,22 @@ def check_launcher(path: str | os.PathLike, device: str = "cpu") -> None:
                              "needs gpus_per_node >= 1 (its jobs see no GPU otherwise)")
 
 
-def _as(where: str, build, cell: str) -> None:
+def _unused_training(checkpoint_ttt: Mapping[str, Any], num_layers: int, model: str) -> str:
+    """What a TTT selecting no layer would throw away: the checkpoint's trained TTT layers."""
+    from ttt.config import TTTConfig
+    if not checkpoint_ttt:
+        return ""
+    trained = TTTConfig.from_dict(dict(checkpoint_ttt)).layer_indices(num_layers)
+    return f"; model {model}'s trained TTT layers {trained} would go unused" if trained else ""
+
+
+def _as(where: str, build, cell: str, note: str = ""):
     try:
-        build()
+        return build()
     except (ValueError, TypeError) as exc:
         head, _, rest = str(exc).partition(": ")
         key = where if head in ("ttt", "yarn") else f"{where}.{head}"  # unknown keys: whole section
-        raise PreflightError(f"config {key}: {rest} (cell {cell})") from None
+        raise PreflightError(f"config {key}: {rest}{note} (cell {cell})") from None
 
 
 def _get(config: Mapping[str, Any], dotted: str) -> Any:
@@ -155,29 +169,37 @@ def is_embedded(spec: str) -> bool:
     return spec in ("tiny", "tiny-random") or spec.startswith(("tiny:", "tiny-random:"))
 
 
-def check_model(spec: str, base: str | None, cache_root: str | os.PathLike) -> dict | None:
+class ModelInfo(NamedTuple):
+    """What the cells' configs are checked against: the checkpoint's own ``ttt_config`` as
+    TTTConfig keys (what cells' ``ttt`` overrides; None without one) and its layer count."""
+
+    ttt: dict | None
+    num_layers: int
+
+
+def check_model(spec: str, base: str | None, cache_root: str | os.PathLike) -> ModelInfo:
     """The model resolves (any layout ttt/moshi/checkpoints.py reads), its config parses and every
     tensor header (LM, LoRA, Mimi) and the tokenizer check out, no weights read
-    (``model.inspect_checkpoint``). Returns the checkpoint's own ``ttt_config`` as TTTConfig keys
-    (what cells' ``ttt`` overrides), or None."""
+    (``model.inspect_checkpoint``)."""
+    from ttt.config import TTTConfig
     if spec == "tiny":  # the shipped trained default: its TTT settings, nothing built yet
         import json
-        from ttt.config import TTTConfig
         from ttt.moshi.tiny import TINY_TRAINED
         raw = json.loads((TINY_TRAINED / "config.json").read_text())
-        return TTTConfig.from_seeds(raw["ttt_config"]).to_dict()
+        return ModelInfo(TTTConfig.from_seeds(raw["ttt_config"]).to_dict(), raw["num_layers"])
     if is_embedded(spec):
-        return None
+        from ttt.moshi.tiny import DEFAULT_LM_KWARGS
+        return ModelInfo(None, DEFAULT_LM_KWARGS["num_layers"])
     from ttt.moshi.model import inspect_checkpoint
     try:
         sources = inspect_checkpoint(spec, base, cache_root=cache_root)
     except ValueError as exc:
         raise PreflightError(f"config model: {exc}") from None
+    num_layers = sources.lm_kwargs.get("num_layers")
     if not sources.ttt:
-        return None
-    from ttt.config import TTTConfig
+        return ModelInfo(None, num_layers)
     try:
-        return TTTConfig.from_seeds(sources.ttt).to_dict()
+        return ModelInfo(TTTConfig.from_seeds(sources.ttt).to_dict(), num_layers)
     except ValueError as exc:
         raise PreflightError(f"config model: {sources.config}: ttt_config.{exc}") from None
 

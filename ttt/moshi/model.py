@@ -92,11 +92,11 @@ def _meta_model(sources: Sources, ttt, yarn, dtype, with_yarn: bool = False):
     where = sources.config or sources.directory
     ttt_cfg, yarn_cfg = resolve_configs(where, sources.ttt, sources.yarn, ttt, yarn)
     num_layers = sources.lm_kwargs.get("num_layers")
-    if ttt_cfg is not None and ttt_cfg.layers and isinstance(num_layers, int):
-        bad = [i for i in ttt_cfg.layers if i >= num_layers]
-        if bad:
-            raise CheckpointError(f"{where}: TTT layers {bad} but the model has "
-                                  f"{num_layers} layers")
+    if ttt_cfg is not None and isinstance(num_layers, int):
+        try:  # layers out of range, or an enabled TTT on no layer (it would run as TTT off)
+            ttt_cfg.selected_layers(num_layers)
+        except ValueError as exc:
+            raise CheckpointError(f"ttt.{exc} (model {where})") from None
     try:
         with torch.device("meta"):  # LMModel builds text_linear, depformer_in on the CPU first
             lm = loaders.get_moshi_lm(None, lm_kwargs=sources.lm_kwargs, device="meta", dtype=dtype)
