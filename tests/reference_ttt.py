@@ -18,8 +18,12 @@ import torch.nn.functional as F
 
 
 class RefTTTLayer(nn.Module):
-    def __init__(self, w_in, w0, conv, w_target, padding, chunk, lr, tau, source="embeddings"):
+    def __init__(self, w_in, w0, conv, w_target, padding, chunk, lr, tau, source="embeddings",
+                 decay=None, reset_every=None):
         super().__init__()
+        # The stabiliser (README "`TTTConfig` keys"), applied to W after each chunk's update, in
+        # this order: W ← W0 + decay·(W − W0); then, after every reset_every-th update, W ← W0.
+        self.decay, self.reset_every = decay, reset_every
         self.source = source  # 'embeddings': V̂ from X₀; 'hidden_states': from this layer's input
         self.w_in, self.w0, self.conv, self.w_target = w_in, w0.float(), conv, w_target
         self.padding, self.chunk, self.lr = padding, chunk, lr
@@ -82,6 +86,10 @@ class RefTTTLayer(nn.Module):
                         n = math.sqrt(float((dW ** 2).sum()))
                         scale = 1.0 if self.tau is None else min(1.0, self.tau / n)
                         W_next = W + self.lr * scale * dW
+                        if self.decay is not None:
+                            W_next = self.w0 + self.decay * (W_next - self.w0)
+                        if self.reset_every is not None and (len(norms) + 1) % self.reset_every == 0:
+                            W_next = self.w0.clone()
                         losses.append(tuple(
                             -sum(float((w @ zz.float()) @ v) for v, zz in zip(targets, zs))
                             for w in (self.w0, W, W_next)))
@@ -112,7 +120,8 @@ def build_reference(upstream_lm: nn.Module, ttt_lm: nn.Module, layers: dict, cfg
                               sd.get(p + "target_generator.conv1d.conv.weight"),  # None: ablated
                               sd.get(p + "target_generator.W_target.weight"),
                               cfg.conv_padding, cfg.chunk_size, cfg.lr, cfg.delta_clip_fro_norm,
-                              cfg.target_source)
+                              cfg.target_source, getattr(cfg, "decay", None),
+                              getattr(cfg, "reset_every", None))
         ref.transformer.layers[i].gating = refs[i]
     original = ref.forward_text
 

@@ -78,6 +78,11 @@ class TTTConfig:
     mlp_heads: int | None = None
     gate_alpha_init: float = 0.1
     gate_override: float | None = None
+    # Stabiliser, beyond the official method (off by default; In-Place only; README "`TTTConfig`
+    # keys", docs/config.md): after each chunk's update W ← W^(0) + decay·(W − W^(0)), and
+    # W ← W^(0) after every ``reset_every`` chunk updates of a stream. null = off.
+    decay: float | None = None
+    reset_every: int | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.enabled, bool), "enabled", f"must be a bool, got {self.enabled!r}")
@@ -123,12 +128,25 @@ class TTTConfig:
         for name in ("target_conv", "target_projection"):
             _check(isinstance(getattr(self, name), bool), name,
                    f"must be a bool, got {getattr(self, name)!r}")
+        _check(self.decay is None or (_is_number(self.decay) and 0 < self.decay <= 1), "decay",
+               f"must be null (off) or a number in (0, 1], got {self.decay!r}")
+        _check(self.reset_every is None or (_is_int(self.reset_every) and self.reset_every >= 1),
+               "reset_every", f"must be null (off) or an integer >= 1 (chunks), got {self.reset_every!r}")
+        for name in ("decay", "reset_every"):
+            _check(getattr(self, name) is None or self.variant == "inplace", name,
+                   f"applies to variant 'inplace' only (variant is {self.variant!r}); set it to null")
 
     @property
     def clip(self) -> float | None:
         """Clip threshold τ, or None when clipping is off (None or <= 0 in the config)."""
         tau = self.delta_clip_fro_norm
         return None if tau is None or tau <= 0 else float(tau)
+
+    @property
+    def stabilised(self) -> bool:
+        """Whether a stabiliser changes the fast weights (decay < 1 or a reset period); with
+        neither, every path runs exactly the official update."""
+        return (self.decay is not None and self.decay < 1) or self.reset_every is not None
 
     def layer_indices(self, num_layers: int) -> list[int]:
         """Indices of the TTT layers in a transformer of ``num_layers`` layers."""

@@ -26,6 +26,7 @@ from ttt.config import TTTConfig
 from ttt.core.chunk_stats import add_gain_stats, chunk_record, squared_norms_after_chunks
 from ttt.core.inplace_math import (_add_chunk_causal, _fold, apply_fast_weight, chunk_delta, chunk_target,
                                    clip_factor, clip_scale, conv_as_matrix, dual_form_output)
+from ttt.core.stabiliser import keep_factor, stabilise_, stabilised_dual_form_output
 from ttt.moshi.inplace_state import TTTState
 from ttt.moshi.inplace_target import EmbeddingTap, TargetGenerator
 
@@ -110,6 +111,11 @@ class TTTGating(StreamingModule[TTTState]):
     def _parallel(self, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """All chunks at once in the dual form; chunk i never sees its own ΔW."""
         conv, projection = self._target_weights(z.dtype)
+        cfg = self.cfg
+        if cfg.stabilised:
+            return stabilised_dual_form_output(z, x0, self.w_down, conv, projection, cfg.conv_padding,
+                                               cfg.chunk_size, cfg.lr, cfg.clip, self.parallel_block,
+                                               cfg.decay, cfg.reset_every)
         return dual_form_output(z, x0, self._derived("w0", (self.w_down,), z.dtype), conv,
                                 projection, self.cfg.conv_padding, self.cfg.chunk_size,
                                 self.cfg.lr, self.cfg.clip, self.parallel_block)
@@ -183,7 +189,9 @@ class TTTGating(StreamingModule[TTTState]):
         T = z.shape[1]
         outs, t = [], 0
         while t < T:
-            if T - t >= C and not any(state.fill) and not torch.is_grad_enabled():
+            # (with the stabiliser, chunk by chunk: the block form's statistics assume no decay)
+            if (T - t >= C and not any(state.fill) and not torch.is_grad_enabled()
+                    and not self.cfg.stabilised):
                 outs.append(self._stream_chunks(state, z[:, t:], x0[:, t:]))
                 break
             seg = min(T - t, min(C - f for f in state.fill))
@@ -284,6 +292,12 @@ class TTTGating(StreamingModule[TTTState]):
         gains = add_gain_stats(state.gain_stats, losses[:, :1], losses[:, 1:2],
                                 (full & (state.updates >= 1))[:, None])
         state.w.copy_(torch.where(full[:, None, None], state.w + step, state.w))
+        if self.cfg.stabilised:  # W ← W^(0) + k·(W − W^(0)); ℓ is linear in W, so ℓ(after) too
+            keep = keep_factor(state.updates + 1, self.cfg.decay, self.cfg.reset_every)
+            stabilise_(state.w, state.w0, keep, full)
+            losses[:, 2] = torch.where(full, losses[:, 0] + keep * (losses[:, 2] - losses[:, 0]),
+                                       losses[:, 2])
+            state.inner_loss.copy_(torch.where(full[:, None], losses, state.inner_loss))
         state.after_update()
         state.updates.add_(full.long())
         state.clip_events.add_((full & clipped).long())
