@@ -39,6 +39,23 @@ def windows(ppl, n=6, noise=0.0):
              "audio_ppl": 10 * ppl * (1 + noise * (-1) ** i)} for i in range(n)]
 
 
+def token_nll(mean, conversations=4, frames=160, context=32, spread=0.0, late=None, seed=0):
+    """Per-token NLL arrays as a teacher-forced cell writes them: text [T] and audio [8, T] per
+    conversation around ``mean`` nats (audio 2× it); ``spread``: each conversation's own offset
+    (a different conversation, a different level); ``late``: the mean on the last half instead."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    text, audio = [], []
+    for n in range(conversations):
+        level = np.full(frames, mean + spread * rng.standard_normal())
+        if late is not None:
+            level[frames // 2:] += late - mean
+        text.append(level + 0.01 * rng.standard_normal(frames))
+        audio.append(np.tile(2 * level, (8, 1)) + 0.01 * rng.standard_normal((8, frames)))
+        text[-1][0] = np.nan  # unscored positions exist
+    return {"context": context, "text": text, "audio": audio}
+
+
 def log_lines(cell, telemetry):
     steps = sorted({r["step"] for r in telemetry})
     lines = ["submitit INFO - Starting"]
@@ -81,7 +98,7 @@ def cell_spec(path, on, ppl=20.0, ms=1.0, ttt=None, **extra):
         "provenance": {"git_sha": "abc", "device": "cpu"},
     }
     spec = {"path": path, "status": "ok", "metrics": metrics, "timeseries": windows(ppl),
-            "telemetry": telemetry, "log": None}
+            "telemetry": telemetry, "log": None, "token_nll": None}
     for key, value in extra.items():
         if key in spec:
             spec[key] = value
@@ -95,23 +112,25 @@ PRODUCTION = {"lr": 1e-3, "delta_clip_fro_norm": 1e-5}
 STRESS = "telemetry/tau~1e-05/ttt~on"
 
 
-def inert_spec(path, ppl=20.0):
+def inert_spec(path, ppl=20.0, nll=None):
     """A TTT-on cell under the production flags: every update clipped, ‖W − W₀‖/‖W₀‖ ~ 1e-9
-    (below fp32 resolution), windows equal to the TTT-off twin's, no next-chunk gain."""
-    return cell_spec(path, True, ppl=ppl, ttt=PRODUCTION,
+    (below fp32 resolution), windows (and ``nll``, the twin's token NLLs) equal to the TTT-off
+    twin's, no next-chunk gain."""
+    return cell_spec(path, True, ppl=ppl, ttt=PRODUCTION, token_nll=nll,
                      telemetry=telemetry_rows(clips=99, w_change=1e-8, gain=0.0))
 
 
 def healthy_specs():
-    """A small matrix where every gate passes: long form (on slightly better), YaRN A/B, the
+    """A small matrix where every gate passes: long form and YaRN where TTT helps (4 conversations,
+    0.1 and 0.05 nats/token better than the twin), the YaRN A/B, the
     TTT-off regression cell, the τ-stress family (clips, no effect), an lr grid whose best lr lies
     inside it and whose largest lr blows perplexity up beyond 2× TTT off."""
     specs = [
-        cell_spec("long_form/duration~60/ttt~on", True, ppl=19.0, ms=1.01),
-        cell_spec("long_form/duration~60/ttt~off", False, ppl=20.0, ms=1.0),
-        cell_spec("yarn/tokens~64/ttt~on", True, ppl=19.5, ms=2.02,
+        cell_spec("long_form/duration~60/ttt~on", True, ppl=19.0, ms=1.01, token_nll=token_nll(2.9)),
+        cell_spec("long_form/duration~60/ttt~off", False, ppl=20.0, ms=1.0, token_nll=token_nll(3.0)),
+        cell_spec("yarn/tokens~64/ttt~on", True, ppl=19.5, ms=2.02, token_nll=token_nll(2.95),
                   ab={"pre_update_logits_rel_err": 0.0}),
-        cell_spec("yarn/tokens~64/ttt~off", False, ppl=20.0, ms=2.0),
+        cell_spec("yarn/tokens~64/ttt~off", False, ppl=20.0, ms=2.0, token_nll=token_nll(3.0)),
         cell_spec("regression/ttt~off", False, regression={"bitwise_equal": True, "max_abs_diff": 0.0,
                                                            "steps": 16}),
         inert_spec(STRESS),
@@ -138,6 +157,8 @@ def write_results(root: Path, specs: list[dict]) -> Path:
             (cell / "metrics.json").write_text(json.dumps(spec["metrics"], indent=1))
             write_csv(cell / "timeseries.csv", spec["timeseries"])
             write_csv(cell / "telemetry.csv", spec["telemetry"])
+            if spec.get("token_nll") is not None:
+                write_token_nll_file(cell / "token_nll.npz", spec["token_nll"])
             lines = spec["log"] if spec["log"] is not None else log_lines(spec["path"], spec["telemetry"])
             log.write_text("\n".join(lines) + "\n")
         else:
@@ -145,6 +166,14 @@ def write_results(root: Path, specs: list[dict]) -> Path:
         (d / "status.json").write_text(json.dumps(status))
     aggregate_tables(root)
     return root
+
+
+def write_token_nll_file(path: Path, nll: dict) -> None:
+    """As ttt.eval.teacher_forced.write_token_nll writes it (that module needs torch)."""
+    import numpy as np
+    arrays = {f"text_{n}": t.astype(np.float32) for n, t in enumerate(nll["text"])}
+    arrays.update({f"audio_{n}": a.astype(np.float32) for n, a in enumerate(nll["audio"])})
+    np.savez_compressed(path, context=np.int64(nll["context"]), **arrays)
 
 
 def aggregate_tables(root: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from results_factory import (STRESS, cell_spec, speed, healthy_specs, inert_spec, modified, telemetry_rows,
-                             windows, write_results)
+                             token_nll, write_results)
 from ttt.report import verdicts
 from ttt.cli.main import main
 
@@ -30,10 +30,12 @@ def failed(summary):
 def test_healthy_results_pass_every_gate(tmp_path):
     summary, checks = judge(tmp_path, healthy_specs())
     assert failed(summary) == []
-    judged = {s for s, r in summary.items() if r["verdict"] == "pass"}
+    judged = {s for s, r in summary.items() if r["verdict"] in ("pass", "helps")}
     no_cell = {"responsiveness.wer",  # no transcribe cell here
                "quality.consistency_wer", "quality.consistency_wer_vs_off"}  # no ASR output here
-    assert judged == set(verdicts.SIGNALS) - no_cell
+    assert judged == set(verdicts.SIGNALS) - no_cell - {"diagnostic.next_chunk_gain"}
+    assert summary["diagnostic.next_chunk_gain"]["verdict"] == "diagnostic"
+    assert summary["responsiveness.perplexity_text"]["verdict"] == "helps"
     assert all(summary[s]["verdict"] == "n/a" for s in no_cell)
     assert summary["cost.throughput"]["value"] == pytest.approx(0.01)
     # lr_grid is not judged by the families that leave it out, but observability covers it
@@ -67,8 +69,6 @@ def test_healthy_results_pass_every_gate(tmp_path):
     ("no plumbing", dict(plumbing=None), "correctness.embedding_plumbing", "no plumbing check"),
     ("bad plumbing", dict(plumbing={"layers": [1, 3], "max_abs_diff": 1e-3, "steps": 16}),
      "correctness.embedding_plumbing", "0.001"),
-    ("worse ppl", dict(timeseries=windows(21.0, noise=0.01)), "responsiveness.perplexity_text",
-     "+5.00%"),
     ("slower twin", dict(throughput=speed(1.2)), "cost.throughput", "+20.0%"),
 ])
 def test_each_gate_fails_on_its_planted_fault(tmp_path, name, changes, signal, needle):
@@ -78,8 +78,7 @@ def test_each_gate_fails_on_its_planted_fault(tmp_path, name, changes, signal, n
     assert needle in row["explanation"], row["explanation"]
     assert ON in row["cells"]
     others = set(failed(summary)) - {signal}
-    allowed = {"nan run": {"stability.w_norm_plateau"},  # the NaN point also breaks the trend
-               "worse ppl": {"responsiveness.perplexity_audio"}}.get(name, set())
+    allowed = {"nan run": {"stability.w_norm_plateau"}}.get(name, set())  # NaN breaks the trend
     assert others <= allowed, others
 
 
@@ -92,19 +91,6 @@ def test_correctness_gates_fail_on_yarn_and_regression_faults(tmp_path):
     assert summary["correctness.pre_update_logits"]["value"] == 2e-4
 
 
-def test_noisy_but_not_significantly_worse_passes_and_failed_cell_fails_completion(tmp_path):
-    # on − off alternates around +1 % ± 3 %: the CI straddles 0, so "not worse" holds
-    specs = modified(healthy_specs(), ON, timeseries=windows(20.2, noise=0.03))
-    specs = modified(specs, "regression/ttt~off", status="failed")
-    summary, checks = judge(tmp_path, specs)
-    resp = next(c for c in checks if c["signal"] == "responsiveness.perplexity_text"
-                and c["cell"].startswith(ON))
-    assert resp["passed"] and resp["value"] > 0 and "CI over 6 windows" in resp["explanation"]
-    assert failed(summary) == ["run.completed"]
-    assert "RuntimeError: boom" in summary["run.completed"]["explanation"]
-    assert summary["correctness.ttt_off_bitwise"]["verdict"] == "n/a"
-
-
 # ---- inert TTT: "no effect", never "pass" ----------------------------------------------------
 
 def replaced(specs, spec):
@@ -115,14 +101,15 @@ def test_inert_ttt_says_no_effect_not_pass(tmp_path, capsys):
     """The production flags (lr 1e-3, τ 1e-5): every update clipped to ≤ 1e-8, ‖W − W₀‖/‖W₀‖ ~ 2e-9,
     windows equal to the TTT-off twin's. Every responsiveness signal and the next-chunk gain say
     "no effect"; the effect signal names lr·τ; strict mode does not pass it."""
-    summary, checks = judge(tmp_path, replaced(healthy_specs(), inert_spec(ON)))
+    summary, checks = judge(tmp_path, replaced(healthy_specs(), inert_spec(ON, nll=token_nll(3.0))))
     for signal in ("responsiveness.effect", "responsiveness.perplexity_text",
-                   "responsiveness.perplexity_audio", "health.next_chunk_gain"):
+                   "responsiveness.perplexity_audio", "stability.usefulness"):
         assert summary[signal]["verdict"] == "no effect", (signal, summary[signal])
     why = summary["responsiveness.effect"]["explanation"]
     assert "lr·τ = 0.001·1e-05 = 1e-08" in why and "below float32 resolution" in why
     assert "outputs equal the TTT-off twin's" in why
     assert failed(summary) == ["stability.clip_saturation"]  # every update clipped
+    assert summary["diagnostic.next_chunk_gain"]["verdict"] == "diagnostic"  # never judged
     effect = {c["cell"]: c for c in checks if c["signal"] == "responsiveness.effect"}
     assert effect["yarn/tokens~64/ttt~on"]["passed"] is True  # the working cell still passes
     assert main(["verdicts", "--results", str(tmp_path)]) == 0
@@ -130,52 +117,6 @@ def test_inert_ttt_says_no_effect_not_pass(tmp_path, capsys):
     assert main(["verdicts", "--results", str(tmp_path), "--strict"]) == 1
     with open(tmp_path / "tables" / "verdicts_cells.csv") as f:
         assert {r["passed"] for r in csv.DictReader(f) if r["cell"] == ON} >= {"no effect"}
-
-
-@pytest.mark.parametrize("case,spec,needle", [
-    # either half of the test alone makes it "no effect"
-    ("weights moved, outputs equal", cell_spec(ON, True, ppl=20.0), "outputs equal"),
-    ("outputs differ, weights below fp32 resolution",
-     cell_spec(ON, True, ppl=19.0, telemetry=telemetry_rows(w_change=1e-8)), "below float32"),
-])
-def test_effect_needs_both_moved_weights_and_changed_outputs(tmp_path, case, spec, needle):
-    summary, _ = judge(tmp_path, replaced(healthy_specs(), spec))
-    row = summary["responsiveness.effect"]
-    assert row["verdict"] == "no effect" and needle in row["explanation"], (case, row)
-
-
-@pytest.mark.parametrize("case,w_change,ppl,verdict,needle", [
-    # bf16 at 32k tokens on an H100: W moved 1e-8, windows differ by up to 8e-4 (the TTT path's
-    # rounding): not a pass
-    ("inert weights, rounding-sized differences", 1e-8, None, "no effect", "rounding"),
-    ("moved weights, the same differences", 1e-3, None, "pass", ""),
-    ("inert weights, significantly worse", 1e-8, 25.0, "fail", ""),
-])
-def test_perplexity_of_inert_weights_is_no_effect_unless_worse(tmp_path, case, w_change, ppl,
-                                                               verdict, needle):
-    spec = cell_spec(ON, True, telemetry=telemetry_rows(w_change=w_change),
-                     timeseries=windows(20.0, noise=5e-4) if ppl is None else windows(ppl))
-    summary, _ = judge(tmp_path, replaced(healthy_specs(), spec))
-    row = summary["responsiveness.perplexity_text"]
-    assert row["verdict"] == verdict and needle in row["explanation"], (case, row)
-
-
-def test_effect_threshold_is_the_compute_dtype_resolution(tmp_path):
-    """‖W − W₀‖/‖W₀‖ ≈ 2e-3 is far above fp32 resolution (1.2e-7) and below bf16's (7.8e-3)."""
-    spec = cell_spec(ON, True, ppl=19.0, telemetry=telemetry_rows(w_change=1e-3))
-    fp32, _ = judge(tmp_path / "fp32", replaced(healthy_specs(), spec))
-    spec["metrics"]["config"]["dtype"] = "bfloat16"
-    bf16, _ = judge(tmp_path / "bf16", replaced(healthy_specs(), spec))
-    assert fp32["responsiveness.effect"]["verdict"] == "pass"
-    assert bf16["responsiveness.effect"]["verdict"] == "no effect"
-    assert "below bfloat16 resolution 0.0078" in bf16["responsiveness.effect"]["explanation"]
-
-
-def test_next_chunk_gain_fails_when_earlier_chunks_hurt(tmp_path):
-    summary, _ = judge(tmp_path, modified(healthy_specs(), ON, telemetry=telemetry_rows(gain=-0.05)))
-    row = summary["health.next_chunk_gain"]
-    assert row["verdict"] == "fail" and row["value"] == pytest.approx(-0.05)
-    assert "positive on 0% of 9 chunks" in row["explanation"]
 
 
 def test_stress_family_must_clip_and_be_inert(tmp_path):
@@ -298,7 +239,8 @@ def test_effect_on_real_tiny_runs_fails_inert_and_passes_working(tmp_path, cache
         off = off or (d / "cell" if not ttt_cfg.get("enabled", True) else None)
     aggregate_tables(tmp_path)
     both = {"families": ["long_form", "telemetry"]}
-    cfg = verdicts.thresholds({"effect": both, "next_chunk_gain": both, "responsiveness": both})
+    cfg = verdicts.thresholds({"effect": both, "next_chunk_gain": both, "responsiveness": both,
+                               "usefulness": both})
     _, checks = verdicts.evaluate(tmp_path, cfg)
     by = {(c["signal"], c["cell"].split(" vs ")[0].split("/")[0]): c for c in checks}
     working, inert = by[("responsiveness.effect", "long_form")], by[("responsiveness.effect", "telemetry")]
@@ -306,8 +248,7 @@ def test_effect_on_real_tiny_runs_fails_inert_and_passes_working(tmp_path, cache
     assert inert["no_effect"] and inert["value"] < 1e-7 and "lr·τ = 0.001·1e-05" in inert["explanation"]
     assert by[("responsiveness.perplexity_text", "telemetry")]["no_effect"]
     assert not by[("responsiveness.perplexity_text", "long_form")]["no_effect"]  # on ≠ off
-    assert by[("health.next_chunk_gain", "long_form")]["passed"] is True, by[("health.next_chunk_gain", "long_form")]
-    assert by[("health.next_chunk_gain", "telemetry")]["no_effect"]
+    assert by[("diagnostic.next_chunk_gain", "long_form")]["value"] > 0
     stress = by[("stress.clips", "telemetry")]
     assert stress["passed"] is True and stress["value"] == 1.0
 
@@ -345,11 +286,10 @@ def test_every_signal_is_the_one_signal_of_its_registered_gate(tmp_path):
     assert seen and verdicts.SIGNALS == list(verdicts.REGISTRY.gates)
     _, checks = verdicts.evaluate(tmp_path)
     assert {c["signal"] for c in checks} <= set(verdicts.SIGNALS)
-    readme = (REPO / "README.md").read_text().split("### Verdicts: what passed", 1)[1]
+    doc = (REPO / "docs" / "verdicts.md").read_text().split("## The signals", 1)[1]
     documented = set()
-    for line in readme.split("\n\n", 2)[2].split("\n\n", 1)[0].splitlines()[2:]:
-        names = re.findall(r"`([\w.]+)`", line.split("|")[1])
-        documented |= {names[0]} | {names[0].rsplit("_", 1)[0] + n for n in names[1:]}
+    for line in doc.split("\n\n", 2)[1].splitlines()[2:]:
+        documented |= set(re.findall(r"`([a-z_]+\.[a-z_]+)`", line.split("|")[1]))
     assert documented == set(verdicts.SIGNALS)
 
 
@@ -399,4 +339,4 @@ def test_judging_a_results_tree_loads_neither_torch_nor_moshi(tmp_path):
             "print(sorted(m for m in ('torch', 'moshi') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=REPO).stdout
-    assert "17 pass" in out and out.strip().splitlines()[-1] == "[]", out[-500:]
+    assert "15 pass, 2 helps" in out and out.strip().splitlines()[-1] == "[]", out[-500:]

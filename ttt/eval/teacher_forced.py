@@ -17,6 +17,8 @@ from ttt.moshi.surgery import ttt_layers
 from ttt.session.diagnostics import Diagnostics
 from ttt.session.monitor import StreamMonitor
 
+TOKEN_NLL_FILE = "token_nll.npz"
+
 
 def run_teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: Phases,
                        inputs: list[torch.Tensor] | None = None) -> dict:
@@ -50,7 +52,7 @@ def run_teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: Phases
         if n == 0 and not diverged:
             first = nll
         text_all.append(nll.text[0])
-        audio_all.append(nll.audio[0].reshape(-1))
+        audio_all.append(nll.audio[0])
         for start, ppl in sliding_perplexity(nll.text[0], window):
             audio_ppl = perplexity(nll.audio[0][:, start:start + window])
             rows.append({"item": n, "start_s": (offset + start) / FRAME_RATE, "text_ppl": ppl,
@@ -60,13 +62,15 @@ def run_teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: Phases
             log(f"[{cfg.cell}] diverged at item {n + 1}: stopping, partial results kept")
             break
     text = np.concatenate(text_all)
-    audio_tokens = np.concatenate(audio_all)
+    audio_tokens = np.concatenate([a.reshape(-1) for a in audio_all])
     with phases("run"):
         ab = ab_twin(lm, inputs[0], chunk, block, first) if cfg.ab and ttt_layers(lm) else None
         regression = upstream_regression(cfg, bundle, items, cache) if cfg.check_upstream else None
     if diag is not None:
         diag.close()
     with phases("write"):
+        write_token_nll(tmp / TOKEN_NLL_FILE, text_all, audio_all,
+                        lm.transformer.layers[0].self_attn.context)
         write_csv(tmp / "timeseries.csv", rows)
         write_csv(tmp / "telemetry.csv", telemetry)
         write_csv(tmp / "diagnostics.csv", diagnostics)
@@ -90,6 +94,17 @@ def run_teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: Phases
         "ab": ab,
         "regression": regression,
     }
+
+
+def write_token_nll(path: Path, text: list[np.ndarray], audio: list[np.ndarray], context: int) -> None:
+    """Every scored token's NLL, per conversation (``text_<n>`` [T], ``audio_<n>`` [dep_q, T],
+    NaN where unscored) and the attention context in frames: the effect verdicts pair them with
+    the TTT-off twin's conversation by conversation, before and beyond the context, and chunk by
+    chunk along the stream (``ttt.base.paired_effect``)."""
+    arrays = {f"text_{n}": t.astype(np.float32) for n, t in enumerate(text)}
+    arrays.update({f"audio_{n}": a.astype(np.float32) for n, a in enumerate(audio)})
+    with open(path, "wb") as f:
+        np.savez_compressed(f, context=np.int64(context), **arrays)
 
 
 def teacher_forced_block(block: int, chunk: int | None) -> int:

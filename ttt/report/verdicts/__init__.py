@@ -12,12 +12,12 @@ from __future__ import annotations
 
 # Importing the gate modules registers their gates; this order is the order of verdicts.csv.
 from ttt.report.verdicts import (gates_stability, gates_correctness,  # noqa: F401
-                                 gates_responsiveness, gates_observability, gates_cost_quality,
-                                 gates_families)
+                                 gates_responsiveness, gates_usefulness, gates_observability,
+                                 gates_cost_quality, gates_families)
 from ttt.report.verdicts.command import verdicts_command
 from ttt.report.verdicts.effect import DTYPE_EPS, effect_of
 from ttt.report.verdicts.loading import Cell, load_cells
-from ttt.report.verdicts.registry import NO_EFFECT, REGISTRY, Registry, check, gate
+from ttt.report.verdicts.registry import FAILING, NO_EFFECT, REGISTRY, Registry, check, gate, label
 from ttt.report.verdicts.render import summary_line, summary_rst, write_verdicts
 from ttt.report.verdicts.stats import bootstrap_ci
 from ttt.report.verdicts.thresholds import DEFAULTS, load_thresholds, thresholds
@@ -34,7 +34,7 @@ def summarize(checks: list[dict]) -> list[dict]:
     return REGISTRY.summarize(checks)
 
 
-__all__ = ["DEFAULTS", "DTYPE_EPS", "NO_EFFECT", "REGISTRY", "SIGNALS", "Cell", "Registry",
+__all__ = ["DEFAULTS", "DTYPE_EPS", "FAILING", "NO_EFFECT", "label", "REGISTRY", "SIGNALS", "Cell", "Registry",
            "bootstrap_ci", "check", "effect_of", "evaluate", "gate", "load_cells",
            "load_thresholds", "summarize", "summary_line", "summary_rst", "thresholds",
            "verdicts_command", "write_verdicts"]

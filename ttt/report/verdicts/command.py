@@ -1,11 +1,11 @@
 """``python -m ttt verdicts``: exit 0 when the tables are written, 1 with ``--strict`` when a gate
-failed or said "no effect", 2 on bad input (README "Verdicts: what passed")."""
+failed, said "hurts" or "no effect", 2 on bad input (docs/verdicts.md)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from ttt.report.verdicts.registry import NO_EFFECT
+from ttt.report.verdicts.registry import FAILING
 from ttt.report.verdicts.render import summary_line, write_verdicts
 from ttt.report.verdicts.thresholds import load_thresholds
 
@@ -21,9 +21,9 @@ def verdicts_command(args) -> int:
         return 2
     print(summary_line(summary))
     for r in summary:
-        if r["verdict"] in ("fail", NO_EFFECT):
+        if r["verdict"] in FAILING:
             print(f"  {r['verdict'].upper()} {r['signal']}: {r['explanation']}")
-    failed = any(r["verdict"] in ("fail", NO_EFFECT) for r in summary)  # no effect is no pass
+    failed = any(r["verdict"] in FAILING for r in summary)  # no effect is no pass
     if failed and args.strict:
         print("strict: a gate failed", file=sys.stderr)
         return 1

@@ -1,5 +1,8 @@
-"""Did TTT do anything at all? (issue 14: an inert TTT must read "no effect", never "pass"). Shared
-by the effect, next-chunk-gain and τ-stress gates."""
+"""Did TTT do anything at all? "No effect" needs both halves, each checked: the fast weights never
+moved past the compute dtype's resolution AND the outputs equal the TTT-off twin's. Either half
+alone is not enough: bf16 weights that moved 0.48 % (below bf16's 0.78 %) still changed window
+perplexities by 0.09 % while lr 0 leaves them bitwise equal, so that change was TTT's, not
+rounding (issue 23). Shared by the effect, perplexity, usefulness and τ-stress gates."""
 from __future__ import annotations
 
 from ttt.report.tables import number
@@ -25,31 +28,35 @@ def weights_inert(c: Cell) -> tuple[bool, float, str, float]:
 def effect_of(c: Cell, twin: Cell | None, min_change: float) -> tuple[bool, float, str]:
     """(TTT had an effect, largest relative fast-weight change, why) for a TTT-on cell.
 
-    No effect when ‖W − W₀‖/‖W₀‖ stays below the compute dtype's resolution in every layer (the
-    cast for the matmul rounds the change away), or when the outputs equal the TTT-off twin's in
-    every window (perplexity within ``min_change`` relative; generated or transcribed text
-    identical). Names lr·τ, the bound on each update's size."""
+    No effect only when ‖W − W₀‖/‖W₀‖ stays below the compute dtype's resolution in every layer
+    *and* the outputs equal the TTT-off twin's (every scored token's NLL within ``min_change``
+    relative, or the same text). Without a twin the outputs cannot be checked, so TTT is not
+    called inert. Names lr·τ, the bound on each update's size."""
     m = c.metrics
     inert, rel, dtype, eps = weights_inert(c)
     ttt = (m.get("config") or {}).get("resolved_ttt") or {}
     lr, tau = ttt.get("lr"), ttt.get("delta_clip_fro_norm")
     bound = (f"lr·τ = {lr:g}·{tau:g} = {lr * tau:.3g} bounds each update's ‖ΔW‖_F"
              if lr is not None and tau else f"lr = {lr} (no clip: lr·τ bounds nothing)")
-    reasons = []
-    if inert:
-        reasons.append(f"‖W − W₀‖/‖W₀‖ ≤ {rel:.3g}, below {dtype} resolution {eps:.2g}")
     same = outputs_equal(c, twin, min_change) if twin is not None else None
-    if same:
-        reasons.append(f"outputs equal the TTT-off twin's in every window ({same})")
-    if reasons:
-        return False, rel, "no effect: " + "; ".join(reasons) + f"; {bound}"
-    return True, rel, (f"‖W − W₀‖/‖W₀‖ up to {rel:.3g} (≥ {dtype} resolution {eps:.2g}), outputs "
-                       f"differ from the TTT-off twin; {bound}")
+    weights = (f"‖W − W₀‖/‖W₀‖ ≤ {rel:.3g}, below {dtype} resolution {eps:.2g}" if inert else
+               f"‖W − W₀‖/‖W₀‖ up to {rel:.3g} (≥ {dtype} resolution {eps:.2g})")
+    if inert and same:
+        return False, rel, f"no effect: {weights}; outputs equal the TTT-off twin's ({same}); {bound}"
+    outputs = ("outputs equal the TTT-off twin's" if same else "no twin to compare outputs with"
+               if twin is None else "outputs differ from the TTT-off twin's")
+    return True, rel, f"{weights}, {outputs}; {bound}"
 
 
 def outputs_equal(c: Cell, twin: Cell, min_change: float) -> str | None:
-    """What matched, when every shared window has the same perplexities (within ``min_change``,
-    relative) or the same text as the twin; None when something differs or nothing compares."""
+    """What matched, when the outputs equal the twin's: every scored token's NLL within
+    ``min_change`` relative (teacher-forced cells), else every shared window's perplexities and
+    the transcript; None when something differs or nothing compares."""
+    from ttt.report.verdicts.paired import pair_of
+    pair, _ = pair_of(c, twin)
+    if pair is not None:
+        worst = pair.max_rel_difference()
+        return (f"every token's NLL within {worst:.2g} relative" if worst <= min_change else None)
     on = {(r.get("item"), number(r.get("start_s"))): r for r in c.table("timeseries.csv")}
     off = {(r.get("item"), number(r.get("start_s"))): r for r in twin.table("timeseries.csv")}
     keys = [k for k in on if k in off]

@@ -1,22 +1,26 @@
-"""Gates: TTT does something (its fast weights move past the dtype's resolution and its outputs
-differ from the TTT-off twin's), is not worse than its twin window by window, and the earlier
-chunks' updates help the next chunk (Figure 5). An inert TTT reads "no effect", never "pass"."""
+"""Gates: does TTT help? Each TTT-on cell against its TTT-off twin, conversation by conversation,
+beyond the attention context (where a memory outliving the window is what TTT adds). Four
+answers: helps and hurts when the conversation-bootstrap interval of the gain excludes 0 on that
+side, "no significant difference" when it does not, "no effect" when TTT did nothing at all
+(:mod:`.effect`: weights inert and outputs equal, both checked). One conversation gives no
+interval that generalises: such a cell is not judged, and says so (docs/verdicts.md)."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from ttt.report.verdicts.effect import effect_of, weights_inert
+from ttt.base.paired_effect import paired_effect
 from ttt.report.tables import number
+from ttt.report.verdicts.effect import effect_of
+from ttt.report.verdicts.paired import pair_of
 from ttt.report.verdicts.registry import Scope, check, gate
-from ttt.report.verdicts.stats import bootstrap_ci
 
 
 @gate("responsiveness.effect", section="effect")
 def effect(s: Scope):
-    """TTT did something: the fast weights moved by more than the compute dtype resolves, and
-    the outputs differ from the TTT-off twin's past the first chunk. Fails with "no effect"."""
+    """TTT did something: "no effect" when the fast weights never moved past the compute dtype's
+    resolution and the outputs equal the TTT-off twin's, both checked; else pass."""
     out = []
     for c in s.cells:
         if not (c.done and c.ttt_on):
@@ -26,91 +30,101 @@ def effect(s: Scope):
     return out
 
 
-def _not_worse(s: Scope, column: str, relative: bool, tol: float):
-    """TTT on is not worse than its TTT-off twin, window by window: the mean per-window difference
-    (perplexity: relative, on/off − 1; WER: absolute) with a bootstrap CI over windows. Fails
-    when the whole CI lies above the tolerance (significantly worse); says "no effect" when on
-    equals off in every window (within ``effect.min_output_change``), or when the fast weights
-    never moved past the dtype's resolution and on is not significantly worse."""
-    g = s.g
-    min_change = s.cfg["effect"]["min_output_change"]
+def _perplexity(s: Scope, stream: str):
+    """The four-answer verdict on ``stream``'s perplexity beyond the context, with the positions
+    before it reported beside."""
+    g, min_change = s.g, s.cfg["effect"]["min_output_change"]
     out = []
     for c in s.cells:
         twin = s.twin(c)
         if not (c.done and c.ttt_on and twin is not None):
             continue
-        on = {(r.get("item"), number(r.get("start_s"))): r for r in c.table("timeseries.csv")}
-        off = {(r.get("item"), number(r.get("start_s"))): r for r in twin.table("timeseries.csv")}
-        pairs = [(number(on[k].get(column)), number(off[k].get(column))) for k in on if k in off]
-        pairs = [(a, b) for a, b in pairs if a is not None and b is not None
-                 and math.isfinite(a) and math.isfinite(b) and (b > 0 or not relative)]
-        if not pairs:
+        pair, why = pair_of(c, twin)
+        name = f"{c.name} vs {twin.name}"
+        if pair is None:
+            if c.metrics.get("mode") == "teacher_forced":
+                out.append(check(name, None, "CI excludes 0", None, why))
             continue
-        a, b = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
-        d = a / b - 1 if relative else a - b
-        lo, hi = bootstrap_ci(d, g["confidence"], g["resamples"])
-        mean = float(d.mean())
-        fmt = (lambda x: f"{x:+.2%}") if relative else (lambda x: f"{x:+.4f}")
-        what = "relative" if relative else "absolute"
-        same = bool(np.all(np.abs(d) <= (min_change if relative else 0.0)))
-        inert, rel, dtype, _ = weights_inert(c)
-        # weights that never moved: a difference not significantly worse is rounding, no effect
-        rounding = inert and lo <= tol and not same
-        why = ("no effect: TTT on equals off in every window; " if same else
-               f"no effect: fast weights moved ≤ {rel:.3g} (below {dtype} resolution), so on − off "
-               "is the TTT path's rounding; " if rounding else "")
-        out.append(check(f"{c.name} vs {twin.name}", mean, tol, lo <= tol,
-                         why + f"{column} on − off ({what}) {fmt(mean)} [{fmt(lo)}, {fmt(hi)}] "
-                         f"{g['confidence']:.0%} CI over {len(d)} windows; mean on "
-                         f"{a.mean():.4g} vs off {b.mean():.4g}", no_effect=same or rounding))
+        works, _, inert_why = effect_of(c, twin, min_change)
+        beyond = pair.effect(stream, "beyond_context", g)
+        before = pair.effect(stream, "before_context", g)
+        detail = (f"{stream} beyond the {pair.context}-frame context: {beyond.describe()}; before "
+                  f"it: gain {before.rel_gain:+.2%} [{before.ci_rel_gain[0]:+.2%}, "
+                  f"{before.ci_rel_gain[1]:+.2%}]")
+        if not works:
+            out.append(check(name, beyond.rel_gain, "CI excludes 0", False,
+                             f"{inert_why}; {detail}", no_effect=True))
+            continue
+        answer = beyond.answer(g["min_conversations"])
+        if answer is None:
+            reason = (f"no position beyond the {pair.context}-frame context"
+                      if not beyond.tokens else
+                      f"{beyond.conversations} conversation(s), fewer than min_conversations "
+                      f"{g['min_conversations']}: an interval over one conversation's windows "
+                      "would not generalise")
+            out.append(check(name, beyond.rel_gain, "CI excludes 0", None,
+                             f"not judged: {reason}; {detail}"))
+            continue
+        out.append(check(name, beyond.rel_gain, "CI excludes 0", None, f"{answer}: {detail}",
+                         answer=answer))
     return out
 
 
 @gate("responsiveness.perplexity_text", section="responsiveness")
 def perplexity_text(s: Scope):
-    """Text perplexity, TTT on over off − 1 per window, not significantly above ``max_rel_worse``."""
-    return _not_worse(s, "text_ppl", True, s.g["max_rel_worse"])
+    """Text perplexity beyond the attention context, TTT on vs its twin, interval from resampling
+    conversations: helps / no significant difference / hurts (a fail) / no effect."""
+    return _perplexity(s, "text")
 
 
 @gate("responsiveness.perplexity_audio", section="responsiveness")
 def perplexity_audio(s: Scope):
-    """Audio perplexity, TTT on over off − 1 per window, not significantly above ``max_rel_worse``."""
-    return _not_worse(s, "audio_ppl", True, s.g["max_rel_worse"])
+    """Audio perplexity beyond the attention context, as the text one."""
+    return _perplexity(s, "audio")
 
 
 @gate("responsiveness.wer", section="responsiveness")
 def wer(s: Scope):
-    """Transcription WER, TTT on − off per window, not significantly above ``max_wer_worse``."""
-    return _not_worse(s, "wer", False, s.g["max_wer_worse"])
-
-
-@gate("health.next_chunk_gain", section="next_chunk_gain")
-def next_chunk_gain(s: Scope):
-    """Figure 5's health signal: ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾) on chunk i ≥ 1, the help the earlier chunks'
-    updates give this chunk's inner loss (after < before is true by construction for In-Place TTT
-    and is not judged). Per layer the mean gain relative to mean |ℓ(W⁽⁰⁾)|; the worst layer must be
-    positive: below ``min_rel_gain`` in size, or when the effect test finds TTT inert (a gain of
-    weights that move below the dtype's resolution changes nothing), it is "no effect"; negative
-    it fails."""
-    from ttt.session.telemetry_records import next_chunk_gain as gains_of
-    g = s.g
+    """Transcription WER (transcribe cells), TTT on vs its twin: each conversation's mean window
+    WER, interval from resampling conversations; lower is better, four answers as perplexity."""
+    g, min_change = s.g, s.cfg["effect"]["min_output_change"]
     out = []
     for c in s.cells:
-        if not (c.done and c.ttt_on):
+        twin = s.twin(c)
+        if not (c.done and c.ttt_on and twin is not None):
             continue
-        works, _, why = effect_of(c, s.twin(c), s.cfg["effect"]["min_output_change"])
-        gains = gains_of(c.table("telemetry.csv"))
-        if not gains:
-            out.append(check(c.name, None, "> 0", None,
-                             "fewer than 2 chunk updates per input: nothing to judge"))
+        per = [_wer_by_item(x) for x in (c, twin)]
+        items = sorted(set(per[0]) & set(per[1]))
+        if not items:
             continue
-        layer = min(gains, key=lambda k: gains[k]["rel"] if math.isfinite(gains[k]["rel"]) else -math.inf)
-        worst = gains[layer]
-        inert = not works or (math.isfinite(worst["rel"]) and all(
-            abs(x["rel"]) < g["min_rel_gain"] for x in gains.values()))
-        out.append(check(c.name, worst["rel"], "> 0", worst["rel"] > 0,
-                         (f"{why}; " if not works else "no effect: " if inert else "")
-                         + f"layer {layer}: ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾) = {worst['mean']:.4g} on average "
-                         f"({worst['rel']:+.3g} of |ℓ(W⁽⁰⁾)|), positive on {worst['positive']:.0%} "
-                         f"of {worst['chunks']} chunks", no_effect=inert))
+        on = (np.array([per[0][i][0] for i in items]), np.array([per[0][i][1] for i in items]))
+        off = (np.array([per[1][i][0] for i in items]), np.array([per[1][i][1] for i in items]))
+        e = paired_effect(on, off, confidence=g["confidence"], resamples=g["resamples"],
+                          transform=lambda x: x)
+        works, _, inert_why = effect_of(c, twin, min_change)
+        lo, hi = e.ci_gain
+        detail = (f"WER on {e.ppl_on:.3f} vs off {e.ppl_off:.3f}, off − on {e.gain:+.3f} "
+                  f"[{lo:+.3f}, {hi:+.3f}] {g['confidence']:.0%} CI over {e.conversations} "
+                  "conversation(s)")
+        name = f"{c.name} vs {twin.name}"
+        if not works:
+            out.append(check(name, e.gain, "CI excludes 0", False, f"{inert_why}; {detail}",
+                             no_effect=True))
+            continue
+        answer = e.answer(g["min_conversations"]) if not math.isnan(e.gain) else None
+        out.append(check(name, e.gain, "CI excludes 0", None,
+                         f"{answer or 'not judged: too few conversations'}: {detail}",
+                         answer=answer))
+    return out
+
+
+def _wer_by_item(c) -> dict:
+    """item → (sum of window WERs, windows)."""
+    out: dict = {}
+    for r in c.table("timeseries.csv"):
+        w = number(r.get("wer"))
+        if w is None or not math.isfinite(w):
+            continue
+        s, n = out.get(r.get("item"), (0.0, 0))
+        out[r.get("item")] = (s + w, n + 1)
     return out

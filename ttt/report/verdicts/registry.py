@@ -4,9 +4,10 @@ stamps its signal on every check the gate returns; a check cannot name another).
 
 A gate receives a :class:`Scope` (the cells of its section's families, the section's thresholds)
 and returns one :func:`check` per cell it judges. :func:`evaluate` runs every gate in registration
-order; :func:`summarize` folds the checks into one verdict per signal (README "Verdicts: what
-passed"): its worst cell's, ``fail`` over ``no effect`` over ``pass``, ``n/a`` when nothing could
-be judged."""
+order; :func:`summarize` folds the checks into one verdict per signal (docs/verdicts.md): its
+worst cell's, ``fail``/``hurts`` over ``no effect`` over ``no significant difference`` over
+``pass``/``helps``, ``n/a`` when nothing could be judged. An effect gate answers one of four
+(``ttt.base.paired_effect``); a diagnostic is reported, never judged."""
 from __future__ import annotations
 
 import math
@@ -14,20 +15,41 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
+from ttt.base.paired_effect import HELPS, HURTS, NO_DIFFERENCE
 from ttt.report.verdicts.loading import Cell, load_cells
 from ttt.report.verdicts.thresholds import DEFAULTS, thresholds
 
 NO_EFFECT = "no effect"  # a verdict of its own: TTT did nothing (never "pass")
+DIAGNOSTIC = "diagnostic"  # reported beside the verdicts, never a pass or a fail
+FAILING = ("fail", HURTS, NO_EFFECT)  # what --strict refuses
+# A signal's verdict is its worst cell's: the rank of each label.
+RANK = {DIAGNOSTIC: 0, "fail": 4, HURTS: 4, NO_EFFECT: 3, NO_DIFFERENCE: 2, "pass": 1, HELPS: 1}
 
 
 def check(cell: str, value, threshold, passed: bool | None, explanation: str,
-          no_effect: bool = False) -> dict:
+          no_effect: bool = False, answer: str | None = None) -> dict:
     """One judged cell (``passed`` None: it cannot be judged, e.g. too short). ``no_effect`` marks
     a failed check whose reason is that TTT did nothing: its verdict reads "no effect" rather
-    than "fail" (and never "pass")."""
+    than "fail" (and never "pass"). ``answer``: an effect gate's answer (helps, no significant
+    difference, hurts), which is the check's verdict; hurts fails."""
+    if answer is not None and answer not in (HELPS, NO_DIFFERENCE, HURTS):
+        raise ValueError(f"unknown answer {answer!r}")
+    if answer is not None:
+        passed = answer != HURTS
     return {"cell": cell, "value": value, "threshold": threshold,
             "passed": False if no_effect else passed, "explanation": explanation,
-            "no_effect": bool(no_effect)}
+            "no_effect": bool(no_effect), "answer": None if no_effect else answer}
+
+
+def label(c: dict) -> str:
+    """The verdict of one check."""
+    if c["passed"] is None:
+        return "n/a"
+    if c.get("diagnostic"):
+        return DIAGNOSTIC
+    if c["no_effect"]:
+        return NO_EFFECT
+    return c.get("answer") or ("pass" if c["passed"] else "fail")
 
 
 @dataclass(frozen=True)
@@ -52,6 +74,7 @@ class Gate:
     signal: str
     section: str | None  # the thresholds section (the config's ``verdicts.<section>``); None: all cells
     judge: Callable[[Scope], Iterable[dict]]
+    diagnostic: bool = False  # reported, never judged (no scenario can make it say "fail")
 
     def run(self, cells: list[Cell], cfg: dict, by_name: dict[str, Cell]) -> list[dict]:
         g = cfg[self.section] if self.section is not None else {}
@@ -61,7 +84,8 @@ class Gate:
         for judged in self.judge(Scope(mine, g, cfg, by_name)):
             if "signal" in judged:
                 raise TypeError(f"gate {self.signal}: a check names a signal; the registry gives it")
-            out.append({"signal": self.signal, **judged})
+            out.append({"signal": self.signal, **judged,
+                        **({"diagnostic": True} if self.diagnostic else {})})
         return out
 
 
@@ -75,9 +99,10 @@ class Registry:
     def signals(self) -> list[str]:
         return list(self.gates)
 
-    def gate(self, signal: str, section: str | None) -> Callable:
+    def gate(self, signal: str, section: str | None, diagnostic: bool = False) -> Callable:
         """Register the decorated function as the one gate of ``signal``; its docstring says what
-        it judges (README "Verdicts: what passed" documents each signal)."""
+        it judges (docs/verdicts.md documents each signal). ``diagnostic``: its checks are
+        reported with the verdict "diagnostic" and never fail a run."""
         def register(judge: Callable[[Scope], Iterable[dict]]):
             if signal in self.gates:
                 raise ValueError(f"signal {signal!r} already has a gate "
@@ -86,7 +111,7 @@ class Registry:
                 raise ValueError(f"gate {signal}: unknown thresholds section {section!r}")
             if not (judge.__doc__ or "").strip():
                 raise ValueError(f"gate {signal}: needs a docstring saying what it judges")
-            self.gates[signal] = Gate(signal, section, judge)
+            self.gates[signal] = Gate(signal, section, judge, diagnostic)
             return judge
         return register
 
@@ -104,29 +129,35 @@ class Registry:
         for signal in self.signals:
             mine = [c for c in checks if c["signal"] == signal]
             judged = [c for c in mine if c["passed"] is not None]
-            failed = [c for c in judged if not c["passed"]]
             threshold = mine[0]["threshold"] if mine else None
             if not judged:
                 rows.append({"signal": signal, "cells": ";".join(c["cell"] for c in mine),
                              "value": None, "threshold": threshold, "verdict": "n/a",
                              "explanation": mine[0]["explanation"] if mine else "no cell to judge"})
                 continue
-            broken = [c for c in failed if not c.get("no_effect")]
-            worst = max(broken or failed or judged, key=_badness)
-            verdict = "fail" if broken else NO_EFFECT if failed else "pass"
-            head = (f"{len(failed)} of {len(judged)} {verdict}" if failed
-                    else f"{len(judged)} pass") + f"; worst {worst['cell']}: {worst['explanation']}"
+            worst_rank = max(RANK[label(c)] for c in judged)
+            worst = max((c for c in judged if RANK[label(c)] == worst_rank), key=_badness)
+            counts: dict[str, int] = {}
+            for c in judged:
+                counts[label(c)] = counts.get(label(c), 0) + 1
+            verdict = DIAGNOSTIC if self.gates[signal].diagnostic else label(worst)
+            head = ", ".join(f"{n} {name}" for name, n in sorted(
+                counts.items(), key=lambda kv: -RANK[kv[0]])) + f" of {len(judged)}"
             rows.append({"signal": signal, "cells": ";".join(c["cell"] for c in judged),
-                         "value": worst["value"], "threshold": threshold,
-                         "verdict": verdict, "explanation": head})
+                         "value": worst["value"], "threshold": threshold, "verdict": verdict,
+                         "explanation": f"{head}; worst {worst['cell']}: {worst['explanation']}"})
         return rows
 
 
 def _badness(c: dict) -> float:
+    """Among checks of one label, the worst: the largest value, or for an effect answer (whose
+    value is TTT's relative gain) the smallest."""
     value = c["value"]
     if value is None:
         return -math.inf
-    return math.inf if math.isnan(value) else value
+    if math.isnan(value):
+        return math.inf
+    return -value if c.get("answer") else value
 
 
 REGISTRY = Registry()  # the test plan's gates (the gates_* modules register into it)

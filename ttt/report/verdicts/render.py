@@ -7,7 +7,12 @@ from pathlib import Path
 
 from ttt.base.files import write_text
 from ttt.report.tables import write_csv
-from ttt.report.verdicts.registry import NO_EFFECT, REGISTRY
+from ttt.report.verdicts.gates_usefulness import plot_usefulness, usefulness_rows
+from ttt.report.verdicts.registry import DIAGNOSTIC, FAILING, REGISTRY, label
+from ttt.report.verdicts.loading import load_cells
+
+LABELS = ("pass", "helps", "no significant difference", "hurts", "fail", "no effect", "n/a",
+          DIAGNOSTIC)
 
 
 def write_verdicts(results: str | os.PathLike, tables: str | os.PathLike, cfg: dict | None = None,
@@ -18,9 +23,12 @@ def write_verdicts(results: str | os.PathLike, tables: str | os.PathLike, cfg: d
     tables.mkdir(parents=True, exist_ok=True)
     write_csv(tables / "verdicts.csv", summary)
     write_csv(tables / "verdicts_cells.csv", [
-        {**{k: v for k, v in c.items() if k != "no_effect"},
-         "passed": NO_EFFECT if c["no_effect"] else {True: "pass", False: "fail", None: "n/a"}[c["passed"]]}
-        for c in checks])
+        {**{k: v for k, v in c.items() if k not in ("no_effect", "answer", "diagnostic")},
+         "passed": label(c)} for c in checks])
+    cells = load_cells(results)
+    rows = usefulness_rows(cells, {c.name: c for c in cells}, None)
+    write_csv(tables / "usefulness.csv", rows)
+    plot_usefulness(rows, tables.parent / "plots" / "usefulness.png")
     if rst is not None:
         intro = Path(rst_intro).read_text() if rst_intro else ""
         write_text(rst, summary_rst(summary) + "\n" + intro)
@@ -28,12 +36,11 @@ def write_verdicts(results: str | os.PathLike, tables: str | os.PathLike, cfg: d
 
 
 def summary_line(summary: list[dict]) -> str:
-    counts = {v: sum(r["verdict"] == v for r in summary) for v in ("pass", "fail", NO_EFFECT, "n/a")}
-    failed = [r["signal"] for r in summary if r["verdict"] == "fail"]
-    inert = [r["signal"] for r in summary if r["verdict"] == NO_EFFECT]
-    return (f"verdicts: {counts['pass']} pass, {counts['fail']} fail, {counts[NO_EFFECT]} no effect,"
-            f" {counts['n/a']} n/a" + (f" (failed: {', '.join(failed)})" if failed else "")
-            + (f" (no effect: {', '.join(inert)})" if inert else ""))
+    counts = {v: sum(r["verdict"] == v for r in summary) for v in LABELS}
+    failing = {v: [r["signal"] for r in summary if r["verdict"] == v] for v in FAILING}
+    return ("verdicts: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n or v in
+                                     ("pass", "fail", "no effect", "n/a"))
+            + "".join(f" ({v}: {', '.join(names)})" for v, names in failing.items() if names))
 
 
 def summary_rst(summary: list[dict]) -> str:
