@@ -21,6 +21,7 @@ import torch
 from moshi.models import loaders
 from safetensors import safe_open
 
+from ttt.moshi.architecture import check_architecture
 from ttt.moshi.checkpoints import CheckpointError, Sources, locate, resolve_checkpoint
 from ttt.config import TTTConfig, YarnConfig
 from ttt.base.files import read_json
@@ -155,8 +156,18 @@ def inspect_checkpoint(model: str | os.PathLike | Sources, base: str | os.PathLi
     if want - mimi_keys:
         raise CheckpointError(f"{sources.mimi}: not Mimi weights ({len(want - mimi_keys)} "
                               f"missing key(s), e.g. {sorted(want - mimi_keys)[0]})")
-    _tokenizer(sources)
+    _check_fit(sources, _tokenizer(sources))
     return sources
+
+
+def _check_fit(sources: Sources, tokenizer: sentencepiece.SentencePieceProcessor) -> None:
+    """LM, Mimi and tokenizer fit together (card, text_card, n_q/dep_q): headers only."""
+    try:
+        check_architecture(sources.lm_kwargs, sources.config or sources.directory,
+                           _header(sources.mimi), sources.mimi, tokenizer.vocab_size(),
+                           sources.tokenizer)
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def load_checkpoint(model: str | os.PathLike | Sources, ttt: dict | None = None,
@@ -169,6 +180,7 @@ def load_checkpoint(model: str | os.PathLike | Sources, ttt: dict | None = None,
     sources = _sources(model, base, cache_root)
     lm, ttt_cfg, yarn_cfg, names = _meta_model(sources, ttt, yarn, dtype)
     tokenizer = _tokenizer(sources)
+    _check_fit(sources, tokenizer)
     extra = _assign_weights(lm, sources, names, device)
     if ttt_cfg is not None:
         torch.manual_seed(seed)
