@@ -21,7 +21,9 @@ def train_command(args: argparse.Namespace) -> int:
     final = summary["final"] or {}
     print(f"trained {summary['steps']} steps in {summary['train_time_s']:.0f} s on "
           f"{summary['device']}: text loss {final.get('text_loss', float('nan')):.4f}, audio loss "
-          f"{final.get('audio_loss', float('nan')):.4f} → {args.out}/checkpoint")
+          f"{final.get('audio_loss', float('nan')):.4f} → {args.out}/checkpoint; evaluate "
+          f"{summary['selected']['checkpoint']} ({summary['selected']['criterion']}, step "
+          f"{summary['selected']['step']})")
     return 0
 
 

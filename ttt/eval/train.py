@@ -22,22 +22,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ttt.base.files import read_yaml, write_csv, write_text
 from ttt.base.identity import file_digest
 from ttt.config import TTTConfig, _is_int, strict_kwargs
-from ttt.core.inplace_math import chunk_delta, chunk_target, clip_factor
+from ttt.eval.recurrence import add_repeats, check_spec
 from ttt.eval.train_data import TrainBase, load_codes, sample_batch
-from ttt.eval.train_state import (STATE_FILE, find_resume, rng_state, set_rng_state,
+from ttt.eval.train_eval import eval_items, evaluate_loss, selection_loss
+from ttt.eval.train_probe import InnerProbe
+from ttt.eval.train_state import (STATE_FILE, find_resume, rng_state, set_rng_state, sync_twin,
                                   write_checkpoint)
-from ttt.moshi.gating import TTTGating, gated_hidden
+from ttt.moshi.gating import TTTGating
 from ttt.moshi.model import load_checkpoint, resolve_model
 from ttt.moshi.surgery import apply_ttt, ttt_layers
 
 MODES = ("scratch", "ttt_only")
+SELECT = ("last", "best_eval_loss")
 RESUMABLE_CHANGES = {"steps", "time_limit_s"}
 
 
@@ -63,7 +65,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 100
-    time_limit_s: float | None = None   # stop (and checkpoint) after this much training time
+    time_limit_s: float | None = None   # stop after this much time: machine-dependent, not for results
+    recurrence: Mapping[str, Any] | None = None  # exact repeats spliced into batches (frames)
+    select: str = "last"                # checkpoint evaluated: last, or best_eval_loss (→ OUT/best)
     device: str = "cpu"
     cache_dir: str = "results/cache"
 
@@ -97,6 +101,10 @@ class TrainConfig:
         check(isinstance(self.device, str), "device", "must be a string (cpu, cuda, ...)")
         check(self.time_limit_s is None or (_is_number(self.time_limit_s) and self.time_limit_s > 0),
               "time_limit_s", "must be null (none) or a number > 0")
+        check(self.select in SELECT, "select", f"must be one of {SELECT}, got {self.select!r}")
+        check(self.select != "best_eval_loss" or self.eval is not None, "select",
+              "best_eval_loss needs an eval manifest")
+        check_spec(self.recurrence)
         self.ttt_config()  # validated here, before any heavy work
 
     def ttt_config(self) -> TTTConfig:
@@ -112,6 +120,9 @@ class TrainConfig:
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["lm_kwargs"], out["ttt"] = dict(self.lm_kwargs), dict(self.ttt)
+        if self.recurrence is not None:
+            out["recurrence"] = {k: (list(v) if isinstance(v, (list, tuple)) else v)
+                                 for k, v in self.recurrence.items()}
         return out
 
 
@@ -187,61 +198,6 @@ def lm_loss(lm, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return text, audio
 
 
-# ---- Figure-5 inner losses and fast-weight norms --------------------------------------------
-
-class InnerProbe:
-    """Captures each In-Place layer's input on one forward and recomputes, for batch row 0, the
-    per-chunk inner losses ℓ(W⁽⁰⁾), ℓ(W⁽ⁱ⁾) and ℓ(W⁽ⁱ⁺¹⁾) on chunk i (means over chunks), ‖W⁽⁰⁾‖
-    and the relative change ‖W_end − W⁽⁰⁾‖/‖W⁽⁰⁾‖ (explicit fast weights; logging steps only)."""
-
-    def __init__(self, lm) -> None:
-        self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.handles = []
-        for i, layer in ttt_layers(lm).items():
-            if isinstance(layer, TTTGating):
-                self.handles.append(layer.register_forward_hook(self._hook(i)))
-        self.layers = ttt_layers(lm)
-
-    def _hook(self, index: int):
-        def hook(module, args, _out):
-            self.inputs[index] = (args[0][:1].detach(), module._tap.x0[:1].detach())
-        return hook
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-    @torch.no_grad()
-    def stats(self) -> dict[str, float]:
-        out = {}
-        for i, (x, x0) in sorted(self.inputs.items()):
-            layer = self.layers[i]
-            cfg = layer.cfg
-            z = gated_hidden(layer.linear_in.weight, layer.activation, x).float()
-            C = cfg.chunk_size
-            n = (z.shape[1] - 1) // C
-            w0 = layer.w_down.float()
-            prefix = f"l{i}_"
-            out[prefix + "w0_norm"] = float(w0.norm())
-            if n == 0:
-                continue
-            tg = layer.target_generator
-            v = chunk_target(x0[0, :n * C].reshape(n, C, -1), tg.conv_weight, tg.projection,
-                             cfg.conv_padding)
-            deltas = chunk_delta(z[0, :n * C].reshape(n, C, -1), v)
-            steps = deltas * (cfg.lr * clip_factor(deltas.norm(dim=(1, 2)), cfg.clip))[:, None, None]
-            w_before = w0[None] + torch.cumsum(steps, 0) - steps  # W^(i) for chunk i
-            inner = lambda w: float(-(w * deltas).sum((1, 2)).mean())  # noqa: E731
-            out[prefix + "inner_w0"] = inner(w0[None])
-            out[prefix + "inner_before"] = inner(w_before)
-            out[prefix + "inner_after"] = inner(w_before + steps)
-            w_end = w0 + steps.sum(0)
-            out[prefix + "w_norm"] = float(w_end.norm())
-            out[prefix + "w_rel_change"] = float((w_end - w0).norm() / w0.norm())
-        self.inputs.clear()
-        return out
-
-
 # ---- the loop -------------------------------------------------------------------------------
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
@@ -258,8 +214,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
         # Only the step budget may change between a run and its resumption.
         new, old = cfg.to_dict(), saved["config"]
+        defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # keys added later
         diff = sorted(k for k in set(new) | set(old)
-                      if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+                      if k not in RESUMABLE_CHANGES and old.get(k, defaults.get(k)) != new.get(k))
         if diff:
             raise ValueError(f"{out}: holds a run with a different config (key(s) {diff}); "
                              "use another --out or the same config")
@@ -267,16 +224,17 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
     lm, base, lm_kwargs, params = build_model(cfg)
     ttt = cfg.ttt_config()
     train_codes = load_codes(cfg.train, base, cfg.cache_dir)
-    eval_codes = load_codes(cfg.eval, base, cfg.cache_dir) if cfg.eval else []
+    eval_codes = eval_items(load_codes(cfg.eval, base, cfg.cache_dir), cfg.recurrence) if cfg.eval else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
-    step, rows, elapsed = 0, [], 0.0
+    step, rows, elapsed, best = 0, [], 0.0, None
     if saved is not None:
         from safetensors.torch import load_file
         lm.load_state_dict(load_file(str(resume / "model.safetensors"), device=cfg.device))
         opt.load_state_dict(saved["optimizer"])
         set_rng_state(saved["rng"], g)
         step, rows, elapsed = saved["step"], saved["log"], saved["elapsed_s"]
+        best = saved.get("best")
         log(f"resumed from {resume} at step {step}")
     lm.train()
     probe = InnerProbe(lm)
@@ -284,7 +242,8 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
                    (("train", cfg.train), ("eval", cfg.eval)) if path}
     started = time.perf_counter() - elapsed
     while step < cfg.steps:
-        batch = sample_batch(train_codes, cfg.batch_size, cfg.segment_frames, g).to(cfg.device)
+        batch = sample_batch(train_codes, cfg.batch_size, cfg.segment_frames, g)
+        batch = add_repeats(batch, cfg.recurrence, g)[0].to(cfg.device)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         last = step + 1 == cfg.steps or (cfg.time_limit_s is not None and
@@ -305,14 +264,21 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
                    "lr": opt.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - started}
             row.update(probe.stats())
             if eval_codes:
-                row.update(evaluate_loss(lm, eval_codes, cfg))
+                sync_twin(lm)
+                row.update(evaluate_loss(lm, eval_codes, cfg.device))
+                row["eval_loss"] = selection_loss(row, cfg.text_weight, cfg.audio_weight)
+                if cfg.select == "best_eval_loss" and (best is None or row["eval_loss"] < best["eval_loss"]):
+                    best = {"step": step, "eval_loss": row["eval_loss"]}
+                    write_checkpoint(out, lm, base, lm_kwargs, ttt,
+                                     {"config": cfg.to_dict(), **best}, name="best")
             rows.append(row)
             write_csv(out / "train_log.csv", rows) if out.is_dir() else None
             log(_log_line(row))
         if step % cfg.checkpoint_every == 0 or last:
             out.mkdir(parents=True, exist_ok=True)
             state = {"config": cfg.to_dict(), "step": step, "optimizer": opt.state_dict(),
-                     "rng": rng_state(g), "log": rows, "elapsed_s": time.perf_counter() - started}
+                     "rng": rng_state(g), "log": rows, "elapsed_s": time.perf_counter() - started,
+                     "best": best}
             write_checkpoint(out, lm, base, lm_kwargs, ttt, state)
             write_csv(out / "train_log.csv", rows)
         if last:
@@ -322,21 +288,12 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
                "train_time_s": time.perf_counter() - started, "device": _device_name(cfg.device),
                "platform": platform.platform(), "torch": torch.__version__,
                "data_sha256": data_hashes, "config": cfg.to_dict(),
-               "parameters_trained": sum(p.numel() for p in params)}
+               "parameters_trained": sum(p.numel() for p in params),
+               "selected": ({"criterion": cfg.select, **best, "checkpoint": str(out / "best")}
+                            if best is not None else {"criterion": "last", "step": step,
+                                                      "checkpoint": str(out / "checkpoint")})}
     write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary
-
-
-@torch.no_grad()
-def evaluate_loss(lm, codes: list[torch.Tensor], cfg: TrainConfig) -> dict:
-    """Held-out text/audio CE (whole conversations, one at a time), eval mode."""
-    lm.eval()
-    try:
-        pairs = [lm_loss(lm, c[None].to(cfg.device)) for c in codes]
-    finally:
-        lm.train()
-    return {"eval_text_loss": float(np.mean([t.item() for t, _ in pairs])),
-            "eval_audio_loss": float(np.mean([a.item() for _, a in pairs]))}
 
 
 def _log_line(row: dict) -> str:
@@ -344,6 +301,9 @@ def _log_line(row: dict) -> str:
              f"audio {row['audio_loss']:.4f}", f"|g| {row['grad_norm']:.3g}"]
     if "eval_text_loss" in row:
         parts.append(f"eval text {row['eval_text_loss']:.4f} audio {row['eval_audio_loss']:.4f}")
+    for key in ("eval_ttt_gain_text", "eval_ttt_gain_copy_text"):
+        if key in row:
+            parts.append(f"{key[5:]} {row[key]:+.4f}")
     for key in sorted(k for k in row if k.endswith("_w_norm")):
         i = key.split("_")[0]
         parts.append(f"{i}: |W| {row[key]:.4g} dW/W {row.get(i + '_w_rel_change', float('nan')):.3g}"

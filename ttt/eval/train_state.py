@@ -21,19 +21,24 @@ from ttt.moshi.surgery import ttt_layers
 STATE_FILE = "train_state.pt"
 
 
-def write_checkpoint(out: Path, lm, base: TrainBase, lm_kwargs: dict, ttt: TTTConfig,
-                     state: dict) -> Path:
-    """``out/checkpoint`` (config.json, model.safetensors, tokenizer.model, mimi.safetensors,
-    train_state.pt), replaced as a whole: written beside, then swapped in by renames."""
+def sync_twin(lm) -> None:
+    """The TTT-off twin (``ttt_disabled``) runs ``linear_out``: keep it equal to the trained W^(0)
+    so "off" means these weights without updates (before every checkpoint and twin evaluation)."""
     for layer in ttt_layers(lm).values():
         if isinstance(layer, TTTGating):
-            # The TTT-off twin (ttt_disabled) runs linear_out: keep it equal to the trained W^(0)
-            # so "off" means these weights without updates.
             with torch.no_grad():
                 layer.linear_out.weight.copy_(layer.w_down.to(layer.linear_out.weight.dtype))
-    final = out / "checkpoint"
-    tmp = out / f".checkpoint.tmp{os.getpid()}"
-    old = out / ".checkpoint.old"
+
+
+def write_checkpoint(out: Path, lm, base: TrainBase, lm_kwargs: dict, ttt: TTTConfig,
+                     state: dict, name: str = "checkpoint") -> Path:
+    """``out/<name>`` (config.json, model.safetensors, tokenizer.model, mimi.safetensors,
+    train_state.pt), replaced as a whole: written beside, then swapped in by renames. ``name``
+    is ``checkpoint`` (the last step, resumable) or ``best`` (the selected one)."""
+    sync_twin(lm)
+    final = out / name
+    tmp = out / f".{name}.tmp{os.getpid()}"
+    old = out / f".{name}.old"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in lm.state_dict().items()},

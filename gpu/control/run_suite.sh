@@ -1,0 +1,71 @@
+#!/bin/bash
+# The control suite (issue 24), end to end on one GPU, run from the repository root:
+# plain word-tone conversations → Mimi codebooks fitted by k-means to their latents → codes →
+# offset test sets → SEEDS × {ttt, no_ttt, full} trained side by side for STEPS steps each (no
+# wall-clock budget: the same config gives the same models on any machine) → each run's selected
+# checkpoint (lowest held-out loss) scored on the offset sets → table, plots. $OUT gets the report
+# (report.md/json, offsets.png, curve.png), the code statistics and runs.tgz (configs, logs,
+# summaries, per-row scores; no weights).
+# CPU dry run (14.5 min on the shared 2-core machine, most of it Mimi and 6 runs on 2 cores):
+#   DEVICE=cpu DURATION=6 TRAIN_COUNT=2 VAL_COUNT=2 TEST_COUNT=2 FIT_COUNT=2 STEPS=4 LOG_EVERY=2
+#   SEEDS="0 1" OFFSETS=10,20,40 LENGTH=16 OFFSET_MIN=10 OFFSET_MAX=40 JOBS=1 MIMI_BATCH=2 PYTHON=python
+set -euo pipefail
+export NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1
+W=${WORK:-/tmp/suite}; DEVICE=${DEVICE:-cuda}; P=${PYTHON:-python3}; OUT=${OUT:-$W/out}
+TRAIN_COUNT=${TRAIN_COUNT:-320}; VAL_COUNT=${VAL_COUNT:-16}; TEST_COUNT=${TEST_COUNT:-24}
+FIT_COUNT=${FIT_COUNT:-60}; DURATION=${DURATION:-36}; JOBS=${JOBS:-12}
+STEPS=${STEPS:-600}; LOG_EVERY=${LOG_EVERY:-50}; SEEDS=${SEEDS:-"0 1 2"}
+OFFSETS=${OFFSETS:-40,80,120,160,240,320,400}; LENGTH=${LENGTH:-48}
+OFFSET_MIN=${OFFSET_MIN:-40}; OFFSET_MAX=${OFFSET_MAX:-400}; FULL_CONTEXT=${FULL_CONTEXT:-512}
+mkdir -p "$W/data" "$W/runs" "$OUT"
+t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
+$P -m ttt.eval.control data --out "$W/data/train" --count $TRAIN_COUNT --duration $DURATION --recurrent-fraction 0 --seed 0 --workers $JOBS > /dev/null &
+$P -m ttt.eval.control data --out "$W/data/val" --count $VAL_COUNT --duration $DURATION --recurrent-fraction 0 --seed 1 > /dev/null &
+$P -m ttt.eval.control data --out "$W/data/test" --count $TEST_COUNT --duration $DURATION --recurrent-fraction 0 --seed 2 > /dev/null &
+for job in $(jobs -p); do wait $job; done
+say "data: $(wc -l < "$W/data/train/manifest.jsonl") train conversations of $DURATION s"
+$P -m ttt.eval.codebooks fit --base tiny-random --manifest "$W/data/train/manifest.jsonl" \
+   --conversations $FIT_COUNT --out "$W/fitted" --device "$DEVICE" --cache-dir "$W/cache"
+say "codebooks fitted"
+$P -m ttt.eval.control encode "$W/data/test/manifest.jsonl" "$W/data/val/manifest.jsonl" "$W/data/train/manifest.jsonl" \
+   --base "$W/fitted" --device "$DEVICE" --cache-dir "$W/cache" --batch ${MIMI_BATCH:-24}
+$P -m ttt.eval.codebooks stats --base tiny-random --base "$W/fitted" --manifest "$W/data/test/manifest.jsonl" \
+   --out "$OUT/codes_stats.json" --device "$DEVICE" --cache-dir "$W/cache" > /dev/null
+$P -m ttt.eval.recurrence build --manifest "$W/data/test/manifest.jsonl" --base "$W/fitted" \
+   --cache-dir "$W/cache" --offsets $OFFSETS --length $LENGTH --out "$W/offsets"
+say "encoded (fitted Mimi), code statistics, offset sets"
+if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control > /dev/null; then  # kernels of the runs side by side
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+  if nvidia-cuda-mps-control -d && timeout 90 $P -c "import torch; torch.zeros(1).cuda().sum().item()"; then
+    say "MPS on"
+  else
+    say "MPS unusable: runs time-share the GPU"; echo quit | nvidia-cuda-mps-control || true
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+  fi
+fi
+TTT_BLOCK="{start_layer: 1, layer_frequency: 2, chunk_size: 8, lr: 0.01, delta_clip_fro_norm: null, init_std: 0.5}"
+for seed in $SEEDS; do
+  for variant in ttt no_ttt full; do
+    R="$W/runs/$variant-s$seed"; mkdir -p "$R"
+    case $variant in ttt) block=$TTT_BLOCK; ctx=32 ;; no_ttt) block="{enabled: false}"; ctx=32 ;;
+                     full) block="{enabled: false}"; ctx=$FULL_CONTEXT ;; esac
+    sed -e "s#__WORK__#$W#g; s#__TTT__#$block#; s/__CONTEXT__/$ctx/; s/__STEPS__/$STEPS/; s/__SEED__/$seed/; s/__DEVICE__/$DEVICE/; s/__LOG_EVERY__/$LOG_EVERY/; s/__OFFSET_MIN__/$OFFSET_MIN/; s/__OFFSET_MAX__/$OFFSET_MAX/" \
+        gpu/control/suite.yaml > "$R/train.yaml"
+    OMP_NUM_THREADS=1 $P -m ttt train --config "$R/train.yaml" --out "$R" > "$R/train.out" 2>&1 &
+  done
+done
+fail=0; for job in $(jobs -p); do wait $job || fail=1; done
+for R in "$W"/runs/*; do tail -n 1 "$R/train.out"; done
+[ $fail = 0 ] || { say "a training run failed"; tail -n 5 "$W"/runs/*/train.out; exit 1; }
+say "trained ($STEPS steps each)"
+for R in "$W"/runs/*; do
+  sel=$($P -c "import json,sys; print(json.load(open(sys.argv[1]))['selected']['checkpoint'])" "$R/summary.json")
+  $P -m ttt.eval.recurrence_eval --checkpoint "$sel" --set "$W/offsets" --out "$R/offsets.json" --device "$DEVICE" &
+done
+fail=0; for job in $(jobs -p); do wait $job || fail=1; done; [ $fail = 0 ]
+say "offset sets scored"
+$P -m ttt.eval.recurrence_report --runs "$W/runs" --set "$W/offsets" --out "$OUT"
+cp "$W/fitted/codebooks.json" "$OUT/"
+tar czf "$OUT/runs.tgz" -C "$W" --exclude='checkpoint' --exclude='best' runs offsets/manifest.json
+say "done"
