@@ -2,6 +2,7 @@
 weights (the parallel dual form, streamed blocks of any size, moshi's generation loop) against the
 independent token loop (tests/reference_ttt.py), and bitwise the official update when off."""
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,9 +141,23 @@ def test_bad_values_name_the_key(key, value, message):
     assert str(info.value) == message
 
 
-def test_hybrid_refuses_the_stabiliser():
-    with pytest.raises(ValueError, match=r"^reset_every: applies to variant 'inplace' only"):
-        ttt.TTTConfig(variant="ttt_mlp", reset_every=4)
+def test_matrix_preflight_names_the_key_and_the_hybrid_ignores_it():
+    """The matrix config's top-level ``ttt`` block feeds every TTT-on cell, the TTT-MLP hybrid's
+    too: a bad value is named before any job, a good one leaves the hybrid's cells valid (its
+    update has no stabiliser, as it has no conv or clip)."""
+    import yaml
+    from ttt.launch.matrix import build_matrix
+    from ttt.launch.preflight import PreflightError, check_matrix
+
+    config = yaml.safe_load((Path(__file__).parent.parent / "config" / "config.yaml").read_text())
+    config.setdefault("base", None)
+    bad = {**config, "ttt": {**config["ttt"], "reset_every": 0}}
+    with pytest.raises(PreflightError, match=r"^config ttt.reset_every: must be null \(off\) or an "
+                                               r"integer >= 1 \(chunks\), got 0 \(cell "):
+        check_matrix(bad, build_matrix(bad))
+    good = {**config, "ttt": {**config["ttt"], "decay": 0.95, "reset_every": 40}}
+    check_matrix(good, build_matrix(good))
+    assert ttt.TTTConfig(variant="ttt_mlp", decay=0.5).stabilised
 
 
 def test_cli_bad_decay_is_one_line_exit_2(tmp_path):

@@ -78,7 +78,8 @@ class TTTConfig:
     mlp_heads: int | None = None
     gate_alpha_init: float = 0.1
     gate_override: float | None = None
-    # Stabiliser, beyond the official method (off by default; In-Place only; README "`TTTConfig`
+    # Stabiliser, beyond the official method (off by default; In-Place only: unused by the hybrid,
+    # like the conv and clip keys, so a top-level ``ttt`` block still feeds it; README "`TTTConfig`
     # keys", docs/config.md): after each chunk's update W ← W^(0) + decay·(W − W^(0)), and
     # W ← W^(0) after every ``reset_every`` chunk updates of a stream. null = off.
     decay: float | None = None
@@ -132,9 +133,6 @@ class TTTConfig:
                f"must be null (off) or a number in (0, 1], got {self.decay!r}")
         _check(self.reset_every is None or (_is_int(self.reset_every) and self.reset_every >= 1),
                "reset_every", f"must be null (off) or an integer >= 1 (chunks), got {self.reset_every!r}")
-        for name in ("decay", "reset_every"):
-            _check(getattr(self, name) is None or self.variant == "inplace", name,
-                   f"applies to variant 'inplace' only (variant is {self.variant!r}); set it to null")
 
     @property
     def clip(self) -> float | None:
