@@ -14,6 +14,7 @@ from ttt.eval.control import write_control_conversation
 from ttt.eval.recurrence import (add_repeats, build_offset_set, read_offset_set,
                                  write_offset_set)
 from ttt.eval.train import TrainConfig, train
+from ttt.eval.train_data import mixed_batch
 from ttt.moshi.tiny import DEMO_WORDS
 
 
@@ -76,6 +77,22 @@ def test_training_repeats_copy_their_source():
     assert torch.equal(none, batch) and spans == [None] * 4
 
 
+def test_mixed_batches_are_spans_of_the_conversations():
+    codes = _conversations(3, 50, seed=2)
+    batch = mixed_batch(codes, 4, 40, 6, torch.Generator().manual_seed(0))
+    again = mixed_batch(codes, 4, 40, 6, torch.Generator().manual_seed(0))
+    assert batch.shape == (4, 17, 40) and torch.equal(batch, again)
+    sources = set()
+    for row in batch:
+        for b in range(0, 40, 6):
+            piece = row[:, b:b + 6]
+            hits = [(i, s) for i, c in enumerate(codes) for s in range(c.shape[-1] - piece.shape[-1] + 1)
+                    if torch.equal(c[:, s:s + piece.shape[-1]], piece)]
+            assert hits, (b, "a block that is no span of any conversation")
+            sources.add(hits[0][0])
+    assert len(sources) > 1  # drawn from several conversations
+
+
 # ---- step-budgeted training: reproducible, selected by a declared criterion -----------------
 
 @pytest.fixture(scope="module")
@@ -101,7 +118,7 @@ def _config(root, m, **overrides):
             "steps": 8, "batch_size": 2, "segment_frames": 30, "lr": 0.02, "log_every": 2,
             "checkpoint_every": 4, "cache_dir": str(root / "cache"),
             "recurrence": {"fraction": 0.5, "length": [4, 6], "offset": [10, 20]},
-            "select": "best_eval_loss", **overrides}
+            "select": "best_eval_loss", "mix_blocks": 6, **overrides}
 
 
 def _log(path):

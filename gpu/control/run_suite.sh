@@ -3,9 +3,9 @@
 # plain word-tone conversations → Mimi codebooks fitted by k-means to their latents → codes →
 # offset test sets → SEEDS × {ttt, no_ttt, full} trained side by side for STEPS steps each (no
 # wall-clock budget: the same config gives the same models on any machine) → each run's selected
-# checkpoint (lowest held-out loss) scored on the offset sets → table, plots. $OUT gets the report
-# (report.md/json, offsets.png, curve.png), the code statistics and runs.tgz (configs, logs,
-# summaries, per-row scores; no weights).
+# checkpoint (lowest held-out loss) scored on the offset sets → table, plots, per suite. $OUT gets
+# report-<suite>.md, <suite>.tgz (report.json, offsets.png, curve.png, each run's config, log,
+# summary and per-row scores; no weights), codes_stats.json and codebooks.json.
 # CPU dry run (14.5 min on the shared 2-core machine, most of it Mimi and 6 runs on 2 cores):
 #   DEVICE=cpu DURATION=6 TRAIN_COUNT=2 VAL_COUNT=2 TEST_COUNT=2 FIT_COUNT=2 STEPS=4 LOG_EVERY=2
 #   SEEDS="0 1" OFFSETS=10,20,40 LENGTH=16 OFFSET_MIN=10 OFFSET_MAX=40 JOBS=1 MIMI_BATCH=2 PYTHON=python
@@ -45,27 +45,41 @@ if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control > /dev/null; then 
   fi
 fi
 TTT_BLOCK="{start_layer: 1, layer_frequency: 2, chunk_size: 8, lr: 0.01, delta_clip_fro_norm: null, init_std: 0.5}"
-for seed in $SEEDS; do
-  for variant in ttt no_ttt full; do
-    R="$W/runs/$variant-s$seed"; mkdir -p "$R"
-    case $variant in ttt) block=$TTT_BLOCK; ctx=32 ;; no_ttt) block="{enabled: false}"; ctx=32 ;;
-                     full) block="{enabled: false}"; ctx=$FULL_CONTEXT ;; esac
-    sed -e "s#__WORK__#$W#g; s#__TTT__#$block#; s/__CONTEXT__/$ctx/; s/__STEPS__/$STEPS/; s/__SEED__/$seed/; s/__DEVICE__/$DEVICE/; s/__LOG_EVERY__/$LOG_EVERY/; s/__OFFSET_MIN__/$OFFSET_MIN/; s/__OFFSET_MAX__/$OFFSET_MAX/" \
-        gpu/control/suite.yaml > "$R/train.yaml"
-    OMP_NUM_THREADS=1 $P -m ttt train --config "$R/train.yaml" --out "$R" > "$R/train.out" 2>&1 &
+# SUITES: plain (whole conversations; copies 32-64 frames) and/or mixed (rows of 10-frame spans of
+# random conversations, copies 48-96 frames), trained side by side on the same data and codes
+SUITES=${SUITES:-"plain mixed"}
+for suite in $SUITES; do
+  case $suite in plain) mix=null; lens="32 64" ;; mixed) mix=10; lens="48 96" ;;
+                 *) echo "unknown suite $suite" >&2; exit 2 ;; esac
+  set -- $lens
+  for seed in $SEEDS; do
+    for variant in ttt no_ttt full; do
+      R="$W/runs-$suite/$variant-s$seed"; mkdir -p "$R"
+      case $variant in ttt) block=$TTT_BLOCK; ctx=32 ;; no_ttt) block="{enabled: false}"; ctx=32 ;;
+                       full) block="{enabled: false}"; ctx=$FULL_CONTEXT ;; esac
+      sed -e "s#__WORK__#$W#g; s#__TTT__#$block#; s/__CONTEXT__/$ctx/; s/__STEPS__/$STEPS/; s/__SEED__/$seed/; s/__DEVICE__/$DEVICE/; s/__LOG_EVERY__/$LOG_EVERY/; s/__OFFSET_MIN__/$OFFSET_MIN/; s/__OFFSET_MAX__/$OFFSET_MAX/; s/__LEN_MIN__/$1/; s/__LEN_MAX__/$2/; s/__MIX__/$mix/" \
+          gpu/control/suite.yaml > "$R/train.yaml"
+      OMP_NUM_THREADS=1 $P -m ttt train --config "$R/train.yaml" --out "$R" > "$R/train.out" 2>&1 &
+    done
   done
 done
 fail=0; for job in $(jobs -p); do wait $job || fail=1; done
-for R in "$W"/runs/*; do tail -n 1 "$R/train.out"; done
-[ $fail = 0 ] || { say "a training run failed"; tail -n 5 "$W"/runs/*/train.out; exit 1; }
+for R in "$W"/runs-*/*; do echo "$(basename $(dirname $R))/$(basename $R): $(tail -n 1 $R/train.out)"; done
+[ $fail = 0 ] || { say "a training run failed"; tail -n 5 "$W"/runs-*/*/train.out; exit 1; }
 say "trained ($STEPS steps each)"
-for R in "$W"/runs/*; do
+for R in "$W"/runs-*/*; do
   sel=$($P -c "import json,sys; print(json.load(open(sys.argv[1]))['selected']['checkpoint'])" "$R/summary.json")
   $P -m ttt.eval.recurrence_eval --checkpoint "$sel" --set "$W/offsets" --out "$R/offsets.json" --device "$DEVICE" &
 done
 fail=0; for job in $(jobs -p); do wait $job || fail=1; done; [ $fail = 0 ]
 say "offset sets scored"
-$P -m ttt.eval.recurrence_report --runs "$W/runs" --set "$W/offsets" --out "$OUT"
+for suite in $SUITES; do
+  $P -m ttt.eval.recurrence_report --runs "$W/runs-$suite" --set "$W/offsets" --out "$W/report-$suite" > /dev/null &
+done
+for job in $(jobs -p); do wait $job || say "a report failed"; done
+for suite in $SUITES; do
+  cp "$W/report-$suite/report.md" "$OUT/report-$suite.md" && { echo "== $suite"; cat "$OUT/report-$suite.md"; } || true
+  tar czf "$OUT/$suite.tgz" -C "$W" --exclude='checkpoint' --exclude='best' "report-$suite" "runs-$suite"
+done
 cp "$W/fitted/codebooks.json" "$OUT/"
-tar czf "$OUT/runs.tgz" -C "$W" --exclude='checkpoint' --exclude='best' runs offsets/manifest.json
 say "done"

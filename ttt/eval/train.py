@@ -29,7 +29,7 @@ from ttt.base.files import read_yaml, write_csv, write_text
 from ttt.base.identity import file_digest
 from ttt.config import TTTConfig, _is_int, strict_kwargs
 from ttt.eval.recurrence import add_repeats, check_spec
-from ttt.eval.train_data import TrainBase, load_codes, sample_batch
+from ttt.eval.train_data import TrainBase, load_codes, mixed_batch, sample_batch
 from ttt.eval.train_eval import eval_items, evaluate_loss, selection_loss
 from ttt.eval.train_probe import InnerProbe
 from ttt.eval.train_state import (STATE_FILE, find_resume, rng_state, set_rng_state, sync_twin,
@@ -68,6 +68,7 @@ class TrainConfig:
     time_limit_s: float | None = None   # stop after this much time: machine-dependent, not for results
     recurrence: Mapping[str, Any] | None = None  # exact repeats spliced into batches (frames)
     select: str = "last"                # checkpoint evaluated: last, or best_eval_loss (→ OUT/best)
+    mix_blocks: int | None = None       # rows of random spans of this many frames (no memorising)
     device: str = "cpu"
     cache_dir: str = "results/cache"
 
@@ -104,6 +105,8 @@ class TrainConfig:
         check(self.select in SELECT, "select", f"must be one of {SELECT}, got {self.select!r}")
         check(self.select != "best_eval_loss" or self.eval is not None, "select",
               "best_eval_loss needs an eval manifest")
+        check(self.mix_blocks is None or (_is_int(self.mix_blocks) and self.mix_blocks >= 2),
+              "mix_blocks", "must be null or an integer >= 2")
         check_spec(self.recurrence)
         self.ttt_config()  # validated here, before any heavy work
 
@@ -242,7 +245,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
                    (("train", cfg.train), ("eval", cfg.eval)) if path}
     started = time.perf_counter() - elapsed
     while step < cfg.steps:
-        batch = sample_batch(train_codes, cfg.batch_size, cfg.segment_frames, g)
+        if cfg.mix_blocks:
+            batch = mixed_batch(train_codes, cfg.batch_size, cfg.segment_frames, cfg.mix_blocks, g)
+        else:
+            batch = sample_batch(train_codes, cfg.batch_size, cfg.segment_frames, g)
         batch = add_repeats(batch, cfg.recurrence, g)[0].to(cfg.device)
         for group in opt.param_groups:
             group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
