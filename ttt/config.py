@@ -283,7 +283,8 @@ class YarnConfig:
 
 # ---- one cell (ttt/eval/cell.py runs it; the workflow checks every cell with it before any job) ---
 
-MODES = ("teacher_forced", "generate", "transcribe")
+MODES = ("teacher_forced", "generate", "transcribe", "playback")  # playback: ttt/eval/playback.py
+PLAYBACK_TEXT, PLAYBACK_AUDIO = ("aligned", "empty"), ("recorded", "silence")
 MAX_DEMO_S = 86400.0  # a demo conversation longer than a day is a typo (1e12 s: a 171 PiB buffer)
 DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")  # what a cell can run on (torch.device names)
 
@@ -319,6 +320,10 @@ class CellConfig:
     # Content digest of the model's files (ttt/launch/preflight.py): the workflow writes it so a changed
     # checkpoint at the same path changes the cell config, and the tables show what ran.
     model_digest: str | None = None
+    # mode playback only (ttt/eval/playback.py): Moshi's text stream is the alignment words or
+    # empty; its audio the recorded Moshi channel or silence.
+    playback_text: str = "aligned"
+    playback_audio: str = "recorded"
 
     def __post_init__(self) -> None:
         def check(ok, name, msg):
@@ -379,6 +384,10 @@ class CellConfig:
               f"must be an integer >= 0 (0 = no snapshots), got {self.snapshot_every!r}")
         check(_is_int(self.diagnostics_every) and self.diagnostics_every >= 0,
               "diagnostics_every", f"must be an integer >= 0 (0 = off), got {self.diagnostics_every!r}")
+        check(self.playback_text in PLAYBACK_TEXT, "playback_text",
+              f"must be one of {PLAYBACK_TEXT}, got {self.playback_text!r}")
+        check(self.playback_audio in PLAYBACK_AUDIO, "playback_audio",
+              f"must be one of {PLAYBACK_AUDIO}, got {self.playback_audio!r}")
         for name in ("temperature", "temperature_text"):
             value = getattr(self, name)
             check(finite(value) and value > 0, name, f"must be a finite number > 0, got {value!r}")

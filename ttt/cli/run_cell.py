@@ -21,9 +21,10 @@ def run_cell_command(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError, DataError, CheckpointError) as exc:
         return bad_input(exc)
     ppl, wer = metrics["perplexity"], metrics["wer"]
+    ms = metrics["throughput"]["ms_per_step_p50"]  # None: no model step ran (playback)
     parts = [f"text ppl {ppl['text']:.3f}, audio ppl {ppl['audio']:.3f}" if ppl else None,
              f"WER {wer['wer']:.3f}" if wer and wer["wer"] is not None else None,
-             f"{metrics['throughput']['ms_per_step_p50']:.1f} ms/step",
+             f"{ms:.1f} ms/step" if ms is not None else None,
              f"diverged={metrics['diverged']}"]
     print(f"{cfg.cell}: " + ", ".join(p for p in parts if p) + f" → {args.out}")
     return 0

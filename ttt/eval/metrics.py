@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from moshi.models.lm_utils import _delay_sequence
 from moshi.modules.transformer import RingKVCache
+
+# Text scores live in ttt.eval.words (no torch: the ASR job imports them); re-exported here.
+from ttt.eval.words import normalize, word_errors  # noqa: F401
 
 
 @dataclass
@@ -119,40 +121,3 @@ def sliding_perplexity(nll: np.ndarray, window: int, hop: int | None = None
     T = nll.shape[-1]
     return [(start, perplexity(nll[..., start:start + window]))
             for start in range(0, max(T - window, 0) + 1, hop)]
-
-
-@lru_cache(maxsize=1)
-def _normalizer():
-    from whisper_normalizer.english import EnglishTextNormalizer
-    return EnglishTextNormalizer()
-
-
-def normalize(text: str) -> str:
-    """Whisper's English text normaliser (maintained package ``whisper-normalizer``)."""
-    return " ".join(_normalizer()(text).split())
-
-
-def word_errors(references: list[str], hypotheses: list[str]) -> dict:
-    """WER over pairs after normalisation: ``wer``, ``substitutions``, ``deletions``,
-    ``insertions``, ``ref_words``. Pairs whose normalised reference is empty count their
-    hypothesis words as insertions (jiwer's ratio is undefined there); ``wer`` is None when no
-    reference word exists at all."""
-    import jiwer
-
-    if len(references) != len(hypotheses):
-        raise ValueError(f"wer: {len(references)} references but {len(hypotheses)} hypotheses")
-    refs = [normalize(r) for r in references]
-    hyps = [normalize(h) for h in hypotheses]
-    counts = dict(substitutions=0, deletions=0, insertions=0, ref_words=0)
-    scored = [(r, h) for r, h in zip(refs, hyps) if r]
-    for r, h in zip(refs, hyps):
-        if not r:
-            counts["insertions"] += len(h.split())
-    if scored:
-        out = jiwer.process_words([r for r, _ in scored], [h for _, h in scored])
-        counts["substitutions"] += out.substitutions
-        counts["deletions"] += out.deletions
-        counts["insertions"] += out.insertions
-        counts["ref_words"] = out.substitutions + out.deletions + out.hits
-    errors = counts["substitutions"] + counts["deletions"] + counts["insertions"]
-    return {"wer": errors / counts["ref_words"] if counts["ref_words"] else None, **counts}

@@ -9,7 +9,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from ttt.eval.asr import AsrConfig, AsrError, load_asr_config, run_stage, transcribe_file
+from ttt.eval.asr import (UNTRAINED_CODEC, AsrConfig, AsrError, load_asr_config, run_stage,
+                          transcribe_file)
 from ttt.launch.launcher import _executor, read_launcher
 
 
@@ -60,6 +61,8 @@ def asr_command(args) -> int:
     if summary["status"] == "ok":
         c = summary["consistency"]
         wer = "n/a" if c["wer"] is None else f"{c['wer']:.3f}"
+        if summary.get("codec_untrained"):  # the verdict never judges it: say so here too
+            wer = f"{UNTRAINED_CODEC} (measured {wer})"
         print(f"{args.cell}: consistency WER {wer}, "
               f"{summary['indicators']['asr_words']} words heard → {args.out}")
     else:

@@ -2,7 +2,7 @@
 # job: it neither inflates the cell's ms/step nor holds the cell's GPU job). Recogniser outputs are
 # cached by the audio's sha256 + model + settings under <cache_dir>/asr/.
 
-ASR_CELLS = [c for c, spec in MATRIX.items() if spec["mode"] == "generate"]
+ASR_CELLS = [c for c, spec in MATRIX.items() if spec["mode"] in ("generate", "playback")]
 ASR_TARGETS = [f"results/cells/{c}/asr" for c in ASR_CELLS]
 
 

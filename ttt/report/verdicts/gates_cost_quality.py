@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ttt.eval.asr import UNTRAINED_CODEC
 from ttt.report.tables import number
 from ttt.report.verdicts.registry import Scope, check, gate
 from ttt.report.verdicts.stats import bootstrap_ci
-
-UNTRAINED_CODEC = "n/a: the codec is untrained (random Mimi: its audio is noise, nothing to hear)"
 
 
 @gate("cost.throughput", section="cost")
@@ -42,25 +41,64 @@ def _heard(c) -> dict | None:
 
 @gate("quality.consistency_wer", section="consistency")
 def consistency_wer(s: Scope):
-    """What a recogniser heard in a generate cell's audio matches Moshi's text stream: the cell's
-    consistency WER at most ``max_wer``. Never judged on an untrained codec's noise."""
+    """Does Moshi speak sense: what a recogniser heard in a cell's audio matches Moshi's text
+    stream. Fails, with the reason in one line: the text stream empty or filler only (under
+    ``min_words`` words after Whisper's normaliser, which drops um/uh/hmm) while the audio speaks
+    (``min_words`` words heard and at least ``min_speech_s`` of speech found by the speech
+    detector); the audio silent (under ``min_speech_s`` of speech) while the text says
+    ``min_words`` or more; or a consistency WER over ``max_wer``. n/a when neither stream says
+    anything, and never judged on an untrained codec's noise."""
     g = s.g
     out = []
     for c in s.cells:
         asr = _heard(c)
         if asr is None:
             continue
-        wer = number((asr.get("consistency") or {}).get("wer"))
+        cons = asr.get("consistency") or {}
+        wer, said = number(cons.get("wer")), int(number(cons.get("ref_words")) or 0)
+        heard = int(number((asr.get("indicators") or {}).get("asr_words")) or 0)
+        speech = speech_seconds(asr)
+        silent = speech is not None and speech < g["min_speech_s"]
+        speaks = heard >= g["min_words"] and not silent
         if asr.get("codec_untrained"):
             out.append(check(c.name, wer, g["max_wer"], None, UNTRAINED_CODEC))
+        elif said < g["min_words"] and speaks:
+            out.append(check(c.name, wer, g["max_wer"], False,
+                             f"gibberish: Moshi's text stream is {_emptiness(asr, said)} while "
+                             f"its audio speaks ({heard} words heard, {_seconds(speech)} of speech)"))
+        elif said >= g["min_words"] and silent:
+            out.append(check(c.name, wer, g["max_wer"], False,
+                             f"gibberish: the audio is silent ({_seconds(speech)} of speech, {heard} "
+                             f"words heard) while Moshi's text stream says {said} words"))
         elif wer is None:
             out.append(check(c.name, None, g["max_wer"], None,
-                             "Moshi's text stream has no word: nothing to compare"))
+                             f"neither stream speaks ({heard} words heard, none in the text "
+                             "stream): nothing to compare"))
         else:
-            ref = (asr.get("consistency") or {}).get("ref_words")
             out.append(check(c.name, wer, g["max_wer"], wer <= g["max_wer"],
-                             f"heard vs text stream: WER {wer:.3f} over {ref} text words"))
+                             f"heard vs text stream: WER {wer:.3f} over {said} text words"
+                             + ("" if wer <= g["max_wer"] else f", over {g['max_wer']:g}")))
     return out
+
+
+def speech_seconds(asr: dict) -> float | None:
+    """Seconds of speech the speech detector found in the cell's audio (asr.json's silence
+    fraction × the audio's length), None when either is missing."""
+    silence = number((asr.get("indicators") or {}).get("silence_fraction"))
+    seconds = number((asr.get("audio") or {}).get("seconds"))
+    return None if silence is None or seconds is None else (1 - silence) * seconds
+
+
+def _seconds(value: float | None) -> str:
+    return "unmeasured" if value is None else f"{value:.1f} s"
+
+
+def _emptiness(asr: dict, said: int) -> str:
+    """"empty", "filler only (…)" or "nearly empty (…)": what the text stream held."""
+    raw = asr.get("text_words")
+    if said == 0:
+        return "empty" if raw in (0, None) else f"filler only ({raw} word(s), none after the normaliser)"
+    return f"nearly empty ({said} word(s))"
 
 
 @gate("quality.consistency_wer_vs_off", section="consistency")

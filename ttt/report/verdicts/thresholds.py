@@ -22,8 +22,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                    "confidence": 0.95, "resamples": 2000, "min_conversations": 3},
     "observability": {"families": None},
     "cost": {"families": ["short_form", "long_form", "yarn"], "max_regression": 0.03},
-    "consistency": {"families": None, "max_wer": 0.3, "max_worse": 0.0, "confidence": 0.95,
-                    "resamples": 2000},
+    # max_worse: recogniser noise on identical speech windows (docs/verdicts.md, measured);
+    # min_words / min_speech_s: what "speaks" means for the gibberish checks.
+    "consistency": {"families": None, "max_wer": 0.3, "max_worse": 0.07, "confidence": 0.95,
+                    "resamples": 2000, "min_words": 3, "min_speech_s": 1.0},
     "effect": {"families": ["short_form", "long_form", "yarn", "ablation", "calibration"],
                "min_output_change": 1e-6},
     "next_chunk_gain": {"families": ["long_form", "yarn"]},
