@@ -77,11 +77,12 @@ def check_matrix(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, An
         elif manifest is not None and not Path(manifest).exists():
             raise PreflightError(f"config {family}.manifest: {manifest}: not found")
         if cell.get("ttt") is not None:
-            where = f"{family}.ttt" if "ttt" in (config.get(family) or {}) else "ttt"
-            ttt = _as(where, lambda: TTTConfig.from_dict({**base_ttt, **cell["ttt"]}), path)
+            own = (config.get(family) or {}).get("ttt")  # a family's own ttt, over the top level's
+            where = f"{family}.ttt" if own is not None else "ttt"
+            ttt = _as(where, lambda: TTTConfig.from_dict({**base_ttt, **cell["ttt"]}), path, own=own)
             if num_layers is not None:
                 _as(where, lambda: ttt.selected_layers(num_layers), path,
-                    _unused_training(base_ttt, num_layers, cell["model"]))
+                    _unused_training(base_ttt, num_layers, cell["model"]), own=own)
             _check_variant(base_ttt, cell, where)
         if cell.get("yarn") is not None:
             _as("yarn", lambda: YarnConfig.from_dict(dict(cell["yarn"])), path)
@@ -103,11 +104,23 @@ def check_workflow(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, 
     models = f"{config['cache_dir']}/models"
     identities = {}
     for model, base in dict.fromkeys((c["model"], c["base"]) for c in matrix.values()):
-        info = check_model(model, base, models)
+        info = check_model(model, base, models, _model_key(config, matrix, model, base))
         cells = {p: c for p, c in matrix.items() if (c["model"], c["base"]) == (model, base)}
         check_matrix(config, cells, info.ttt, info.num_layers)
         identities[model, base] = model_identity(model, base, models)
     return identities
+
+
+def _model_key(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, Any]], model: str,
+               base: str | None) -> str:
+    """The config key a model comes from: ``model``, or the first family naming it as its own."""
+    if (config.get("model"), config.get("base")) == (model, base):
+        return "model"
+    for cell in matrix.values():
+        own = config.get(cell["family"]) or {}
+        if own.get("model") and (own["model"], own.get("base")) == (model, base):
+            return f"{cell['family']}.model"
+    return "model"
 
 
 def _check_variant(checkpoint_ttt: Mapping[str, Any], cell: Mapping[str, Any], where: str) -> None:
@@ -147,12 +160,15 @@ def _unused_training(checkpoint_ttt: Mapping[str, Any], num_layers: int, model: 
     return f"; model {model}'s trained TTT layers {trained} would go unused" if trained else ""
 
 
-def _as(where: str, build, cell: str, note: str = ""):
+def _as(where: str, build, cell: str, note: str = "", own: Mapping | None = None):
+    """``build()``, its ValueError as one line naming the key; with a family's ``own`` ttt, a key
+    it does not set is named in the top-level ``ttt`` it came from."""
     try:
         return build()
     except (ValueError, TypeError) as exc:
         head, _, rest = str(exc).partition(": ")
-        key = where if head in ("ttt", "yarn") else f"{where}.{head}"  # unknown keys: whole section
+        section = where if own is None or head in own else "ttt"
+        key = where if head in ("ttt", "yarn") else f"{section}.{head}"  # unknown keys: whole section
         raise PreflightError(f"config {key}: {rest}{note} (cell {cell})") from None
 
 
@@ -177,10 +193,12 @@ class ModelInfo(NamedTuple):
     num_layers: int
 
 
-def check_model(spec: str, base: str | None, cache_root: str | os.PathLike) -> ModelInfo:
+def check_model(spec: str, base: str | None, cache_root: str | os.PathLike,
+                key: str = "model") -> ModelInfo:
     """The model resolves (any layout ttt/moshi/checkpoints.py reads), its config parses and every
     tensor header (LM, LoRA, Mimi) and the tokenizer check out, no weights read
-    (``model.inspect_checkpoint``)."""
+    (``model.inspect_checkpoint``). ``key`` is the config key naming the model (``model``, or a
+    family's own ``FAMILY.model``); its base is the ``base`` beside it."""
     from ttt.config import TTTConfig
     if spec == "tiny":  # the shipped trained default: its TTT settings, nothing built yet
         import json
@@ -190,18 +208,27 @@ def check_model(spec: str, base: str | None, cache_root: str | os.PathLike) -> M
     if is_embedded(spec):
         from ttt.moshi.tiny import DEFAULT_LM_KWARGS
         return ModelInfo(None, DEFAULT_LM_KWARGS["num_layers"])
+    from ttt.moshi.checkpoints import resolve_checkpoint
     from ttt.moshi.model import inspect_checkpoint
+    base_key = key[:-len("model")] + "base"
+    if base:
+        try:
+            resolve_checkpoint(base, None, cache_root)
+        except ValueError as exc:
+            raise PreflightError(f"config {base_key}: {exc}") from None
     try:
         sources = inspect_checkpoint(spec, base, cache_root=cache_root)
     except ValueError as exc:
-        raise PreflightError(f"config model: {exc}") from None
+        # a checkpoint that needs a base model and has none: the missing key is `base`
+        missing_base = base is None and "`base:`" in str(exc)
+        raise PreflightError(f"config {base_key if missing_base else key}: {exc}") from None
     num_layers = sources.lm_kwargs.get("num_layers")
     if not sources.ttt:
         return ModelInfo(None, num_layers)
     try:
         return ModelInfo(TTTConfig.from_seeds(sources.ttt).to_dict(), num_layers)
     except ValueError as exc:
-        raise PreflightError(f"config model: {sources.config}: ttt_config.{exc}") from None
+        raise PreflightError(f"config {key}: {sources.config}: ttt_config.{exc}") from None
 
 
 def model_identity(spec: str, base: str | None, cache_root: str | os.PathLike) -> dict:

@@ -9,14 +9,6 @@ import sys
 import yaml
 from snakemake.utils import validate
 
-# `--config KEY=null` arrives as the string 'null' (Snakemake reads --config values with YAML's
-# BaseLoader, which knows no null); it means null, as `KEY: null` in a config file does (e.g.
-# `panel=null`: no panel; `compare_with=null`).
-for _key, _value in list(config.items()):
-    if _value in ("null", "Null", "NULL", "~"):
-        config[_key] = None
-validate(config, "../schemas/config.schema.yaml")
-
 # The ttt package beside this workflow (the repository root), for the DAG build here and, first
 # on PYTHONPATH in every job's shell, for every `python -m ttt` job and the cells they submit:
 # the checkout in use, not whichever copy the environment has installed.
@@ -24,7 +16,7 @@ REPO = os.path.dirname(workflow.basedir)
 sys.path.insert(0, REPO)
 _PYTHONPATH = shlex.quote(REPO) + "${PYTHONPATH:+:$PYTHONPATH}"
 shell.prefix("set -euo pipefail; export PYTHONPATH={_PYTHONPATH}; ")
-from ttt.launch import matrix, preflight  # noqa: E402
+from ttt.launch import matrix, preflight, schema  # noqa: E402
 from ttt.report.tables import cell_value  # noqa: E402  (the reports parse it)
 
 PLOTS = ["lr_grid", "long_form", "yarn", "figure5", "figure5_hybrid", "consistency"]
@@ -40,10 +32,16 @@ def checked(check, *args):
     """`check(*args)`, or the run stops on its one-line error (PreflightError, MatrixError)."""
     try:
         return check(*args)
-    except (preflight.PreflightError, matrix.MatrixError) as exc:
+    except (preflight.PreflightError, matrix.MatrixError, schema.SchemaError) as exc:
         stop(str(exc))
 
 
+# `--config` values arrive as strings (Snakemake reads them with YAML's BaseLoader: nested ones
+# always, `null` at the top level too): each is typed as the schema wants it at its key, as a
+# config file would be, then the schema's first complaint is one line; `validate` fills defaults.
+SCHEMA = schema.load_schema(f"{workflow.basedir}/schemas/config.schema.yaml")
+checked(schema.check, schema.coerce(config, SCHEMA), SCHEMA)
+validate(config, "../schemas/config.schema.yaml")
 MATRIX = matrix.build_matrix(config)
 MODELS = checked(preflight.check_workflow, config, MATRIX)
 for _spec in MATRIX.values():
