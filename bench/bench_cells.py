@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 
 import ttt
 from ttt.config import CellConfig
-from ttt.eval.generate import decode_audio, stream_user_channel
+from ttt.eval.generate import DECODE_FRAMES, decode_audio, stream_user_channel
 from ttt.eval.phases import Phases
 from ttt.eval.teacher_forced import run_teacher_forced
 from ttt.moshi.model import load_checkpoint
@@ -52,6 +52,13 @@ TTT_7B = {"start_layer": 0, "layer_frequency": 6, "chunk_size": 256, "lr": 1e-3,
           "delta_clip_fro_norm": 1e-5}
 TTT_TINY = {"start_layer": 1, "layer_frequency": 2, "chunk_size": 8, "lr": 1e-2,
             "delta_clip_fro_norm": 1.0}
+
+
+def tiny_lm_kwargs() -> dict:
+    """The tiny LM with Mimi's 2048 code bins and the demo tokenizer's 60 pieces (the checkpoint
+    carries the full-size Mimi and that tokenizer; the loader refuses an LM whose cards cannot hold
+    their codes)."""
+    return {**TINY_LM_KWARGS, "card": 2048, "text_card": 64}
 
 
 def sync(device: str) -> None:
@@ -89,6 +96,15 @@ def build_checkpoint(directory: Path, lm_kwargs: dict, device: str, dtype) -> di
     free(device)
     return {"build_s": time.perf_counter() - t0,
             "model_bytes": (directory / "model.safetensors").stat().st_size}
+
+
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gb(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else None
 
 
 def timed(fn, device: str) -> tuple[float, object]:
@@ -150,6 +166,8 @@ def cell_pass(cfg, bundle, codes: torch.Tensor, tmp: Path) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     phases = Phases(cfg.device)
+    if cfg.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
     metrics = run_teacher_forced(cfg, bundle, [], Path(cfg.cache_dir), tmp, lambda m: None, phases,
                                  inputs=[codes])
     return {"frames_per_s": metrics["throughput"]["frames_per_s"],
@@ -157,7 +175,8 @@ def cell_pass(cfg, bundle, codes: torch.Tensor, tmp: Path) -> dict:
             "ms_per_block_p90": metrics["throughput"]["ms_per_block_p90"],
             "block": metrics["throughput"]["block"], "timing": phases.seconds(),
             "run_frames_per_s": codes.shape[-1] / phases.totals["run"],
-            "text_ppl": metrics["perplexity"]["text"]}
+            "text_ppl": metrics["perplexity"]["text"],
+            "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cfg.device.startswith("cuda") else None}
 
 
 def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict, device: str,
@@ -190,9 +209,12 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
             passes: dict = {}
             for _ in range(args.rounds):  # cases interleaved; best of the rounds kept
                 for name, cfg in (("cell_ttt_on", dict(ttt=ttt_cfg)),
+                                  ("cell_ttt_on_w0_sampled", dict(ttt={**ttt_cfg, "initial_loss_every": 0})),
                                   ("cell_ttt_on_ab", dict(ttt=ttt_cfg, ab=True)),
                                   ("cell_ttt_off", dict(ttt={"enabled": False}))):
-                    with ttt_disabled(bundle.lm) if name == "cell_ttt_off" else contextlib.nullcontext():
+                    with (ttt_disabled(bundle.lm) if name == "cell_ttt_off" else
+                          initial_loss_every(bundle.lm, 0) if name == "cell_ttt_on_w0_sampled"
+                          else contextlib.nullcontext()):
                         passes.setdefault(name, []).append(cell_pass(
                             CellConfig.from_dict({**base, **cfg}), bundle, codes,
                             args.cache / "tmp"))
@@ -208,6 +230,8 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
                 "cell_on_vs_plain": on["frames_per_s"] / row["plain_frames_per_s"],
                 "ttt_on_vs_off_in_cell": on["frames_per_s"] / off["frames_per_s"],
                 "ab_run_vs_one_pass": min(row["cell_ttt_on_ab"]["round_run_s"]) / min(on["round_run_s"]),
+                "w0_sampled_on_vs_off_in_cell": row["cell_ttt_on_w0_sampled"]["frames_per_s"] / off["frames_per_s"],
+                "w0_sampled_on_vs_plain": row["cell_ttt_on_w0_sampled"]["frames_per_s"] / row["plain_frames_per_s"],
             }
             results[str(length)] = row
             print(f"[tf {length}] plain {row['plain_frames_per_s']:.0f} f/s, cell off "
@@ -220,6 +244,23 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
     del upstream
     free(device)
     return results
+
+
+@contextlib.contextmanager
+def initial_loss_every(lm, every: int):
+    """The loaded model's TTT layers with ``ttt.initial_loss_every`` set to ``every`` inside."""
+    import dataclasses
+
+    from ttt.moshi.surgery import ttt_layers
+    layers = list(ttt_layers(lm).values())
+    saved = [layer.cfg for layer in layers]
+    for layer in layers:
+        layer.cfg = dataclasses.replace(layer.cfg, initial_loss_every=every)
+    try:
+        yield
+    finally:
+        for layer, cfg in zip(layers, saved):
+            layer.cfg = cfg
 
 
 # The parts of a cell pass that a profile shows as ranges of their own: the warm-up (prepare,
@@ -315,7 +356,7 @@ def step_loop(gen, user: torch.Tensor, mimi=None) -> tuple[list[float], list, li
 def summary(times: list[float], skip: int = 10) -> dict:
     kept = sorted(times[skip:] or times)
     return {"p50": statistics.median(kept), "p90": kept[int(0.9 * (len(kept) - 1))],
-            "steps": len(kept)}
+            "mean": statistics.fmean(kept), "steps": len(kept)}
 
 
 def measure_generate(args, directory: Path, ttt_cfg: dict, device: str, dtype) -> dict:
@@ -341,7 +382,7 @@ def measure_generate(args, directory: Path, ttt_cfg: dict, device: str, dtype) -
                                    "upstream_lmgen_mimi")}
     with ttt_disabled(lm):
         step_loop(LMGen(lm), user[:, :, :min(40, args.gen_steps)])  # untimed first session
-    decode_check = None
+    decode_check, peaks = None, {}
     for _ in range(args.rounds):
         with ttt_disabled(lm):
             t_up, _, _, _ = step_loop(LMGen(lm), user)
@@ -350,17 +391,27 @@ def measure_generate(args, directory: Path, ttt_cfg: dict, device: str, dtype) -
         times["upstream_lmgen"].append(t_up)
         times["upstream_lmgen_mimi"].append(t_upm)
         torch.manual_seed(0)
+        reset_peak(device)
         r_off = ours(False)
+        peaks["cell_ttt_off"] = max(peaks.get("cell_ttt_off") or 0.0, peak_gb(device) or 0.0)
         times["cell_ttt_off"].append(r_off.step_ms)
+        reset_peak(device)
         r_on = ours(True)
+        peaks["cell_ttt_on"] = max(peaks.get("cell_ttt_on") or 0.0, peak_gb(device) or 0.0)
         times["cell_ttt_on"].append(r_on.step_ms)
         if decode_check is None:  # the deferred decode of the inline session's own codes
             s, pcm_deferred = timed(lambda: decode_audio(mimi, frames, device), device)
+            s1, pcm_one = timed(lambda: decode_audio(mimi, frames, device, per_call=1), device)
+            inline, deferred = np.concatenate(pcm_inline), np.concatenate(pcm_deferred)
             decode_check = {
-                "deferred_decode_s": s, "frames": len(frames),
+                "deferred_decode_s": s, "frames": len(frames), "frames_per_call": DECODE_FRAMES,
+                "one_frame_per_call_decode_s": s1,
                 "cell_tokens_equal_to_upstream_session": [t for _, t in r_off.text_tokens] == tok_upm,
-                "pcm_bitwise_equal_to_inline_decode": len(pcm_deferred) == len(pcm_inline) and all(
-                    np.array_equal(a, b) for a, b in zip(pcm_deferred, pcm_inline))}
+                "one_frame_per_call_bitwise_equal_to_inline_decode": len(pcm_one) == len(pcm_inline) and all(
+                    np.array_equal(a, b) for a, b in zip(pcm_one, pcm_inline)),
+                "pcm_max_abs_diff_to_inline_decode": float(np.abs(deferred - inline).max())
+                if deferred.shape == inline.shape else None,
+                "pcm_max_abs_inline": float(np.abs(inline).max())}
     for key, runs in times.items():
         out[key] = {**summary([t for r in runs for t in r[10:]], skip=0),
                     "round_p50": [statistics.median(r[10:]) for r in runs]}
@@ -370,6 +421,7 @@ def measure_generate(args, directory: Path, ttt_cfg: dict, device: str, dtype) -
                      "lmgen_mimi_vs_lmgen": out["upstream_lmgen_mimi"]["p50"] / up,
                      "ttt_on_vs_off_in_cell": out["cell_ttt_on"]["p50"] / out["cell_ttt_off"]["p50"]}
     out["decode"] = decode_check
+    out["peak_gb"] = peaks if device.startswith("cuda") else None
     print(f"[generate] {json.dumps(out['ratios'])} {decode_check}", flush=True)
     del bundle, lm, mimi
     free(device)
@@ -378,13 +430,16 @@ def measure_generate(args, directory: Path, ttt_cfg: dict, device: str, dtype) -
 
 def run(args, out: Path) -> dict:
     device, dtype = args.device, getattr(torch, args.dtype)
-    lm_kwargs = dict(loaders._lm_kwargs) if args.config == "7b" else dict(TINY_LM_KWARGS)
+    lm_kwargs = dict(loaders._lm_kwargs) if args.config == "7b" else tiny_lm_kwargs()
     ttt_cfg = TTT_7B if args.config == "7b" else TTT_TINY
     directory = args.cache / f"checkpoint-{args.config}"
     result = {"device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
               "date": dt.date.today().isoformat(), "torch": torch.__version__,
               "config": args.config, "dtype": args.dtype, "ttt": ttt_cfg}
-    result["checkpoint"] = build_checkpoint(directory, lm_kwargs, device, dtype)
+    if args.reuse_checkpoint and (directory / "model.safetensors").exists():
+        result["checkpoint"] = {"reused": str(directory)}
+    else:
+        result["checkpoint"] = build_checkpoint(directory, lm_kwargs, device, dtype)
     print(f"[build] {result['checkpoint']}", flush=True)
     if "generate" in args.parts:
         result["generate"] = measure_generate(args, directory, ttt_cfg, device, dtype)
@@ -421,7 +476,10 @@ def main(argv=None) -> None:
     p.add_argument("--profile", type=Path, default=None,
                    help="write torch.profiler tables of a plain and a cell pass at the first length")
     p.add_argument("--parts", nargs="+", default=["generate", "teacher_forced", "load"],
-                   choices=("generate", "teacher_forced", "load"))
+                   choices=("generate", "teacher_forced", "load", "build"),
+                   help="build: the checkpoint alone")
+    p.add_argument("--reuse-checkpoint", action="store_true",
+                   help="keep a checkpoint an earlier run built in --cache")
     p.add_argument("--cache", type=Path, default=Path("results/bench-cells"))
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)

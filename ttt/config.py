@@ -84,6 +84,11 @@ class TTTConfig:
     # W ← W^(0) after every ``reset_every`` chunk updates of a stream. null = off.
     decay: float | None = None
     reset_every: int | None = None
+    # ℓ(W^(0)) of every chunk (and with it the per-chunk telemetry rows and next-chunk gain
+    # statistics inside a block) on every N-th teacher-forced block of whole chunks; the other
+    # blocks compute it for their last chunk only and log that chunk alone (docs/config.md).
+    # 1 = every block; 0 = only where it costs nothing (a stream's first block).
+    initial_loss_every: int = 1
 
     def __post_init__(self) -> None:
         _check(isinstance(self.enabled, bool), "enabled", f"must be a bool, got {self.enabled!r}")
@@ -133,6 +138,9 @@ class TTTConfig:
                f"must be null (off) or a number in (0, 1], got {self.decay!r}")
         _check(self.reset_every is None or (_is_int(self.reset_every) and self.reset_every >= 1),
                "reset_every", f"must be null (off) or an integer >= 1 (chunks), got {self.reset_every!r}")
+        _check(_is_int(self.initial_loss_every) and self.initial_loss_every >= 0,
+               "initial_loss_every", f"must be an integer >= 0 (blocks; 0 = only where free), "
+               f"got {self.initial_loss_every!r}")
 
     @property
     def clip(self) -> float | None:

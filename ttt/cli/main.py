@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ttt import __version__
-from ttt.cli import asr, panel, report, run_cell, selfcheck, speech, train, workflow
+from ttt.cli import asr, cost, panel, report, run_cell, selfcheck, speech, train, workflow
 
 # One module per command (or per small family of them), each registering its own parser. torch
 # and moshi are imported inside the commands that compute: `--help` and `submit` (the Snakemake
@@ -26,6 +26,7 @@ def build_parser(prog: str = "python -m ttt") -> argparse.ArgumentParser:
     selfcheck.add_parser(sub)
     panel.add_parser(sub)
     speech.add_parser(sub)
+    cost.add_parser(sub)        # GPU cost of a config's matrix
     return parser
 
 

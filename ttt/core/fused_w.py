@@ -31,7 +31,7 @@ if triton is not None:
     def _copy_and_norms_kernel(w_ptr, w0_ptr, out_ptr, part_ptr, n, programs,
                                STORE: tl.constexpr, BLOCK: tl.constexpr, ITERS: tl.constexpr):
         pid = tl.program_id(0)
-        row = tl.program_id(1)
+        row = tl.program_id(1).to(tl.int64)  # row * n may pass 2**31 for a batch of 7B rows
         base = pid * BLOCK * ITERS
         lanes = tl.arange(0, BLOCK)
         sq = tl.zeros([BLOCK], dtype=tl.float32)

@@ -224,43 +224,54 @@ class TTTGating(StreamingModule[TTTState]):
         v_hat = v_hat.view(B, n, C, d)
         v_scaled = (v_hat * c.to(z.dtype)[..., None, None]).reshape(B, U, d)
         out = apply_fast_weight(z, state.w_apply)
-        # Figure-5 inner losses ℓ(W) = −⟨W, ΔW_j⟩ = −Σ_s v̂_s·(z_s Wᵀ) of every whole chunk, under
-        # W^(0) (``initial``) and under W^(j) (``before``: the block's output over chunk j is
-        # exactly z_s W^(j)ᵀ); both feed the next-chunk gain statistics, the last chunk's three
-        # losses are kept as such. The products run in fp32 (the model-dtype operand is promoted
-        # inside the multiply, no fp32 copy of it). ℓ(W^(0)) costs one z W^(0)ᵀ product over the
-        # segment, except while W is still W^(0) untouched (a stream's first block): then that
-        # product is ``out`` before the chunks' own updates are added, the same GEMM on the same
-        # operands (one row, no tail), so it is reused.
-        v_all = v_hat.float()
-        if B == 1 and U == T and state.w_is_initial():
+        # Figure-5 inner losses ℓ(W) = −⟨W, ΔW_j⟩ = −Σ_s v̂_s·(z_s Wᵀ) of the whole chunks from
+        # ``first`` on, under W^(0) (``initial``) and under W^(j) (``before``: the block's output
+        # over chunk j is exactly z_s W^(j)ᵀ); both feed the next-chunk gain statistics, the last
+        # chunk's three losses are kept as such. The products run in fp32 (the model-dtype operand
+        # is promoted inside the multiply, no fp32 copy of it). ℓ(W^(0)) costs a z W^(0)ᵀ product
+        # over those chunks, except while W is still W^(0) untouched (a stream's first block):
+        # then that product is ``out`` before the chunks' own updates are added, the same GEMM on
+        # the same operands (one row, no tail), so it is reused. Every chunk is recorded on every
+        # ``initial_loss_every``-th block (and where it is free); other blocks record their last
+        # chunk alone, whose norms are read off W (the per-chunk norms inside a block need ℓ(W^(0))).
+        free = B == 1 and U == T and state.w_is_initial()
+        every = self.cfg.initial_loss_every
+        first = 0 if free or (every and state.blocks % every == 0) else n - 1
+        state.blocks += 1
+        k = n - first
+        v_all = v_hat[:, first:].float()
+        if free:
             initial = -(out.view(B, n, C, d) * v_all).sum((2, 3))
         else:
             w0 = self._derived("w0", (self.w_down,), z.dtype)
-            initial = -(apply_fast_weight(z[:, :U], w0).view(B, n, C, d) * v_all).sum((2, 3))
+            initial = -(apply_fast_weight(z[:, first * C:U], w0).view(B, k, C, d) * v_all).sum((2, 3))
         _add_chunk_causal(out, z, v_scaled, C)
-        before = -(out[:, :U].view(B, n, C, d) * v_all).sum((2, 3))
-        # Per-chunk statistics and records, vectorised over the block's chunks: [B, n] columns
-        # grouped into a few [B, n, k] tensors (one kernel per group, not per column and chunk).
-        updates = state.updates[:, None] + torch.arange(1, n + 1, device=z.device)[None]
+        before = -(out[:, first * C:U].view(B, k, C, d) * v_all).sum((2, 3))
+        # Per-chunk statistics and records, vectorised over the recorded chunks: [B, k] columns
+        # grouped into a few [B, k, m] tensors (one kernel per group, not per column and chunk).
+        updates = state.updates[:, None] + torch.arange(first + 1, n + 1, device=z.device)[None]
         gains = add_gain_stats(state.gain_stats, initial, before, updates >= 2)
-        losses = torch.stack([norm, initial, before, before - c * norm ** 2], dim=2)
+        norm_k, c_k = norm[:, first:], c[:, first:]
+        losses = torch.stack([norm_k, initial, before, before - c_k * norm_k ** 2], dim=2)
         # Per-chunk ‖W‖² and ‖W − W^(0)‖² without forming W^(j) (from the block's start); the
         # block's last chunk is then read off W itself.
-        l64 = losses.double()
-        norms_sq = squared_norms_after_chunks(state.w_norm, state.w_drift, c, *l64[..., :3].unbind(2))
+        if k > 1:
+            l64 = losses.double()
+            norms_sq = squared_norms_after_chunks(state.w_norm, state.w_drift, c_k, *l64[..., :3].unbind(2))
+        else:
+            norms_sq = torch.empty(B, 1, 2, device=z.device, dtype=torch.float64)
         _fold(state.w, v_scaled, z[:, :U], fresh=False)  # W += Σ_j c_j ΔW_j, fp32, in place
         state.after_update()
         norms_sq[:, -1] = torch.stack([state.w_norm, state.w_drift], dim=1).double() ** 2
         state.updates.add_(n)
-        clips = (norm > tau).cumsum(1) if tau is not None else torch.zeros_like(updates)
-        counts = torch.stack([updates, state.clip_events[:, None] + clips], dim=2)
+        clips = (norm > tau).cumsum(1) if tau is not None else torch.zeros_like(norm, dtype=torch.long)
+        counts = torch.stack([updates, state.clip_events[:, None] + clips[:, first:]], dim=2)
         if tau is not None:
             state.clip_events.add_(clips[:, -1])
         state.last_delta_norm.copy_(norm[:, -1])
         state.inner_loss.copy_(losses[:, -1, 1:])
         self._log_chunks(counts, norms_sq.clamp_min(0).sqrt(), losses, gains,
-                         torch.ones_like(norm, dtype=torch.bool))
+                         torch.ones_like(norm_k, dtype=torch.bool))
         tail = T - U
         if tail:
             state.z_buf[:, :tail] = z[:, U:]

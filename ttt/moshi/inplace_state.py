@@ -39,6 +39,7 @@ class TTTState(State):
     # reset, a snapshot restored into ``w``, a change of the parameter), so :meth:`w_is_initial`
     # is True only while neither was written: no host sync needed.
     w_version: tuple = ()
+    blocks: int = 0  # whole-chunk blocks streamed so far (host count: the ℓ(W^(0)) cadence)
 
     def versions(self) -> tuple:
         return (self.w._version, self.w0._version)

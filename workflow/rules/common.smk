@@ -43,6 +43,9 @@ SCHEMA = schema.load_schema(f"{workflow.basedir}/schemas/config.schema.yaml")
 checked(schema.check, schema.coerce(config, SCHEMA), SCHEMA)
 validate(config, "../schemas/config.schema.yaml")
 MATRIX = matrix.build_matrix(config)
+# The matrix's GPU cost per family, from the costs measured at 7B (ttt/launch/cost.py), before any job.
+from ttt.launch import cost as _cost  # noqa: E402
+sys.stderr.write("".join(line + "\n" for line in _cost.lines(MATRIX, _cost.latest_costs())))
 MODELS = checked(preflight.check_workflow, config, MATRIX)
 for _spec in MATRIX.values():
     _spec["model_digest"] = MODELS[_spec["model"], _spec["base"]]["model_digest"]
