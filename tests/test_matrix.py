@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from ttt.launch import matrix
+from ttt.launch.calibration import SCENARIOS
 from ttt.report.tables import cell_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,9 +43,11 @@ def test_cell_count_per_family_follows_the_config(config):
         "telemetry": 2,
         "ablation": len(config["ablation"]["variants"]) + 1,
         "gate_override": len(config["gate_override"]["alphas"]) + 1,
+        # one cell per scenario, plus the TTT-off cell of each data set a TTT-on scenario reads
+        "calibration": len(SCENARIOS) + len({s.data for s in SCENARIOS if s.ttt is not None}),
     }
     assert {f: len(c) for f, c in fams.items()} == expected
-    assert len(cells) == 36  # README: the default run's 36 cells
+    assert len(cells) == 36 + expected["calibration"]  # the default run's cells
 
 
 def test_only_the_named_families_are_built(config):
@@ -63,6 +66,8 @@ VARIANTS = {"full": (True, True), "no_conv": (False, True), "no_target": (True, 
 def test_ttt_on_cells_merge_the_top_level_ttt_and_off_cells_switch_it_off(config):
     top = config["ttt"]
     for family, cells in by_family(matrix.build_matrix(config)).items():
+        if family == "calibration":  # its own TTT per scenario: test_calibration.py
+            continue
         for params, cell in cells:
             if params["ttt"] == "off":
                 assert cell["ttt"] == {"enabled": False}, cell["cell"]

@@ -164,3 +164,61 @@ def test_usefulness_series_and_plot_are_written(tmp_path):
     assert all(gain[i, c] == pytest.approx(-0.2, abs=0.05) for i in range(4) for c in range(5, 10))
     assert {r["beyond_context"] for r in rows if r["chunk"] in ("0", "1")} == {"False"}
     assert (tmp_path / "plots" / "usefulness.png").stat().st_size > 10_000
+
+
+def test_control_table_uses_the_same_statistic_as_the_verdicts():
+    """The positive control's gain table (ttt.eval.control) against a reference written here:
+    pooled perplexity per group beyond the context, conversations resampled in the order the
+    table draws them (recurrent then plain, per stream and region)."""
+    from ttt.eval.control import gain_table
+    rng = np.random.default_rng(0)
+    rows = [{"on": (rng.uniform(1, 3, 50), rng.uniform(1, 3, (8, 50))),
+             "off": (rng.uniform(1.2, 3, 50), rng.uniform(1, 3, (8, 50)))} for _ in range(6)]
+    flags = [True, False, True, False, True, False]
+    table = gain_table(rows, flags, context=10, resamples=300, seed=4)
+    draw = np.random.default_rng(4)
+    for stream, k in (("text", 0), ("audio", 1)):
+        for region, cut in (("all", slice(0, 50)), ("before_context", slice(0, 10)),
+                            ("beyond_context", slice(10, 50))):
+            boots = {}
+            for group, idx in (("recurrent", [0, 2, 4]), ("plain", [1, 3, 5])):
+                s = {c: np.array([rows[i][c][k][..., cut].sum() for i in idx]) for c in ("on", "off")}
+                n = np.array([rows[i]["on"][k][..., cut].size for i in idx], dtype=float)
+                pick = draw.integers(0, 3, (300, 3))
+                boot = (np.exp(s["off"][pick].sum(1) / n[pick].sum(1))
+                        - np.exp(s["on"][pick].sum(1) / n[pick].sum(1)))
+                boots[group] = boot
+                got = table[f"{stream}.{region}.{group}"]
+                assert got["ppl_on"] == pytest.approx(np.exp(s["on"].sum() / n.sum()))
+                assert got["ci95"] == pytest.approx(list(np.quantile(boot, [0.025, 0.975])))
+            diff = table[f"{stream}.{region}.recurrent_minus_plain"]["ci95"]
+            assert diff == pytest.approx(list(np.quantile(boots["recurrent"] - boots["plain"],
+                                                          [0.025, 0.975])))
+
+
+def test_teacher_forced_cell_writes_every_tokens_nll_as_the_parallel_form_scores_it(tmp_path, cache):
+    """token_nll.npz, what the effect verdicts pair, against ``lm(codes)`` in one parallel pass
+    (the control evaluation's scorer, not the cell's streamed blocks), TTT on and off."""
+    import torch
+    from conftest import make_cell
+    from ttt.eval.cell import run_cell
+    from ttt.eval.control import token_nll as parallel_nll
+    from ttt.eval.data import conversation_codes, read_manifest
+    from ttt.moshi.model import load_checkpoint, resolve_model
+    from ttt.moshi.surgery import ttt_disabled
+    for ttt in ({"enabled": False}, {"start_layer": 1, "layer_frequency": 2, "chunk_size": 8,
+                                     "lr": 0.01, "delta_clip_fro_norm": None}):
+        cfg = make_cell(cache, "nll", [3.0, 3.2], model="tiny", ttt=ttt, block=24)
+        out = tmp_path / f"cell{len(ttt)}"
+        run_cell(cfg, out, log=lambda m: None)
+        written = np.load(out / "token_nll.npz")
+        bundle = load_checkpoint(resolve_model("tiny", cache / "models"), ttt=ttt)
+        items = read_manifest(sorted((cache / "demo").glob("manifest-seed3-3_3.2s.jsonl"))[0])
+        assert int(written["context"]) == bundle.lm.transformer.layers[0].self_attn.context
+        for n, item in enumerate(items):
+            codes = conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes",
+                                       bundle.mimi_id)
+            text, audio = parallel_nll(bundle.lm.eval(), codes)
+            np.testing.assert_allclose(written[f"text_{n}"], text, rtol=2e-4, atol=2e-5)
+            np.testing.assert_allclose(written[f"audio_{n}"], audio, rtol=2e-4, atol=2e-5)
+        assert set(written.files) == {"context", "text_0", "text_1", "audio_0", "audio_1"}

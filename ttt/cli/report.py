@@ -18,6 +18,25 @@ def aggregate_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibration_command(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from ttt.launch.calibration import write_calibration
+    out = args.out or Path(args.results) / "tables" / "calibration.csv"
+    try:
+        rows = write_calibration(args.results, out)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    wrong = [r for r in rows if not r["agree"]]
+    print(f"calibration: {len(rows) - len(wrong)} of {len(rows)} verdicts as expected → {out}")
+    for r in wrong:
+        print(f"  DISAGREES {r['scenario']} {r['signal']}: expected {r['expected']}, got "
+              f"{r['verdict']}: {r['explanation']}")
+    return 1 if wrong and args.check else 0
+
+
 def add_parsers(sub) -> None:
     a = sub.add_parser("aggregate", help="tables and plots over results/cells")
     a.add_argument("--cells", default="results/cells")
@@ -39,6 +58,16 @@ def add_parsers(sub) -> None:
     v.add_argument("--rst", default=None, help="also write the summary as reStructuredText")
     v.add_argument("--rst-intro", default=None, help="text appended after the --rst summary")
     v.set_defaults(func=command("report.verdicts", "verdicts_command"))
+    k = sub.add_parser(
+        "calibration", help="the calibration scenarios' verdicts → tables/calibration.csv",
+        description="One row per calibration scenario and signal: the verdict its gate gave "
+                    "(from RESULTS/tables/verdicts_cells.csv) against the verdict known to be "
+                    "right. Exit codes: 0 written, 1 with --check when a row disagrees, 2 bad "
+                    "input. Example: python -m ttt calibration --results results --check")
+    k.add_argument("--results", default="results", help="results folder (tables/)")
+    k.add_argument("--out", default=None, help="CSV to write (default RESULTS/tables/calibration.csv)")
+    k.add_argument("--check", action="store_true", help="exit 1 when any row disagrees")
+    k.set_defaults(func=calibration_command)
     c = sub.add_parser(
         "compare", help="diff two runs' tables cell by cell (matched by parameters)",
         description="Match the cells of two runs by their parameters and write OUT/diff.csv (every "

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ttt.eval.data import FRAME_RATE, SAMPLE_RATE, word_tone_turns, write_conversation
 from ttt.base.files import atomic_write, write_text
+from ttt.base.paired_effect import REGIONS, difference_ci, paired_effect, pooled_nll
+from ttt.eval.data import FRAME_RATE, SAMPLE_RATE, word_tone_turns, write_conversation
 
 SAMPLES_PER_FRAME = int(SAMPLE_RATE / FRAME_RATE)  # 1920
 
@@ -90,15 +91,6 @@ def _write_one(job: dict) -> dict:
     return write_control_conversation(job.pop("wav"), **job)
 
 
-def bootstrap_ci(values: np.ndarray, resamples: int = 2000, confidence: float = 0.95,
-                 seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean of ``values`` (one value per conversation)."""
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), (resamples, len(values)))].mean(1)
-    lo, hi = np.quantile(means, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
-    return float(lo), float(hi)
-
-
 def _ppl(nll: np.ndarray) -> float:
     valid = nll[~np.isnan(nll)]
     return float(math.exp(valid.mean())) if valid.size else float("nan")
@@ -136,59 +128,35 @@ def held_out_nll(lm, codes: list, ttt_off) -> list[dict]:
     return rows
 
 
-REGIONS = {"all": lambda T, ctx: slice(0, T), "before_context": lambda T, ctx: slice(0, ctx),
-           "beyond_context": lambda T, ctx: slice(ctx, T)}
-
-
-def _pooled(rows, cond: str, stream: int, region) -> tuple[np.ndarray, np.ndarray]:
-    """(sum of NLL, count of valid tokens) per conversation."""
-    sums, counts = [], []
-    for r in rows:
-        nll = r[cond][stream][..., region(r[cond][0].shape[-1])]
-        valid = ~np.isnan(nll)
-        sums.append(nll[valid].sum())
-        counts.append(valid.sum())
-    return np.array(sums), np.array(counts)
-
-
 def gain_table(rows: list[dict], recurrent: list[bool], context: int, resamples: int = 2000,
                seed: int = 0) -> dict:
     """Perplexity with TTT on and off, gain = ppl_off − ppl_on with a bootstrap 95 % CI over
     conversations, per stream (text, audio), region (all, before / beyond the context) and group
-    (recurrent, plain), and the recurrent-minus-plain difference of gains with its CI."""
+    (recurrent, plain), and the recurrent-minus-plain difference of gains with its CI. The same
+    statistic and position split as the effect verdicts (``ttt.base.paired_effect``)."""
     rng = np.random.default_rng(seed)
     out = {}
     groups = {"recurrent": [i for i, r in enumerate(recurrent) if r],
               "plain": [i for i, r in enumerate(recurrent) if not r]}
     for s_index, stream in enumerate(("text", "audio")):
-        for region_name, make in REGIONS.items():
-            region = lambda T, make=make: make(T, context)  # noqa: E731
-            son, con = _pooled(rows, "on", s_index, region)
-            soff, coff = _pooled(rows, "off", s_index, region)
-            draws = {}
+        for region in REGIONS:
+            effects = {}
             for group, idx in groups.items():
                 if not idx:
                     continue
-                idx = np.array(idx)
-                ppl_on = math.exp(son[idx].sum() / con[idx].sum())
-                ppl_off = math.exp(soff[idx].sum() / coff[idx].sum())
-                pick = idx[rng.integers(0, len(idx), (resamples, len(idx)))]
-                boot = (np.exp(soff[pick].sum(1) / coff[pick].sum(1))
-                        - np.exp(son[pick].sum(1) / con[pick].sum(1)))
-                draws[group] = boot
-                lo, hi = np.quantile(boot, [0.025, 0.975])
-                out[f"{stream}.{region_name}.{group}"] = {
-                    "ppl_on": ppl_on, "ppl_off": ppl_off, "gain": ppl_off - ppl_on,
-                    "rel_gain": 1 - ppl_on / ppl_off, "ci95": [float(lo), float(hi)],
-                    "conversations": int(len(idx))}
-            if len(draws) == 2:
-                diff = draws["recurrent"] - draws["plain"]
-                lo, hi = np.quantile(diff, [0.025, 0.975])
-                rec, plain = out[f"{stream}.{region_name}.recurrent"], out[f"{stream}.{region_name}.plain"]
-                out[f"{stream}.{region_name}.recurrent_minus_plain"] = {
-                    "gain_difference": rec["gain"] - plain["gain"],
-                    "rel_gain_difference": rec["rel_gain"] - plain["rel_gain"],
-                    "ci95": [float(lo), float(hi)]}
+                on = pooled_nll([rows[i]["on"][s_index] for i in idx], region, context)
+                off = pooled_nll([rows[i]["off"][s_index] for i in idx], region, context)
+                e = paired_effect(on, off, resamples=resamples, rng=rng)
+                effects[group] = e
+                out[f"{stream}.{region}.{group}"] = {
+                    "ppl_on": e.ppl_on, "ppl_off": e.ppl_off, "gain": e.gain,
+                    "rel_gain": e.rel_gain, "ci95": list(e.ci_gain), "conversations": e.conversations}
+            if len(effects) == 2:
+                rec, plain = effects["recurrent"], effects["plain"]
+                out[f"{stream}.{region}.recurrent_minus_plain"] = {
+                    "gain_difference": rec.gain - plain.gain,
+                    "rel_gain_difference": rec.rel_gain - plain.rel_gain,
+                    "ci95": list(difference_ci(rec, plain))}
     return out
 
 

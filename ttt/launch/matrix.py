@@ -34,10 +34,12 @@ class MatrixError(ValueError):
 
 
 def _data(family_cfg: Mapping[str, Any], duration: float, seed: int) -> dict:
-    """A family's inputs: its manifest when given, else a demo conversation of `duration`."""
+    """A family's inputs: its manifest when given, else ``conversations`` demo conversations of
+    `duration` (the effect verdicts resample conversations: one gives no interval)."""
     if family_cfg.get("manifest"):
         return {"manifest": family_cfg["manifest"]}
-    demo: dict[str, Any] = {"durations": [float(duration)], "seed": int(seed)}
+    n = int(family_cfg.get("conversations") or 1)
+    demo: dict[str, Any] = {"durations": [float(duration)] * n, "seed": int(seed)}
     if family_cfg.get("recurrent"):
         demo["recurrent"] = True
     return {"demo": demo}
@@ -135,6 +137,13 @@ def _gate_override(b: _Builder, f: Mapping[str, Any]) -> None:
     b.add("gate_override", [], f["mode"], data, False, window_s=f["window_s"])
 
 
+def _calibration(b: _Builder, f: Mapping[str, Any]) -> None:
+    from ttt.launch.calibration import calibration_cells
+    base = {k: b.config[k] for k in FAMILY_KEYS}
+    base.update(model=f["model"], base=f.get("base"))
+    b.cells.update(calibration_cells(f, base))
+
+
 # Each family's expansion, in the order the matrix lists them (adding a family: one entry here,
 # its section in workflow/schemas/config.schema.yaml).
 FAMILIES = {
@@ -146,6 +155,7 @@ FAMILIES = {
     "telemetry": _telemetry,
     "ablation": _ablation,
     "gate_override": _gate_override,
+    "calibration": _calibration,
 }
 
 

@@ -15,7 +15,7 @@ from ttt.base.result import CellResult, ChunkGain
 from ttt.base.result import load as load_result
 from ttt.report.tables import cell_params, number, read_table, write_csv
 
-TWIN_FREE = {"ttt", "lr", "chunk", "ablation", "alpha"}  # parameters an off-twin need not share
+TWIN_FREE = {"ttt", "lr", "chunk", "ablation", "alpha", "scenario"}  # parameters an off-twin need not share
 TRANSCRIPT_WORDS = 40  # words of each transcript shown side by side in gate_override.csv
 
 

@@ -15,6 +15,13 @@ STRICT = str(config.get("strict")).lower() == "true"  # `--config strict=true` g
 VERDICT_TARGETS = ["results/tables/verdicts.csv"] + (
     ["results/tables/verdicts.strict"] if STRICT else []
 )
+# The calibration scenarios' verdicts against the known right ones; the run fails (after the
+# table is written) when one disagrees.
+CALIBRATION_TARGETS = (
+    ["results/tables/calibration.csv", "results/tables/calibration.ok"]
+    if "calibration" in config["families"]
+    else []
+)
 
 
 rule verdicts_config:
@@ -65,3 +72,32 @@ rule strict_verdicts:
     shell:
         "python -m ttt verdicts --results results --thresholds {input.thresholds}"
         " --tables results/tables/.strict --strict > {log} 2>&1 && touch {output}"
+
+
+rule calibration:
+    input:
+        checks="results/tables/verdicts_cells.csv",
+    output:
+        report("results/tables/calibration.csv", category="Verdicts"),
+    log:
+        "results/tables/calibration.log",
+    localrule: True
+    conda:
+        "../envs/ttt.yaml"
+    shell:
+        "python -m ttt calibration --results results --out {output} > {log} 2>&1"
+
+
+rule calibration_check:
+    input:
+        "results/tables/calibration.csv",
+    output:
+        "results/tables/calibration.ok",
+    log:
+        "results/tables/calibration_check.log",
+    localrule: True
+    conda:
+        "../envs/ttt.yaml"
+    shell:
+        "python -m ttt calibration --results results --out results/tables/.calibration.csv"
+        " --check > {log} 2>&1 && touch {output}"

@@ -29,8 +29,8 @@ def effect_of(c: Cell, twin: Cell | None, min_change: float) -> tuple[bool, floa
     """(TTT had an effect, largest relative fast-weight change, why) for a TTT-on cell.
 
     No effect only when ‖W − W₀‖/‖W₀‖ stays below the compute dtype's resolution in every layer
-    *and* the outputs equal the TTT-off twin's (every scored token's NLL within ``min_change``
-    relative, or the same text). Without a twin the outputs cannot be checked, so TTT is not
+    *and* the outputs equal the TTT-off twin's (each conversation's mean NLL, per stream, within
+    ``min_change`` relative, or the same text). Without a twin the outputs cannot be checked, so TTT is not
     called inert. Names lr·τ, the bound on each update's size."""
     m = c.metrics
     inert, rel, dtype, eps = weights_inert(c)
@@ -49,14 +49,15 @@ def effect_of(c: Cell, twin: Cell | None, min_change: float) -> tuple[bool, floa
 
 
 def outputs_equal(c: Cell, twin: Cell, min_change: float) -> str | None:
-    """What matched, when the outputs equal the twin's: every scored token's NLL within
+    """What matched, when the outputs equal the twin's: each conversation's mean NLL within
     ``min_change`` relative (teacher-forced cells), else every shared window's perplexities and
     the transcript; None when something differs or nothing compares."""
     from ttt.report.verdicts.paired import pair_of
     pair, _ = pair_of(c, twin)
     if pair is not None:
         worst = pair.max_rel_difference()
-        return (f"every token's NLL within {worst:.2g} relative" if worst <= min_change else None)
+        return (f"each conversation's mean NLL within {worst:.2g} relative" if worst <= min_change
+                else None)
     on = {(r.get("item"), number(r.get("start_s"))): r for r in c.table("timeseries.csv")}
     off = {(r.get("item"), number(r.get("start_s"))): r for r in twin.table("timeseries.csv")}
     keys = [k for k in on if k in off]

@@ -10,8 +10,8 @@ from typing import Any
 # forces every chunk to clip: both are left out of the gates that their purpose makes fail.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "finite": {"families": ["short_form", "long_form", "yarn", "regression", "telemetry", "ablation"]},
-    "w_norm_plateau": {"families": ["long_form"], "tail": 0.5, "max_rel_change": 0.05},
-    "clip_saturation": {"families": ["short_form", "long_form", "yarn", "ablation"],
+    "w_norm_plateau": {"families": ["long_form", "calibration"], "tail": 0.5, "max_rel_change": 0.05},
+    "clip_saturation": {"families": ["short_form", "long_form", "yarn", "ablation", "calibration"],
                         "max_fraction": 0.9},
     "pre_update_logits": {"families": ["yarn"], "max_rel_err": 1.0e-4},
     "ttt_off_bitwise": {"families": ["regression"]},
