@@ -12,6 +12,8 @@ Triton) :func:`apply_copy_and_norms` runs the unfused path.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from ttt.core.chunk_stats import weight_distance
@@ -21,6 +23,8 @@ try:  # Triton comes with torch's CUDA wheels; CPU-only installs lack it
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
+
+_broken = False  # set once the kernel failed to build on this machine
 
 # Elements per program: BLOCK lanes × ITERS steps (a 7B layer's W: ≈ 700 programs per row).
 BLOCK, ITERS = 1024, 64
@@ -73,10 +77,16 @@ def apply_copy_and_norms(w: torch.Tensor, w0: torch.Tensor, w_apply: torch.Tenso
                          w_norm: torch.Tensor, w_drift: torch.Tensor) -> None:
     """What follows every update of W: the copy the next tokens use (``w_apply``, unless it is W
     itself) and the two norms, fused on CUDA; the unfused path elsewhere."""
-    if triton is not None and w.is_cuda and w.is_contiguous() and w0.is_contiguous() \
-            and w_apply.is_contiguous():
-        fused_copy_and_norms(w, w0, None if w_apply is w else w_apply, w_norm, w_drift)
-        return
+    global _broken
+    if triton is not None and not _broken and w.is_cuda and w.is_contiguous() \
+            and w0.is_contiguous() and w_apply.is_contiguous():
+        try:
+            fused_copy_and_norms(w, w0, None if w_apply is w else w_apply, w_norm, w_drift)
+            return
+        except Exception as exc:  # a Triton that cannot build the kernel here: the unfused path
+            _broken = True
+            warnings.warn(f"fused W pass unavailable ({type(exc).__name__}: {exc}); "
+                          "using the unfused path")
     if w_apply is not w:
         w_apply.copy_(w)
     torch.linalg.vector_norm(w, dim=(-2, -1), out=w_norm)
