@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -197,3 +198,37 @@ def test_default_long_form_input_recurs_beyond_the_context(tmp_path):
     assert words == [w for w, (a, _), _ in rec.alignments if period / rate <= a < period / rate + RECUR_PART_S]
     with pytest.raises(ValueError, match="data.demo.recurrent"):
         CellConfig(cell="x", data={"demo": {"durations": [8.0], "recurrent": "yes"}})
+
+
+@pytest.mark.slow
+def test_second_training_on_one_out_is_refused_while_the_first_runs(tiny_manifest, tmp_path):
+    """Issue 25 item 12: two real `ttt train` processes on one --out; the second exits 2 with
+    one line and leaves the first run's directory alone (before: both ran, one model lost)."""
+    root, manifest = tiny_manifest
+    out = tmp_path / "run"
+    configs = []
+    for lr in (0.01, 0.02):
+        path = tmp_path / f"lr{lr}.yaml"
+        path.write_text(yaml.safe_dump(_config(root, manifest, steps=1_000_000, lr=lr)))
+        configs.append(path)
+    env = {**__import__("os").environ, "NO_TORCH_COMPILE": "1", "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "ttt", "train", "--config", str(configs[0]),
+                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env)
+    lock = tmp_path / ".run.lock"
+    try:
+        deadline = time.monotonic() + 120
+        while not (lock.is_file() and lock.read_text().strip() == str(first.pid)):
+            assert first.poll() is None and time.monotonic() < deadline, first.stdout.read()
+            time.sleep(0.1)
+        done = subprocess.run([sys.executable, "-m", "ttt", "train", "--config", str(configs[1]),
+                               "--out", str(out)], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert first.poll() is None
+    finally:
+        first.kill()
+        first.wait()
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (f"error: {out}: another run (pid {first.pid}) is writing it; wait for "
+                           "it to end or choose another --out\n")
+    assert done.stdout == ""

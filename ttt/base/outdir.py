@@ -43,6 +43,21 @@ def claim_output(out: Path) -> Iterator[Path]:
     refused with :class:`OutputError` while another process holds it."""
     out = Path(out)
     check_output(out)
+    with lock_output(out) as lock:
+        check_output(out)  # a run that finished while we waited for nothing: still refused
+        yield lock
+
+
+@contextmanager
+def lock_output(out: Path) -> Iterator[Path]:
+    """Hold the lock of ``out`` while the block runs, whether or not ``out`` exists (``ttt
+    train`` resumes in its own ``--out``); its parent is created. Refused with
+    :class:`OutputError` while another process holds it, or when ``out`` is not a directory."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: is a file, not a directory")
+    if not out.exists():
+        check_output(out)  # dangling links, a file on the way
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -50,7 +65,6 @@ def claim_output(out: Path) -> Iterator[Path]:
     lock = out.with_name(f".{out.name}.lock")
     fd = _lock(lock, out)
     try:
-        check_output(out)  # a run that finished while we waited for nothing: still refused
         yield lock
     finally:
         try:
@@ -110,4 +124,4 @@ def remove_dead_temporaries(out: Path) -> list[Path]:
     return removed
 
 
-__all__ = ["OutputError", "check_output", "claim_output", "remove_dead_temporaries"]
+__all__ = ["OutputError", "check_output", "claim_output", "lock_output", "remove_dead_temporaries"]

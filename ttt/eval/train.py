@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ttt.base.files import read_yaml, write_csv, write_text
 from ttt.base.identity import file_digest
+from ttt.base.outdir import lock_output
 from ttt.config import TTTConfig, _is_int, strict_kwargs
 from ttt.eval.recurrence import add_repeats, check_spec
 from ttt.eval.train_data import TrainBase, load_codes, mixed_batch, sample_batch
@@ -205,8 +206,13 @@ def lm_loss(lm, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike, log=print) -> dict:
     """Train to ``cfg.steps`` (resuming from ``out_dir`` when it holds a checkpoint); returns
-    the final summary (also written to ``out_dir/summary.json``)."""
-    out = Path(out_dir)
+    the final summary (also written to ``out_dir/summary.json``). One run per ``out_dir``: the
+    lock ``run-cell`` takes (ttt/base/outdir.py); a second run is refused, not interleaved."""
+    with lock_output(Path(out_dir)):
+        return _train_locked(cfg, Path(out_dir), log)
+
+
+def _train_locked(cfg: TrainConfig, out: Path, log) -> dict:
     resume = find_resume(out)
     saved = None
     if resume is not None:
