@@ -294,7 +294,8 @@ class YarnConfig:
 MODES = ("teacher_forced", "generate", "transcribe", "playback")  # playback: ttt/eval/playback.py
 PLAYBACK_TEXT, PLAYBACK_AUDIO = ("aligned", "empty"), ("recorded", "silence")
 MAX_DEMO_S = 86400.0  # a demo conversation longer than a day is a typo (1e12 s: a 171 PiB buffer)
-DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps")  # what a cell can run on (torch.device names)
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")  # what a cell can run on (mps: never tested, not offered)
+SEED_RANGE = 2 ** 63  # torch.manual_seed takes a signed 64-bit seed
 
 
 @dataclass(frozen=True)
@@ -375,14 +376,15 @@ class CellConfig:
               f"must be a finite number > 0, got {self.window_s!r}")
         check(_is_int(self.block) and self.block >= 1, "block",
               f"must be an integer >= 1, got {self.block!r}")
-        check(_is_int(self.seed), "seed", f"must be an integer, got {self.seed!r}")
+        check(_is_int(self.seed) and -SEED_RANGE <= self.seed < SEED_RANGE, "seed",
+              f"must be an integer in [-2**63, 2**63), got {self.seed!r}")
         for name in ("ab", "check_upstream"):
             check(isinstance(getattr(self, name), bool), name,
                   f"must be true or false, got {getattr(self, name)!r}")
         check(isinstance(self.cache_dir, str) and self.cache_dir, "cache_dir",
               f"must be a path, got {self.cache_dir!r}")
         check(isinstance(self.device, str) and DEVICE.fullmatch(self.device), "device",
-              f"must be cpu, cuda, cuda:N or mps, got {self.device!r}")
+              f"must be cpu, cuda or cuda:N, got {self.device!r}")
         check(self.dtype in ("float32", "bfloat16", "float16"), "dtype",
               f"must be float32, bfloat16 or float16, got {self.dtype!r}")
         check(self.clip_saturation is None or (finite(self.clip_saturation)

@@ -24,6 +24,8 @@ def read_yaml(path: str | os.PathLike, what: str, error: type[Exception] = Value
         return yaml.load(Path(path).read_text(), Loader=_unique_key_loader())
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or type(exc).__name__})") from None
     except UnicodeDecodeError:
         raise error(f"{path}: not valid YAML (not UTF-8 text)") from None
     except yaml.YAMLError as exc:
@@ -63,6 +65,8 @@ def read_json(path: str | os.PathLike, what: str, error: type[Exception] = Value
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise error(f"{path}: {what} not found") from None
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise error(f"{path}: cannot read the {what} ({exc.strerror or type(exc).__name__})") from None
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
     except UnicodeDecodeError:
@@ -81,6 +85,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:  # a full or read-only disk: named by the file meant, not the temporary
+        tmp.unlink(missing_ok=True)
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -89,6 +96,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     """``text`` as the whole content of ``path``, atomically."""
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_audio(path: str | os.PathLike, samples, rate: int, subtype: str = "PCM_16") -> None:
+    """A WAV file, atomically. Encoded in memory first: libsndfile reports a full disk as "System
+    error." (no errno, no file name); Python's own write names both."""
+    import io
+
+    import soundfile as sf
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate, subtype=subtype, format="WAV")
+    atomic_write(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
+    """A matplotlib figure as an image file (format from the suffix), atomically: a full disk
+    leaves the old plot or none, never a truncated PNG."""
+    path = Path(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".")))
 
 
 def write_csv(path: str | os.PathLike, rows, columns: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ import fcntl
 import os
 import re
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -28,13 +29,19 @@ def check_output(out: Path) -> None:
         raise OutputError(f"{out}: is a dangling symbolic link (to {os.readlink(out)})")
     if out.exists():
         raise FileExistsError(f"{out}: exists already (a cell never shares a directory)")
-    ancestor = out.parent
+    check_parent(out)
+
+
+def check_parent(path: Path, error: type[Exception] = OutputError) -> None:
+    """Fail up front when the folder of ``path`` cannot be created: a file or a dangling link on
+    the way (the write would fail after the work, with a traceback)."""
+    ancestor = Path(path).parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         if os.path.islink(ancestor):
-            raise OutputError(f"{ancestor}: is a dangling symbolic link (to {os.readlink(ancestor)})")
+            raise error(f"{ancestor}: is a dangling symbolic link (to {os.readlink(ancestor)})")
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise OutputError(f"{out}: cannot be created, {ancestor} is a file, not a directory")
+        raise error(f"{path}: cannot be created, {ancestor} is a file, not a directory")
 
 
 @contextmanager
@@ -109,6 +116,24 @@ def _read_holder(fd: int) -> str:
         return ""
 
 
+def check_writable_dir(path: Path, key: str) -> Path:
+    """``path`` as a directory this process can write (created when absent), or one line naming
+    ``key``: a file in the way, a read-only disk, no permission, a full disk."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{key} {path}: is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        raise OutputError(f"{key} {path}: not a writable directory: "
+                          f"{exc.strerror or type(exc).__name__}{where}") from None
+    return path
+
+
 def remove_dead_temporaries(out: Path) -> list[Path]:
     """Remove ``.<name>.tmp<pid>`` left beside ``out`` by killed runs. Call it only while holding
     the lock: then no live run owns such a file. Returns what was removed."""
@@ -124,4 +149,4 @@ def remove_dead_temporaries(out: Path) -> list[Path]:
     return removed
 
 
-__all__ = ["OutputError", "check_output", "claim_output", "lock_output", "remove_dead_temporaries"]
+__all__ = ["OutputError", "check_output", "check_parent", "check_writable_dir", "claim_output", "lock_output", "remove_dead_temporaries"]

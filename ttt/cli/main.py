@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ttt import __version__
+from ttt.cli.common import bad_input
 from ttt.cli import asr, cost, panel, report, run_cell, selfcheck, speech, train, workflow
 
 # One module per command (or per small family of them), each registering its own parser. torch
@@ -34,4 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m ttt`` and the ``ttt`` console script (pyproject ``[project.scripts]``)."""
     prog = "ttt" if Path(sys.argv[0]).name == "ttt" else "python -m ttt"
     args = build_parser(prog).parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except OSError as exc:  # the environment: a full or read-only disk, a folder gone
+        return bad_input(describe_os_error(exc))
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line: the file, then what the system said (``[Errno 28] No space left on device``
+    without the traceback). Writers are atomic (ttt/base/files.py): nothing half-written."""
+    where = exc.filename if exc.filename is not None else ""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    return f"{where}: {what}" if where else what

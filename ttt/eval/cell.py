@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ttt.base.outdir import check_output, claim_output, remove_dead_temporaries
+from ttt.base.memory import refuse_unless_fits
+from ttt.base.outdir import check_output, check_writable_dir, claim_output, remove_dead_temporaries
 from ttt.base.result import SCHEMA_VERSION, checked
 from ttt.config import MODES, CellConfig, load_cell_config  # noqa: F401 - this module's API too
 from ttt.eval.cell_outputs import write_json
@@ -37,6 +38,7 @@ def run_cell(cfg: CellConfig, out_dir: str | os.PathLike, log=print, fresh: bool
     out = Path(out_dir)
     check_output(out)
     check_device(cfg.device)
+    check_writable_dir(Path(cfg.cache_dir), "cache_dir")
     with claim_output(out):
         if fresh and replay_dir(out).exists():
             shutil.rmtree(replay_dir(out))
@@ -59,6 +61,8 @@ def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
         bundle = load_checkpoint(sources, ttt=ttt_cfg, yarn=cfg.yarn, device=cfg.device,
                                  dtype=getattr(torch, cfg.dtype), seed=cfg.seed, base=cfg.base,
                                  cache_root=cache / "models")
+    refuse_unless_fits(ttt_buffer_bytes(bundle.lm), cfg.device,
+                       f"ttt.chunk_size {bundle.ttt.chunk_size}" if bundle.ttt else "ttt")
     load = {"load_s": round(phases.totals["load"], 3),
             "load_peak_bytes": peak_memory(cfg.device)}
     reset_peak_memory(cfg.device)  # the run's peak, without the load transient
@@ -114,6 +118,25 @@ def check_device(device: str) -> None:
                          "CUDA device(s)")
 
 
+# Writing a demo conversation and reading it back holds about four stereo float32 copies of it at
+# once (measured: 773 kB per second of audio at peak, over 600 s).
+DEMO_PEAK_BYTES_PER_S = 4 * 2 * 4 * 24000
+
+
+def ttt_buffer_bytes(lm) -> int:
+    """Bytes of the chunk buffers one streaming session allocates in the TTT layers (batch 1):
+    In-Place keeps C rows of Z and X₀ per layer, TTT-MLP C rows of keys and targets per head."""
+    total = 0
+    for layer in ttt_layers(lm).values():
+        size = next(layer.parameters()).element_size()
+        if hasattr(layer, "dims"):
+            d, hid = layer.dims
+            total += layer.cfg.chunk_size * (d + hid) * size
+        else:
+            total += 2 * layer.cfg.chunk_size * layer.num_heads * layer.head_dim * size
+    return total
+
+
 def cell_items(cfg: CellConfig, cache: Path):
     """The inputs of a cell (demo conversations are written on first use; a playback cell's demo
     is the recording shipped in ttt/assets/playback/)."""
@@ -127,6 +150,8 @@ def cell_items(cfg: CellConfig, cache: Path):
         return read_manifest(PLAYBACK_ASSET)
     demo = dict(cfg.data["demo"])
     durations = [float(d) for d in demo.get("durations", [20.0])]
+    refuse_unless_fits(int(DEMO_PEAK_BYTES_PER_S * max(durations)), "cpu",
+                       f"data.demo.durations {max(durations):g} s")
     seed = int(demo.get("seed", 0))
     return read_manifest(write_demo_manifest(cache / "demo", durations, seed, DEMO_WORDS,
                                              recurrent=bool(demo.get("recurrent", False))))

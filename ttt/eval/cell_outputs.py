@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ttt.base.files import save_figure
 from ttt.eval.data import FRAME_RATE
 from ttt.session.telemetry import next_chunk_gain
 
@@ -48,7 +49,7 @@ def write_plots(tmp: Path, rows: list[dict], telemetry: list[dict]) -> None:
         ax.set(xlabel="time (s)", ylabel="perplexity (window)", title="Sliding perplexity")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(tmp / "perplexity.png", dpi=100)
+        save_figure(fig, tmp / "perplexity.png")
         plt.close(fig)
     if not telemetry:
         return
@@ -72,5 +73,5 @@ def write_plots(tmp: Path, rows: list[dict], telemetry: list[dict]) -> None:
         ax.set(xlabel="time (s)", title=title)
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(tmp / "telemetry.png", dpi=100)
+    save_figure(fig, tmp / "telemetry.png")
     plt.close(fig)

@@ -20,11 +20,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ttt.base.identity import file_digest, value_digest
-from ttt.base.files import atomic_write, write_text
+from ttt.base.files import atomic_write, write_audio, write_text
 from ttt.eval import mimi_encode
 
 SAMPLE_RATE = 24000
 FRAME_RATE = 12.5
+MAX_TIME_S = 1e7  # an alignment time beyond 115 days is not a time (±1e308 overflowed the frame index)
 PAD_ID, END_OF_PADDING_ID = 3, 0
 MAIN, OTHER = "SPEAKER_MAIN", "SPEAKER_OTHER"
 CODES_FORMAT = "ttt-mimi-codes/2"
@@ -127,6 +128,10 @@ def read_alignments(wav: Path, duration: float) -> list:
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise DataError(f"{sibling}: expected {{\"alignments\": [[word, [start, end], speaker], "
                         "...]}") from None
+    for n, (word, times, _) in enumerate(alignments):
+        if not all(math.isfinite(t) and 0 <= t <= MAX_TIME_S for t in times):
+            raise DataError(f"{sibling}: alignments[{n}] ({word!r}): times {list(times)} must be "
+                            f"seconds in [0, {MAX_TIME_S:g}]")
     kept = [a for a in alignments if a[1][0] < duration]
     running_over = sum(1 for a in kept if a[1][1] > duration)
     if len(kept) < len(alignments) or running_over:
@@ -297,8 +302,7 @@ def write_conversation(wav: Path, audio: np.ndarray, alignments: list) -> None:
     """The wav and its sibling alignments json, each atomically (the json first: a wav present
     means its alignments are): cells starting together may write the same demo."""
     write_text(wav.with_suffix(".json"), json.dumps({"alignments": alignments}))
-    atomic_write(wav, lambda tmp: sf.write(str(tmp), audio, SAMPLE_RATE, subtype="PCM_16",
-                                           format="WAV"))
+    write_audio(wav, audio, SAMPLE_RATE)
 
 
 def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[str]) -> Item:

@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
 import torch
 
-from ttt.base.files import write_csv
+from ttt.base.files import write_audio, write_csv
 from ttt.base.identity import file_digest, files_digest
 from ttt.eval.cell_outputs import telemetry_summary, write_plots
 from ttt.eval.data import FRAME_RATE, OTHER, SAMPLE_RATE, conversation_codes, reference_speaker
@@ -122,7 +121,7 @@ def run_streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log, phases: P
         if n == 0 and cfg.mode == "generate" and result.audio_codes:
             with phases("write"):  # Mimi decodes after generation, off the timed steps
                 pcm = decode_audio(bundle.mimi, result.audio_codes, cfg.device)
-                sf.write(str(tmp / "out.wav"), np.concatenate(pcm), SAMPLE_RATE)
+                write_audio(tmp / "out.wav", np.concatenate(pcm), SAMPLE_RATE)
             # Output frames start after the acoustic delay: Moshi's text time = audio time + this.
             audio = {"file": "out.wav",
                      "offset_s": (result.steps_done - len(result.audio_codes)) / FRAME_RATE,

@@ -28,12 +28,13 @@ import torch.nn.functional as F
 from ttt.base.files import read_yaml, write_csv, write_text
 from ttt.base.identity import file_digest
 from ttt.base.outdir import lock_output
-from ttt.config import TTTConfig, _is_int, strict_kwargs
+from ttt.config import SEED_RANGE, TTTConfig, _is_int, strict_kwargs
 from ttt.eval.recurrence import add_repeats, check_spec
 from ttt.eval.train_data import TrainBase, load_codes, mixed_batch, sample_batch
 from ttt.eval.train_eval import eval_items, evaluate_loss, selection_loss
 from ttt.eval.train_probe import InnerProbe
-from ttt.eval.train_state import (STATE_FILE, find_resume, rng_state, set_rng_state, sync_twin,
+from ttt.eval.train_state import (STATE_FILE, check_state, find_resume, rng_state, set_rng_state,
+                                  sync_twin,
                                   write_checkpoint)
 from ttt.moshi.gating import TTTGating
 from ttt.moshi.model import load_checkpoint, resolve_model
@@ -91,7 +92,8 @@ class TrainConfig:
             check(_is_int(value) and value >= 1, name, f"must be an integer >= 1, got {value!r}")
         check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",
               "must be an integer >= 0")
-        check(_is_int(self.seed), "seed", "must be an integer")
+        check(_is_int(self.seed) and -SEED_RANGE <= self.seed < SEED_RANGE, "seed",
+              f"must be an integer in [-2**63, 2**63), got {self.seed!r}")
         check(self.segment_frames is None or (_is_int(self.segment_frames) and self.segment_frames >= 2),
               "segment_frames", "must be null or an integer >= 2")
         for name in ("lr", "weight_decay", "text_weight", "audio_weight"):
@@ -221,6 +223,7 @@ def _train_locked(cfg: TrainConfig, out: Path, log) -> dict:
         except Exception as exc:  # noqa: BLE001 - pickle refused, truncated, not a torch file
             raise ValueError(f"{resume / STATE_FILE}: unreadable training state "
                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        check_state(saved, resume / STATE_FILE)
         # Only the step budget may change between a run and its resumption.
         new, old = cfg.to_dict(), saved["config"]
         defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # keys added later
@@ -239,9 +242,13 @@ def _train_locked(cfg: TrainConfig, out: Path, log) -> dict:
     step, rows, elapsed, best = 0, [], 0.0, None
     if saved is not None:
         from safetensors.torch import load_file
-        lm.load_state_dict(load_file(str(resume / "model.safetensors"), device=cfg.device))
-        opt.load_state_dict(saved["optimizer"])
-        set_rng_state(saved["rng"], g)
+        try:  # a state of the right shape whose contents do not fit this model or optimizer
+            lm.load_state_dict(load_file(str(resume / "model.safetensors"), device=cfg.device))
+            opt.load_state_dict(saved["optimizer"])
+            set_rng_state(saved["rng"], g)
+        except Exception as exc:  # noqa: BLE001 - torch's KeyError, ValueError, RuntimeError alike
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{resume}: cannot resume from this checkpoint ({first})") from None
         step, rows, elapsed = saved["step"], saved["log"], saved["elapsed_s"]
         best = saved.get("best")
         log(f"resumed from {resume} at step {step}")

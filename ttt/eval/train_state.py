@@ -91,6 +91,26 @@ def set_rng_state(state: dict, g: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+STATE_KEYS = {"config": dict, "step": int, "optimizer": dict, "rng": dict, "log": list,
+              "elapsed_s": (int, float)}
+
+
+def check_state(saved, path: Path) -> dict:
+    """``saved`` (a loaded ``train_state.pt``) if it has the shape :func:`write_checkpoint` gives
+    it; else one line naming ``path`` and the key (a damaged or foreign file)."""
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: not a training state (a {type(saved).__name__}, expected a "
+                         "mapping)")
+    for key, kind in STATE_KEYS.items():
+        value = saved.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{path}: training state key {key!r} missing or of the wrong type "
+                             f"({type(value).__name__})")
+    if saved["step"] < 0:
+        raise ValueError(f"{path}: training state key 'step' is negative ({saved['step']})")
+    return saved
+
+
 def find_resume(out: Path) -> Path | None:
     """The checkpoint to resume from: ``checkpoint/``, or ``.checkpoint.old`` when a swap was
     interrupted between its two renames."""

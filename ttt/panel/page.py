@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import itertools
 import json
+import math
 import os
 import secrets
 import shutil
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ttt.panel.ratings import KEY_FORMAT, RATER_RE, VERSION, PanelError, rater_plan
-from ttt.base.files import write_text
+from ttt.base.files import write_audio, write_text
 
 FADE_S = 0.01  # a cut in mid-waveform clicks; the click would tell clips apart, not systems
 TEMPLATE = Path(__file__).parent / "templates" / "panel.html"
@@ -194,8 +195,6 @@ def build_panel(name: str, systems: Sequence[System], offsets_s: Sequence[float]
                 seed: int, out_dir: str | os.PathLike, raters: Sequence[str] = ()) -> dict:
     """Write ``index.html``, ``clips/``, ``key.json``, the raters' zip and (when absent) the
     QA notes into ``out_dir``; returns the key."""
-    import soundfile as sf
-
     _check_build_args(name, systems, offsets_s, clip_s, seed, raters)
     out = Path(out_dir)
     offsets = [float(o) for o in offsets_s]
@@ -216,7 +215,7 @@ def build_panel(name: str, systems: Sequence[System], offsets_s: Sequence[float]
                                      f"{len(samples) / rate:.2f} s of audio, too short for a "
                                      f"{clip_s:g} s clip at offset {off:g} s (panel offsets_s/clip_s)")
                 cid = clip_id(seed, system.label, off, clip_s, digest)
-                sf.write(str(tmp / "clips" / f"{cid}.wav"), clip, rate, subtype="PCM_16")
+                write_audio(tmp / "clips" / f"{cid}.wav", clip, rate)
                 clips[cid] = {"system": system.label, "offset_s": off}
                 heard[cid] = heard_in_clip(system, digest, off, clip_s)
         labels = [s.label for s in systems]
@@ -263,16 +262,20 @@ def _check_build_args(name, systems, offsets_s, clip_s, seed, raters) -> None:
     labels = [s.label for s in systems]
     if len(labels) < 2 or len(set(labels)) != len(labels):
         raise PanelError(f"systems {labels}: need at least two, with distinct labels")
-    if not offsets_s or any(not isinstance(o, (int, float)) or o < 0 for o in offsets_s) \
+    if not offsets_s or any(not _finite(o) or o < 0 for o in offsets_s) \
             or len(set(offsets_s)) != len(offsets_s):
-        raise PanelError(f"offsets_s {list(offsets_s)}: need distinct offsets >= 0 (s)")
-    if not isinstance(clip_s, (int, float)) or clip_s <= 0:
-        raise PanelError(f"clip_s {clip_s!r}: must be > 0 (s)")
+        raise PanelError(f"offsets_s {list(offsets_s)}: need distinct finite offsets >= 0 (s)")
+    if not _finite(clip_s) or clip_s <= 0:
+        raise PanelError(f"clip_s {clip_s!r}: must be a finite number > 0 (s)")
     if not isinstance(seed, int) or seed < 0:
         raise PanelError(f"seed {seed!r}: must be an integer >= 0")
     for r in raters:
         if not RATER_RE.fullmatch(str(r)):
             raise PanelError(f"raters: {r!r} is not a valid rater id (letters, digits, '_', '.', '-')")
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _refuse_orphaning_ratings(out: Path, panel_id: str) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 
 from ttt.base.files import atomic_write, read_json, write_csv
+from ttt.base.outdir import check_parent
 
 
 KEY_FORMAT = "listening-panel-key"
@@ -115,6 +116,8 @@ def unblind(path: Path, doc: dict, key: dict) -> tuple[list[dict], list[dict]]:
     def bad(msg):
         raise PanelError(f"{path}: {msg}")
 
+    if doc["panel"] != key["panel"]:
+        bad(f"ratings of panel {doc['panel']!r}, but the key is panel {key['panel']!r}'s")
     if doc["panel_id"] != key["panel_id"] or doc["seed"] != key["seed"]:
         bad(f"rated build {doc['panel_id']} (seed {doc['seed']}), but the key is build "
             f"{key['panel_id']} (seed {key['seed']}) of panel {key['panel']!r}")
@@ -241,6 +244,9 @@ def collect_ratings(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
     """Unblind every ratings file (files, or folders of ``*.json``) against its panel's key and
     write the MOS and preference tables and the MOS-vs-time plot. Nothing is written unless every
     file is valid."""
+    for target in (out, preference_out, plot_out):
+        if target:
+            check_parent(Path(target), PanelError)
     files = _ratings_files(paths)
     by_panel: dict[str, dict] = {}
     for k in keys:
@@ -250,6 +256,9 @@ def collect_ratings(paths: Sequence[str | os.PathLike], out: str | os.PathLike,
     per_panel: dict[str, tuple[list, list]] = {}
     for path in files:
         doc = read_ratings(path)
+        if doc["panel"] not in by_panel and not RATER_RE.fullmatch(doc["panel"]):
+            raise PanelError(f"{path}: panel {doc['panel']!r} is not a panel name (letters, "
+                             "digits, '_', '.', '-'; no folder may be named)")
         if doc["panel"] not in by_panel:
             by_panel[doc["panel"]] = load_key(Path(listening) / doc["panel"] / "key.json")
         key = by_panel[doc["panel"]]

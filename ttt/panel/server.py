@@ -8,19 +8,26 @@ import http.server
 import json
 import os
 import re
+import socket
+import sys
+import threading
 from pathlib import Path
 
 from ttt.panel.ratings import RATER_RE, PanelError, check_ratings, load_key, unblind
 from ttt.base.files import atomic_write
 
 MAX_POST = 8 << 20  # bytes; a ratings file is a few kB
+REQUEST_DEADLINE_S = 30  # a request (line, headers, body) must arrive whole within this (README)
 
 
-def make_server(panel_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000):
+def make_server(panel_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8000,
+                deadline_s: float = REQUEST_DEADLINE_S):
     """An HTTP server for one panel folder. It serves only the page and its clips (never
     key.json, the links, the QA notes or other raters' files) and stores POSTed ratings, checked
     against the key, as ``ratings/<rater>.json``. A POST must carry the rater's token (from
-    their link) in ``X-Rater-Token``: a rater can write their own file and nothing else."""
+    their link) in ``X-Rater-Token``: a rater can write their own file and nothing else. A client
+    whose request has not arrived whole after ``deadline_s`` is dropped (a socket timeout alone
+    never fires on a client sending a byte every few seconds)."""
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise PanelError(f"--port {port}: must be an integer in 0-65535 (0 picks a free port)")
     root = Path(panel_dir).resolve()
@@ -29,10 +36,28 @@ def make_server(panel_dir: str | os.PathLike, host: str = "127.0.0.1", port: int
     clip_re = re.compile(r"/clips/[0-9a-f]{12}\.wav")
 
     class Handler(http.server.SimpleHTTPRequestHandler):
-        timeout = 30  # seconds a client may stall mid-request before its thread is freed
+        timeout = deadline_s  # seconds of silence; the deadline below bounds the whole request
 
         def __init__(self, *a, **kw):
             super().__init__(*a, directory=str(root), **kw)
+
+        def handle_one_request(self):
+            timer = threading.Timer(deadline_s, self._drop)
+            timer.daemon = True
+            timer.start()
+            try:
+                super().handle_one_request()
+            finally:
+                timer.cancel()
+
+        def _drop(self) -> None:
+            """Past the deadline: end the connection; the blocked read returns and the thread
+            ends (the reply, if any, fails quietly: see PanelServer.handle_error)."""
+            self.close_connection = True
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
         def _allowed(self) -> bool:
             path = self.path.split("?", 1)[0]
@@ -76,7 +101,22 @@ def make_server(panel_dir: str | os.PathLike, host: str = "127.0.0.1", port: int
         def log_message(self, fmt, *args):
             pass
 
-    return http.server.ThreadingHTTPServer((host, port), Handler)
+    return PanelServer((host, port), Handler)
+
+
+class PanelServer(http.server.ThreadingHTTPServer):
+    """A client that hangs up or is dropped mid-request costs one line on stderr, not a
+    traceback (socketserver prints one per dropped connection)."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            print(f"panel serve: client {client_address[0]} disconnected "
+                  f"({exc.strerror or type(exc).__name__})", file=sys.stderr, flush=True)
+        else:
+            super().handle_error(request, client_address)
 
 
 def _content_length(value: str | None) -> int | tuple[int, str]:
@@ -118,5 +158,9 @@ def _store_posted(root: Path, key: dict, rater: str, body: bytes) -> tuple[int, 
     except (ValueError, TypeError, KeyError, RecursionError) as exc:  # not JSON, or JSON of odd shape
         return 400, f"{where}: not a listening-panel ratings file ({type(exc).__name__})"
     target = root / "ratings" / f"{rater}.json"  # rater: a key.json token holder, a RATER_RE id
-    atomic_write(target, lambda tmp: tmp.write_bytes(body))  # a re-save by the same rater replaces
+    try:
+        atomic_write(target, lambda tmp: tmp.write_bytes(body))  # a re-save by the rater replaces
+    except OSError as exc:  # a full or read-only disk: the rater is told, nothing half-written
+        print(f"panel serve: cannot store {target}: {exc.strerror}", file=sys.stderr, flush=True)
+        return 507, f"the server cannot store ratings/{rater}.json ({exc.strerror}); keep your saved file"
     return 200, f"saved as ratings/{rater}.json"

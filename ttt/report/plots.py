@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ttt.base.files import save_figure
 from ttt.report.tables import number, read_table
 
 TELEMETRY_CURVES = ["step", "inner_loss_initial", "inner_loss_before", "inner_loss_after"]
@@ -37,7 +38,7 @@ def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
                 ax.text(j, i, "div", ha="center", va="center", color="red")
     ax.set_title("LR grid (TTT on)")
     fig.tight_layout()
-    fig.savefig(plots / "lr_grid.png", dpi=100)
+    save_figure(fig, plots / "lr_grid.png")
     plt.close(fig)
 
     # Long-form: ‖W‖ and sliding perplexity vs time.
@@ -61,7 +62,7 @@ def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
         if ax.lines:
             ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(plots / "long_form.png", dpi=100)
+    save_figure(fig, plots / "long_form.png")
     plt.close(fig)
 
     # YaRN: throughput and pre-update logits error vs length.
@@ -77,7 +78,7 @@ def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
     if axes[0].lines:
         axes[0].legend()
     fig.tight_layout()
-    fig.savefig(plots / "yarn.png", dpi=100)
+    save_figure(fig, plots / "yarn.png")
     plt.close(fig)
 
     _consistency_plot(cells_root, rows, plots / "consistency.png")
@@ -114,7 +115,7 @@ def _consistency_plot(cells_root: Path, rows: list[dict], path: Path) -> None:
     if ax.lines:
         ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -156,7 +157,7 @@ def _figure5(cells_root: Path, cells: list[dict], path: Path, title: str, hybrid
         axes[1].set(title="next-chunk gain ℓ(W⁽⁰⁾) − ℓ(W⁽ⁱ⁾) (> 0: earlier chunks help this one)",
                     xlabel="time (s)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
 
 

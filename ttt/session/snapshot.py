@@ -156,6 +156,10 @@ class SnapshotMismatch(ValueError):
 
 def refuse_mismatch(path, saved: Mapping[str, Any] | None, current: Mapping[str, Any]) -> None:
     """Raise :class:`SnapshotMismatch` (one line saying what differs) unless they agree."""
+    if saved is not None and not isinstance(saved, Mapping):
+        raise SnapshotMismatch(f"{path}: snapshot with a malformed identity (a "
+                               f"{type(saved).__name__}, not a mapping); refusing to resume from "
+                               "it: rerun with --fresh (or delete it) to start afresh")
     differs = identity_mismatch(saved, current)
     if differs:
         raise SnapshotMismatch(f"{path}: snapshot of another run ({differs}); refusing to mix "
