@@ -34,8 +34,7 @@ from ttt.eval.train_data import TrainBase, load_codes, mixed_batch, sample_batch
 from ttt.eval.train_eval import eval_items, evaluate_loss, selection_loss
 from ttt.eval.train_probe import InnerProbe
 from ttt.eval.train_state import (STATE_FILE, check_state, find_resume, rng_state, set_rng_state,
-                                  sync_twin,
-                                  write_checkpoint)
+                                  sync_twin, write_checkpoint)
 from ttt.moshi.gating import TTTGating
 from ttt.moshi.model import load_checkpoint, resolve_model
 from ttt.moshi.surgery import apply_ttt, ttt_layers
