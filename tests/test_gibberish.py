@@ -62,14 +62,15 @@ def test_each_answer_of_the_consistency_gate(tmp_path, case):
 
 def test_threshold_edges(tmp_path):
     """max_wer: at it passes, just over fails; min_words and min_speech_s at their edges: two
-    text words (min_words 3) while 300 are heard fail, three pass on the WER; 0.99 s of speech
-    is silence, 1.0 s is not."""
+    text words (min_words 3) while 300 are heard fail, three pass on the WER; 0.5 s of speech
+    is silence, exactly 1.0 s (min_speech_s) is not."""
     assert judge(tmp_path / "a", asr_summary(0.3, 44, 40, 0.1))["verdict"] == "pass"
     assert judge(tmp_path / "b", asr_summary(0.3001, 44, 40, 0.1))["verdict"] == "fail"
     assert judge(tmp_path / "c", asr_summary(0.2, 3, 300, 0.1))["verdict"] == "pass"
-    silent = judge(tmp_path / "d", asr_summary(0.2, 44, 40, 1 - 0.99 / 60))
+    # 64 s of audio: 1 − 1/64 and 1 − 0.5/64 are exact in binary, so speech is exactly 1.0 / 0.5 s
+    silent = judge(tmp_path / "d", asr_summary(0.2, 44, 40, 1 - 0.5 / 64, seconds=64.0))
     assert silent["verdict"] == "fail" and "silent" in silent["explanation"]
-    assert judge(tmp_path / "e", asr_summary(0.2, 44, 40, 1 - 1.0 / 60))["verdict"] == "pass"
+    assert judge(tmp_path / "e", asr_summary(0.2, 44, 40, 1 - 1.0 / 64, seconds=64.0))["verdict"] == "pass"
     cfg = verdicts.thresholds({"consistency": {"min_words": 1}})  # now 2 text words are enough
     assert judge(tmp_path / "f", asr_summary(0.2, 2, 300, 0.1), cfg)["verdict"] == "pass"
 
