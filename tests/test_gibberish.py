@@ -12,6 +12,7 @@ from results_factory import aggregate_tables, cell_spec, write_results
 from ttt.report import verdicts
 
 CELL = "calibration/playback~x"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def asr_summary(wer, ref_words, heard, silence, text_words=None, seconds=60.0, untrained=False):
@@ -114,3 +115,27 @@ def test_playback_cells_get_the_known_verdicts(tmp_path, report):
     assert empty["passed"] is False and "text stream is empty" in empty["explanation"], empty
     silent = got["calibration/playback~aligned-silence"]
     assert silent["passed"] is False and "audio is silent" in silent["explanation"], silent
+
+
+def test_the_calibration_family_holds_the_playback_scenarios():
+    """Each answer of the consistency gate has a calibration scenario (ttt/launch/calibration.py)
+    whose cell is a valid playback cell reading the shipped recording."""
+    from ttt.config import CellConfig
+    from ttt.eval.data import read_manifest
+    from ttt.launch.calibration import SCENARIOS, calibration_cells, scenario_path
+
+    f = {"conversations": 2, "duration_s": 8, "long_duration_s": 20, "seed": 1, "window_s": 4}
+    base = {"model": "tiny", "base": None, "device": "cpu", "dtype": "float32", "cache_dir": "c"}
+    cells = calibration_cells(f, base)
+    mine = {s.name: s for s in SCENARIOS if "quality.consistency_wer" in s.expected}
+    settings = {name: (cells[scenario_path(s)].get("playback_text", "aligned"),
+                       cells[scenario_path(s)].get("playback_audio", "recorded"),
+                       s.expected["quality.consistency_wer"]) for name, s in mine.items()}
+    assert sorted(settings.values()) == [("aligned", "recorded", "pass"), ("aligned", "silence", "fail"),
+                                         ("empty", "recorded", "fail")]
+    for s in mine.values():
+        cfg = CellConfig.from_dict(cells[scenario_path(s)])
+        assert cfg.mode == "playback" and s.ttt is None
+        items = read_manifest(REPO / cfg.data["manifest"])
+        assert items[0].channels == 2 and len(items[0].alignments) == 44
+

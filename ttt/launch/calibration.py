@@ -18,6 +18,8 @@ from typing import Any, Mapping
 from ttt.base.files import write_csv
 from ttt.report.tables import cell_path, read_table
 
+PLAYBACK_MANIFEST = "ttt/assets/playback/manifest.jsonl"
+
 # The trained default's working TTT (config/config.yaml's healthy families): no clip, lr 1e-2.
 WORKING_TTT = {"start_layer": 1, "layer_frequency": 2, "chunk_size": 8, "lr": 0.01,
                "delta_clip_fro_norm": None, "init_std": 0.5}
@@ -63,6 +65,18 @@ SCENARIOS = [
              why="60 s without a clip: ‖W‖ keeps growing"),
     Scenario("long_stabilised", {"stability.w_norm_plateau": "pass"}, data="long",
              ttt={"decay": 0.95}, why="the same stream with ttt.decay 0.95: ‖W‖ plateaus"),
+    # The consistency gate (does Moshi speak sense?): a generate cell on the embedded default
+    # cannot speak (random Mimi), so "Moshi" is a recording of real speech (mode playback,
+    # ttt/eval/playback.py) whose text stream is its alignment words, emptied or silenced.
+    Scenario("speech_consistent", {"quality.consistency_wer": "pass"}, data="speech", ttt=None,
+             cell={"mode": "playback"},
+             why="real recorded speech, its text stream the words said: a consistent transcript"),
+    Scenario("speech_empty_text", {"quality.consistency_wer": "fail"}, data="speech", ttt=None,
+             cell={"mode": "playback", "playback_text": "empty"},
+             why="the same speaking audio with an empty text stream: gibberish"),
+    Scenario("speech_silent_audio", {"quality.consistency_wer": "fail"}, data="speech", ttt=None,
+             cell={"mode": "playback", "playback_audio": "silence"},
+             why="silence where the text stream says it spoke: gibberish"),
 ]
 
 
@@ -70,9 +84,12 @@ def data_sets(f: Mapping[str, Any]) -> dict[str, dict]:
     """The inputs of the scenarios, from the family's config ``f``: ``recurrent`` and ``plain``
     hold ``conversations`` demo conversations each (the effect verdicts resample them); ``long``
     is one long recurrent stream (the default long_form's 60-s input, so its Mimi codes are
-    shared)."""
+    shared); ``speech`` the recorded speech the playback scenarios play back."""
     n, d, seed = int(f["conversations"]), float(f["duration_s"]), int(f["seed"])
     return {"recurrent": {"demo": {"durations": [d] * n, "seed": seed, "recurrent": True}},
+            # real speech with alignments, shipped (ttt/assets/playback/README.md); relative to
+            # the repository root, where the workflow runs
+            "speech": {"manifest": PLAYBACK_MANIFEST},
             "plain": {"demo": {"durations": [d] * n, "seed": seed + 1000}},
             "long": {"demo": {"durations": [float(f["long_duration_s"])], "seed": 1,
                               "recurrent": True}}}
