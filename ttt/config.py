@@ -329,6 +329,9 @@ class CellConfig:
     # Content digest of the model's files (ttt/launch/preflight.py): the workflow writes it so a changed
     # checkpoint at the same path changes the cell config, and the tables show what ran.
     model_digest: str | None = None
+    # Digest of the ttt source and moshi's version the workflow planned the cell with
+    # (ttt/launch/code.py): a code edit changes the cell config, so the cell reruns.
+    code_digest: str | None = None
     # mode playback only (ttt/eval/playback.py): Moshi's text stream is the alignment words or
     # empty; its audio the recorded Moshi channel or silence.
     playback_text: str = "aligned"
@@ -381,6 +384,9 @@ class CellConfig:
         for name in ("ab", "check_upstream"):
             check(isinstance(getattr(self, name), bool), name,
                   f"must be true or false, got {getattr(self, name)!r}")
+        for name in ("model_digest", "code_digest"):
+            check(getattr(self, name) is None or isinstance(getattr(self, name), str), name,
+                  f"must be a string or null, got {getattr(self, name)!r}")
         check(isinstance(self.cache_dir, str) and self.cache_dir, "cache_dir",
               f"must be a path, got {self.cache_dir!r}")
         check(isinstance(self.device, str) and DEVICE.fullmatch(self.device), "device",

@@ -16,7 +16,7 @@ REPO = os.path.dirname(workflow.basedir)
 sys.path.insert(0, REPO)
 _PYTHONPATH = shlex.quote(REPO) + "${PYTHONPATH:+:$PYTHONPATH}"
 shell.prefix("set -euo pipefail; export PYTHONPATH={_PYTHONPATH}; ")
-from ttt.launch import matrix, preflight, schema  # noqa: E402
+from ttt.launch import code, matrix, preflight, schema  # noqa: E402
 from ttt.report.tables import cell_value  # noqa: E402  (the reports parse it)
 
 PLOTS = ["lr_grid", "long_form", "yarn", "figure5", "figure5_hybrid", "consistency"]
@@ -47,8 +47,16 @@ MATRIX = matrix.build_matrix(config)
 from ttt.launch import cost as _cost  # noqa: E402
 sys.stderr.write("".join(line + "\n" for line in _cost.lines(MATRIX, _cost.latest_costs())))
 MODELS = checked(preflight.check_workflow, config, MATRIX)
-for _spec in MATRIX.values():
+# The code a cell runs is part of its config: a code edit reruns the cells (`code_digest: pin`
+# keeps the results of older code on purpose; docs/config.md "Code changes").
+CODE_DIGEST = code.code_digest()
+for _path, _spec in MATRIX.items():
     _spec["model_digest"] = MODELS[_spec["model"], _spec["base"]]["model_digest"]
+    _digest = code.planned_digest(
+        config["code_digest"], f"results/cells/{_path}/cell.yaml", CODE_DIGEST
+    )
+    if _digest is not None:
+        _spec["code_digest"] = _digest
 
 
 def cell_yaml(cell_path):
