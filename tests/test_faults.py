@@ -218,3 +218,51 @@ def _read_csv_rows(path):
     import csv
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_cell_scores_the_new_audio_after_a_tarball_over_a_tarball(cache, tmp_path):
+    """Issue 25 item 13: the second tarball has the same member names, sizes and mtimes (and tar
+    rewrites each file in place, same inode). Before, the cell served the first audio's cached
+    codes: perplexities of the old recording, silently."""
+    import io
+    import tarfile
+
+    from conftest import make_cell
+    from ttt.eval.cell import run_cell
+    from ttt.eval.data import write_demo_conversation
+    from ttt.moshi.tiny import DEMO_WORDS
+
+    def release(name, seed):
+        """A data release: one 2-s conversation (its own audio, the first release's words)."""
+        src = tmp_path / f"src{seed}"
+        write_demo_conversation(src / "a.wav", 2.0, seed, DEMO_WORDS)
+        if seed != 1:
+            (src / "a.json").write_bytes((tmp_path / "src1" / "a.json").read_bytes())
+        (src / "m.jsonl").write_text('{"path": "a.wav", "duration": 2.0}\n')
+        with tarfile.open(tmp_path / name, "w") as tar:
+            for member in ("a.wav", "a.json", "m.jsonl"):
+                data = (src / member).read_bytes()
+                info = tarfile.TarInfo(f"data/{member}")
+                info.size, info.mtime = len(data), 1_700_000_000
+                tar.addfile(info, io.BytesIO(data))
+        return src
+
+    def perplexity(manifest, out):
+        cfg = make_cell(cache, "tar", [2.0], data={"manifest": str(manifest)}, window_s=1.0)
+        return run_cell(cfg, tmp_path / out, log=lambda m: None)["perplexity"]
+
+    release("one.tar", 1)
+    second = release("two.tar", 2)
+    wav = tmp_path / "x" / "data" / "a.wav"
+    with tarfile.open(tmp_path / "one.tar") as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    old = perplexity(tmp_path / "x" / "data" / "m.jsonl", "first")
+    stamp = wav.stat()
+    with tarfile.open(tmp_path / "two.tar") as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    assert (wav.stat().st_size, wav.stat().st_mtime_ns, wav.stat().st_ino) == \
+        (stamp.st_size, stamp.st_mtime_ns, stamp.st_ino)
+    new = perplexity(tmp_path / "x" / "data" / "m.jsonl", "second")
+    reference = perplexity(second / "m.jsonl", "reference")  # the second release, never overwritten
+    assert new == reference and new != old, (old, new, reference)

@@ -1,4 +1,5 @@
-"""Content digests: equal to sha256sum's, remembered per (size, mtime_ns, inode), never stale."""
+"""Content digests: equal to sha256sum's, remembered per (size, mtime_ns, ctime_ns, inode,
+device), never stale."""
 import json
 import os
 import subprocess
@@ -18,7 +19,8 @@ def test_digest_matches_sha256sum_and_is_remembered_in_a_sidecar(tmp_path):
     assert file_digest(f) == _sha256sum(f)
     saved = json.loads(sidecar(f).read_text())
     st = f.stat()
-    assert [saved["size"], saved["mtime_ns"], saved["inode"]] == [st.st_size, st.st_mtime_ns, st.st_ino]
+    assert [saved[k] for k in identity.STAMP] == [st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                                                  st.st_ino, st.st_dev]
     # A fresh process trusts the sidecar while the stamp holds: it does not rehash.
     identity._MEMO.clear()
     sidecar(f).write_text(json.dumps({**saved, "sha256": "ab" * 32}))
@@ -105,3 +107,36 @@ class _NoWords:
 
     def encode(self, word):
         return [5]
+
+
+def _tarball(path, member, data, mtime=1_700_000_000):
+    """A tarball of one file, archived with a fixed mtime (as a release's tarballs are)."""
+    import io
+    import tarfile
+    info = tarfile.TarInfo(member)
+    info.size, info.mtime = len(data), mtime
+    with tarfile.open(path, "w") as tar:
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_tarball_extracted_over_another_is_rehashed(tmp_path):
+    """Issue 25 item 13: same name, size and mtime, same inode (tar truncates and rewrites in
+    place); only the content and ctime differ. The remembered digest must not be served."""
+    import tarfile
+    first, second = os.urandom(1 << 16), os.urandom(1 << 16)
+    for name, data in (("one.tar", first), ("two.tar", second)):
+        _tarball(tmp_path / name, "data/a.wav", data)
+    with tarfile.open(tmp_path / "one.tar") as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    f = tmp_path / "x" / "data" / "a.wav"
+    assert file_digest(f) == _sha256sum(f)
+    before = f.stat()
+    with tarfile.open(tmp_path / "two.tar") as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    after = f.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert after.st_ino == before.st_ino  # the case the inode could not tell apart
+    identity._MEMO.clear()  # a later process: only the sidecar remembers
+    assert file_digest(f) == _sha256sum(f) == __import__("hashlib").sha256(second).hexdigest()
+    assert file_digest(f, remember=False) == file_digest(f)

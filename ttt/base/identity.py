@@ -2,8 +2,16 @@
 
 A file's digest is the sha256 of its bytes. Hashing a 15 GB checkpoint takes a minute, so each
 digest is remembered in a small JSON sidecar beside the file (``.<name>.sha256.json``), valid
-while the file's (size, mtime_ns, inode) are unchanged; where the directory is not writable the
-digest is remembered for this process only. A sidecar that does not parse is ignored.
+while the file's (size, mtime_ns, ctime_ns, inode, device) are unchanged; where the directory is
+not writable the digest is remembered for this process only. A sidecar that does not parse, or
+one written before ctime was part of the stamp, is ignored.
+
+Why ctime: size, mtime and inode can all survive an overwrite in place. A second tarball
+extracted over the first keeps the sizes, tar restores the archived mtimes, and the file is
+truncated and rewritten (same inode; or ext4 reuses the freed one): a cell then scored the old
+audio's cached codes. ctime cannot be set from user space; any write or metadata change moves it.
+Where hashing is cheap next to the work a digest guards (audio ahead of Mimi encoding), callers
+hash the content every time instead (``remember=False``).
 """
 from __future__ import annotations
 
@@ -19,9 +27,12 @@ _MEMO: dict[tuple, str] = {}
 _BLOCK = 1 << 20
 
 
-def _stamp(path: Path) -> tuple[int, int, int]:
+STAMP = ("size", "mtime_ns", "ctime_ns", "inode", "device")
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
     st = path.stat()
-    return st.st_size, st.st_mtime_ns, st.st_ino
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev
 
 
 def sidecar(path: str | os.PathLike) -> Path:
@@ -30,30 +41,37 @@ def sidecar(path: str | os.PathLike) -> Path:
     return path.with_name(f".{path.name}.sha256.json")
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """sha256 (hex) of the file's bytes, computed once per (path, size, mtime_ns, inode)."""
+def file_digest(path: str | os.PathLike, remember: bool = True) -> str:
+    """sha256 (hex) of the file's bytes, computed once per (path, size, mtime_ns, ctime_ns,
+    inode, device); with ``remember=False`` hashed now, whatever was remembered."""
     path = Path(path).resolve()
+    if not remember:
+        return _hash(path)
     stamp = _stamp(path)
     key = (str(path), *stamp)
     if key in _MEMO:
         return _MEMO[key]
     remembered = _read_sidecar(path, stamp)
     if remembered is None:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(_BLOCK), b""):
-                h.update(block)
-        remembered = h.hexdigest()
+        remembered = _hash(path)
         if _stamp(path) == stamp:  # not rewritten while we read it
             _write_sidecar(path, stamp, remembered)
     _MEMO[key] = remembered
     return remembered
 
 
+def _hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _read_sidecar(path: Path, stamp: tuple) -> str | None:
     try:
         data = json.loads(sidecar(path).read_text())
-        if [data["size"], data["mtime_ns"], data["inode"]] == list(stamp):
+        if [data[k] for k in STAMP] == list(stamp):
             digest = data["sha256"]
             if isinstance(digest, str) and len(digest) == 64 and int(digest, 16) >= 0:
                 return digest
@@ -63,11 +81,9 @@ def _read_sidecar(path: Path, stamp: tuple) -> str | None:
 
 
 def _write_sidecar(path: Path, stamp: tuple, digest: str) -> None:
-    size, mtime_ns, inode = stamp
     target = sidecar(path)
     try:
-        write_text(target, json.dumps({"size": size, "mtime_ns": mtime_ns, "inode": inode,
-                                       "sha256": digest}) + "\n")
+        write_text(target, json.dumps({**dict(zip(STAMP, stamp)), "sha256": digest}) + "\n")
     except OSError:  # read-only checkpoint directory: remembered for this process only
         pass
 

@@ -221,7 +221,9 @@ def encode_chunk_frames(item: Item) -> int | None:
 def _codes_key(mimi, item: Item, mimi_id: str) -> str:
     """What a cached code file was computed from: Mimi's weights, the audio, the settings, and
     for streamed audio the chunk (one-shot keys are those of earlier runs: their files stay valid)."""
-    spec = {"format": CODES_FORMAT, "mimi": mimi_id, "audio": file_digest(item.path),
+    # The audio is hashed every time (remember=False): cheap next to encoding it, and no stamp
+    # of an overwritten file can then serve another recording's codes.
+    spec = {"format": CODES_FORMAT, "mimi": mimi_id, "audio": file_digest(item.path, remember=False),
             "channels": item.channels, "codebooks": getattr(mimi, "num_codebooks", None),
             "sample_rate": SAMPLE_RATE}
     frames = encode_chunk_frames(item)
