@@ -139,3 +139,20 @@ def test_the_calibration_family_holds_the_playback_scenarios():
         items = read_manifest(REPO / cfg.data["manifest"])
         assert items[0].channels == 2 and len(items[0].alignments) == 44
 
+
+
+def test_vs_off_is_na_when_no_window_has_words_on_both_sides(tmp_path):
+    """quality.consistency_wer_vs_off's remaining answer (pass, fail, no effect and the untrained
+    codec's n/a: tests/test_asr.py): no window where both text streams have words → n/a."""
+    on, off = "short_form/duration~8/ttt~on", "short_form/duration~8/ttt~off"
+    write_results(tmp_path, [cell_spec(on, True), cell_spec(off, False)])
+    for cell, wers in ((on, [None, None]), (off, [0.1, 0.2])):
+        d = tmp_path / "cells" / cell / "asr"
+        d.mkdir(parents=True)
+        (d / "asr.json").write_text(json.dumps(asr_summary(0.1, 44, 40, 0.1)))
+        (d / "asr.jsonl").write_text("".join(json.dumps(
+            {"item": 0, "start_s": 4.0 * i, "consistency_wer": w}) + "\n" for i, w in enumerate(wers)))
+    aggregate_tables(tmp_path)
+    summary, _ = verdicts.evaluate(tmp_path)
+    row = {r["signal"]: r for r in summary}["quality.consistency_wer_vs_off"]
+    assert row["verdict"] == "n/a" and "no window where both text streams have words" in row["explanation"]
