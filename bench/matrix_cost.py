@@ -95,7 +95,9 @@ def measured_costs(args, ctx: dict, ctx_peaks: dict, cells: dict, regression: di
     for length, row in tf.items():
         if int(length) > context:
             for side in ("off", "on"):
-                peaks[f"yarn_{length}_{side}"] = row[f"cell_ttt_{side}"].get("peak_gb")
+                peak = row[f"cell_ttt_{side}"].get("peak_gb")
+                # the cell alone: less upstream's LM, resident beside it in bench_cells
+                peaks[f"yarn_{length}_{side}"] = None if peak is None else peak - cells["upstream_resident_gb"]
     return {
         "fixed_s_per_cell": regression["wall_s"] - timing["run_s"],
         "fixed_parts_s": {k: v for k, v in timing.items() if k != "run_s"},
@@ -125,6 +127,9 @@ def main(argv=None) -> None:
     p.add_argument("--cells", type=Path, nargs="+", required=True,
                    help="bench_cells.py JSON(s) of this run (generate and teacher-forced parts)")
     p.add_argument("--regression", type=Path, required=True, help="gpu/regression_memory.py JSON")
+    p.add_argument("--context", type=Path, default=None,
+                   help="JSON {ms: {...}, peak_gb: {...}} of the context-3000 variants measured "
+                        "earlier (this run measures nothing then; e.g. pricing on a machine without the GPU)")
     p.add_argument("--cache", type=Path, default=Path("results/bench-cells"))
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -132,24 +137,41 @@ def main(argv=None) -> None:
     lm_kwargs = dict(loaders._lm_kwargs) if args.config == "7b" else tiny_lm_kwargs()
     ttt_cfg = TTT_7B if args.config == "7b" else TTT_TINY
     directory = args.cache / f"checkpoint-{args.config}"
-    if not (directory / "model.safetensors").exists():
-        build_checkpoint(directory, lm_kwargs, args.device, getattr(torch, args.dtype))
-    ctx, ctx_peaks = measure_context_3000(args, directory, ttt_cfg)
+    if args.context is not None:
+        given = json.loads(args.context.read_text())
+        ctx, ctx_peaks = given["ms"], given["peak_gb"]
+    else:
+        if not (directory / "model.safetensors").exists():
+            build_checkpoint(directory, lm_kwargs, args.device, getattr(torch, args.dtype))
+        ctx, ctx_peaks = measure_context_3000(args, directory, ttt_cfg)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".context.json").write_text(json.dumps({"ms": ctx, "peak_gb": ctx_peaks}))
     cells: dict = {}
+    resident = 0.0  # bench_cells' teacher-forced part holds upstream's LM beside ours: its bytes
     for path in args.cells:
-        cells.update(json.loads(path.read_text()))
+        part = json.loads(path.read_text())
+        if "teacher_forced" in part:
+            resident = part.get("checkpoint", {}).get("model_bytes", 0) / 1e9
+        cells.update({k: v for k, v in part.items() if k != "checkpoint"})
+    cells["upstream_resident_gb"] = resident
     regression = json.loads(args.regression.read_text())
     m = measured_costs(args, ctx, ctx_peaks, cells, regression, lm_kwargs["context"])
-    result = {"device": cells["device"], "date": dt.date.today().isoformat(), "torch": torch.__version__,
+    device = cells["device"]
+    result = {"device": device, "date": dt.date.today().isoformat(), "torch": torch.__version__,
               "model": f"moshi {args.config} (random {args.dtype})", "ttt": ttt_cfg,
               "sources": {"cells": [c.name for c in args.cells], "regression": args.regression.name},
               "measured": m}
-    cells_full = matrix.build_matrix(full_config())
-    result["families"] = cost.estimate(cells_full, m)
-    result["lines"] = cost.lines(cells_full, result)
+    try:
+        cells_full = matrix.build_matrix(full_config())
+    except ImportError as exc:  # the GPU machine has no snakemake: price the JSON elsewhere
+        print(f"not priced here ({exc}): python -m ttt cost config/config.yaml config/full.yaml --costs {args.out}")
+        cells_full = None
+    if cells_full is not None:
+        result["families"] = cost.estimate(cells_full, m)
+        result["lines"] = cost.lines(cells_full, result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print("\n".join(result["lines"]))
+    print("\n".join(result.get("lines", [])))
 
 
 if __name__ == "__main__":
