@@ -79,7 +79,7 @@ done
 for job in $(jobs -p); do wait $job || say "a report failed"; done
 for suite in $SUITES; do
   cp "$W/report-$suite/report.md" "$OUT/report-$suite.md" && { echo "== $suite"; cat "$OUT/report-$suite.md"; } || true
-  tar czf "$OUT/$suite.tgz" -C "$W" --exclude='checkpoint' --exclude='best' "report-$suite" "runs-$suite"
+  tar czf "$OUT/$suite.tgz" -C "$W" --exclude=checkpoint --exclude=best "report-$suite" "runs-$suite" offsets/manifest.json
 done
 cp "$W/fitted/codebooks.json" "$OUT/"
 say "done"

@@ -92,20 +92,26 @@ def build_report(runs: dict, manifest: dict, resamples: int = 2000) -> dict:
                              for o in manifest["offsets"]}
             shuffled[label] = {o: summarise(g[("fresh", o)] - g[("shuffled", o)], resamples)
                                for o in manifest["offsets"]}
-        pairs = [("TTT gain (twin − on)", "TTT-off twin", "TTT"), ("no-TTT − TTT", "no-TTT", "TTT")]
-        for name, a, b in pairs:
+        contrasts = {}
+        for name, a, b in PAIRS:
             if a in grids and b in grids and grids[a][("exact", manifest["offsets"][0])].shape == \
                     grids[b][("exact", manifest["offsets"][0])].shape:
-                gains[name] = {f"{k}@{o}": summarise(grids[a][(k, o)] - grids[b][(k, o)], resamples)
-                               for k in manifest["kinds"] for o in manifest["offsets"]}
+                d = {(k, o): grids[a][(k, o)] - grids[b][(k, o)]
+                     for k in manifest["kinds"] for o in manifest["offsets"]}
+                gains[name] = {f"{k}@{o}": summarise(x, resamples) for (k, o), x in d.items()}
+                # what the difference owes to the repeat: exact minus fresh / shuffled, same rows
+                contrasts[name] = {f"exact-{k}@{o}": summarise(d[("exact", o)] - d[(k, o)], resamples)
+                                   for k in ("fresh", "shuffled") for o in manifest["offsets"]}
         report["streams"][stream] = {"nll": nll, "recall_exact": recall, "recall_shuffled": shuffled,
-                                     "differences": gains}
+                                     "differences": gains, "contrasts": contrasts}
     report["curves"] = {f"{v}-s{s}": [{k: float(r[k]) for k in r if k in CURVE_KEYS and r[k] != ""}
                                       for r in run["log"]] for (v, s), run in sorted(runs.items())}
     report["selected"] = {f"{v}-s{s}": run["summary"].get("selected") for (v, s), run in sorted(runs.items())}
     return report
 
 
+PAIRS = (("TTT gain (twin − on)", "TTT-off twin", "TTT"), ("no-TTT − TTT", "no-TTT", "TTT"),
+         ("no-TTT − full attention", "no-TTT", "full attention"))
 CURVE_KEYS = ("step", "loss", "eval_loss", "eval_text_loss", "eval_audio_loss", "eval_text_loss_off",
               "eval_copy_text_loss", "eval_copy_text_loss_off", "eval_ttt_gain_text",
               "eval_ttt_gain_copy_text", "eval_ttt_gain_copy_audio")
@@ -149,11 +155,15 @@ def markdown(report: dict) -> str:
                      for m in labels]
             lines.append(f"| {o}{' *' if o > report['reach']['frames'] else ''} | " + " | ".join(cells) + " |")
         for name, table in data["differences"].items():
-            lines += ["", f"**{stream}: {name}, by kind of copy**", "",
-                      "| offset | exact | shuffled | fresh |", "|---|---|---|---|"]
+            contrast = data["contrasts"][name]
+            lines += ["", f"**{stream}: {name}, by kind of copy; what it owes to the repeat "
+                          "(exact − fresh, exact − shuffled; same rows)**", "",
+                      "| offset | exact | shuffled | fresh | exact − fresh | exact − shuffled |",
+                      "|---|---|---|---|---|---|"]
             for o in report["offsets"]:
-                lines.append(f"| {o} | " + " | ".join(_ci_cell(table[f"{k}@{o}"]) for k in
-                                                      ("exact", "shuffled", "fresh")) + " |")
+                lines.append(f"| {o} | " + " | ".join(
+                    [_ci_cell(table[f"{k}@{o}"]) for k in ("exact", "shuffled", "fresh")]
+                    + [_ci_cell(contrast[f"exact-{k}@{o}"]) for k in ("fresh", "shuffled")]) + " |")
         lines.append("")
     lines.append("\\* beyond the reach (offset > layers × context).")
     return "\n".join(lines) + "\n"
