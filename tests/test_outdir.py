@@ -98,3 +98,36 @@ def test_lock_waits_for_nothing(tmp_path):
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+BUILD = """
+import sys
+from pathlib import Path
+from ttt.moshi.tiny import build_tiny_checkpoint
+build_tiny_checkpoint(Path(sys.argv[1]), 0)
+"""
+
+
+@pytest.mark.slow
+def test_killed_model_cache_build_leaves_nothing_the_next_build_keeps(tmp_path):
+    """Issue 25 item 19: kill -9 a real tiny-random build once its temporary folder holds
+    weights; the next build removes that folder (it held 199 MB before) and completes."""
+    target = tmp_path / "models" / "tiny-seed0"
+    env = {**os.environ, "NO_TORCH_COMPILE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", BUILD, str(target)], env=env)
+    tmp = target.with_name(f".tiny-seed0.tmp{proc.pid}")
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp / "model.safetensors").is_file():
+            assert proc.poll() is None and time.monotonic() < deadline, "the build ended first"
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert tmp.is_dir() and not target.exists()  # what the kill left
+    # Two builds at once (cells starting together): one builds, the other waits and uses it.
+    both = [subprocess.Popen([sys.executable, "-c", BUILD, str(target)], env=env) for _ in range(2)]
+    assert [p.wait(timeout=600) for p in both] == [0, 0]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["tiny-seed0"]  # no temp, no lock
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "mimi.safetensors",
+                                                        "model.safetensors", "tokenizer.model"]

@@ -81,14 +81,36 @@ def lock_output(out: Path) -> Iterator[Path]:
         os.close(fd)
 
 
-def _lock(lock: Path, out: Path) -> int:
+@contextmanager
+def build_lock(target: Path) -> Iterator[Path]:
+    """Wait for, then hold, the lock of a shared cache entry ``target`` (a model checkpoint
+    built on first use). Whoever holds it is the only builder, so it may remove every
+    ``.<name>.tmp<pid>`` beside ``target``: the leftovers of builds that were killed."""
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{target.parent}: cannot create the cache folder ({exc.strerror})") from None
+    lock = target.with_name(f".{target.name}.lock")
+    fd = _lock(lock, target, wait=True)
+    try:
+        yield lock
+    finally:
+        try:
+            lock.unlink()
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def _lock(lock: Path, out: Path, wait: bool = False) -> int:
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise OutputError(f"{out.parent}: cannot write there ({exc.strerror})") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
@@ -149,4 +171,4 @@ def remove_dead_temporaries(out: Path) -> list[Path]:
     return removed
 
 
-__all__ = ["OutputError", "check_output", "check_parent", "check_writable_dir", "claim_output", "lock_output", "remove_dead_temporaries"]
+__all__ = ["OutputError", "build_lock", "check_output", "check_parent", "check_writable_dir", "claim_output", "lock_output", "remove_dead_temporaries"]

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from moshi.models import loaders
 from safetensors.torch import save_file
 
+from ttt.base.outdir import build_lock, remove_dead_temporaries
 from ttt.moshi.checkpoints import UNTRAINED, project_config, resolve_checkpoint
 
 # The 7B layout (text + 8 Moshi + 8 user codebooks, moshi's delays, silu gating, interleaved rope,
@@ -51,23 +53,42 @@ def build_tiny_checkpoint(directory: str | os.PathLike, seed: int = 0) -> Path:
     if target.is_dir():
         resolve_checkpoint(target)  # complete, or an error naming what is missing
         return target
-    torch.manual_seed(seed)
-    lm = loaders.get_moshi_lm(None, lm_kwargs=DEFAULT_LM_KWARGS, device="cpu", dtype=torch.float32)
-    mimi = loaders.get_mimi(None, device="cpu", num_codebooks=lm.dep_q)
-    randomize_mimi(mimi, seed)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in lm.state_dict().items()}, str(tmp / "model.safetensors"))
-    save_file({k: v.contiguous() for k, v in mimi.state_dict().items()}, str(tmp / "mimi.safetensors"))
-    (tmp / "tokenizer.model").write_bytes(train_demo_tokenizer())
-    (tmp / "config.json").write_text(json.dumps(project_config(DEFAULT_LM_KWARGS, UNTRAINED), indent=1))
-    try:
-        tmp.rename(target)
-    except OSError:  # another process built it first (cells starting together): use theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-        resolve_checkpoint(target)
+    with _building(target) as tmp:  # None: another process built it while we waited
+        if tmp is not None:
+            torch.manual_seed(seed)
+            lm = loaders.get_moshi_lm(None, lm_kwargs=DEFAULT_LM_KWARGS, device="cpu",
+                                      dtype=torch.float32)
+            mimi = loaders.get_mimi(None, device="cpu", num_codebooks=lm.dep_q)
+            randomize_mimi(mimi, seed)
+            save_file({k: v.contiguous() for k, v in lm.state_dict().items()},
+                      str(tmp / "model.safetensors"))
+            save_file({k: v.contiguous() for k, v in mimi.state_dict().items()},
+                      str(tmp / "mimi.safetensors"))
+            (tmp / "tokenizer.model").write_bytes(train_demo_tokenizer())
+            (tmp / "config.json").write_text(
+                json.dumps(project_config(DEFAULT_LM_KWARGS, UNTRAINED), indent=1))
+    resolve_checkpoint(target)
     return target
+
+
+@contextmanager
+def _building(target: Path):
+    """A temporary folder to build ``target`` in, renamed into place when the block ends; None
+    when ``target`` exists by the time the build lock is ours (cells starting together build
+    once). The lock holder removes the temporaries of killed builds first (199 MB each for
+    tiny-random), and its own on any failure."""
+    with build_lock(target):
+        if target.is_dir():
+            yield None
+            return
+        remove_dead_temporaries(target)
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        tmp.mkdir()
+        try:
+            yield tmp
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def randomize_mimi(mimi, seed: int) -> None:
@@ -108,20 +129,15 @@ def materialize_trained(cache_root: str | os.PathLike) -> Path:
         resolve_checkpoint(target)
         return target
     random_dir = build_tiny_checkpoint(target.parent / "tiny-seed0", 0)
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ("config.json", "model.safetensors", "tokenizer.model"):
-        shutil.copyfile(TINY_TRAINED / name, tmp / name)
-    try:
-        os.link(random_dir / "mimi.safetensors", tmp / "mimi.safetensors")
-    except OSError:
-        shutil.copyfile(random_dir / "mimi.safetensors", tmp / "mimi.safetensors")
-    try:
-        tmp.rename(target)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
-        resolve_checkpoint(target)
+    with _building(target) as tmp:
+        if tmp is not None:
+            for name in ("config.json", "model.safetensors", "tokenizer.model"):
+                shutil.copyfile(TINY_TRAINED / name, tmp / name)
+            try:
+                os.link(random_dir / "mimi.safetensors", tmp / "mimi.safetensors")
+            except OSError:
+                shutil.copyfile(random_dir / "mimi.safetensors", tmp / "mimi.safetensors")
+    resolve_checkpoint(target)
     return target
 
 
