@@ -129,3 +129,59 @@ def test_cell_key_normalises_numbers_and_order():
         cell_key({"cell": "lr_grid/chunk~8.0/lr~1e-3/ttt~on"})
     assert cell_key({"cell": "ablation/ablation~no_conv/ttt~on"}) != \
         cell_key({"cell": "ablation/ablation~neither/ttt~on"})
+
+
+def test_strict_fails_on_a_metric_column_missing_from_the_newer_run(tmp_path, capsys):
+    """Issue 25 item 15: a column renamed or dropped in B used to read as "nothing to compare"."""
+    a = write_results(tmp_path / "A", healthy_specs())
+    b = tmp_path / "B"
+    shutil.copytree(a, b)
+    rows = read(b / "tables" / "cells.csv")
+    with open(b / "tables" / "cells.csv", "w", newline="") as f:
+        columns = [c for c in rows[0] if c not in ("perplexity_text", "ms_per_step")]
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out), "--strict"]) == 1
+    flagged = {(r["cell_b"], r["metric"]) for r in read(out / "diff.csv") if r["regression"] == "True"}
+    with_values = {(r["cell"], m) for r in rows for m in ("perplexity_text", "ms_per_step") if r[m]}
+    assert flagged == with_values and len(with_values) == 2 * len(rows)
+    assert f"{PLANTED}: perplexity_text " in capsys.readouterr().out
+    assert "→ (no such column in B)" in (out / "summary.txt").read_text()
+
+
+def test_any_status_step_down_is_a_regression(tmp_path):
+    """ok → diverged and diverged → failed count, not only ok → not ok; failed → timeout does
+    not (both not completed)."""
+    specs = healthy_specs()
+    specs[0] = {**specs[0], "status": "diverged"}
+    specs[3] = {**specs[3], "status": "failed"}
+    a = write_results(tmp_path / "A", specs)
+    b = tmp_path / "B"
+    shutil.copytree(a, b)
+    rows = read(b / "tables" / "cells.csv")
+    changes = {specs[0]["path"]: "failed", specs[1]["path"]: "diverged", specs[3]["path"]: "timeout"}
+    for row in rows:
+        row["status"] = changes.get(row["cell"], row["status"])
+    with open(b / "tables" / "cells.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out), "--strict"]) == 1
+    flagged = {(r["cell_b"], r["a"], r["b"]) for r in read(out / "diff.csv")
+               if r["regression"] == "True" and r["metric"] == "status"}
+    assert flagged == {(specs[0]["path"], "diverged", "failed"), (specs[1]["path"], "ok", "diverged")}
+
+
+def test_a_non_finite_threshold_is_refused_before_any_table(tmp_path, capsys):
+    """A NaN threshold switched its check off (every comparison with NaN is False)."""
+    for text, shown in (("wer: .nan\n", "nan"), ("wer: .inf\n", "inf"), ("wer: -0.1\n", "-0.1"),
+                        ("novel: [-1, .nan]\n", "nan")):
+        (tmp_path / "t.yaml").write_text(text)
+        assert main(["compare", str(tmp_path / "nowhere-a"), str(tmp_path / "nowhere-b"),
+                     "--out", str(tmp_path / "o"), "--thresholds", str(tmp_path / "t.yaml")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "must be a finite number >= 0 or null, got " + shown in err
+    assert not (tmp_path / "o").exists()

@@ -182,3 +182,20 @@ def test_slurm_profile_dry_run_lists_the_full_matrix(tmp_path):
     for path in ("long_form/duration~3600/ttt~on", "yarn/tokens~32768/ttt~off",
                  "lr_grid/lr~0.01/chunk~512/ttt~on", "short_form/duration~120/ttt~on"):
         assert f"results/cells/{path}/status.json" in text, path
+
+
+def test_a_narrower_matrix_tables_its_cells_only(workdir):
+    """Issue 25 item 1: the regression cell's folder (failed) stays on disk when the matrix no
+    longer names it; the tables, verdicts and the run's status are the narrower matrix's, and the
+    folder is listed as an orphan. Runs last: it leaves the workdir on the narrower matrix."""
+    done = snakemake(workdir, "--config", "families=[lr_grid,telemetry,ablation]", check=False)
+    text = done.stdout + done.stderr
+    assert done.returncode == 0, text[-3000:]
+    assert "rule run_cell:" not in text  # nothing reran but the tables
+    cells = read(workdir / "results/tables/cells.csv")
+    assert len(cells) == 10 and not any(c.startswith("regression/") for c in cells)
+    assert list(read(workdir / "results/tables/orphans.csv")) == ["regression/ttt~off"]
+    assert (workdir / "results/cells/regression/ttt~off/status.json").is_file()  # kept, not tabled
+    judged = {r["cell"] for r in csv.DictReader(open(workdir / "results/tables/verdicts_cells.csv"))}
+    assert "regression/ttt~off" not in judged and set(cells) <= judged
+    assert "10 cells ok or diverged" in (workdir / "results/tables/cells.complete").read_text()

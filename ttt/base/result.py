@@ -269,17 +269,19 @@ def _build(cls, data: dict, where: str, prefix: str):
             [f"unknown key {prefix + unknown[0]!r} (renamed? a new metric needs its field in "
              f"ttt/base/result.py {cls.__name__})"] if unknown else [])
         raise ResultError(f"{where}: {'; '.join(problems)}")
-    return cls(**{name: _value(hints[name], data[name], where, prefix + name)
+    return cls(**{name: check_value(hints[name], data[name], where, prefix + name)
                   for name in fields if name in data})
 
 
-def _value(hint, value, where: str, key: str):
+def check_value(hint, value, where: str, key: str):
+    """``value`` as type ``hint`` (the annotations above: numbers, text, flags, lists, mappings,
+    these dataclasses, ``X | None``); ResultError naming ``where`` and ``key`` when it is not."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         (hint,) = [a for a in args if a is not type(None)]
-        return _value(hint, value, where, key)
+        return check_value(hint, value, where, key)
     if hint is Any:
         return value
     if dataclasses.is_dataclass(hint):
@@ -290,12 +292,12 @@ def _value(hint, value, where: str, key: str):
         if not isinstance(value, dict):
             raise _wrong(where, key, "an object", value)
         inner = args[1] if args else Any
-        return {k: _value(inner, v, where, f"{key}.{k}") for k, v in value.items()}
+        return {k: check_value(inner, v, where, f"{key}.{k}") for k, v in value.items()}
     if origin is list or hint is list:
         if not isinstance(value, list):
             raise _wrong(where, key, "a list", value)
         inner = args[0] if args else Any
-        return [_value(inner, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
+        return [check_value(inner, v, where, f"{key}[{i}]") for i, v in enumerate(value)]
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _wrong(where, key, "a number", value)
@@ -319,4 +321,4 @@ def _wrong(where: str, key: str, expected: str, value) -> ResultError:
 
 __all__ = ["SCHEMA_VERSION", "ABTwin", "Audio", "CellResult", "ChunkGain", "Collapse", "Memory",
            "Perplexity", "Plumbing", "Provenance", "Regression", "ResultError", "Telemetry",
-           "Throughput", "WordErrors", "checked", "load"]
+           "Throughput", "WordErrors", "check_value", "checked", "load"]

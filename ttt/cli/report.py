@@ -8,8 +8,15 @@ from ttt.cli.common import command
 
 
 def aggregate_command(args: argparse.Namespace) -> int:
+    """Exit 0 when the tables are written (failed and corrupt cells are rows), 2 on bad input."""
+    import sys
+
     from ttt.report.aggregate import aggregate
-    rows = aggregate(args.cells, args.tables, args.plots, args.families)
+    try:
+        rows = aggregate(args.cells, args.tables, args.plots, args.families, args.matrix)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     failed = [r["cell"] for r in rows if r.get("status") not in ("ok", "diverged")]
     print(f"{len(rows)} cells → {args.tables}/cells.csv" + (f"; not ok: {failed}" if failed else ""))
     for row in rows:
@@ -43,6 +50,10 @@ def add_parsers(sub) -> None:
     a.add_argument("--tables", default="results/tables")
     a.add_argument("--plots", default="results/plots")
     a.add_argument("--families", nargs="*", default=[])
+    a.add_argument("--matrix", default=None,
+                   help="the matrix's cell paths, one a line (default: TABLES/matrix.txt, which "
+                        "the workflow writes): only these are tabled, other cell folders are "
+                        "listed in TABLES/orphans.csv")
     a.set_defaults(func=aggregate_command)
     v = sub.add_parser(
         "verdicts", help="test-plan gates over a results folder → tables/verdicts.csv",

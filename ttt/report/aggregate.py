@@ -1,53 +1,63 @@
-"""Collect every cell under ``results/cells`` into tables and plots.
+"""Collect the matrix's cells under ``results/cells`` into tables and plots.
 
 A cell is ``results/cells/<family>/<key>~<value>/.../`` holding ``status.json`` (how its job
-ended) and ``cell/metrics.json`` (when it completed). Failed cells keep their row, with why.
+ended) and ``cell/metrics.json`` (when it completed, read as the typed :mod:`ttt.base.result`).
+Which cells: the matrix's list (:mod:`ttt.report.cell_set`); folders it does not name go to
+``orphans.csv``, never into a table. Failed cells keep their row, with why; a cell file that
+cannot be read or does not fit its type costs its own row only (``status: corrupt``, the file and
+field named), never the table or a plot.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ttt.base.files import read_json
-from ttt.base.result import CellResult, ChunkGain
+from ttt.base.result import CellResult, ChunkGain, check_value
 from ttt.base.result import load as load_result
+from ttt.report.cell_set import cells_on_disk, default_matrix, orphans, read_matrix
 from ttt.report.tables import cell_params, number, read_table, write_csv
 
 TWIN_FREE = {"ttt", "lr", "chunk", "ablation", "alpha", "scenario"}  # parameters an off-twin need not share
 TRANSCRIPT_WORDS = 40  # words of each transcript shown side by side in gate_override.csv
+DONE = ("ok", "diverged")
 
 
-def collect(cells_root: str | os.PathLike) -> list[dict]:
-    rows = []
+def collect(cells_root: str | os.PathLike, matrix: list[str] | None = None) -> list[dict]:
+    """One row per cell of ``matrix`` (every cell folder under ``cells_root`` when None)."""
     root = Path(cells_root)
-    for status_path in sorted(root.glob("**/status.json")):
-        rel = status_path.parent.relative_to(root)
-        family, params = cell_params(rel)
-        try:
-            status = _read_object(status_path)
-        except ValueError as exc:
-            rows.append({"family": family, "cell": str(rel), **params, "status": "corrupt",
-                         "error": str(exc)})
-            continue
-        row: dict[str, Any] = {"family": family, "cell": str(rel), **params,
-                               "status": status.get("status"), "error": status.get("error"),
-                               "job_id": status.get("job_id")}
-        metrics_path = status_path.parent / "cell" / "metrics.json"
-        try:
-            if metrics_path.is_file():
-                row.update(_metrics_columns(metrics_path))
-            elif status.get("status") in ("ok", "diverged"):
-                raise ValueError(f"{metrics_path}: missing, although status.json says "
-                                 f"{status.get('status')!r}")
-            row.update(asr_columns(status_path.parent / "asr"))
-            if family == "gate_override":
-                row.update(_gate_columns(status_path.parent / "cell", params.get("alpha")))
-        except ValueError as exc:  # one bad file costs its cell's row only
-            row.update(status="corrupt", error=str(exc))
-        rows.append(row)
-    return rows
+    return [_row(root, cell) for cell in (cells_on_disk(root) if matrix is None else matrix)]
+
+
+def _row(root: Path, rel: str) -> dict:
+    family, params = cell_params(rel)
+    status_path = root / rel / "status.json"
+    if not status_path.is_file():
+        return {"family": family, "cell": rel, **params, "status": "missing",
+                "error": f"{status_path}: not found (the cell has not run)"}
+    try:
+        status = _read_object(status_path)
+    except ValueError as exc:
+        return {"family": family, "cell": rel, **params, "status": "corrupt", "error": str(exc)}
+    row: dict[str, Any] = {"family": family, "cell": rel, **params,
+                           "status": status.get("status"), "error": status.get("error"),
+                           "job_id": status.get("job_id")}
+    metrics_path = status_path.parent / "cell" / "metrics.json"
+    try:
+        if metrics_path.is_file():
+            row.update(_metrics_columns(metrics_path))
+        elif status.get("status") in DONE:
+            raise ValueError(f"{metrics_path}: missing, although status.json says "
+                             f"{status.get('status')!r}")
+        row.update(asr_columns(status_path.parent / "asr"))
+        if family == "gate_override":
+            row.update(_gate_columns(status_path.parent / "cell", params.get("alpha")))
+    except ValueError as exc:  # one bad file costs its cell's row only
+        row.update(status="corrupt", error=str(exc))
+    return row
 
 
 def _read_object(path: Path) -> dict:
@@ -100,18 +110,52 @@ ASR_COLUMNS = ("consistency_wer", "asr_words_per_min", "asr_distinct_1", "asr_di
 
 
 def asr_columns(asr_dir: Path) -> dict:
-    """The ASR stage's per-cell numbers (``<cell>/asr/asr.json``); none for a cell without it."""
+    """The ASR stage's per-cell numbers (``<cell>/asr/asr.json``); none for a cell without it.
+    ValueError naming the file and field when a value read here, or a window of ``asr.jsonl``
+    (the consistency plot's points), is not of its type."""
     path = asr_dir / "asr.json"
     if not path.is_file():
         return {}
     a = _read_object(path)
-    if a.get("status") != "ok":
-        return {"asr_status": a.get("status")}
-    ind = a.get("indicators") or {}
-    return {"asr_status": "ok", "consistency_wer": (a.get("consistency") or {}).get("wer"),
-            **{k: ind.get(k) for k in ASR_COLUMNS[1:]},
-            "codec_untrained": a.get("codec_untrained"),
-            "asr_x_realtime": (a.get("speed") or {}).get("x_realtime")}
+    where = str(path)
+    status = check_value(str, a.get("status"), where, "status")
+    if status != "ok":
+        return {"asr_status": status}
+    consistency = check_value(dict, a.get("consistency") or {}, where, "consistency")
+    ind = check_value(dict, a.get("indicators") or {}, where, "indicators")
+    speed = check_value(dict, a.get("speed") or {}, where, "speed")
+    numbers = {"consistency_wer": check_value(float | None, consistency.get("wer"), where,
+                                              "consistency.wer"),
+               **{k: check_value(float | None, ind.get(k), where, f"indicators.{k}")
+                  for k in ASR_COLUMNS[1:]}}
+    _check_windows(asr_dir / "asr.jsonl")
+    return {"asr_status": "ok", **numbers,
+            "codec_untrained": check_value(bool | None, a.get("codec_untrained"), where,
+                                           "codec_untrained"),
+            "asr_x_realtime": check_value(float | None, speed.get("x_realtime"), where,
+                                          "speed.x_realtime")}
+
+
+def _check_windows(path: Path) -> None:
+    """Every window of ``asr.jsonl`` is an object with a ``start_s`` number and a
+    ``consistency_wer`` number or null (what the plot and the gates read)."""
+    if not path.is_file():
+        return
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc})") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            window = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
+        where = f"{path} line {n}"
+        check_value(dict, window, where, "window")
+        check_value(float, window.get("start_s"), where, "start_s")
+        check_value(float | None, window.get("consistency_wer"), where, "consistency_wer")
 
 
 def _mean_rel_gain(gains: dict[str, ChunkGain]) -> float | None:
@@ -215,14 +259,39 @@ def mark_ablation(rows: list[dict]) -> list[dict]:
 
 
 def aggregate(cells_root: str | os.PathLike, tables: str | os.PathLike, plots: str | os.PathLike,
-              families: list[str]) -> list[dict]:
+              families: list[str], matrix: str | os.PathLike | None = None,
+              warn: Callable[[str], Any] = print) -> list[dict]:
+    """Write ``cells.csv``, one table per family, ``orphans.csv`` and the plots; the rows. The
+    cells are ``matrix``'s (a cell list file), by default ``tables/matrix.txt`` when the workflow
+    wrote one; ValueError (one line) for a malformed list, before anything is written."""
     tables, plots = Path(tables), Path(plots)
+    matrix = matrix if matrix is not None else default_matrix(tables)
+    cells = read_matrix(matrix) if matrix is not None else None
+    if cells is None:
+        warn(f"warning: no matrix cell list ({tables / 'matrix.txt'}): every cell folder under "
+             f"{cells_root} is tabled")
     tables.mkdir(parents=True, exist_ok=True)
     plots.mkdir(parents=True, exist_ok=True)
-    rows = mark_ablation(mark_lr_grid(pair_twins(collect(cells_root))))
+    rows = mark_ablation(mark_lr_grid(pair_twins(collect(cells_root, cells))))
     write_csv(tables / "cells.csv", rows)
     for family in families:
         write_csv(tables / f"{family}.csv", [r for r in rows if r["family"] == family])
+    stale = [] if cells is None else orphans(cells_root, cells)
+    write_csv(tables / "orphans.csv", [_orphan(Path(cells_root), c) for c in stale],
+              columns=["cell", "family", "status"])
+    if stale:
+        warn(f"warning: {len(stale)} cell folder(s) under {cells_root} are not in the matrix, "
+             f"left out of every table (listed in {tables / 'orphans.csv'}): "
+             + ", ".join(stale[:5]) + (" …" if len(stale) > 5 else ""))
     from ttt.report.plots import make_plots
-    make_plots(Path(cells_root), rows, plots)
+    for line in make_plots(Path(cells_root), rows, plots):
+        warn(f"warning: {line}")
     return rows
+
+
+def _orphan(root: Path, cell: str) -> dict:
+    try:
+        status = _read_object(root / cell / "status.json").get("status")
+    except ValueError:
+        status = "corrupt"
+    return {"cell": cell, "family": cell_params(cell)[0], "status": status}

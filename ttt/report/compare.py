@@ -8,10 +8,13 @@ one row per matched cell and metric (A, B, B − A, relative change, ``regressio
 table in each run) and ``DIR/summary.txt``.
 
 A regression is a change in the bad direction by more than the metric's relative threshold
-(``|B − A| / |A|``; any bad change when A is 0), or a status / flag turning bad (ok → failed,
-``diverged`` False → True, ``upstream_bitwise_equal`` True → False). Metrics without a threshold
-are diffed but never flagged. Lost results are regressions too: a value present in A and blank in
-B, a cell present in one run only, a table of A absent from B or with fewer rows.
+(``|B − A| / |A|``; any bad change when A is 0), or a status / flag turning bad: any step down
+``ok`` → ``diverged`` → anything else (failed, timeout, corrupt, missing; so diverged → failed
+counts), ``diverged`` False → True, ``upstream_bitwise_equal`` True → False. Metrics without a
+threshold are diffed but never flagged. Lost results are regressions too: a value present in A
+and blank in B, a metric column of A that B's table lacks (renamed or dropped), a cell present in
+one run only, a table of A absent from B or with fewer rows. A threshold must be a finite number
+>= 0 (NaN would switch its check off): anything else is refused before any table is read.
 """
 from __future__ import annotations
 
@@ -66,20 +69,33 @@ def _canonical(value: str):
 
 def thresholds(overrides: dict | None = None) -> dict[str, tuple[int, float | None]]:
     """THRESHOLDS with ``{metric: relative threshold}`` overrides; a metric not in THRESHOLDS
-    needs ``{metric: [direction, threshold]}`` (direction -1 lower is better, +1 higher)."""
+    needs ``{metric: [direction, threshold]}`` (direction -1 lower is better, +1 higher). A
+    threshold is a finite number >= 0, or null (diffed, never flagged)."""
     out = dict(THRESHOLDS)
     for metric, value in (overrides or {}).items():
-        if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] in (-1, 1):
-            out[metric] = (int(value[0]), None if value[1] is None else float(value[1]))
+        if isinstance(value, (list, tuple)) and len(value) == 2 and value[0] in (-1, 1) \
+                and not isinstance(value[0], bool):
+            out[metric] = (int(value[0]), _limit(metric, value[1]))
         elif value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
             if metric not in out:
                 raise CompareError(f"compare threshold {metric!r}: a new metric needs "
                                    "[direction, threshold] (direction -1 lower is better, +1 higher)")
-            out[metric] = (out[metric][0], None if value is None else float(value))
+            out[metric] = (out[metric][0], _limit(metric, value))
         else:
             raise CompareError(f"compare threshold {metric!r}: expected a number, null or "
                                f"[direction, threshold], got {value!r}")
     return out
+
+
+def _limit(metric: str, value) -> float | None:
+    """A relative threshold: None, or a finite number >= 0 (a NaN would silence its check)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(value) or value < 0:
+        raise CompareError(f"compare threshold {metric!r}: must be a finite number >= 0 or null, "
+                           f"got {value!r}")
+    return float(value)
 
 
 def compare(rows_a: list[dict], rows_b: list[dict], limits: dict | None = None
@@ -115,18 +131,24 @@ def _index(rows: list[dict], name: str) -> dict:
     return out
 
 
+STATUS_RANK = {"ok": 0, "diverged": 1}  # every other status (failed, timeout, corrupt…) ranks 2
+
+
 def _status_row(a: dict, b: dict) -> dict:
-    good = ("ok",)
-    bad = a.get("status") in good and b.get("status") not in good
+    """Any step down ok → diverged → not completed is a regression (diverged → failed too)."""
+    rank = lambda row: STATUS_RANK.get(row.get("status"), 2)  # noqa: E731
     return {"cell_a": a["cell"], "cell_b": b["cell"], "metric": "status", "a": a.get("status"),
-            "b": b.get("status"), "delta": None, "rel_change": None, "threshold": "ok stays ok",
-            "regression": bad}
+            "b": b.get("status"), "delta": None, "rel_change": None,
+            "threshold": "no worse (ok > diverged > other)", "regression": rank(b) > rank(a)}
 
 
 def _metric_row(a: dict, b: dict, metric: str, limits: dict) -> dict:
     va, vb = a.get(metric, ""), b.get(metric, "")
     row = {"cell_a": a["cell"], "cell_b": b["cell"], "metric": metric, "a": va, "b": vb,
            "delta": None, "rel_change": None, "threshold": None, "regression": False}
+    if metric not in b and va not in ("", None):  # B's table has no such column at all
+        row.update(b=None, threshold="column kept", regression=True)
+        return row
     if metric in FLAGS:
         good = FLAGS[metric]
         if good is not None:
@@ -175,7 +197,8 @@ def summary_text(path_a, path_b, rows_a, rows_b, diff, unmatched, tables=()) -> 
     for r in regressions:
         rel = f" ({r['rel_change']:+.2%})" if isinstance(r["rel_change"], float) and math.isfinite(r["rel_change"]) else ""
         cell = r["cell_b"] if r["cell_a"] == r["cell_b"] else f"{r['cell_a']} ↔ {r['cell_b']}"
-        lines.append(f"  {cell}: {r['metric']} {r['a']} → {r['b']}{rel}")
+        after = "(no such column in B)" if r["threshold"] == "column kept" else r["b"]
+        lines.append(f"  {cell}: {r['metric']} {r['a']} → {after}{rel}")
     for u in unmatched:
         lines.append(f"  only in {u['only_in']}: {u['cell']} (status {u['status']})")
     for t in shrunk:

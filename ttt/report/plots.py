@@ -1,6 +1,8 @@
 """The report's plots (README "Plots"), drawn from the aggregated rows and each cell's tables:
 the LR × chunk heatmap, long-form ‖W‖ and perplexity, YaRN, the consistency (gibberish) curve and
-Figure 5's inner losses. A table that cannot be read leaves its curve out; its row says why.
+Figure 5's inner losses. A cell whose row is ``corrupt`` or ``missing``, a table that cannot be
+read, or a point without its coordinates is left out of the plot with a warning (returned, and
+printed by ``aggregate``): a bad cell file never costs a plot.
 """
 from __future__ import annotations
 
@@ -15,10 +17,18 @@ from ttt.report.tables import number, read_table
 
 TELEMETRY_CURVES = ["step", "inner_loss_initial", "inner_loss_before", "inner_loss_after"]
 
-def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
+UNDRAWABLE = ("corrupt", "missing")  # rows whose cell files cannot be trusted
+
+
+def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> list[str]:
+    """Draw every plot into ``plots``; the warnings (what was left out, and why)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    warnings = [f"plots: cell {r['cell']} left out ({r['status']}: {r.get('error')})"
+                for r in rows if r.get("status") in UNDRAWABLE]
+    rows = [r for r in rows if r.get("status") not in UNDRAWABLE]
 
     # LR × chunk heatmap of text perplexity (TTT on).
     grid = [r for r in rows if r["family"] == "lr_grid" and r.get("ttt") == "on"]
@@ -81,7 +91,7 @@ def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
     save_figure(fig, plots / "yarn.png")
     plt.close(fig)
 
-    _consistency_plot(cells_root, rows, plots / "consistency.png")
+    warnings += _consistency_plot(cells_root, rows, plots / "consistency.png")
 
     # Figure-5 curves: the longest TTT-on long-form cell; the hybrid's learned-gate cell.
     longest = sorted((r for r in rows if r["family"] == "long_form" and r.get("ttt") == "on"),
@@ -89,14 +99,16 @@ def make_plots(cells_root: Path, rows: list[dict], plots: Path) -> None:
     _figure5(cells_root, longest[-1:], plots / "figure5.png", "", hybrid=False)
     hybrid = [r for r in rows if r["family"] == "gate_override" and r.get("alpha") == "learned"]
     _figure5(cells_root, hybrid, plots / "figure5_hybrid.png", "TTT-MLP, learned gate: ", hybrid=True)
+    return warnings
 
 
-def _consistency_plot(cells_root: Path, rows: list[dict], path: Path) -> None:
+def _consistency_plot(cells_root: Path, rows: list[dict], path: Path) -> list[str]:
     """The gibberish detector: consistency WER (what the recogniser heard vs Moshi's text) per
     window against time, for the long-form generate cells (the short-form ones when the run has
-    none), TTT on and off."""
+    none), TTT on and off. The warnings: windows left out, named by file."""
     import matplotlib.pyplot as plt
 
+    warnings = []
     fig, ax = plt.subplots(figsize=(7, 3.5))
     family = next((f for f in ("long_form", "short_form")
                    if any(r["family"] == f and r.get("asr_status") == "ok" for r in rows)), None)
@@ -105,8 +117,15 @@ def _consistency_plot(cells_root: Path, rows: list[dict], path: Path) -> None:
         if r["family"] != family or r.get("asr_status") != "ok":
             continue
         untrained |= r.get("codec_untrained") is True
-        series = [(s["start_s"], s["consistency_wer"]) for s in
-                  _read_jsonl(cells_root / r["cell"] / "asr" / "asr.jsonl")]
+        windows = cells_root / r["cell"] / "asr" / "asr.jsonl"
+        rows_in, problem = _read_jsonl(windows)
+        series = [(s["start_s"], s["consistency_wer"]) for s in rows_in
+                  if number(s.get("start_s")) is not None and "consistency_wer" in s]
+        left_out = len(rows_in) - len(series)
+        if problem or left_out:
+            warnings.append(f"{windows}: " + (problem or f"{left_out} of {len(rows_in)} window(s)"
+                            " without a start_s number or a consistency_wer")
+                            + f", left out of {path.name}")
         ax.plot([_finite(t) for t, _ in series], [_finite(w) for _, w in series], "o-",
                 label=r["cell"].split("/", 1)[1])
     note = " (untrained codec: noise)" if untrained else ""
@@ -117,17 +136,21 @@ def _consistency_plot(cells_root: Path, rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+    return warnings
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    """Rows of a JSON-lines file for a plot; an unreadable one is left out of the plot."""
+def _read_jsonl(path: Path) -> tuple[list[dict], str | None]:
+    """(rows of a JSON-lines file for a plot, why some or all were left out, or None); an
+    unreadable file is left out of the plot whole."""
     if not path.is_file():
-        return []
+        return [], None
     try:
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        return []
-    return [r for r in rows if isinstance(r, dict)]
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        return [], f"unreadable ({type(exc).__name__})"
+    objects = [r for r in rows if isinstance(r, dict)]
+    return objects, (f"{len(rows) - len(objects)} line(s) not a JSON object"
+                     if len(objects) < len(rows) else None)
 
 
 def _figure5(cells_root: Path, cells: list[dict], path: Path, title: str, hybrid: bool) -> None:

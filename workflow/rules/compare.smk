@@ -1,7 +1,13 @@
 # Run-to-run comparison: `--config compare_with=PATH` diffs this run's cells against an earlier
 # results folder, matched by parameters (results/compare/diff.csv, unmatched.csv, summary.txt).
 
+from ttt.report.compare import CompareError, thresholds as compare_thresholds  # noqa: E402
+
 COMPARE_TARGETS = ["results/compare/summary.txt"] if config.get("compare_with") else []
+try:  # a threshold that would switch its check off (NaN, inf, < 0) stops the run before any job
+    compare_thresholds(config.get("compare_thresholds") or {})
+except CompareError as exc:
+    stop(f"config compare_thresholds: {exc}")
 
 
 rule compare_config:

@@ -41,6 +41,7 @@ rule verdicts_config:
 rule verdicts:
     input:
         cells="results/tables/cells.csv",
+        matrix="results/tables/matrix.txt",  # read beside cells.csv: every matrix cell judged
         thresholds="results/tables/verdicts.yaml",
     output:
         verdicts=report("results/tables/verdicts.csv", category="Verdicts"),

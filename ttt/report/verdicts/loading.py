@@ -1,7 +1,10 @@
 """A results tree as the gates see it: ``tables/cells.csv``'s rows, each a :class:`Cell` reading
 its own files on first use (``metrics.json``, ``timeseries.csv``, ``telemetry.csv``, the job log,
 the ASR output). A file that cannot be read marks its cell not done, with the reason: the
-``run.completed`` gate names it, and no other gate judges the cell."""
+``run.completed`` gate names it, and no other gate judges the cell. With the matrix's cell list
+(``tables/matrix.txt``, :mod:`ttt.report.cell_set`) the cells are exactly the matrix's: a matrix
+cell without a row in cells.csv (a table cut short) is a cell not done, named, and a row of a
+cell the matrix does not name is not judged."""
 from __future__ import annotations
 
 import json
@@ -11,7 +14,8 @@ from pathlib import Path
 
 from ttt.base.files import read_json
 from ttt.base.result import CellResult, ResultError
-from ttt.report.tables import read_table
+from ttt.report.cell_set import default_matrix, read_matrix
+from ttt.report.tables import cell_params, read_table
 
 DONE = ("ok", "diverged")
 
@@ -112,13 +116,18 @@ class Cell:
         return found[-1] if found else None
 
     def asr(self) -> dict | None:
-        """The ASR stage's summary (``asr/asr.json``), None when the stage did not run."""
+        """The ASR stage's summary (``asr/asr.json``), None when the stage did not run or its
+        file is unreadable (then recorded: the cell is not done)."""
         path = self.root / "asr" / "asr.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return self._object(path) if path.is_file() else None
 
     def asr_windows(self) -> list[dict]:
-        """The ASR stage's per-window rows (``asr/asr.jsonl``)."""
-        return read_jsonl(self.root / "asr" / "asr.jsonl")
+        """The ASR stage's per-window rows (``asr/asr.jsonl``); none when unreadable (recorded)."""
+        try:
+            return read_jsonl(self.root / "asr" / "asr.jsonl")
+        except ValueError as exc:
+            self._unreadable(exc)
+            return []
 
     def transcript(self) -> str | None:
         path = self.root / "cell" / "transcript.txt"
@@ -126,15 +135,40 @@ class Cell:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file; ValueError naming the file and line otherwise."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    return rows
 
 
 def load_cells(results: str | os.PathLike) -> list[Cell]:
+    """The cells to judge: cells.csv's rows, or, when the workflow wrote the matrix's cell list,
+    exactly the matrix's cells (module docstring)."""
     results = Path(results)
     table = results / "tables" / "cells.csv"
     if not table.is_file():
         raise ValueError(f"{table}: not found (run the aggregate rule first)")
-    return [Cell(row, results / "cells" / row["cell"])
-            for row in read_table(table, "cells table").to_dict("records")]
+    rows = read_table(table, "cells table").to_dict("records")
+    matrix_file = default_matrix(results / "tables")
+    if matrix_file is not None:
+        by_name = {row.get("cell"): row for row in rows}
+        rows = [by_name.get(cell) or _lost_row(cell, table) for cell in read_matrix(matrix_file)]
+    return [Cell(row, results / "cells" / row["cell"]) for row in rows]
+
+
+def _lost_row(cell: str, table: Path) -> dict:
+    """A matrix cell that cells.csv lacks: not done, and why."""
+    family, params = cell_params(cell)
+    return {"family": family, "cell": cell, **params, "status": "missing",
+            "error": f"no row in {table} (cut short? rerun the aggregate rule)"}
