@@ -79,8 +79,9 @@ BAD = {
         "runs without TTT; model tiny's trained TTT layers [1, 3] would go unused"),
     "layers out of range": ({"ttt__layers": [9]},
                             "config ttt.layers: [9] out of range for a model with 4 layers"),
-    "NaN compare threshold": ({"compare_thresholds": {"wer": float("nan")}},
-                              "config compare_thresholds: compare threshold 'wer': must be a finite"),
+    "negative compare threshold": ({"compare_thresholds": {"wer": -0.1}},
+                                   "config compare_thresholds: compare threshold 'wer': must be a "
+                                   "finite number >= 0 or null, got -0.1"),
 }
 
 

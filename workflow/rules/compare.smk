@@ -4,7 +4,7 @@
 from ttt.report.compare import CompareError, thresholds as compare_thresholds  # noqa: E402
 
 COMPARE_TARGETS = ["results/compare/summary.txt"] if config.get("compare_with") else []
-try:  # a threshold that would switch its check off (NaN, inf, < 0) stops the run before any job
+try:  # a threshold compare would refuse (< 0, not a number; NaN: preflight) stops the run up front
     compare_thresholds(config.get("compare_thresholds") or {})
 except CompareError as exc:
     stop(f"config compare_thresholds: {exc}")
