@@ -5,7 +5,7 @@
 # the training log and control.json.
 set -euo pipefail
 export NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1
-TIME_LIMIT=${TIME_LIMIT:-110}
+STEPS=${STEPS:-877}   # optimizer steps (the shipped default trained 877); never wall time
 W=/tmp/ctl; mkdir -p $W
 P=python3
 t0=$(date +%s)
@@ -16,7 +16,7 @@ wait
 echo "data $(( $(date +%s) - t0 )) s"
 $P -m ttt.eval.control encode $W/data/train/manifest.jsonl $W/data/val/manifest.jsonl $W/data/test/manifest.jsonl --device cuda --cache-dir $W/cache --batch 32
 echo "encoded $(( $(date +%s) - t0 )) s"; sha256sum $W/cache/models/tiny-seed0/mimi.safetensors
-sed -e "s/TTT_LR/${TTT_LR:-0.01}/; s/CHUNK/${CHUNK:-8}/; s/TIME_LIMIT/$TIME_LIMIT/" gpu/control/variant.yaml > $W/train.yaml
+sed -e "s/TTT_LR/${TTT_LR:-0.01}/; s/CHUNK/${CHUNK:-8}/; s/__STEPS__/$STEPS/" gpu/control/variant.yaml > $W/train.yaml
 $P -m ttt train --config $W/train.yaml --out $W/run > $W/train.log 2>&1
 echo "trained $(( $(date +%s) - t0 )) s"; tail -n 2 $W/train.log
 C=$W/run/checkpoint; M=$W/data/test/manifest.jsonl

@@ -5,14 +5,14 @@
 # needed: every word is cached) → Mimi codes (strict fp32) → `ttt train` → the held-out test
 # table (trained TTT settings, production flags, untrained). $OUT gets the checkpoint's LM files,
 # the training config and log, and control.json (+ extra.tgz: full training log, 2 test codes).
-# A CPU dry run (README "The embedded default"): DEVICE=cpu TIME_LIMIT=5 TRAIN_COUNT=4 VAL_COUNT=1 TEST_COUNT=2
+# A CPU dry run (README "The embedded default"): DEVICE=cpu STEPS=5 TRAIN_COUNT=4 VAL_COUNT=1 TEST_COUNT=2
 # JOBS=2 DURATION=16 PYTHON=.../.venv/bin/python BUNDLE=... WORK=... OUT=... gpu/control/run_speech.sh
 set -euo pipefail
 export NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1
 B=${BUNDLE:-.ctl-speech}; W=${WORK:-/tmp/ctls}; DEVICE=${DEVICE:-cuda}; P=${PYTHON:-python3}
-# TIME_LIMIT (training seconds) unset: what is left of BUDGET (whole script, s) after encoding,
-# less 100 s for the evaluations, within [60, 240]
-BUDGET=${BUDGET:-420}; TRAIN_COUNT=${TRAIN_COUNT:-1200}; JOBS=${JOBS:-12}
+# STEPS: optimizer steps (default: the committed H100 run's 2390). Never wall time: the step count,
+# and so the model, must not depend on how fast the machine encodes or trains (issue 24).
+STEPS=${STEPS:-2390}; TRAIN_COUNT=${TRAIN_COUNT:-1200}; JOBS=${JOBS:-12}
 VAL_COUNT=${VAL_COUNT:-16}; TEST_COUNT=${TEST_COUNT:-32}   # per group (recurrent, plain)
 DURATION=${DURATION:-32}; RECUR_AFTER=${RECUR_AFTER:-5}; BATCH=${BATCH:-16}
 # STOP_AFTER=encode: stop once the Mimi codes are cached (a later run with the same settings and
@@ -46,9 +46,8 @@ $P -m ttt.eval.control encode "$W/data/test.jsonl" "$W/data/val.jsonl" "$W/data/
    --base "$W/base" --device "$DEVICE" --cache-dir "$W/cache" --batch ${MIMI_BATCH:-24}  # 24 x 32 s: run.sh's 32 x 24 s
 spent=$(( $(date +%s) - t0 )); echo "encoded $spent s"
 [ "${STOP_AFTER:-}" = encode ] && exit 0
-TIME_LIMIT=${TIME_LIMIT:-$(( BUDGET - spent - 100 < 60 ? 60 : (BUDGET - spent - 100 > 240 ? 240 : BUDGET - spent - 100) ))}
-echo "training for $TIME_LIMIT s"
-sed -e "s#WORK#$W#g; s/DEVICE/$DEVICE/; s/TTT_LR/${TTT_LR:-0.01}/; s/CHUNK/${CHUNK:-8}/; s/TIME_LIMIT/$TIME_LIMIT/; s/BATCH/$BATCH/; s/LOG_EVERY/${LOG_EVERY:-50}/" \
+echo "training for $STEPS steps"
+sed -e "s#WORK#$W#g; s/DEVICE/$DEVICE/; s/TTT_LR/${TTT_LR:-0.01}/; s/CHUNK/${CHUNK:-8}/; s/__STEPS__/$STEPS/; s/BATCH/$BATCH/; s/LOG_EVERY/${LOG_EVERY:-50}/" \
     gpu/control/variant_speech.yaml > "$W/train.yaml"
 $P -m ttt train --config "$W/train.yaml" --out "$W/run" > "$W/train.log" 2>&1 || { tail -n 20 "$W/train.log"; exit 1; }
 echo "trained $(( $(date +%s) - t0 )) s"; tail -n 2 "$W/train.log"
