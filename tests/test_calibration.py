@@ -8,7 +8,7 @@ from ttt.base.files import write_csv
 from ttt.cli.main import main
 from ttt.launch.calibration import SCENARIOS, calibration_cells, calibration_rows, scenario_path, twin_path
 
-F = {"model": "tiny", "conversations": 4, "duration_s": 20, "long_duration_s": 60, "seed": 101,
+F = {"model": "tiny", "conversations": 4, "duration_s": 20, "long_duration_s": 40, "seed": 1,
      "window_s": 4}
 BASE = {"model": "tiny", "base": None, "device": "cpu", "dtype": "bfloat16", "cache_dir": "c"}
 
@@ -46,7 +46,8 @@ def checks_for(verdicts: dict) -> list[dict]:
     for s in SCENARIOS:
         for signal, expected in s.expected.items():
             cell = scenario_path(s) + (f" vs {twin_path(s.data)}" if s.ttt is not None else "")
-            rows.append({"signal": signal, "cell": cell, "passed": verdicts.get((s.name, signal), expected),
+            rows.append({"signal": signal, "cell": cell,
+                         "passed": verdicts.get((s.name, signal), expected.split("|")[0]),
                          "explanation": "x"})
     return rows
 
@@ -54,6 +55,9 @@ def checks_for(verdicts: dict) -> list[dict]:
 def test_rows_agree_disagree_and_missing():
     rows = calibration_rows(checks_for({}))
     assert rows and all(r["agree"] for r in rows)
+    either = [r for r in rows if "|" in r["expected"]]
+    assert either and all(r["agree"] for r in calibration_rows(checks_for(
+        {(r["scenario"], r["signal"]): r["expected"].split("|")[1] for r in either})))
     rows = calibration_rows(checks_for({("harmful_lr", "responsiveness.perplexity_text"): "no significant difference"}))
     wrong = [r for r in rows if not r["agree"]]
     assert [(r["scenario"], r["verdict"]) for r in wrong] == [("harmful_lr", "no significant difference")]
@@ -78,3 +82,34 @@ def test_missing_checks_table_is_one_line_exit_2(tmp_path, capsys):
     assert main(["calibration", "--results", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "verdicts_cells.csv" in err[0]
+
+
+@pytest.mark.slow
+def test_the_default_runs_calibration_agrees(tmp_path):
+    """The default run's calibration family, outside Snakemake: every scenario a real cell on the
+    embedded default, judged by the real gates with the default thresholds, every verdict the
+    known one. This fails `make test` when a gate stops telling its answers apart."""
+    import json
+
+    import yaml
+    from results_factory import aggregate_tables
+    from ttt.eval.cell import CellConfig, run_cell
+    from ttt.report import verdicts
+    from ttt.report.verdicts.render import write_verdicts
+
+    from pathlib import Path
+    repo = Path(__file__).resolve().parent.parent
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    small = config["calibration"]
+    base = {"model": small["model"], "base": None, "device": "cpu", "dtype": "float32",
+            "cache_dir": str(tmp_path / "cache")}
+    for path, cell in calibration_cells(small, base).items():
+        d = tmp_path / "cells" / path
+        run_cell(CellConfig.from_dict(cell), d / "cell", log=lambda m: None)
+        (d / "status.json").write_text(json.dumps({"status": "ok"}))
+    aggregate_tables(tmp_path)
+    write_verdicts(tmp_path, tmp_path / "tables", verdicts.thresholds(config["verdicts"]))
+    rows = calibration_rows(list(csv.DictReader(open(tmp_path / "tables" / "verdicts_cells.csv"))))
+    wrong = [(r["scenario"], r["signal"], r["expected"], r["verdict"], r["explanation"])
+             for r in rows if not r["agree"]]
+    assert rows and not wrong, wrong
