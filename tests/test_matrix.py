@@ -103,7 +103,8 @@ def test_family_values_reach_their_cells(config):
         assert cell["ab"] is (params["ttt"] == "on")
         assert cell["data"]["demo"]["durations"] == [tokens / 12.5 + 1]  # Mimi's 12.5 frames/s
     for params, cell in fams["long_form"]:
-        assert cell["data"] == {"demo": {"durations": [float(params["duration"])],
+        n = config["long_form"].get("conversations", 1)  # conversations per cell
+        assert cell["data"] == {"demo": {"durations": [float(params["duration"])] * n,
                                          "seed": config["long_form"]["seed"], "recurrent": True}}
     for params, cell in fams["ablation"]:
         if params["ttt"] == "on":
@@ -138,10 +139,10 @@ def test_cells_with_the_same_inputs_share_one_dataset(config):
     for c in cells.values():
         c["model_digest"] = "d" * 16
     ids = {p: matrix.dataset_id(c) for p, c in cells.items()}
-    assert ids["long_form/duration~30/ttt~on"] == ids["long_form/duration~30/ttt~off"]
-    assert ids["long_form/duration~30/ttt~on"] != ids["long_form/duration~60/ttt~on"]
-    other = dict(cells["long_form/duration~30/ttt~on"], model_digest="e" * 16)
-    assert matrix.dataset_id(other) != ids["long_form/duration~30/ttt~on"]
+    assert ids["long_form/duration~20/ttt~on"] == ids["long_form/duration~20/ttt~off"]
+    assert ids["long_form/duration~20/ttt~on"] != ids["long_form/duration~40/ttt~on"]
+    other = dict(cells["long_form/duration~20/ttt~on"], model_digest="e" * 16)
+    assert matrix.dataset_id(other) != ids["long_form/duration~20/ttt~on"]
 
 
 def test_panel_cells_and_their_errors(config):
