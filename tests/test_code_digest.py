@@ -1,5 +1,5 @@
 """Issue 25 item 5: a code edit reruns the cells it changes. Every cell config records the digest
-of the ttt source a cell runs and moshi's version (ttt/launch/code.py), so after an edit
+of the ttt source a cell runs and moshi's version (ttt/base/code_identity.py), so after an edit
 `snakemake -n` plans the cells again (it planned nothing: results of the old code were reused
 silently); `code_digest: pin` keeps them on purpose; a table edit (ttt/report) reruns no cell.
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ttt.launch import code
+from ttt.base import code_identity as code
 from test_workflow_checks import fake_completed_cells, planned
 
 REPO = Path(__file__).resolve().parent.parent

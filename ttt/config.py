@@ -330,7 +330,7 @@ class CellConfig:
     # checkpoint at the same path changes the cell config, and the tables show what ran.
     model_digest: str | None = None
     # Digest of the ttt source and moshi's version the workflow planned the cell with
-    # (ttt/launch/code.py): a code edit changes the cell config, so the cell reruns.
+    # (ttt/base/code_identity.py): a code edit changes the cell config, so the cell reruns.
     code_digest: str | None = None
     # mode playback only (ttt/eval/playback.py): Moshi's text stream is the alignment words or
     # empty; its audio the recorded Moshi channel or silence.

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ttt.base.files import write_audio, write_csv
+from ttt.base.code_identity import code_digest
 from ttt.base.identity import file_digest, files_digest
 from ttt.eval.cell_outputs import telemetry_summary, write_plots
 from ttt.eval.data import FRAME_RATE, OTHER, SAMPLE_RATE, conversation_codes, reference_speaker
@@ -33,10 +34,12 @@ _NOT_STREAM_STATE = ("cell", "family", "cache_dir", "snapshot_every", "window_s"
 
 
 def _run_identity(cfg, sources) -> dict:
-    """The part of a snapshot's identity known before loading anything: config and model."""
+    """The part of a snapshot's identity known before loading anything: config, model and the
+    code running (a resume after a code edit would mix two versions of the code in one run)."""
     return json.loads(json.dumps({
         "config": {k: v for k, v in cfg.to_dict().items() if k not in _NOT_STREAM_STATE},
-        "model": files_digest(sources.files)}))
+        "model": files_digest(sources.files),
+        "code": code_digest()}))
 
 
 def refuse_foreign_snapshots(cfg, out: Path, sources) -> None:
@@ -60,6 +63,7 @@ def _stream_identity(cfg, bundle, n: int, item, user: torch.Tensor) -> dict:
         "resolved_ttt": bundle.ttt.to_dict() if bundle.ttt else None,
         "resolved_yarn": bundle.yarn.to_dict() if bundle.yarn else None,
         "model": bundle.content_id,
+        "code": code_digest(),
         "input": {"index": n, "audio": file_digest(item.path), "frames": codes.shape[-1],
                   "codes": hashlib.sha256(codes.numpy().tobytes()).hexdigest()}}))
 

@@ -86,7 +86,8 @@ def snapshot(modules: Mapping[str, StreamingModule], extra: Any = None,
              identity: Mapping[str, Any] | None = None) -> dict:
     """The streaming state of each named module (e.g. ``{"gen": lm_gen, "mimi": mimi}``), the RNG
     states, ``extra`` (the caller's position in its input, outputs so far, ...) and ``identity``
-    (what the run continues: config, model and input digests; see :func:`identity_mismatch`)."""
+    (what the run continues: config, model, code and input digests; see
+    :func:`identity_mismatch`)."""
     states = {}
     for name, module in modules.items():
         if not module.is_streaming:

@@ -16,7 +16,8 @@ REPO = os.path.dirname(workflow.basedir)
 sys.path.insert(0, REPO)
 _PYTHONPATH = shlex.quote(REPO) + "${PYTHONPATH:+:$PYTHONPATH}"
 shell.prefix("set -euo pipefail; export PYTHONPATH={_PYTHONPATH}; ")
-from ttt.launch import code, matrix, preflight, schema  # noqa: E402
+from ttt.base import code_identity as code  # noqa: E402
+from ttt.launch import cost, matrix, preflight, schema  # noqa: E402
 from ttt.report.tables import cell_value  # noqa: E402  (the reports parse it)
 
 PLOTS = ["lr_grid", "long_form", "yarn", "figure5", "figure5_hybrid", "consistency"]
@@ -44,8 +45,7 @@ checked(schema.check, schema.coerce(config, SCHEMA), SCHEMA)
 validate(config, "../schemas/config.schema.yaml")
 MATRIX = matrix.build_matrix(config)
 # The matrix's GPU cost per family, from the costs measured at 7B (ttt/launch/cost.py), before any job.
-from ttt.launch import cost as _cost  # noqa: E402
-sys.stderr.write("".join(line + "\n" for line in _cost.lines(MATRIX, _cost.latest_costs())))
+sys.stderr.write("".join(line + "\n" for line in cost.lines(MATRIX, cost.latest_costs())))
 MODELS = checked(preflight.check_workflow, config, MATRIX)
 # The code a cell runs is part of its config: a code edit reruns the cells (`code_digest: pin`
 # keeps the results of older code on purpose; docs/config.md "Code changes").
