@@ -30,7 +30,7 @@ def test_teacher_forced_cell_outputs_and_perplexity(cache, tmp_path):
     metrics = run_cell(cell(cache, ab=True), out, log=lambda m: None)
     assert sorted(p.name for p in out.iterdir()) == [
         "diagnostics.csv", "metrics.json", "perplexity.png", "telemetry.csv", "telemetry.png",
-        "timeseries.csv"]
+        "timeseries.csv", "token_nll.npz"]
     saved = json.loads((out / "metrics.json").read_text())
     typed = load_result(out / "metrics.json")  # what the reports read: every key checked
     assert typed.schema_version == SCHEMA_VERSION and typed.ab.pre_update_logits_rel_err < 1e-6
