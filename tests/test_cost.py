@@ -83,3 +83,12 @@ def test_cli_prints_a_line_per_family_and_refuses_a_bad_config(tmp_path, full_ce
     bad.write_text("families: [nonsense_family]\n")
     done = subprocess.run(cmd[:4] + [str(bad)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_a_cpu_config_is_not_priced_with_gpu_costs():
+    from snakemake.utils import validate
+    from ttt.cli.cost import SCHEMA
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    validate(config, str(SCHEMA))
+    lines = cost.lines(matrix.build_matrix(config), {"measured": MEASURED})
+    assert len(lines) == 1 and "CPU" in lines[0]

@@ -53,3 +53,16 @@ def test_upstream_model_of_a_ttt_checkpoint_is_never_built_random(cache):
     stored = load_file(str(src.lm_weights))
     for key, value in plain.state_dict().items():
         assert torch.equal(value, stored[key].to(value.dtype)), key
+
+
+def test_token_cross_entropy_in_row_slices_is_the_one_call():
+    """The teacher-forced loss in slices of rows (bounded memory) equals one call, bitwise."""
+    import torch.nn.functional as F
+    from ttt.eval import metrics
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 700, 50, generator=g).to(torch.bfloat16)
+    target = torch.randint(0, 60, (2, 3, 700), generator=g)
+    want = F.cross_entropy(logits.reshape(-1, 50).float(), target.reshape(-1).clamp_max(49),
+                           reduction="none").view(target.shape)
+    assert logits.reshape(-1, 50).shape[0] > 2 * metrics.CE_ROWS  # several slices and a tail
+    assert torch.equal(metrics._token_ce(logits, target), want)

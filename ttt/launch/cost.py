@@ -136,6 +136,8 @@ def estimate(cells: Mapping[str, Mapping[str, Any]], m: Mapping[str, Any]) -> di
 
 def lines(cells: Mapping[str, Mapping[str, Any]], costs: Mapping[str, Any] | None) -> list[str]:
     """One line per family (and a total) for a dry run; one line saying why when no costs exist."""
+    if cells and all(str(c.get("device", "")).startswith("cpu") for c in cells.values()):
+        return ["cost: every cell runs on the CPU; the GPU costs measured at 7B do not apply"]
     if costs is None:
         return ["cost: no measured costs (bench/results/*-matrix-cost.json); run bench/matrix_cost.py on a GPU"]
     m = costs["measured"]
