@@ -46,8 +46,7 @@ validate(config, "../schemas/config.schema.yaml")
 MATRIX = matrix.build_matrix(config)
 MODELS = checked(preflight.check_workflow, config, MATRIX)
 # The matrix's GPU cost per family (ttt/launch/cost.py, docs/gpu-performance.md), before any job.
-sys.stderr.write("".join(f"{line}
-" for line in cost.lines(MATRIX, cost.latest_costs())))
+sys.stderr.write("".join(f"{line}\n" for line in cost.lines(MATRIX, cost.latest_costs())))
 # The code a cell runs is part of its config: a code edit reruns the cells (`code_digest: pin`
 # keeps the results of older code on purpose; docs/config.md "Code changes").
 CODE_DIGEST = code.code_digest()
