@@ -104,12 +104,16 @@ def test_the_default_runs_calibration_agrees(tmp_path):
     base = {"model": small["model"], "base": None, "device": "cpu", "dtype": "float32",
             "cache_dir": str(tmp_path / "cache")}
     for path, cell in calibration_cells(small, base).items():
+        if cell["mode"] == "playback":  # through the ASR stage: test_gibberish.py's slow test
+            continue
         d = tmp_path / "cells" / path
         run_cell(CellConfig.from_dict(cell), d / "cell", log=lambda m: None)
         (d / "status.json").write_text(json.dumps({"status": "ok"}))
     aggregate_tables(tmp_path)
     write_verdicts(tmp_path, tmp_path / "tables", verdicts.thresholds(config["verdicts"]))
     rows = calibration_rows(list(csv.DictReader(open(tmp_path / "tables" / "verdicts_cells.csv"))))
+    playback = {s.name for s in SCENARIOS if s.cell.get("mode") == "playback"}
+    rows = [r for r in rows if r["scenario"] not in playback]
     wrong = [(r["scenario"], r["signal"], r["expected"], r["verdict"], r["explanation"])
              for r in rows if not r["agree"]]
     assert rows and not wrong, wrong

@@ -36,7 +36,8 @@ def test_cell_count_per_family_follows_the_config(config):
     fams = by_family(cells)
     expected = {
         "short_form": 2,  # TTT on and off
-        "long_form": 2 * len(config["long_form"]["durations_s"]),
+        # on, off, and stabilised when a stabiliser is configured
+        "long_form": (2 + bool(config["long_form"].get("stabiliser"))) * len(config["long_form"]["durations_s"]),
         "yarn": 2 * len(config["yarn"]["tokens"]),
         "lr_grid": len(config["lr_grid"]["lrs"]) * len(config["lr_grid"]["chunks"]) + 1,  # + one off
         "regression": 1,  # TTT off only
@@ -47,7 +48,7 @@ def test_cell_count_per_family_follows_the_config(config):
         "calibration": len(SCENARIOS) + len({s.data for s in SCENARIOS if s.ttt is not None}),
     }
     assert {f: len(c) for f, c in fams.items()} == expected
-    assert len(cells) == 36 + expected["calibration"]  # the default run's cells
+    assert len(cells) == 36 + 2 + expected["calibration"]  # the default run's cells
 
 
 def test_only_the_named_families_are_built(config):
@@ -73,7 +74,9 @@ def test_ttt_on_cells_merge_the_top_level_ttt_and_off_cells_switch_it_off(config
                 assert cell["ttt"] == {"enabled": False}, cell["cell"]
                 continue
             own = {
-                "short_form": {}, "long_form": {}, "yarn": {},
+                "short_form": {}, "yarn": {},
+                "long_form": dict(config["long_form"].get("stabiliser") or {})
+                if params.get("stabiliser") else {},
                 "lr_grid": {"lr": float(params.get("lr", 0)), "chunk_size": int(params.get("chunk", 0)),
                             "delta_clip_fro_norm": config["lr_grid"]["delta_clip_fro_norm"]},
                 "telemetry": {"delta_clip_fro_norm": config["telemetry"]["delta_clip_fro_norm"],

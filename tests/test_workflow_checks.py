@@ -145,7 +145,8 @@ def test_default_recurrent_families_hold_a_full_copy_in_several_windows(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     cells = [yaml.safe_load(p.read_text()) for p in (tmp_path / "results/cells").glob("**/cell.yaml")]
     per_family = {f: sum(c["family"] == f for c in cells) for f in ("long_form", "yarn")}
-    assert per_family == {"long_form": 2 * len(cfg["long_form"]["durations_s"]),
+    stabilised = bool(cfg["long_form"].get("stabiliser"))
+    assert per_family == {"long_form": (2 + stabilised) * len(cfg["long_form"]["durations_s"]),
                           "yarn": 2 * len(cfg["yarn"]["tokens"])}
     for c in cells:
         demo = c["data"]["demo"]

@@ -18,7 +18,8 @@ from typing import Any, Mapping
 from ttt.base.files import write_csv
 from ttt.report.tables import cell_path, read_table
 
-PLAYBACK_MANIFEST = "ttt/assets/playback/manifest.jsonl"
+# Shipped with the package (ttt/assets/playback/README.md): found wherever the workflow runs.
+PLAYBACK_MANIFEST = str(Path(__file__).resolve().parent.parent / "assets" / "playback" / "manifest.jsonl")
 
 # An expected verdict is one answer, or several separated by "|" when the truth sits at a
 # boundary the scenario cannot fix (stated in the scenario's ``why``).
@@ -93,8 +94,7 @@ def data_sets(f: Mapping[str, Any]) -> dict[str, dict]:
     playback scenarios play back."""
     n, d, seed = int(f["conversations"]), float(f["duration_s"]), int(f["seed"])
     return {"recurrent": {"demo": {"durations": [d] * n, "seed": seed, "recurrent": True}},
-            # real speech with alignments, shipped (ttt/assets/playback/README.md); relative to
-            # the repository root, where the workflow runs
+            # real speech with alignments, shipped (ttt/assets/playback/README.md)
             "speech": {"manifest": PLAYBACK_MANIFEST},
             "plain": {"demo": {"durations": [d] * n, "seed": seed + 1000}},
             "long": {"demo": {"durations": [float(f["long_duration_s"])], "seed": seed,

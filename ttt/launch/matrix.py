@@ -79,9 +79,16 @@ def _short_form(b: _Builder, f: Mapping[str, Any]) -> None:
 
 
 def _long_form(b: _Builder, f: Mapping[str, Any]) -> None:
+    """TTT on and off per length; with ``stabiliser`` (TTT keys, e.g. ``{decay: 0.95}``) a third
+    cell runs the same stream stabilised, judged against the same TTT-off twin: "does it stay
+    stable without resets?" answered side by side."""
     for d in f["durations_s"]:
         for on in (True, False):
             b.add("long_form", [("duration", d)], f["mode"], _data(f, d, f["seed"]), on,
+                  window_s=f["window_s"], snapshot_every=f["snapshot_every"])
+        if f.get("stabiliser"):
+            b.add("long_form", [("duration", d), ("stabiliser", "on")], f["mode"],
+                  _data(f, d, f["seed"]), True, dict(f["stabiliser"]),
                   window_s=f["window_s"], snapshot_every=f["snapshot_every"])
 
 

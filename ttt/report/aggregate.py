@@ -21,7 +21,7 @@ from ttt.base.result import load as load_result
 from ttt.report.cell_set import cells_on_disk, default_matrix, orphans, read_matrix
 from ttt.report.tables import cell_params, number, read_table, write_csv
 
-TWIN_FREE = {"ttt", "lr", "chunk", "ablation", "alpha", "scenario"}  # parameters an off-twin need not share
+TWIN_FREE = {"ttt", "lr", "chunk", "ablation", "alpha", "scenario", "stabiliser"}  # parameters an off-twin need not share
 TRANSCRIPT_WORDS = 40  # words of each transcript shown side by side in gate_override.csv
 DONE = ("ok", "diverged")
 
