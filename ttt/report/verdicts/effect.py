@@ -18,7 +18,7 @@ def weights_inert(c: Cell) -> tuple[bool, float, str, float]:
     when the fast weights never moved by what the dtype resolves, so any on/off difference is the
     TTT path's rounding, not learning (bf16 at 32k tokens: windows differ by up to 8e-4 while W
     moved 1e-8)."""
-    dtype = (c.metrics.get("config") or {}).get("dtype", "float32")
+    dtype = c.result.dtype
     eps = DTYPE_EPS.get(dtype, DTYPE_EPS["float32"])
     rel = max((number(r.get("w_drift")) / number(r.get("w_norm")) for r in c.table("telemetry.csv")
                if number(r.get("w_drift")) is not None and number(r.get("w_norm"))), default=0.0)
@@ -32,9 +32,8 @@ def effect_of(c: Cell, twin: Cell | None, min_change: float) -> tuple[bool, floa
     *and* the outputs equal the TTT-off twin's (each conversation's mean NLL, per stream, within
     ``min_change`` relative, or the same text). Without a twin the outputs cannot be checked, so TTT is not
     called inert. Names lr·τ, the bound on each update's size."""
-    m = c.metrics
     inert, rel, dtype, eps = weights_inert(c)
-    ttt = (m.get("config") or {}).get("resolved_ttt") or {}
+    ttt = c.result.resolved_ttt or {}  # the resolved TTTConfig (a config mapping, not a result)
     lr, tau = ttt.get("lr"), ttt.get("delta_clip_fro_norm")
     bound = (f"lr·τ = {lr:g}·{tau:g} = {lr * tau:.3g} bounds each update's ‖ΔW‖_F"
              if lr is not None and tau else f"lr = {lr} (no clip: lr·τ bounds nothing)")

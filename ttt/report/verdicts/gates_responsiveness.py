@@ -42,7 +42,7 @@ def _perplexity(s: Scope, stream: str):
         pair, why = pair_of(c, twin)
         name = f"{c.name} vs {twin.name}"
         if pair is None:
-            if c.metrics.get("mode") == "teacher_forced":
+            if c.result.mode == "teacher_forced":
                 out.append(check(name, None, "CI excludes 0", None, why))
             continue
         works, _, inert_why = effect_of(c, twin, min_change)

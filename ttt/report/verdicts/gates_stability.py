@@ -2,6 +2,7 @@
 clip does not saturate)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -31,9 +32,10 @@ def finite(s: Scope):
         if not c.done:
             continue
         bad = []
-        m = c.metrics
         for key in ("perplexity", "wer", "ttt_telemetry", "ab"):
-            for path, value in _numbers(m.get(key), key):
+            section = getattr(c.result, key)
+            section = dataclasses.asdict(section) if dataclasses.is_dataclass(section) else section
+            for path, value in _numbers(section, key):
                 if not math.isfinite(value):
                     bad.append(f"metrics {path}={value}")
         for name in ("timeseries.csv", "telemetry.csv"):
@@ -42,7 +44,7 @@ def finite(s: Scope):
                     x = number(v)
                     if x is not None and not math.isfinite(x):
                         bad.append(f"{name} {k}={v} at step {row.get('step', row.get('start_s'))}")
-        if m.get("diverged"):
+        if c.result.diverged:
             bad.insert(0, "marked diverged")
         out.append(check(c.name, float(len(bad)), "0 non-finite", not bad,
                          "; ".join(bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")

@@ -33,7 +33,7 @@ def usefulness(s: Scope):
         pair, why = pair_of(c, twin)
         name = f"{c.name} vs {twin.name}"
         if pair is None:
-            if c.metrics.get("mode") == "teacher_forced":
+            if c.result.mode == "teacher_forced":
                 out.append(check(name, None, "late CI not below 0", None, why))
             continue
         split = 1 - g["late_fraction"]
@@ -97,8 +97,7 @@ def usefulness_rows(cells, by_name, families) -> list[dict]:
         pair, _ = pair_of(c, twin)
         if pair is None:
             continue
-        chunk = int(number(((c.metrics.get("config") or {}).get("resolved_ttt") or {})
-                           .get("chunk_size")) or 16)
+        chunk = int(number((c.result.resolved_ttt or {}).get("chunk_size")) or 16)
         rows += [{"cell": c.name, "twin": twin.name, **r}
                  for r in chunk_series(pair, chunk, FRAME_RATE)]
     return rows
