@@ -164,6 +164,11 @@ def test_usefulness_series_and_plot_are_written(tmp_path):
     assert all(gain[i, c] == pytest.approx(-0.2, abs=0.05) for i in range(4) for c in range(5, 10))
     assert {r["beyond_context"] for r in rows if r["chunk"] in ("0", "1")} == {"False"}
     assert (tmp_path / "plots" / "usefulness.png").stat().st_size > 10_000
+    with open(tmp_path / "tables" / "effects.csv") as f:
+        effects = {(r["cell"], r["stream"], r["region"]): r for r in csv.DictReader(f)}
+    before = effects[(ON, "text", "before_context")]  # frames 0-31: on 2.8 vs off 3.0
+    assert before["answer"] == "helps" and float(before["ppl_on"]) == pytest.approx(np.exp(2.8), rel=0.01)
+    assert effects[(ON, "text", "beyond_context")]["conversations"] == "4"
 
 
 def test_control_table_uses_the_same_statistic_as_the_verdicts():

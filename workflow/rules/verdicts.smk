@@ -46,6 +46,8 @@ rule verdicts:
     output:
         verdicts=report("results/tables/verdicts.csv", category="Verdicts"),
         checks=report("results/tables/verdicts_cells.csv", category="Verdicts"),
+        effects=report("results/tables/effects.csv", category="Verdicts"),
+        usefulness=report("results/tables/usefulness.csv", category="Verdicts"),
         rst="results/tables/verdicts.rst",
     log:
         "results/tables/verdicts.log",

@@ -103,6 +103,31 @@ def usefulness_rows(cells, by_name, families) -> list[dict]:
     return rows
 
 
+def effect_rows(cells, by_name, g: dict) -> list[dict]:
+    """The effect of every TTT-on teacher-forced cell against its twin, per stream and region
+    (all positions, before and beyond the context): the numbers behind the effect verdicts, in
+    one table (``effects.csv``)."""
+    from ttt.base.paired_effect import REGIONS
+    rows = []
+    for c in cells:
+        twin = by_name.get(c.row.get("twin") or "")
+        if not (c.done and c.ttt_on and twin is not None and twin.done):
+            continue
+        pair, _ = pair_of(c, twin)
+        if pair is None:
+            continue
+        for stream in ("text", "audio"):
+            for region in REGIONS:
+                e = pair.effect(stream, region, g)
+                rows.append({"cell": c.name, "twin": twin.name, "stream": stream, "region": region,
+                             "context_frames": pair.context, "conversations": e.conversations,
+                             "tokens": e.tokens, "ppl_on": e.ppl_on, "ppl_off": e.ppl_off,
+                             "rel_gain": e.rel_gain, "ci_low": e.ci_rel_gain[0],
+                             "ci_high": e.ci_rel_gain[1],
+                             "answer": e.answer(g["min_conversations"]) or "not judged"})
+    return rows
+
+
 def plot_usefulness(rows: list[dict], path: Path) -> Path | None:
     """TTT's text gain over its twin (nats/token, off − on) per chunk against stream time, one
     panel per cell: each conversation thin, their mean thick; grey before the context."""

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ttt.base.files import write_text
 from ttt.report.tables import write_csv
-from ttt.report.verdicts.gates_usefulness import plot_usefulness, usefulness_rows
+from ttt.report.verdicts.gates_usefulness import effect_rows, plot_usefulness, usefulness_rows
+from ttt.report.verdicts.thresholds import thresholds
 from ttt.report.verdicts.registry import DIAGNOSTIC, FAILING, REGISTRY, label
 from ttt.report.verdicts.loading import load_cells
 
@@ -26,7 +27,10 @@ def write_verdicts(results: str | os.PathLike, tables: str | os.PathLike, cfg: d
         {**{k: v for k, v in c.items() if k not in ("no_effect", "answer", "diagnostic")},
          "passed": label(c)} for c in checks])
     cells = load_cells(results)
-    rows = usefulness_rows(cells, {c.name: c for c in cells}, None)
+    by_name = {c.name: c for c in cells}
+    g = (cfg or thresholds())["responsiveness"]
+    write_csv(tables / "effects.csv", effect_rows(cells, by_name, g))
+    rows = usefulness_rows(cells, by_name, None)
     write_csv(tables / "usefulness.csv", rows)
     plot_usefulness(rows, tables.parent / "plots" / "usefulness.png")
     if rst is not None:
