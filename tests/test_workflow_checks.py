@@ -56,7 +56,7 @@ BAD = {
     "NaN window": ({"short_form__window_s": float("nan")}, "config short_form.window_s: must be a finite"),
     "inf duration": ({"long_form__durations_s": [30, float("inf")]},
                      "config long_form.durations_s[1]: must be a finite"),
-    "device": ({"device": "tpu9"}, "config device: must be cpu, cuda, cuda:N or mps, got 'tpu9'"),
+    "device": ({"device": "tpu9"}, "config device: must be cpu, cuda or cuda:N, got 'tpu9'"),
     "manifest": ({"regression__manifest": "/nowhere/m.jsonl"},
                  "config regression.manifest: /nowhere/m.jsonl: not found"),
     "launcher": ({"launcher": "/nowhere/submitit.yaml"}, "config launcher: /nowhere/submitit.yaml"),
