@@ -1,6 +1,6 @@
-"""How ``librivox-sense.flac`` and its alignments were made (run once; needs Debian's
-pocketsphinx-testdata, ``apt-get install pocketsphinx-testdata``, and faster-whisper's bundled
-tiny.en). Not run by the pipeline: the files it wrote are shipped.
+"""How ``ttt/assets/playback/librivox-sense.flac`` and its alignments were made (run once;
+needs Debian's pocketsphinx-testdata, ``apt-get install pocketsphinx-testdata``, and
+faster-whisper's bundled tiny.en). Not run by the pipeline: the files it wrote are shipped.
 
 Left channel (Moshi's): three LibriVox clips of Jane Austen's *Sense and Sensibility*, chapter 1
 (public domain recordings, as shipped in pocketsphinx-testdata), joined with 0.5 s of silence and
@@ -24,7 +24,7 @@ SOURCE = Path("/usr/share/pocketsphinx/test/data/librivox")
 CLIPS = ["sense_and_sensibility_01_austen_64kb-0870", "sense_and_sensibility_01_austen_64kb-0880",
          "sense_and_sensibility_01_austen_64kb-0890"]
 GAP_S = 0.5
-OUT = Path(__file__).with_name("librivox-sense.flac")
+OUT = Path(__file__).resolve().parents[1] / "ttt" / "assets" / "playback" / "librivox-sense.flac"
 
 
 def transcription() -> dict[str, str]:
