@@ -21,7 +21,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 	ln -sfn profiles/slurm slurm   # `snakemake --profile slurm` looks for ./slurm, not profiles/slurm
 	touch $@
 
-# Debian packages of the speech synthesiser (README "Speech data"), as root; tests/test_speech.py
+# Debian packages of the speech synthesiser (docs/speech-data.md), as root; tests/test_speech.py
 # installs the same when missing.
 SPEECH_DEBS := festival festvox-us-slt-hts festvox-kallpc16k dict-devil
 speech-deps:

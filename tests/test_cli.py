@@ -1,4 +1,4 @@
-"""The command line's shape (README "Layout", ``ttt/cli/``): every command registered, the ``ttt``
+"""The command line's shape (docs/architecture.md "Layout", ``ttt/cli/``): every command registered, the ``ttt``
 console script and ``--version`` (torch and moshi stay unimported: tests/test_layers.py)."""
 import subprocess
 import sys
@@ -10,8 +10,8 @@ import ttt
 from ttt.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMANDS = ["run-cell", "train", "submit", "prepare", "aggregate", "verdicts", "compare", "asr",
-            "selfcheck", "panel", "speech"]
+COMMANDS = ["run-cell", "train", "submit", "prepare", "aggregate", "verdicts", "calibration",
+            "compare", "asr", "selfcheck", "panel", "speech", "cost"]
 
 
 def test_version_prints_the_package_version(capsys):

@@ -1,4 +1,4 @@
-"""The package's layers stay honest (README "Layout"): no module imports from a layer above its own
+"""The package's layers stay honest (docs/architecture.md "Layout"): no module imports from a layer above its own
 (imports inside functions included), the TTT math never imports moshi, and the reporting, launch
 and CLI entry points import neither torch nor moshi (a login node runs them)."""
 import ast

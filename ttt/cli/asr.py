@@ -2,7 +2,7 @@
 (a SLURM job of its own or this process), imported when it runs."""
 from __future__ import annotations
 
-from ttt.cli.common import command
+from ttt.cli.common import command, example
 
 
 def add_parser(sub) -> None:
@@ -13,7 +13,10 @@ def add_parser(sub) -> None:
                     "Moshi's text beside what was heard, consistency WER, collapse indicators, "
                     "silence fraction) and words.jsonl; or --wav FILE prints one transcript. The "
                     "recogniser's output is cached by the audio's sha256, model and settings. "
-                    "Exit codes: 0 written, 2 bad input.")
+                    "Exit codes: 0 written, 2 bad input.",
+        epilog=example("python -m ttt asr --cell results/cells/short_form/duration~8/ttt~on/cell "
+                       "--out results/cells/short_form/duration~8/ttt~on/asr",
+                       "python -m ttt asr --wav ttt/assets/playback/librivox-sense.flac"))
     t.add_argument("--cell", default=None, help="the cell's output directory (holding out.wav)")
     t.add_argument("--out", default=None, help="ASR output directory (replaced atomically)")
     t.add_argument("--wav", default=None, help="transcribe this audio file only (print the text)")

@@ -25,6 +25,26 @@ def no_compile(on: bool = True):
     return upstream()
 
 
+class PlainHelp(argparse.HelpFormatter):
+    """``--help`` as plain text: paragraphs (blank-line separated) are filled to the terminal,
+    lines indented by two spaces (the examples) are kept as written, so a command can be copied."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in text.split("\n\n"):
+            lines = para.splitlines()
+            verbatim = [i for i, line in enumerate(lines) if line.startswith("  ")]
+            head = " ".join(line.strip() for line in lines[:verbatim[0] if verbatim else None])
+            filled = [super()._fill_text(head, width, indent)] if head else []
+            out.append("\n".join(filled + [indent + lines[i] for i in verbatim]))
+        return "\n\n".join(out)
+
+
+def example(*commands: str) -> str:
+    """An epilog showing ``commands``, one per line, ready to copy."""
+    return ("example:\n" if len(commands) == 1 else "examples:\n") + "\n".join(f"  {c}" for c in commands)
+
+
 def add_config_out_device(parser: argparse.ArgumentParser, config_help: str, out_help: str) -> None:
     """``--config``, ``--out`` and the ``--device`` override of a command that runs a config."""
     parser.add_argument("--config", required=True, help=config_help)

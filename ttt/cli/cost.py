@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ttt.cli.common import bad_input
+from ttt.cli.common import bad_input, example
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -46,8 +46,12 @@ def cost_command(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub) -> None:
-    c = sub.add_parser("cost", help="GPU cost of a workflow config's matrix, per family",
-                       description=__doc__.splitlines()[0])
+    c = sub.add_parser(
+        "cost", help="GPU cost of a workflow config's matrix, per family",
+        description="The GPU cost of a workflow config's matrix, one line per family, from the "
+                    "per-step costs measured at 7B (ttt/launch/cost.py). The files merge as "
+                    "Snakemake merges --configfile: later files win, key by key.",
+        epilog=example("python -m ttt cost config/config.yaml config/full.yaml"))
     c.add_argument("config", nargs="+", help="workflow config YAML(s), merged in order")
     c.add_argument("--costs", default=None,
                    help="measured costs JSON (default: the newest bench/results/*-matrix-cost.json)")

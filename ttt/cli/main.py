@@ -1,4 +1,4 @@
-"""Command line: ``python -m ttt <command>``."""
+"""Command line: python -m ttt COMMAND (or the installed ttt script)."""
 from __future__ import annotations
 
 import argparse
@@ -8,15 +8,30 @@ from pathlib import Path
 from ttt import __version__
 from ttt.cli.common import bad_input
 from ttt.cli import asr, cost, panel, report, run_cell, selfcheck, speech, train, workflow
+from ttt.cli.common import PlainHelp, example
 
 # One module per command (or per small family of them), each registering its own parser. torch
 # and moshi are imported inside the commands that compute: `--help` and `submit` (the Snakemake
 # driver, one per cell in flight on a login node) stay light (tests/test_layers.py).
-DESCRIPTION = __doc__
+DESCRIPTION = ("Test-time training (In-Place TTT) for Kyutai's Moshi: run one cell of the test matrix, "
+               "train, judge and compare results. make run runs every cell through the Snakemake "
+               "workflow, which calls these commands; each command's --help shows its options and an "
+               "example. Documentation: README.md and docs/.")
+EPILOG = example("python -m ttt run-cell --config examples/cells/teacher_forced_tiny.yaml --out results/cells/my-cell",
+                 "python -m ttt verdicts --results results")
+
+
+def _plain(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command's --help through :class:`PlainHelp`."""
+    parser.formatter_class = PlainHelp
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _plain(sub)
 
 
 def build_parser(prog: str = "python -m ttt") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"ttt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run_cell.add_parser(sub)
@@ -28,6 +43,7 @@ def build_parser(prog: str = "python -m ttt") -> argparse.ArgumentParser:
     panel.add_parser(sub)
     speech.add_parser(sub)
     cost.add_parser(sub)        # GPU cost of a config's matrix
+    _plain(parser)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ttt.cli.common import bad_input
+from ttt.cli.common import bad_input, example
 
 
 def panel_build_command(args: argparse.Namespace) -> int:
@@ -51,7 +51,7 @@ def panel_serve_command(args: argparse.Namespace) -> int:
     if not _loopback(args.host):
         print(f"warning: --host {args.host}: anyone who can reach port {port} can load the page "
               "and clips; ratings still need a rater's token, but traffic is plain HTTP (tokens "
-              "and ratings can be read on the network). See README 'Listening panel server'.",
+              "and ratings can be read on the network). See docs/reliability.md (the panel server).",
               file=sys.stderr, flush=True)
     print(f"serving {args.panel_dir} on http://{host}:{port}/ ; send each rater their line of "
           f"{args.panel_dir}/rater-links.txt appended to that address (Ctrl-C stops)", flush=True)
@@ -77,9 +77,15 @@ def _loopback(host: str) -> bool:
 def add_parser(sub) -> None:
     panel = sub.add_parser("panel", help="human listening panel: build a blind page, collect ratings",
                            description="Blind A/B listening panel (seed 000 item 11). Exit codes: "
-                                       "0 done, 2 bad input (one line naming the file or key).")
+                                       "0 done, 2 bad input (one line naming the file or key). Guide: docs/listening-panel.md.",
+                           epilog=example("python -m ttt panel serve results/listening/long_form"))
     ps = panel.add_subparsers(dest="panel_command", required=True)
-    b = ps.add_parser("build", help="cut clips from paired audio and write the blind page")
+    b = ps.add_parser("build", help="cut clips from paired audio and write the blind page",
+                      description="Cut clips from two or more systems' audio and write a blind page "
+                                  "(index.html, clips/, key.json) into --out.",
+                      epilog=example("python -m ttt panel build --name demo --system on=results/a.wav "
+                                     "--system off=results/b.wav --offsets 0 4 --clip 3 --out "
+                                     "results/listening/demo"))
     b.add_argument("--name", required=True, help="panel name (folder and file names)")
     b.add_argument("--system", action="append", required=True, metavar="LABEL=PATH",
                    help="a system: its label (only in key.json) and a wav or generate cell "
@@ -91,7 +97,12 @@ def add_parser(sub) -> None:
     b.add_argument("--rater", action="append", default=[], help="a rater id to list (repeatable)")
     b.add_argument("--out", required=True, help="panel folder, e.g. results/listening/NAME")
     b.set_defaults(func=panel_build_command)
-    c = ps.add_parser("collect", help="unblind returned ratings: MOS and preference tables, plot")
+    c = ps.add_parser("collect", help="unblind returned ratings: MOS and preference tables, plot",
+                      description="Check returned ratings files against their panel's key, unblind "
+                                  "them and write the MOS and preference tables (and a plot). "
+                                  "Nothing is written when any file is malformed.",
+                      epilog=example("python -m ttt panel collect results/listening/demo/ratings "
+                                     "--out results/tables/mos.csv --plot results/plots/mos.png"))
     c.add_argument("ratings", nargs="+", metavar="RATINGS",
                    help="ratings JSON files, or folders of them")
     c.add_argument("--out", required=True, help="MOS table (csv), e.g. results/tables/mos.csv")
@@ -101,7 +112,10 @@ def add_parser(sub) -> None:
                    help="key.json of a panel (default: LISTENING/<panel>/key.json)")
     c.add_argument("--listening", default="results/listening", help="where panels live")
     c.set_defaults(func=panel_collect_command)
-    v = ps.add_parser("serve", help="serve a panel locally; Save posts ratings into ratings/")
+    v = ps.add_parser("serve", help="serve a panel locally; Save posts ratings into ratings/",
+                      description="Serve a panel's page and clips over plain HTTP and store each "
+                                  "rater's POSTed ratings (with that rater's token) in ratings/.",
+                      epilog=example("python -m ttt panel serve results/listening/demo --port 8000"))
     v.add_argument("panel_dir", help="panel folder (holding index.html and key.json)")
     v.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default loopback only; anything else is warned about)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ttt.cli.common import command
+from ttt.cli.common import command, example
 
 
 def aggregate_command(args: argparse.Namespace) -> int:
@@ -45,11 +45,18 @@ def calibration_command(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    a = sub.add_parser("aggregate", help="tables and plots over results/cells")
-    a.add_argument("--cells", default="results/cells")
-    a.add_argument("--tables", default="results/tables")
-    a.add_argument("--plots", default="results/plots")
-    a.add_argument("--families", nargs="*", default=[])
+    a = sub.add_parser(
+        "aggregate", help="tables and plots over results/cells",
+        description="Read the matrix's cells under --cells (see --matrix) and write "
+                    "results/tables/cells.csv, one CSV per family and the plots (docs/user-guide.md, "
+                    "Tables). Exit code 0; a cell whose files are unreadable is a status: corrupt "
+                    "row naming the file.",
+        epilog=example("python -m ttt aggregate --cells results/cells --tables results/tables "
+                       "--plots results/plots"))
+    a.add_argument("--cells", default="results/cells", help="cell folders (default results/cells)")
+    a.add_argument("--tables", default="results/tables", help="where the CSVs go")
+    a.add_argument("--plots", default="results/plots", help="where the PNGs go")
+    a.add_argument("--families", nargs="*", default=[], help="families run (their tables and plots)")
     a.add_argument("--matrix", default=None,
                    help="the matrix's cell paths, one a line (default: TABLES/matrix.txt, which "
                         "the workflow writes): only these are tabled, other cell folders are "
@@ -60,7 +67,9 @@ def add_parsers(sub) -> None:
         description="Evaluate the success signals (stability, correctness, responsiveness, "
                     "observability, cost) over RESULTS/tables/cells.csv and the cell folders; write "
                     "verdicts.csv (one row per signal) and verdicts_cells.csv (every check). Exit "
-                    "codes: 0 written, 1 with --strict when a gate fails, 2 bad input.")
+                    "codes: 0 written, 1 with --strict when a gate fails (or says hurts or no effect), 2 bad "
+                    "input. How to read it: docs/verdicts.md.",
+        epilog=example("python -m ttt verdicts --results results --strict"))
     v.add_argument("--results", default="results", help="results folder (tables/, cells/)")
     v.add_argument("--tables", default=None, help="where to write (default RESULTS/tables)")
     v.add_argument("--thresholds", default=None,
@@ -74,7 +83,8 @@ def add_parsers(sub) -> None:
         description="One row per calibration scenario and signal: the verdict its gate gave "
                     "(from RESULTS/tables/verdicts_cells.csv) against the verdict known to be "
                     "right. Exit codes: 0 written, 1 with --check when a row disagrees, 2 bad "
-                    "input. Example: python -m ttt calibration --results results --check")
+                    "input.",
+        epilog=example("python -m ttt calibration --results results --check"))
     k.add_argument("--results", default="results", help="results folder (tables/)")
     k.add_argument("--out", default=None, help="CSV to write (default RESULTS/tables/calibration.csv)")
     k.add_argument("--check", action="store_true", help="exit 1 when any row disagrees")
@@ -83,7 +93,8 @@ def add_parsers(sub) -> None:
         "compare", help="diff two runs' tables cell by cell (matched by parameters)",
         description="Match the cells of two runs by their parameters and write OUT/diff.csv (every "
                     "metric, regressions flagged), OUT/unmatched.csv and OUT/summary.txt. Exit "
-                    "codes: 0 written, 1 with --strict when a regression is flagged, 2 bad input.")
+                    "codes: 0 written, 1 with --strict when a regression is flagged, 2 bad input.",
+        epilog=example("python -m ttt compare OLD/results results --out results/compare"))
     c.add_argument("a", metavar="RESULTS_A", help="earlier run: results folder or its cells.csv")
     c.add_argument("b", metavar="RESULTS_B", help="later run: results folder or its cells.csv")
     c.add_argument("--out", required=True, help="output folder")

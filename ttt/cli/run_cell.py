@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ttt.cli.common import add_config_out_device, bad_input, no_compile, with_device
+from ttt.cli.common import add_config_out_device, bad_input, example, no_compile, with_device
 
 
 def run_cell_command(args: argparse.Namespace) -> int:
@@ -36,8 +36,10 @@ def add_parser(sub) -> None:
         description="Run one cell: load the model (a checkpoint directory or the embedded 'tiny' "
                     "default), tokenise the data once (cached), run the mode, and write "
                     "metrics.json, timeseries.csv, telemetry.csv and plots into --out, atomically. "
-                    "Exit codes: 0 completed or diverged (recorded), 2 bad input, other = crash.")
-    add_config_out_device(r, "cell YAML (keys: see README 'Cell config')",
+                    "Exit codes: 0 completed or diverged (recorded), 2 bad input, other = crash.",
+        epilog=example("python -m ttt run-cell --config examples/cells/teacher_forced_tiny.yaml "
+                       "--out results/cells/my-cell"))
+    add_config_out_device(r, "cell YAML (keys: docs/config-reference.md)",
                           "output directory (must not exist)")
     r.add_argument("--fresh", action="store_true",
                    help="discard the snapshots an interrupted run of this --out left, instead of "

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ttt.cli.common import bad_input
+from ttt.cli.common import bad_input, example
 
 
 def speech_command(args: argparse.Namespace) -> int:
@@ -29,12 +29,14 @@ def add_parser(sub) -> None:
     s = sub.add_parser(
         "speech", help="synthesise two-speaker conversations (Festival voices, public-domain text)",
         description="Write COUNT stereo 24 kHz conversations with word alignments in "
-                    "moshi-finetune's layout (OUT/manifest.jsonl); see README 'Speech data'. "
-                    "Exit codes: 0 written, 2 bad settings or missing Debian packages.")
+                    "moshi-finetune's layout (OUT/manifest.jsonl); see docs/speech-data.md. "
+                    "Exit codes: 0 written, 2 bad settings or missing Debian packages.",
+        epilog=example("python -m ttt speech --out results/data/speech/demo --count 2 "
+                       "--duration 60 --recurrence"))
     s.add_argument("--out", required=True, help="output folder (manifest.jsonl, wavs, alignments)")
     s.add_argument("--count", type=int, required=True, help="number of conversations")
     s.add_argument("--duration", type=float, required=True, help="length of each (s)")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="seed of the set (text, turns, gaps)")
     s.add_argument("--recurrence", action="store_true",
                    help="repeat earlier turns verbatim more than --recur-after seconds later")
     s.add_argument("--recur-after", type=float, default=10.0, help="minimum recurrence distance (s)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ttt.cli.common import add_config_out_device, bad_input, no_compile, with_device
+from ttt.cli.common import add_config_out_device, bad_input, example, no_compile, with_device
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -33,7 +33,9 @@ def add_parser(sub) -> None:
         description="Train from scratch or only the TTT parameters of a checkpoint on "
                     "moshi-finetune manifests; writes OUT/checkpoint (run-cell loads it), "
                     "OUT/train_log.csv and OUT/summary.json; rerun with the same --out to resume. "
-                    "Exit codes: 0 trained, 2 bad config, data or checkpoint.")
-    add_config_out_device(t, "training YAML (keys: README 'Training')",
+                    "Exit codes: 0 trained, 2 bad config, data or checkpoint.",
+        epilog=example("python -m ttt train --config ttt/assets/tiny-control/train.yaml "
+                       "--out runs/control --device cuda"))
+    add_config_out_device(t, "training YAML (keys: docs/training.md)",
                           "output directory (resumed when it holds a run)")
     t.set_defaults(func=train_command)

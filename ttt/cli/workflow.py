@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ttt.cli.common import bad_input, no_compile
+from ttt.cli.common import bad_input, example, no_compile
 
 
 def submit_command(args: argparse.Namespace) -> int:
@@ -50,14 +50,29 @@ def prepare_command(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    s = sub.add_parser("submit", help="submit one cell through submitit and wait (Snakemake driver)")
+    cell = "results/cells/short_form/duration~8/ttt~on"
+    s = sub.add_parser(
+        "submit", help="submit one cell through submitit and wait (Snakemake driver)",
+        description="What the workflow's run_cell rule runs for each cell: submit the cell as one "
+                    "job (local or SLURM, per the launcher), wait for it and write status.json (ok, "
+                    "diverged, failed, timeout). A failed cell exits 0, its status says why; a bad "
+                    "launcher exits 2.",
+        epilog=example(f"python -m ttt submit --config {cell}/cell.yaml --out {cell}/cell "
+                       f"--status {cell}/status.json --launcher profiles/local/submitit.yaml "
+                       f"--log-dir {cell}/jobs"))
     s.add_argument("--config", required=True, help="cell YAML")
     s.add_argument("--out", required=True, help="cell output directory")
     s.add_argument("--status", required=True, help="status.json to write")
     s.add_argument("--launcher", default=None, help="launcher YAML (profiles/*/submitit.yaml)")
     s.add_argument("--log-dir", required=True, help="submitit log folder (shared filesystem on SLURM)")
     s.set_defaults(func=submit_command)
-    p = sub.add_parser("prepare", help="tokenise a cell's inputs once (Mimi codes cache)")
-    p.add_argument("--config", required=True)
+    p = sub.add_parser(
+        "prepare", help="tokenise a cell's inputs once (Mimi codes cache)",
+        description="Encode a cell's inputs with Mimi (never the LM) into the codes cache before its "
+                    "cells run, and write a marker JSON. An input error is written into the marker "
+                    "(exit 0): the cells reading it fail with it, every other cell goes on.",
+        epilog=example("python -m ttt prepare --config examples/cells/teacher_forced_tiny.yaml "
+                       "--out prepared.json"))
+    p.add_argument("--config", required=True, help="cell YAML")
     p.add_argument("--out", required=True, help="marker JSON to write")
     p.set_defaults(func=prepare_command)
