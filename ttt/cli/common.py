@@ -8,7 +8,7 @@ import importlib
 import sys
 from contextlib import nullcontext
 
-BAD_INPUT = 2  # README "Bad input": one line naming the file or key, before heavy work
+BAD_INPUT = 2  # docs/reliability.md: one line naming the file or key, before heavy work
 
 
 def bad_input(exc: BaseException, stdout: bool = False) -> int:

@@ -1,4 +1,4 @@
-"""``ttt panel build | collect | serve``: the blind listening panel (README "Listening panel")."""
+"""``ttt panel build | collect | serve``: the blind listening panel (docs/listening-panel.md)."""
 from __future__ import annotations
 
 import argparse

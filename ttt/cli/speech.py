@@ -1,4 +1,4 @@
-"""``ttt speech``: two-speaker conversations from Festival voices (README "Speech data")."""
+"""``ttt speech``: two-speaker conversations from Festival voices (docs/speech-data.md)."""
 from __future__ import annotations
 
 import argparse
