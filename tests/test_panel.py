@@ -651,3 +651,116 @@ def test_workflow_builds_panel_and_tables_returned_ratings(cache, tmp_path):
     assert (wd / "results/plots/mos.png").is_file()
     pref = read_csv(wd / "results/tables/preference.csv")
     assert (pref[0]["system_a"], pref[0]["a_wins"], pref[0]["ties"]) == ("ttt_on", "1", "1")
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 25 item 17: the panel name, stalled clients, disconnects (real sockets).
+
+def test_posted_ratings_must_name_this_panel(served):
+    root, url = served
+    key = key_of(root)
+    token = key["tokens"]["r1"]
+    for name in ("other", "../outside"):
+        doc = {**ratings_doc(key, "r1", {(ON, 0.0): 4}), "panel": name}
+        status, body = post(url, json.dumps(doc).encode(), token=token)
+        assert status == 400, body
+        assert f"ratings of panel {name!r}, but the key is panel 'demo'" in json.loads(body)["message"]
+    assert not (root / "ratings").exists() or not list((root / "ratings").iterdir())
+    assert post(url, json.dumps(ratings_doc(key, "r1")).encode(), token=token)[0] == 200
+
+
+def test_collect_never_reads_a_key_outside_the_listening_folder(panel, tmp_path):
+    """A ``../`` panel name used to load ``LISTENING/../x/key.json``: any key.json on disk."""
+    listening = tmp_path / "listening"
+    listening.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    key = {**key_of(panel), "panel": "../outside"}
+    (outside / "key.json").write_text(json.dumps(key))  # a key that would unblind the file
+    doc = write(tmp_path / "r1.json", {**ratings_doc(key_of(panel), "r1"), "panel": "../outside"})
+    with pytest.raises(PanelError, match=r"r1\.json: panel '\.\./outside' is not a panel name"):
+        collect_ratings([doc], tmp_path / "mos.csv", listening=listening)
+    assert not (tmp_path / "mos.csv").exists()
+
+
+def _raw_client(port):
+    import socket
+    return socket.create_connection(("127.0.0.1", port), timeout=60)
+
+
+def _closed_by_server(sock) -> bool:
+    """True once the server has closed its end (a read returns EOF or a reset)."""
+    import select
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(1 << 16) == b""
+    except ConnectionError:
+        return True
+
+
+def test_stalled_client_is_dropped_at_the_deadline(panel, tmp_path):
+    """One byte per 0.5 s keeps a plain socket timeout from ever firing; the request deadline
+    (2 s here, 30 s by default) drops the client anyway, and the server serves others."""
+    root = tmp_path / "served"
+    shutil.copytree(panel, root)
+    server = make_server(root, port=0, deadline_s=2.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sock = _raw_client(server.server_address[1])
+        start, request = time.monotonic(), b"GET /index.html HTTP/1.1\r\nHost: x\r\n"
+        for n in range(20):
+            if _closed_by_server(sock):
+                break
+            sock.sendall(request[n:n + 1])
+            time.sleep(0.5)
+        dropped = time.monotonic() - start
+        assert 2.0 <= dropped <= 4.0, dropped
+        sock.close()
+        assert http(f"http://127.0.0.1:{server.server_address[1]}/")[0] == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.slow
+def test_served_panel_drops_a_stalled_client_after_30_s_and_never_prints_a_traceback(panel, tmp_path):
+    """The documented figures end to end, on `ttt panel serve`: a client sending one byte every
+    20 s is dropped after 30 s (was still connected after 61 s), and a client that resets its
+    connection mid-body costs one line on stderr, not a traceback."""
+    import signal
+    import socket
+    import struct
+    root = tmp_path / "served"
+    shutil.copytree(panel, root)
+    server = subprocess.Popen([sys.executable, "-m", "ttt", "panel", "serve", str(root), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline().split("http://127.0.0.1:")[1].split("/")[0])
+        # A rater's browser gone mid-upload: the body never arrives, the connection is reset.
+        gone = _raw_client(port)
+        gone.sendall(b"POST /ratings HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\nX-Rater-Token: "
+                     + key_of(root)["tokens"]["r1"].encode() + b"\r\n\r\n{\"format\"")
+        time.sleep(0.5)
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()  # RST
+        stalled, start = _raw_client(port), time.monotonic()
+        dropped = None
+        for byte in b"GET /index.html HTTP/1.1\r\n":
+            stalled.sendall(bytes([byte]))
+            while time.monotonic() - start < 45:
+                if _closed_by_server(stalled):
+                    dropped = time.monotonic() - start
+                    break
+                time.sleep(0.25)
+                if (time.monotonic() - start) % 20 < 0.25:
+                    break  # time for the next byte
+            if dropped is not None or time.monotonic() - start >= 45:
+                break
+        assert dropped is not None and 29.0 <= dropped <= 33.0, dropped
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    assert "Traceback" not in err, err
+    assert all(line.startswith("panel serve: client 127.0.0.1 disconnected")
+               for line in err.splitlines()), err
