@@ -1,4 +1,4 @@
-"""Streamed vs one-call Mimi encode on a GPU (README "Long audio is encoded in bounded memory").
+"""Streamed vs one-call Mimi encode on a GPU (docs/checkpoints-and-data.md).
 
 Why: the CPU measurements cover 60 s; this checks the same equality on the device that encodes the
 long inputs (fp32, TF32 off, as ``ttt.eval.control encode``) and the peak GPU memory of both paths,

@@ -31,7 +31,7 @@ CONV_INITS = ("identity", "zero")
 
 @dataclass(frozen=True)
 class TTTConfig:
-    """In-Place TTT settings (paper Eq. 1 / Alg. 1; README "The math").
+    """In-Place TTT settings (paper Eq. 1 / Alg. 1; docs/architecture.md).
 
     Layer selection: ``layers`` (explicit indices of the main transformer) wins; otherwise layer i
     is a TTT layer iff ``i >= start_layer`` and ``(i - start_layer) % layer_frequency == 0``.
@@ -73,8 +73,8 @@ class TTTConfig:
     gate_alpha_init: float = 0.1
     gate_override: float | None = None
     # Stabiliser, beyond the official method (off by default; In-Place only: unused by the hybrid,
-    # like the conv and clip keys, so a top-level ``ttt`` block still feeds it; README "`TTTConfig`
-    # keys", docs/config.md): after each chunk's update W ← W^(0) + decay·(W − W^(0)), and
+    # like the conv and clip keys, so a top-level ``ttt`` block still feeds it; docs/config-reference.md,
+    # docs/config.md): after each chunk's update W ← W^(0) + decay·(W − W^(0)), and
     # W ← W^(0) after every ``reset_every`` chunk updates of a stream. null = off.
     decay: float | None = None
     reset_every: int | None = None
@@ -218,7 +218,7 @@ class CellConfig:
     """One cell. ``ttt``/``yarn`` are TTTConfig/YarnConfig dicts overriding the checkpoint's own
     settings (``ttt: {enabled: false}`` for a TTT-off cell); ``data`` is ``{manifest: PATH}`` or
     ``{demo: {durations: [s, ...], seed: N, recurrent: false}}`` (``recurrent``: the positive
-    control's pattern, README "The embedded default")."""
+    control's pattern, docs/controls.md)."""
 
     cell: str
     mode: str = "teacher_forced"

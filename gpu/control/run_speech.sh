@@ -5,7 +5,7 @@
 # needed: every word is cached) → Mimi codes (strict fp32) → `ttt train` → the held-out test
 # table (trained TTT settings, production flags, untrained). $OUT gets the checkpoint's LM files,
 # the training config and log, and control.json (+ extra.tgz: full training log, 2 test codes).
-# A CPU dry run (README "The embedded default"): DEVICE=cpu STEPS=5 TRAIN_COUNT=4 VAL_COUNT=1 TEST_COUNT=2
+# A CPU dry run (docs/controls.md): DEVICE=cpu STEPS=5 TRAIN_COUNT=4 VAL_COUNT=1 TEST_COUNT=2
 # JOBS=2 DURATION=16 PYTHON=.../.venv/bin/python BUNDLE=... WORK=... OUT=... gpu/control/run_speech.sh
 set -euo pipefail
 export NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1

@@ -1,1 +1,1 @@
-"""Layer 0: files, identities and output folders; no torch, no moshi (README "Layout")."""
+"""Layer 0: files, identities and output folders; no torch, no moshi (docs/architecture.md)."""

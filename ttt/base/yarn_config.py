@@ -16,7 +16,7 @@ YARN_RAMPS = ("standard", "seeds")
 
 @dataclass(frozen=True)
 class YarnConfig:
-    """YaRN context extension of the main transformer's RoPE (Peng et al. 2023; README "`YarnConfig` keys").
+    """YaRN context extension of the main transformer's RoPE (Peng et al. 2023; docs/config-reference.md).
 
     ``ramp='standard'`` is HF transformers' ``rope_type: "yarn"``; ``ramp='seeds'`` reproduces the
     seeds' non-standard ramp (bounds β·L instead of L/β, no attention temperature) so checkpoints

@@ -320,7 +320,7 @@ def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[s
 def write_demo_manifest(directory: Path, durations: list[float], seed: int, words: list[str],
                         recurrent: bool = False) -> Path:
     """A manifest of demo conversations (reused when already written with the same settings).
-    ``recurrent``: the positive control's pattern (README "The embedded default"): the first
+    ``recurrent``: the positive control's pattern (docs/controls.md): the first
     ``RECUR_PART_S`` seconds come back after every ``RECUR_GAP_S``-second filler, beyond the
     default model's attention context, so a memory that outlives it can help."""
     directory.mkdir(parents=True, exist_ok=True)

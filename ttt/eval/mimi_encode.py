@@ -1,7 +1,7 @@
 """Mimi codes of audio of any length in bounded memory.
 
 Why: one ``mimi.encode`` call keeps the activations of the whole input alive, about 25 MB per
-second of audio and channel on CPU in fp32 (README "Long audio is encoded in bounded memory"):
+second of audio and channel on CPU in fp32 (docs/checkpoints-and-data.md):
 an hour of a stereo conversation would need ~180 GB. Audio up to
 ``ONE_SHOT_MAX_S`` is still encoded in one call (its codes, and the cache files of earlier runs,
 stay bitwise as they were); longer audio goes through Mimi in chunks of ``CHUNK_FRAMES`` frames in

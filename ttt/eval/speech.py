@@ -10,7 +10,7 @@ alignments are the synthesiser's exact segment boundaries, not a recogniser's gu
 Two turn units: ``sentence`` (1–3 consecutive sentences of a dictionary entry, the default) and
 ``word`` (3–8 words drawn at random from the text part's most frequent words, each synthesised on
 its own and trimmed to its span: a spoken word list whose content cannot be memorised, which is
-what a positive control for test-time memory needs; README "The embedded default").
+what a positive control for test-time memory needs; docs/controls.md).
 
 Output is moshi-finetune's layout: ``manifest.jsonl`` of ``{"path", "duration"}``, stereo 24 kHz
 wavs (left = Moshi = SPEAKER_MAIN, right = user) and sibling ``.json`` alignments

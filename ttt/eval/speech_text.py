@@ -1,6 +1,6 @@
 """The text of the synthesised conversations: *The Devil's Dictionary* (Ambrose Bierce, 1911, public
 domain; Debian ``dict-devil``) as speakable sentences, split into disjoint train / held-out parts,
-and the word list of unit ``word`` (README "Speech data")."""
+and the word list of unit ``word`` (docs/speech-data.md)."""
 from __future__ import annotations
 
 import gzip

@@ -46,7 +46,7 @@ RESUMABLE_CHANGES = {"steps", "time_limit_s"}
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every key of a training YAML (README "Training")."""
+    """Every key of a training YAML (docs/training.md)."""
 
     train: str                          # manifest.jsonl of the training conversations
     eval: str | None = None             # manifest of held-out conversations (loss logged)

@@ -1,5 +1,5 @@
 """Figure-5 inner losses and fast-weight norms of the In-Place layers, logged while training
-(README "Training"): a collapse of the fast weights shows while it happens."""
+(docs/training.md): a collapse of the fast weights shows while it happens."""
 from __future__ import annotations
 
 import torch

@@ -210,7 +210,7 @@ def panel_cells(config: Mapping[str, Any]) -> dict[str, str]:
 
 
 def speech_args(spec: Mapping[str, Any]) -> str:
-    """The ``python -m ttt speech`` options of one set under ``speech:`` (README "Speech data")."""
+    """The ``python -m ttt speech`` options of one set under ``speech:`` (docs/speech-data.md)."""
     s = spec
     return (
         f"--count {int(s['count'])} --duration {float(s['duration_s'])} --seed {int(s.get('seed', 0))}"

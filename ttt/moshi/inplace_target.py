@@ -64,7 +64,7 @@ class TargetGenerator(nn.Module):
     Orientation: V̂ = Conv1D(X) W_targetᵀ (``nn.Linear``), so ``W_target.weight`` is the transpose
     of the official projection ``P`` (used there as ``conv(X) @ P``). Official-layout weights load
     as ``W_target.weight = Pᵀ``, and their depthwise conv ``[d, 1, k]`` needs ``conv_padding:
-    center`` (see README "Official layout").
+    center`` (see docs/python-api.md).
 
     Ablations (``cfg.target_conv`` / ``cfg.target_projection`` off): the part is not created
     (no parameters, no state-dict keys) and :attr:`conv_weight` / :attr:`projection` are None,

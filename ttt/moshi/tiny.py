@@ -113,8 +113,8 @@ def randomize_mimi(mimi, seed: int) -> None:
                 module._embedding = None
 
 
-# The embedded default: the positive control trained by ``ttt train`` (README "The embedded
-# default"). The package ships its LM weights, config and tokenizer; its Mimi is tiny-random's
+# The embedded default: the positive control trained by ``ttt train`` (docs/controls.md,
+# the embedded default). The package ships its LM weights, config and tokenizer; its Mimi is tiny-random's
 # (seed 0, regenerated deterministically by :func:`randomize_mimi`: 385 MB is too large to ship).
 TINY_TRAINED = Path(__file__).parent.parent / "assets" / "tiny-control"
 

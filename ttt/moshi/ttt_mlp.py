@@ -1,4 +1,4 @@
-"""The older TTT-MLP hybrid (Sun et al. 2024, arXiv 2407.04620; the seeds' Moshi-TTT; README "The TTT-MLP hybrid"):
+"""The older TTT-MLP hybrid (Sun et al. 2024, arXiv 2407.04620; the seeds' Moshi-TTT; docs/python-api.md):
 a fast-weight MLP per head beside attention, mixed into the residual stream through a gate.
 
 Per layer, on the residual stream x after self-attention (what the seeds fed it):

@@ -1,4 +1,4 @@
-"""Which cells a run's tables hold: exactly the matrix's (README "Tables").
+"""Which cells a run's tables hold: exactly the matrix's (docs/user-guide.md).
 
 The workflow writes the matrix's cell paths to ``results/tables/matrix.txt`` (rule
 ``matrix_cells``), one a line. The tables are built from that list, never from whatever folders

@@ -1,4 +1,4 @@
-"""The report's plots (README "Plots"), drawn from the aggregated rows and each cell's tables:
+"""The report's plots (docs/user-guide.md), drawn from the aggregated rows and each cell's tables:
 the LR × chunk heatmap, long-form ‖W‖ and perplexity, YaRN, the consistency (gibberish) curve and
 Figure 5's inner losses. A cell whose row is ``corrupt`` or ``missing``, a table that cannot be
 read, or a point without its coordinates is left out of the plot with a warning (returned, and

@@ -1,4 +1,4 @@
-"""Results I/O for every report (README "Tables"): the one number parser, the one table reader,
+"""Results I/O for every report (docs/user-guide.md): the one number parser, the one table reader,
 the table writer and the one cell-path format, so aggregate, verdicts and compare agree on what a
 field means.
 

@@ -2,7 +2,7 @@
 steps): at each observation it times the work since the previous one, reads the fast-weight
 telemetry in one device → host transfer, records the attention-vs-TTT diagnostics, decides
 divergence (a non-finite loss or telemetry value, clip saturation) and logs progress with the
-``TTT-TELEMETRY`` / ``TTT-DIAGNOSTICS`` lines (README "Outputs").
+``TTT-TELEMETRY`` / ``TTT-DIAGNOSTICS`` lines (docs/checkpoints-and-data.md).
 """
 from __future__ import annotations
 

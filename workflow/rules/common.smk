@@ -91,7 +91,7 @@ def built_manifest(w):
     return [manifest] if manifest and preflight.speech_set_of(manifest) else []
 
 
-# Synthesised two-speaker conversations (README "Speech data"): one manifest per set named under
+# Synthesised two-speaker conversations (docs/speech-data.md): one manifest per set named under
 # `speech:` in the config.
 SPEECH_SETS = config.get("speech") or {}
 

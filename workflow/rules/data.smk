@@ -30,7 +30,7 @@ rule prepare:
         "python -m ttt prepare --config {input.cfg} --out {output} > {log} 2>&1"
 
 
-# Synthesised two-speaker conversations (README "Speech data"): `snakemake speech_all` builds every
+# Synthesised two-speaker conversations (docs/speech-data.md): `snakemake speech_all` builds every
 # set under `speech:` in the config. Sentences are cached by (voice, text) in CACHE_DIR/speech, so
 # sets and reruns share them. Needs Debian festival besides the environment (no downloads).
 rule speech:

@@ -1,4 +1,4 @@
-"""Test-plan verdicts (seed 000 §1, §4; README "Verdicts: what passed"): the success signals as
+"""Test-plan verdicts (seed 000 §1, §4; docs/verdicts.md): the success signals as
 gates over ``results/``.
 
 Each gate is registered for exactly one signal (:mod:`.registry`) and judges the matrix's cells

@@ -1,4 +1,4 @@
-"""The gates' thresholds and families (README "Verdicts: what passed"): the built-in defaults,
+"""The gates' thresholds and families (docs/verdicts.md): the built-in defaults,
 documented in ``workflow/schemas/config.schema.yaml``, and the config's ``verdicts:`` section
 merged over them. A section may serve several gates (``responsiveness`` serves three signals)."""
 from __future__ import annotations
