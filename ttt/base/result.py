@@ -79,10 +79,15 @@ class Throughput:
 
 @dataclass(frozen=True)
 class Memory:
-    """Peak bytes of the load and of the run; ``peak_bytes`` is the one figure of older cells."""
+    """Peak bytes of the load and of the run; ``peak_bytes`` is the one figure of older cells.
+    ``measure``: ``cuda_allocated`` (the allocator's peak) or ``cpu_resident`` (load: the peak of
+    anonymous resident memory, and the RSS growth; ttt.eval.phases.Resident)."""
     run_peak_bytes: int | None = None
     load_peak_bytes: int | None = None
     peak_bytes: int | None = None
+    measure: str | None = None
+    load_anon_peak_bytes: int | None = None
+    load_rss_delta_bytes: int | None = None
 
     @property
     def run_peak(self) -> int | None:

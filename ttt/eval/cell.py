@@ -21,7 +21,7 @@ from ttt.config import MODES, CellConfig, load_cell_config  # noqa: F401 - this 
 from ttt.eval.cell_outputs import write_json
 from ttt.eval.checks import embedding_plumbing
 from ttt.eval.data import DataError, read_manifest, write_demo_manifest
-from ttt.eval.phases import Phases, peak_memory, reset_peak_memory
+from ttt.eval.phases import Phases, Resident, peak_memory, reset_peak_memory
 from ttt.eval.playback import ASSET as PLAYBACK_ASSET, run_playback
 from ttt.eval.streamed import refuse_foreign_snapshots, replay_dir, run_streamed
 from ttt.eval.teacher_forced import run_teacher_forced
@@ -55,7 +55,7 @@ def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
         items = cell_items(cfg, cache)
         sources = resolve_checkpoint(cfg.model, cfg.base, cache / "models")
         refuse_foreign_snapshots(cfg, out, sources)
-    with phases("load"):
+    with phases("load"), Resident() as resident:
         # playback runs no model step: TTT off, so nothing claims fast weights that never ran
         ttt_cfg = {"enabled": False} if cfg.mode == "playback" else cfg.ttt
         bundle = load_checkpoint(sources, ttt=ttt_cfg, yarn=cfg.yarn, device=cfg.device,
@@ -63,8 +63,7 @@ def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
                                  cache_root=cache / "models")
     refuse_unless_fits(ttt_buffer_bytes(bundle.lm), cfg.device,
                        f"ttt.chunk_size {bundle.ttt.chunk_size}" if bundle.ttt else "ttt")
-    load = {"load_s": round(phases.totals["load"], 3),
-            "load_peak_bytes": peak_memory(cfg.device)}
+    load = {"load_s": round(phases.totals["load"], 3), "memory": load_memory(cfg.device, resident)}
     reset_peak_memory(cfg.device)  # the run's peak, without the load transient
     for stale in remove_dead_temporaries(out):  # left by a preempted or killed attempt
         log(f"[{cfg.cell}] removed {stale.name}, left by a dead run")
@@ -78,8 +77,7 @@ def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
         else:
             metrics = run_streamed(cfg, bundle, items, cache, tmp, out, log, phases)
         metrics.setdefault("requeues", 0)
-        metrics["memory"] = {"load_peak_bytes": load["load_peak_bytes"],
-                             "run_peak_bytes": metrics["memory"]["run_peak_bytes"]}
+        metrics["memory"] = {**load["memory"], "run_peak_bytes": metrics["memory"]["run_peak_bytes"]}
         metrics["load_s"] = load["load_s"]
         with phases("run"):
             ttt = bool(ttt_layers(bundle.lm))
@@ -106,6 +104,16 @@ def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return metrics
+
+
+def load_memory(device: str, resident: Resident) -> dict:
+    """metrics.json ``memory`` of the load, labelled by what was measured: on CUDA the
+    allocator's peak; on the CPU what stayed resident (RSS growth) and the anonymous peak, not
+    the process's peak RSS (file pages of the mapped checkpoint and the imports inflated it)."""
+    if device.startswith("cuda"):
+        return {"measure": "cuda_allocated", "load_peak_bytes": peak_memory(device)}
+    return {"measure": "cpu_resident", "load_peak_bytes": resident.anon_peak,
+            "load_anon_peak_bytes": resident.anon_peak, "load_rss_delta_bytes": resident.rss_delta}
 
 
 def check_device(device: str) -> None:
