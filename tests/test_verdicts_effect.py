@@ -227,3 +227,17 @@ def test_teacher_forced_cell_writes_every_tokens_nll_as_the_parallel_form_scores
             np.testing.assert_allclose(written[f"text_{n}"], text, rtol=2e-4, atol=2e-5)
             np.testing.assert_allclose(written[f"audio_{n}"], audio, rtol=2e-4, atol=2e-5)
         assert set(written.files) == {"context", "text_0", "text_1", "audio_0", "audio_1"}
+
+
+def test_calibration_cells_never_enter_the_verdict_rows(tmp_path):
+    """The calibration family hurts and fails on purpose: its checks are kept (calibration.csv
+    reads them) but the matrix's verdicts and --strict see only the other families."""
+    harmful = "calibration/data~recurrent/scenario~harmful_lr/ttt~on"
+    specs = healthy_specs() + [
+        cell_spec(harmful, True, token_nll=token_nll(3.5)),
+        cell_spec("calibration/data~recurrent/ttt~off", False, token_nll=token_nll(3.0))]
+    summary, checks = judge(tmp_path, specs)
+    assert check_of(checks, "responsiveness.perplexity_text", harmful)["answer"] == "hurts"
+    assert summary["responsiveness.perplexity_text"]["verdict"] == "helps"
+    assert harmful not in summary["responsiveness.perplexity_text"]["cells"]
+    assert main(["verdicts", "--results", str(tmp_path), "--strict"]) == 0

@@ -20,6 +20,7 @@ from ttt.report.verdicts.loading import Cell, load_cells
 from ttt.report.verdicts.thresholds import DEFAULTS, thresholds
 
 NO_EFFECT = "no effect"  # a verdict of its own: TTT did nothing (never "pass")
+CALIBRATION = "calibration"  # the family of known-answer scenarios (ttt.launch.calibration)
 DIAGNOSTIC = "diagnostic"  # reported beside the verdicts, never a pass or a fail
 FAILING = ("fail", HURTS, NO_EFFECT)  # what --strict refuses
 # A signal's verdict is its worst cell's: the rank of each label.
@@ -122,7 +123,9 @@ class Registry:
         cells = load_cells(results)
         by_name = {c.name: c for c in cells}
         checks = [c for g in self.gates.values() for c in g.run(cells, cfg, by_name)]
-        return self.summarize(checks), checks
+        # The calibration family's cells fail on purpose (their verdicts are judged against the
+        # known ones in calibration.csv): they never enter the matrix's verdict rows.
+        return self.summarize([c for c in checks if not _calibration(c["cell"])]), checks
 
     def summarize(self, checks: list[dict]) -> list[dict]:
         rows = []
@@ -147,6 +150,10 @@ class Registry:
                          "value": worst["value"], "threshold": threshold, "verdict": verdict,
                          "explanation": f"{head}; worst {worst['cell']}: {worst['explanation']}"})
         return rows
+
+
+def _calibration(cell: str) -> bool:
+    return str(cell).startswith(CALIBRATION + "/")
 
 
 def _badness(c: dict) -> float:
