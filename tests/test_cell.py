@@ -126,7 +126,7 @@ def test_bad_cell_config_and_checkpoint_errors(cache, tmp_path):
     with pytest.raises(CheckpointError, match="no LM weights \\(consolidated.safetensors or model.safetensors\\)$"):
         load_checkpoint(tmp_path)
     tiny = resolve_model("tiny-random", cache / "models")
-    with pytest.raises(CheckpointError, match="config.json: TTT layers \\[7\\]"):
+    with pytest.raises(CheckpointError, match="ttt.layers: \\[7\\] out of range for a model with 4 layers"):
         load_checkpoint(tiny, ttt={"layers": [7]})
     with pytest.raises(DataError, match="manifest not found"):
         read_manifest(tmp_path / "nope.jsonl")

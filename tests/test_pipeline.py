@@ -164,7 +164,7 @@ def test_schema_error_names_the_key_before_any_job(tmp_path):
     done = snakemake(tmp_path, check=False)
     assert done.returncode != 0
     text = done.stdout + done.stderr
-    assert "lr_grid" in text and "chunks" in text and "'big' is not of type 'integer'" in text
+    assert "config lr_grid.chunks[0]: must be an integer, got 'big'" in text
     assert not (tmp_path / "results").exists()
 
 
