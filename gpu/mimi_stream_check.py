@@ -17,8 +17,9 @@ import torch
 from moshi.models import loaders
 
 from ttt.base.files import write_text
-from ttt.eval import mimi_encode
-from ttt.eval.data import SAMPLE_RATE, word_tone_turns
+from ttt.data import mimi_encode
+from ttt.data.conversations import SAMPLE_RATE
+from ttt.data.demo import word_tone_turns
 from ttt.moshi.tiny import DEMO_WORDS, randomize_mimi
 
 

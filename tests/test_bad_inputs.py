@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from ttt.config import load_cell_config
-from ttt.eval.data import DataError, read_manifest
+from ttt.data.conversations import DataError, read_manifest
 
 BASE = "cell: c\nmode: generate\n"
 CONFIG_FAULTS = {  # YAML appended to BASE → the key the error must name

@@ -14,7 +14,9 @@ from ttt.base.result import SCHEMA_VERSION
 from ttt.base.result import load as load_result
 from ttt.eval.cell import CellConfig, cell_items, run_cell
 from conftest import CELL_TTT, make_cell
-from ttt.eval.data import DataError, conversation_codes, read_manifest, write_demo_conversation
+from ttt.data.conversations import DataError, read_manifest
+from ttt.data.codes import conversation_codes
+from ttt.data.demo import write_demo_conversation
 from ttt.moshi.model import CheckpointError, load_checkpoint, resolve_model
 from ttt.moshi.tiny import DEMO_WORDS
 

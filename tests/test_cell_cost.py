@@ -7,7 +7,7 @@ import ttt
 from conftest import make_cell
 from ttt.eval.cell import cell_items
 from ttt.eval.checks import ab_twin
-from ttt.eval.data import conversation_codes
+from ttt.data.codes import conversation_codes
 from ttt.eval.metrics import teacher_forced_nll
 from ttt.moshi.model import load_checkpoint, resolve_model
 from ttt.moshi.surgery import ttt_disabled

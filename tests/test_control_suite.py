@@ -9,10 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ttt.eval.codebooks import code_statistics, entropy_bits, fit_codebooks, levels
-from ttt.eval.control import write_control_conversation
-from ttt.eval.recurrence import (add_repeats, build_offset_set, read_offset_set,
-                                 write_offset_set)
+from ttt.data.codebooks import code_statistics, entropy_bits, fit_codebooks, levels
+from ttt.data.demo import write_control_conversation
+from ttt.data.recurrence import add_repeats, build_offset_set, read_offset_set, write_offset_set
 from ttt.eval.train import TrainConfig, train
 from ttt.eval.train_data import mixed_batch
 from ttt.moshi.tiny import DEMO_WORDS

@@ -230,7 +230,7 @@ def test_cell_scores_the_new_audio_after_a_tarball_over_a_tarball(cache, tmp_pat
 
     from conftest import make_cell
     from ttt.eval.cell import run_cell
-    from ttt.eval.data import write_demo_conversation
+    from ttt.data.demo import write_demo_conversation
     from ttt.moshi.tiny import DEMO_WORDS
 
     def release(name, seed):

@@ -1,11 +1,11 @@
 """moshi-finetune data parity (issue 15 item 6): the text stream, words past the end, data
 directories, transcribe references.
 
-The reference below is written from kyutai-labs/moshi-finetune's source, not from ttt/eval/data.py:
+The reference below is written from kyutai-labs/moshi-finetune's source, not from ttt/data/conversations.py:
 ``finetune/data/interleaver.py`` (``tokenize``, ``Interleaver.prepare_item`` and
 ``build_token_stream``) as ``train.py`` configures it: ``keep_main_only=True``, padding =
 ``text_padding_token_id`` (3), end of padding = ``end_of_text_padding_id`` (0), in-word padding
-= padding, no audio delay. It walks the frames one by one, as the interleaver does; ttt/eval/data.py
+= padding, no audio delay. It walks the frames one by one, as the interleaver does; ttt/data/conversations.py
 walks the words.
 """
 import json
@@ -18,7 +18,8 @@ import pytest
 import sentencepiece
 import soundfile as sf
 
-from ttt.eval.data import (MAIN, OTHER, read_alignments, read_manifest, reference_speaker, text_stream)
+from ttt.data.conversations import (MAIN, OTHER, read_alignments, read_manifest, reference_speaker,
+                                    text_stream)
 from ttt.moshi.tiny import train_demo_tokenizer
 
 PAD, EOP = 3, 0
@@ -106,7 +107,7 @@ def write_conversation(directory, name, duration, alignments):
 def test_words_past_the_end_are_dropped_and_counted(tmp_path, caplog):
     wav = write_conversation(tmp_path, "a", 2.0, [[" hi", [0.1, 0.3], MAIN], [" there", [1.9, 2.02], MAIN],
                                                    [" late", [2.0, 2.4], MAIN], [" later", [2.5, 2.6], MAIN]])
-    with caplog.at_level(logging.WARNING, logger="ttt.eval.data"):
+    with caplog.at_level(logging.WARNING, logger="ttt.data.conversations"):
         words = read_alignments(wav, 2.0)
     assert [w for w, _, _ in words] == [" hi", " there"]  # 20 ms past the end: kept, not a rejection
     assert "2 word(s) start past the end" in caplog.text and "1 run past it" in caplog.text

@@ -66,7 +66,7 @@ import json, sys, torch
 from moshi.utils.compile import no_compile
 from ttt.moshi.model import load_checkpoint, resolve_model
 from ttt.eval.generate import stream_user_channel
-from ttt.eval.data import conversation_codes
+from ttt.data.codes import conversation_codes
 from ttt.eval.cell import CellConfig, cell_items
 cache, snap, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 from pathlib import Path

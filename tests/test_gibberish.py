@@ -121,7 +121,7 @@ def test_the_calibration_family_holds_the_playback_scenarios():
     """Each answer of the consistency gate has a calibration scenario (ttt/launch/calibration.py)
     whose cell is a valid playback cell reading the shipped recording."""
     from ttt.config import CellConfig
-    from ttt.eval.data import read_manifest
+    from ttt.data.conversations import read_manifest
     from ttt.launch.calibration import SCENARIOS, calibration_cells, scenario_path
 
     f = {"conversations": 2, "duration_s": 8, "long_duration_s": 20, "seed": 1, "window_s": 4}

@@ -67,7 +67,9 @@ def test_mimi_code_cache_is_keyed_by_content_not_directory_name(cache, tmp_path,
     from moshi.models import loaders
     from safetensors.torch import save_file
 
-    from ttt.eval.data import conversation_codes, load_audio, write_demo_conversation
+    from ttt.data.codes import conversation_codes
+    from ttt.data.conversations import load_audio
+    from ttt.data.demo import write_demo_conversation
     from ttt.moshi.model import resolve_model
     from ttt.moshi.tiny import DEMO_WORDS
 

@@ -10,9 +10,10 @@ import torch
 from moshi.models import loaders
 
 from ttt.base.identity import file_digest, value_digest
-from ttt.eval import mimi_encode
-from ttt.eval.data import (CODES_FORMAT, SAMPLE_RATE, _codes_key, load_audio, mimi_codes,
-                           read_manifest, write_demo_manifest)
+from ttt.data import mimi_encode
+from ttt.data.conversations import CODES_FORMAT, SAMPLE_RATE, load_audio, read_manifest
+from ttt.data.codes import _codes_key, mimi_codes
+from ttt.data.demo import write_demo_manifest
 from ttt.moshi.tiny import DEMO_WORDS, randomize_mimi
 
 FRAME = 1920
@@ -107,7 +108,7 @@ def test_codes_cache_keys_the_method(small_mimi, speech_like, tmp_path, monkeypa
 MEMORY = textwrap.dedent("""
     import os, sys, threading, time, torch
     from moshi.models import loaders
-    from ttt.eval import mimi_encode
+    from ttt.data import mimi_encode
     torch.set_num_threads(1)
     chunk = None if sys.argv[1] == "one_call" else int(sys.argv[1])
     mimi = loaders.get_mimi(None, device="cpu", num_codebooks=8).eval()  # full size, as 7B's

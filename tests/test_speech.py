@@ -1,5 +1,5 @@
-"""Synthesised two-speaker conversations (ttt/eval/speech.py): real Festival speech checked on the audio
-itself: layout readable by ttt/eval/data.py, words lying on voiced speech, two different voices, verbatim
+"""Synthesised two-speaker conversations (ttt/data/speech.py): real Festival speech checked on the audio
+itself: layout readable by ttt/data/conversations.py, words lying on voiced speech, two different voices, verbatim
 recurrence beyond ``recur_after_s`` only when asked for, determinism by seed.
 
 Festival, its two voices and the text (Debian packages) are installed by the fixture when missing
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ttt.eval import speech
+from ttt.data import speech
 from ttt.cli.main import main
-from ttt.eval.data import FRAME_RATE, MAIN, OTHER, SAMPLE_RATE, load_audio, read_manifest
+from ttt.data.conversations import FRAME_RATE, MAIN, OTHER, SAMPLE_RATE, load_audio, read_manifest
 
 RECUR_AFTER = 6.0
 DURATION = 45.0

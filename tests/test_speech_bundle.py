@@ -1,4 +1,4 @@
-"""The speech control's data path (ttt/eval/speech.py unit "word", ttt/eval/speech_bundle.py):
+"""The speech control's data path (ttt/data/speech.py unit "word", ttt/data/speech_bundle.py):
 spoken-word conversations, and their rebuild from a packed synthesis cache on a machine without
 Festival, byte for byte (what gpu/control/run_speech.sh relies on)."""
 import json
@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ttt.eval import speech, speech_bundle
-from ttt.eval.data import SAMPLE_RATE, read_manifest
+from ttt.data import speech
+from ttt.data import speech_bundle
+from ttt.data.conversations import SAMPLE_RATE, read_manifest
 
 WORDS = 12
 

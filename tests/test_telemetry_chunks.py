@@ -122,7 +122,7 @@ def test_teacher_forced_cell_writes_a_row_per_chunk_and_the_plateau_verdict_judg
     from ttt.eval.metrics import teacher_forced_nll
     from ttt.moshi.model import load_checkpoint, resolve_model
     from ttt.report.verdicts import REGISTRY, Cell, thresholds
-    from ttt.eval.data import conversation_codes
+    from ttt.data.codes import conversation_codes
     from ttt.eval.cell import cell_items
 
     cfg = make_cell(cache, "chunks", [6.0], family="long_form")

@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 import ttt
 from conftest import directional_derivatives, tiny_lm
-from ttt.eval.control import token_nll, write_control_conversation
+from ttt.eval.control import token_nll
+from ttt.data.demo import write_control_conversation
 from ttt.moshi.tiny import DEMO_WORDS, TINY_TRAINED
 from ttt.moshi.surgery import ttt_disabled
 from ttt.eval.train import TrainConfig, lm_loss, load_train_config, train
@@ -183,7 +184,8 @@ def test_default_long_form_input_recurs_beyond_the_context(tmp_path):
     import soundfile as sf
 
     from ttt.config import CellConfig
-    from ttt.eval.data import RECUR_GAP_S, RECUR_PART_S, read_manifest, write_demo_manifest
+    from ttt.data.demo import RECUR_GAP_S, RECUR_PART_S, write_demo_manifest
+    from ttt.data.conversations import read_manifest
 
     rec = read_manifest(write_demo_manifest(tmp_path, [30.0], 1, DEMO_WORDS, recurrent=True))[0]
     plain = read_manifest(write_demo_manifest(tmp_path, [30.0], 1, DEMO_WORDS))[0]

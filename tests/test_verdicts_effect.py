@@ -208,7 +208,8 @@ def test_teacher_forced_cell_writes_every_tokens_nll_as_the_parallel_form_scores
     from conftest import make_cell
     from ttt.eval.cell import run_cell
     from ttt.eval.control import token_nll as parallel_nll
-    from ttt.eval.data import conversation_codes, read_manifest
+    from ttt.data.codes import conversation_codes
+    from ttt.data.conversations import read_manifest
     from ttt.moshi.model import load_checkpoint, resolve_model
     from ttt.moshi.surgery import ttt_disabled
     for ttt in ({"enabled": False}, {"start_layer": 1, "layer_frequency": 2, "chunk_size": 8,

@@ -138,7 +138,8 @@ def test_default_recurrent_families_hold_a_full_copy_in_several_windows(tmp_path
     (README "The embedded default"), the only input on which its TTT has something to remember:
     each cell holds a whole copy of the first RECUR_PART_S seconds and ≥ 3 perplexity windows
     (a CI over one window is a single value); yarn's contexts stay YaRN extensions (scale > 1)."""
-    from ttt.eval.data import FRAME_RATE, RECUR_GAP_S, RECUR_PART_S
+    from ttt.data.conversations import FRAME_RATE
+    from ttt.data.demo import RECUR_GAP_S, RECUR_PART_S
 
     cfg = write_config(tmp_path, families=["long_form", "yarn"])
     done = snakemake(tmp_path, "--until", "cell_config")

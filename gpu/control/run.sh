@@ -25,7 +25,8 @@ $P -m ttt.eval.control evaluate --checkpoint $C --manifest $M --out $W/test-prod
 $P -m ttt.eval.control evaluate --checkpoint $C --manifest $M --out $W/test-untrained.json --cache-dir $W/cache --device cuda --untrained-seed 0 > /dev/null
 $P - <<'PY'
 import json, hashlib, pathlib, shutil, torch
-from ttt.eval.data import read_manifest, file_digest
+from ttt.base.identity import file_digest
+from ttt.data.conversations import read_manifest
 W = pathlib.Path("/tmp/ctl")
 digest = lambda p: hashlib.sha256(pathlib.Path(p).read_bytes()).hexdigest()
 out = {"test": json.load(open(W / "test.json")), "test_production_flags": json.load(open(W / "test-prod.json")),

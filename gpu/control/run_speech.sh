@@ -1,6 +1,6 @@
 #!/bin/bash
 # The speech positive control, end to end on one GPU (run from the repository root, with the
-# bundle of `python -m ttt.eval.speech_bundle pack` in $BUNDLE): unpack the synthesis cache
+# bundle of `python -m ttt.data.speech_bundle pack` in $BUNDLE): unpack the synthesis cache
 # (sha256-checked) → spoken-word conversations by `python -m ttt speech --unit word` (no Festival
 # needed: every word is cached) → Mimi codes (strict fp32) → `ttt train` → the held-out test
 # table (trained TTT settings, production flags, untrained). $OUT gets the checkpoint's LM files,
@@ -19,7 +19,7 @@ DURATION=${DURATION:-32}; RECUR_AFTER=${RECUR_AFTER:-5}; BATCH=${BATCH:-16}
 # WORK finds them and goes straight to training)
 OUT=${OUT:-$W/out}; mkdir -p "$W/data" "$OUT"
 t0=$(date +%s)
-$P -m ttt.eval.speech_bundle unpack "$B" --cache "$W/sentences"
+$P -m ttt.data.speech_bundle unpack "$B" --cache "$W/sentences"
 echo "unpacked $(( $(date +%s) - t0 )) s"
 # DURATION-s conversations (32), turns of 3-8 words, repeats > RECUR_AFTER s (5 s = 62 frames,
 # ~2x the context) after their source with probability 0.7; train words: the train part's 600 most frequent, held-out: the
@@ -36,11 +36,11 @@ speech --out "$W/data/val-plain" --count $VAL_COUNT --seed 301 --text-part heldo
 speech --out "$W/data/test-rec" --count $TEST_COUNT --seed 400 --text-part heldout --vocabulary-size 300 --recurrence &
 speech --out "$W/data/test-plain" --count $TEST_COUNT --seed 401 --text-part heldout --vocabulary-size 300 &
 for job in $(jobs -p); do wait $job; done   # a failed shard fails the run (set -e)
-$P -m ttt.eval.speech_bundle merge --out "$W/data/train.jsonl" "$W"/data/train-*/manifest.jsonl > /dev/null
-$P -m ttt.eval.speech_bundle merge --out "$W/data/val.jsonl" "$W/data/val-rec/manifest.jsonl" "$W/data/val-plain/manifest.jsonl" > /dev/null
-$P -m ttt.eval.speech_bundle merge --out "$W/data/test.jsonl" "$W/data/test-rec/manifest.jsonl" "$W/data/test-plain/manifest.jsonl" > /dev/null
+$P -m ttt.data.speech_bundle merge --out "$W/data/train.jsonl" "$W"/data/train-*/manifest.jsonl > /dev/null
+$P -m ttt.data.speech_bundle merge --out "$W/data/val.jsonl" "$W/data/val-rec/manifest.jsonl" "$W/data/val-plain/manifest.jsonl" > /dev/null
+$P -m ttt.data.speech_bundle merge --out "$W/data/test.jsonl" "$W/data/test-rec/manifest.jsonl" "$W/data/test-plain/manifest.jsonl" > /dev/null
 echo "data $(( $(date +%s) - t0 )) s: $(wc -l < "$W/data/train.jsonl") train, $(wc -l < "$W/data/test.jsonl") test"
-$P -m ttt.eval.speech_bundle base --out "$W/base" --tokenizer "$B/tokenizer.model" \
+$P -m ttt.data.speech_bundle base --out "$W/base" --tokenizer "$B/tokenizer.model" \
    --lm-kwargs '{"text_card": 1000}' --cache-root "$W/cache/models" > /dev/null
 $P -m ttt.eval.control encode "$W/data/test.jsonl" "$W/data/val.jsonl" "$W/data/train.jsonl" \
    --base "$W/base" --device "$DEVICE" --cache-dir "$W/cache" --batch ${MIMI_BATCH:-24}  # 24 x 32 s: run.sh's 32 x 24 s
@@ -60,8 +60,9 @@ echo "evaluated $(( $(date +%s) - t0 )) s"
 COMPARABLE=$([ "$DURATION/$RECUR_AFTER/$VAL_COUNT/$TEST_COUNT" = 32/5/16/32 ] && echo 1 || echo 0) \
 WORK=$W BUNDLE=$B $P - <<'PY'
 import hashlib, json, os, pathlib, shutil, types
-from ttt.eval.data import read_manifest, _codes_key
-from ttt.eval.speech_bundle import content_digest
+from ttt.data.conversations import read_manifest
+from ttt.data.codes import _codes_key
+from ttt.data.speech_bundle import content_digest
 from ttt.base.identity import file_digest
 from ttt.moshi.checkpoints import resolve_checkpoint
 W, B = pathlib.Path(os.environ["WORK"]), pathlib.Path(os.environ["BUNDLE"])
@@ -94,7 +95,7 @@ for item in items[:2]:
 # (batched, possibly GPU) codes the model was scored on?
 import torch
 from safetensors.torch import load_file
-from ttt.eval.data import load_audio
+from ttt.data.conversations import load_audio
 from ttt.moshi.model import load_mimi
 cpu_mimi = load_mimi(sources, "cpu")
 with torch.no_grad():

@@ -24,14 +24,14 @@ $P -m ttt.eval.control data --out "$W/data/val" --count $VAL_COUNT --duration $D
 $P -m ttt.eval.control data --out "$W/data/test" --count $TEST_COUNT --duration $DURATION --recurrent-fraction 0 --seed 2 > /dev/null &
 for job in $(jobs -p); do wait $job; done
 say "data: $(wc -l < "$W/data/train/manifest.jsonl") train conversations of $DURATION s"
-$P -m ttt.eval.codebooks fit --base tiny-random --manifest "$W/data/train/manifest.jsonl" \
+$P -m ttt.data.codebooks fit --base tiny-random --manifest "$W/data/train/manifest.jsonl" \
    --conversations $FIT_COUNT --out "$W/fitted" --device "$DEVICE" --cache-dir "$W/cache"
 say "codebooks fitted"
 $P -m ttt.eval.control encode "$W/data/test/manifest.jsonl" "$W/data/val/manifest.jsonl" "$W/data/train/manifest.jsonl" \
    --base "$W/fitted" --device "$DEVICE" --cache-dir "$W/cache" --batch ${MIMI_BATCH:-24}
-$P -m ttt.eval.codebooks stats --base tiny-random --base "$W/fitted" --manifest "$W/data/test/manifest.jsonl" \
+$P -m ttt.data.codebooks stats --base tiny-random --base "$W/fitted" --manifest "$W/data/test/manifest.jsonl" \
    --out "$OUT/codes_stats.json" --device "$DEVICE" --cache-dir "$W/cache" > /dev/null
-$P -m ttt.eval.recurrence build --manifest "$W/data/test/manifest.jsonl" --base "$W/fitted" \
+$P -m ttt.data.recurrence build --manifest "$W/data/test/manifest.jsonl" --base "$W/fitted" \
    --cache-dir "$W/cache" --offsets $OFFSETS --length $LENGTH --out "$W/offsets"
 say "encoded (fitted Mimi), code statistics, offset sets"
 if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control > /dev/null; then  # kernels of the runs side by side

@@ -10,7 +10,7 @@ from ttt.cli.common import add_config_out_device, bad_input, example, no_compile
 def run_cell_command(args: argparse.Namespace) -> int:
     """Exit 0 for a completed or diverged cell, 2 for bad input, anything else is a crash."""
     from ttt.eval.cell import load_cell_config, run_cell
-    from ttt.eval.data import DataError
+    from ttt.data.conversations import DataError
     from ttt.moshi.model import CheckpointError
 
     try:

@@ -9,7 +9,7 @@ from ttt.cli.common import bad_input, example
 
 def speech_command(args: argparse.Namespace) -> int:
     """Exit 0 written, 2 for bad settings or a missing synthesiser/text package (one line)."""
-    from ttt.eval.speech import SpeechError, write_conversations
+    from ttt.data.speech import SpeechError, write_conversations
     try:
         manifest = write_conversations(args.out, count=args.count, duration_s=args.duration,
                                        recurrence=args.recurrence, seed=args.seed,

@@ -29,7 +29,7 @@ def prepare_command(args: argparse.Namespace) -> int:
     import json
 
     from ttt.eval.cell import load_cell_config
-    from ttt.eval.data import DataError
+    from ttt.data.conversations import DataError
     from ttt.eval.prepare import preparation_device, prepare
     from ttt.moshi.model import CheckpointError
 

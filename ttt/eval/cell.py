@@ -20,7 +20,8 @@ from ttt.base.result import SCHEMA_VERSION, checked
 from ttt.config import MODES, CellConfig, load_cell_config  # noqa: F401 - this module's API too
 from ttt.eval.cell_outputs import write_json
 from ttt.eval.checks import embedding_plumbing
-from ttt.eval.data import DataError, read_manifest, write_demo_manifest
+from ttt.data.conversations import DataError, read_manifest
+from ttt.data.demo import write_demo_manifest
 from ttt.eval.phases import Phases, Resident, peak_memory, reset_peak_memory
 from ttt.eval.playback import ASSET as PLAYBACK_ASSET, run_playback
 from ttt.eval.streamed import refuse_foreign_snapshots, replay_dir, run_streamed

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ttt.base.files import save_figure
-from ttt.eval.data import FRAME_RATE
+from ttt.data.conversations import FRAME_RATE
 from ttt.session.telemetry import next_chunk_gain
 
 

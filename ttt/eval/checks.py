@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ttt.eval.data import conversation_codes
+from ttt.data.codes import conversation_codes
 from ttt.eval.metrics import perplexity, teacher_forced_nll
 from ttt.moshi.surgery import ttt_disabled, ttt_layers
 

@@ -1,12 +1,8 @@
-"""The positive control's data and measurement: conversations whose content recurs beyond the
-attention context, and the held-out TTT-on vs TTT-off gain of a trained model.
-
-Conversations are the demo kind (``data.word_tone_turns``, the demo's word tones, two speakers,
-moshi-finetune layout). A *recurrent* one copies its first ``part_s`` seconds (audio samples
-and word alignments, frame-aligned, so the random Mimi sees the same samples) again after a
-``gap_s`` filler that is longer than the context: only a memory that outlives the attention
-window can predict the copy. A *plain* one has fresh words throughout (same length, same
-statistics): whatever TTT gains there is adaptation, not recall.
+"""The positive control's measurement: the held-out TTT-on vs TTT-off gain of a trained model on
+conversations whose content recurs beyond the attention context (written by
+:func:`ttt.data.demo.write_control_manifest`: recurrent ones copy their first part after a filler
+longer than the context, plain ones have fresh words throughout, so whatever TTT gains on a plain
+one is adaptation, not recall).
 """
 from __future__ import annotations
 
@@ -19,76 +15,7 @@ import numpy as np
 
 from ttt.base.files import atomic_write, write_text
 from ttt.base.paired_effect import REGIONS, difference_ci, paired_effect, pooled_nll
-from ttt.eval.data import FRAME_RATE, SAMPLE_RATE, word_tone_turns, write_conversation
-
-SAMPLES_PER_FRAME = int(SAMPLE_RATE / FRAME_RATE)  # 1920
-
-
-def _frames(seconds: float) -> float:
-    """Round a duration to whole Mimi frames (80 ms), so a copied part keeps its frame phase."""
-    return round(seconds * FRAME_RATE) / FRAME_RATE
-
-
-def write_control_conversation(wav: Path, *, duration: float, recurrent: bool, part_s: float,
-                               gap_s: float, seed: int, words: list[str]) -> dict:
-    """One conversation: [A | filler] and, when ``recurrent``, [A | B | A | B' ...] with A the
-    first ``part_s`` seconds and B fillers of ``gap_s`` seconds; plain conversations draw every
-    part fresh. Returns the manifest line."""
-    rng = np.random.default_rng(seed)
-    part_s, gap_s = _frames(part_s), _frames(gap_s)
-    # Whole frames, a partial last frame counting as one: a remainder of half a frame or less
-    # rounded to no frame and never ended the loop (25 s = 312.5 frames hung).
-    duration = math.ceil(round(duration * FRAME_RATE, 6)) / FRAME_RATE
-    pieces, alignments, t, channel, first = [], [], 0.0, 0, None
-    while t < duration - 1e-6:
-        for length, is_a in ((part_s, True), (gap_s, False)):
-            length = min(length, _frames(duration - t))
-            if length <= 0:
-                break
-            if is_a and recurrent and first is not None:
-                audio, words_here = first
-            else:
-                audio, words_here, channel = word_tone_turns(rng, length, words, channel)
-                if is_a and first is None:
-                    first = (audio, words_here)
-            audio = audio[:int(round(length * SAMPLE_RATE))]
-            pieces.append(audio)
-            alignments += [[w, [round(t + a, 3), round(t + min(b, length), 3)], s]
-                           for w, (a, b), s in words_here if a < length]
-            t += length
-    audio = np.concatenate(pieces)
-    write_conversation(wav, audio, alignments)
-    return {"path": wav.name, "duration": round(len(audio) / SAMPLE_RATE, 4), "recurrent": recurrent}
-
-
-def write_control_manifest(directory: str | os.PathLike, *, count: int, duration: float,
-                           recurrent_fraction: float, part_s: float, gap_s: float, seed: int,
-                           words: list[str], workers: int = 1) -> Path:
-    """``count`` conversations (a ``recurrent_fraction`` of them recurrent, interleaved), their
-    manifest.jsonl (moshi-finetune lines plus a ``recurrent`` flag). Deterministic from ``seed``."""
-    from concurrent.futures import ProcessPoolExecutor
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    n_rec = int(round(recurrent_fraction * count))
-    jobs = []
-    for i in range(count):
-        recurrent = (i * n_rec) // count != ((i + 1) * n_rec) // count
-        wav = directory / f"conv{i:04d}-{'rec' if recurrent else 'plain'}.wav"
-        jobs.append(dict(wav=wav, duration=duration, recurrent=recurrent, part_s=part_s,
-                         gap_s=gap_s, seed=seed * 100_003 + i, words=words))
-    if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
-            lines = list(pool.map(_write_one, jobs, chunksize=8))
-    else:
-        lines = [_write_one(job) for job in jobs]
-    manifest = directory / "manifest.jsonl"
-    write_text(manifest, "".join(json.dumps(line) + "\n" for line in lines))
-    return manifest
-
-
-def _write_one(job: dict) -> dict:
-    return write_control_conversation(job.pop("wav"), **job)
+from ttt.data.demo import write_control_manifest
 
 
 def _ppl(nll: np.ndarray) -> float:
@@ -176,7 +103,8 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, cach
     import torch
     from moshi.models import loaders
 
-    from ttt.eval.data import read_manifest, conversation_codes
+    from ttt.data.conversations import read_manifest
+    from ttt.data.codes import conversation_codes
     from ttt.base.identity import file_digest
     from ttt.moshi.model import load_checkpoint
     from ttt.moshi.surgery import ttt_disabled
@@ -208,15 +136,16 @@ def evaluate(checkpoint: str | os.PathLike, manifest: str | os.PathLike, *, cach
 
 
 def encode_batched(bundle, manifest, cache_dir: str, batch: int) -> None:
-    """Fill the codes cache that ``ttt.eval.train_data.load_codes`` reads, ``batch`` equal-length
+    """Fill the codes cache that ``ttt.data.codes.load_codes`` reads, ``batch`` equal-length
     conversations per Mimi call (streamed in chunks past ``ONE_SHOT_MAX_S``, as ``mimi_codes``), in
     strict fp32 (no TF32: the codes must equal a CPU encode's)."""
     import torch
 
     from safetensors.torch import save_file
 
-    from ttt.eval.data import _codes_key, encode_chunk_frames, load_audio, read_manifest
-    from ttt.eval.mimi_encode import encode
+    from ttt.data.codes import _codes_key, encode_chunk_frames
+    from ttt.data.conversations import load_audio, read_manifest
+    from ttt.data.mimi_encode import encode
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
@@ -278,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "encode":
         from ttt.moshi.model import load_checkpoint, resolve_model
-        from ttt.eval.train_data import TrainBase, load_codes
+        from ttt.data.codes import TrainBase, load_codes
         directory = resolve_model(args.base, Path(args.cache_dir) / "models")
         bundle = load_checkpoint(directory, device=args.device)
         base = TrainBase(args.base, directory, args.device, bundle.mimi)

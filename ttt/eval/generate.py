@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttt.eval.data import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
+from ttt.data.conversations import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
 from ttt.eval.words import word_indicators
 from ttt.moshi.surgery import ttt_layers
 from ttt.session.diagnostics import Diagnostics
@@ -106,7 +106,7 @@ def decode_audio(mimi, frames: list[np.ndarray], device, per_call: int = DECODE_
     ``context`` keys, right for one frame per call; a call of several frames would overwrite keys
     its own first queries still need, so each decoder attention's ring is widened by one call's
     steps (its mask still limits every query to ``context`` keys), as the streamed encode does
-    (:mod:`ttt.eval.mimi_encode`). Returns one array of samples per call."""
+    (:mod:`ttt.data.mimi_encode`). Returns one array of samples per call."""
     from moshi.modules.transformer import RingKVCache, StreamingMultiheadAttention
     from moshi.utils.compile import no_cuda_graph
 

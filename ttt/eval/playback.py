@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 
 from ttt.base.files import write_csv
-from ttt.eval.data import FRAME_RATE, MAIN, SAMPLE_RATE, DataError, load_audio
+from ttt.data.conversations import FRAME_RATE, MAIN, SAMPLE_RATE, DataError, load_audio
 from ttt.eval.generate import collapse_indicators, windowed_words
 from ttt.eval.phases import Phases, peak_memory
 

@@ -21,7 +21,7 @@ def prepare(cfg, log=print) -> dict:
     """Tokenise every input of ``cfg`` (a CellConfig) into the codes cache; returns the marker's
     content (inputs and their frame counts)."""
     from ttt.eval.cell import cell_items
-    from ttt.eval.data import conversation_codes
+    from ttt.data.codes import conversation_codes
     from ttt.base.identity import file_digest
     from ttt.moshi.model import load_codec
 

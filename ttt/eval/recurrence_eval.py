@@ -1,4 +1,4 @@
-"""Loss on the repeated frames of an offset set (:mod:`ttt.eval.recurrence`), per row, for one
+"""Loss on the repeated frames of an offset set (:mod:`ttt.data.recurrence`), per row, for one
 checkpoint: TTT as trained and, when the model has TTT layers, its TTT-off twin (the same weights,
 no updates).
 
@@ -64,7 +64,7 @@ def twin_conditions(lm) -> dict:
 def evaluate_set(checkpoint: str | os.PathLike, set_dir: str | os.PathLike, device: str = "cpu",
                  batch: int = 32) -> dict:
     """Every row's copy-span NLL under each condition of the checkpoint (``on``, ``off``)."""
-    from ttt.eval.recurrence import read_offset_set
+    from ttt.data.recurrence import read_offset_set
     from ttt.moshi.model import load_checkpoint
 
     rows, manifest = read_offset_set(set_dir)
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m ttt.eval.recurrence_eval", description=__doc__)
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--set", required=True, help="offset set folder (ttt.eval.recurrence)")
+    parser.add_argument("--set", required=True, help="offset set folder (ttt.data.recurrence)")
     parser.add_argument("--out", required=True, help="JSON to write")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=32)

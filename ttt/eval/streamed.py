@@ -14,7 +14,8 @@ from ttt.base.files import write_audio, write_csv
 from ttt.base.code_identity import code_digest
 from ttt.base.identity import file_digest, files_digest
 from ttt.eval.cell_outputs import telemetry_summary, write_plots
-from ttt.eval.data import FRAME_RATE, OTHER, SAMPLE_RATE, conversation_codes, reference_speaker
+from ttt.data.conversations import FRAME_RATE, OTHER, SAMPLE_RATE, reference_speaker
+from ttt.data.codes import conversation_codes
 from ttt.eval.generate import (collapse_indicators, decode_audio, stream_user_channel,
                                windowed_words, words_with_times)
 from ttt.eval.metrics import word_errors

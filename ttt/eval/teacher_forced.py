@@ -10,7 +10,8 @@ import torch
 from ttt.base.files import write_csv
 from ttt.eval.cell_outputs import telemetry_summary, write_plots
 from ttt.eval.checks import ab_twin, upstream_regression
-from ttt.eval.data import FRAME_RATE, conversation_codes
+from ttt.data.conversations import FRAME_RATE
+from ttt.data.codes import conversation_codes
 from ttt.eval.metrics import perplexity, sliding_perplexity, teacher_forced_nll
 from ttt.eval.phases import Phases, peak_memory
 from ttt.moshi.surgery import ttt_layers

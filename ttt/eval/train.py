@@ -29,8 +29,9 @@ from ttt.base.files import read_yaml, write_csv, write_text
 from ttt.base.identity import file_digest
 from ttt.base.outdir import lock_output
 from ttt.config import SEED_RANGE, TTTConfig, _is_int, strict_kwargs
-from ttt.eval.recurrence import add_repeats, check_spec
-from ttt.eval.train_data import TrainBase, load_codes, mixed_batch, sample_batch
+from ttt.data.recurrence import add_repeats, check_spec
+from ttt.data.codes import TrainBase, load_codes
+from ttt.eval.train_data import mixed_batch, sample_batch
 from ttt.eval.train_eval import eval_items, evaluate_loss, selection_loss
 from ttt.eval.train_probe import InnerProbe
 from ttt.eval.train_state import (STATE_FILE, check_state, find_resume, rng_state, set_rng_state,

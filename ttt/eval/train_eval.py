@@ -13,7 +13,7 @@ import math
 import numpy as np
 import torch
 
-from ttt.eval.recurrence import add_repeats
+from ttt.data.recurrence import add_repeats
 from ttt.eval.recurrence_eval import span_means, token_losses, twin_conditions
 
 EVAL_REPEAT_SEED = 20_241

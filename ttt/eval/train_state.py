@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from ttt.config import TTTConfig
-from ttt.eval.train_data import TrainBase
+from ttt.data.codes import TrainBase
 from ttt.moshi.gating import TTTGating
 from ttt.moshi.checkpoints import UNTRAINED, codec_untrained, project_config
 from ttt.moshi.surgery import ttt_layers

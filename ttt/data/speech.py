@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ttt.eval.data import FRAME_RATE, MAIN, OTHER, SAMPLE_RATE
-from ttt.eval.speech_text import (MAX_TURN_WORDS, TEXT_SOURCE, SpeechError, passages,
-                                  text_entries, vocabulary)
+from ttt.data.conversations import FRAME_RATE, MAIN, OTHER, SAMPLE_RATE
+from ttt.data.speech_text import (MAX_TURN_WORDS, TEXT_SOURCE, SpeechError, passages, text_entries,
+                                  vocabulary)
 from ttt.base.files import atomic_write, write_text
 
 # voice name → (Festival command that selects it, Debian package, where the package puts it)

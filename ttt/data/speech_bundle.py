@@ -1,5 +1,5 @@
 """The speech positive control's bundle: what a machine without Festival needs to rebuild the
-spoken-word conversations of ``ttt.eval.speech`` bit for bit, and the pieces its training needs.
+spoken-word conversations of ``ttt.data.speech`` bit for bit, and the pieces its training needs.
 
 Why: the GPU that trains the control has no Festival and no network, and the CPU that has
 Festival encodes Mimi far too slowly (measured 2.6× real time per core for the random full-size
@@ -8,7 +8,7 @@ word lists in both voices, losslessly as FLAC), the dictionary text and the toke
 machine unpacks the cache (each wav checked against its sha256 here), runs ``python -m ttt speech``
 on it (no Festival call: everything is cached) and encodes Mimi there (gpu/control/run_speech.sh).
 
-Subcommands (``python -m ttt.eval.speech_bundle``): ``pack``, ``unpack``, ``tokenizer``, ``base``
+Subcommands (``python -m ttt.data.speech_bundle``): ``pack``, ``unpack``, ``tokenizer``, ``base``
 (the base checkpoint: tiny-random's Mimi + this tokenizer), ``merge`` (several manifests → one).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ttt.eval.data import SAMPLE_RATE
+from ttt.data.conversations import SAMPLE_RATE
 
 INDEX = "index.json"
 CACHE_TAR = "cache.tar"
@@ -126,7 +126,7 @@ def train_tokenizer(text_source: str | os.PathLike, out: str | os.PathLike,
     Special ids as the tiny default's (unk 0, bos 1, eos 2, pad 3); single thread: deterministic."""
     import sentencepiece
 
-    from ttt.eval.speech import passages, text_entries
+    from ttt.data.speech import passages, text_entries
 
     pool = passages(Path(text_source))
     lines = [s.lower() for i in text_entries(pool, "train") for s in pool[i]]
@@ -196,7 +196,7 @@ def merge(out: str | os.PathLike, manifests: list[str | os.PathLike]) -> Path:
 
 def content_digest(manifest: str | os.PathLike) -> str:
     """sha256 over the manifest's wav and alignment bytes, in order (path-independent)."""
-    from ttt.eval.data import read_manifest
+    from ttt.data.conversations import read_manifest
 
     h = hashlib.sha256()
     for item in read_manifest(manifest):
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m ttt.eval.speech_bundle", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ttt.data.speech_bundle", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack", help="synthesis cache + text + tokenizer → bundle folder")
     p.add_argument("--cache", required=True)

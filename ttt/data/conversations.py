@@ -1,6 +1,5 @@
 """Inputs of a cell: moshi-finetune manifests (stereo wav, left = Moshi, right = user, plus the
-sibling alignments json), the demo conversations the embedded default generates, and their
-tokenisation into Moshi's 17 streams (text at 12.5 Hz, 8 Moshi + 8 user Mimi codebooks).
+sibling alignments json), their audio, and Moshi's text stream built from the alignments.
 
 Every problem with an input is a one-line ``DataError`` naming the file.
 """
@@ -10,18 +9,12 @@ import json
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
-from safetensors.torch import load_file, save_file
-
-from ttt.base.identity import file_digest, value_digest
-from ttt.base.files import atomic_write, write_audio, write_text
-from ttt.eval import mimi_encode
 
 SAMPLE_RATE = 24000
 FRAME_RATE = 12.5
@@ -210,133 +203,3 @@ def text_stream(alignments, tokenizer, frames: int, speaker: str = MAIN) -> torc
                 stream[t - 1] = END_OF_PADDING_ID
             stream[t] = token
     return stream
-
-
-def encode_chunk_frames(item: Item) -> int | None:
-    """How ``item``'s audio is encoded: None in one Mimi call, else frames per streamed chunk
-    (decided by the file's own length, read from its header)."""
-    return mimi_encode.chunk_frames(check_audio(item.path, item.channels))
-
-
-def _codes_key(mimi, item: Item, mimi_id: str) -> str:
-    """What a cached code file was computed from: Mimi's weights, the audio, the settings, and
-    for streamed audio the chunk (one-shot keys are those of earlier runs: their files stay valid)."""
-    # The audio is hashed every time (remember=False): cheap next to encoding it, and no stamp
-    # of an overwritten file can then serve another recording's codes.
-    spec = {"format": CODES_FORMAT, "mimi": mimi_id, "audio": file_digest(item.path, remember=False),
-            "channels": item.channels, "codebooks": getattr(mimi, "num_codebooks", None),
-            "sample_rate": SAMPLE_RATE}
-    frames = encode_chunk_frames(item)
-    if frames is not None:
-        spec["encode"] = {"method": "streamed", "chunk_frames": frames}
-    return value_digest(spec)
-
-
-@torch.no_grad()
-def mimi_codes(mimi, item: Item, cache_dir: Path, mimi_id: str) -> torch.Tensor:
-    """[2, n_q, frames] codes (left, right), computed once per audio content, Mimi weights
-    (``mimi_id``: their content digest) and settings; audio over ``ONE_SHOT_MAX_S`` is encoded
-    in streamed chunks (bounded memory, :mod:`ttt.eval.mimi_encode`). Stored as safetensors
-    (nothing executable is loaded from the cache); an unreadable cached file is discarded and
-    recomputed."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    cached = cache_dir / f"{_codes_key(mimi, item, mimi_id)[:32]}.safetensors"
-    if cached.is_file():
-        try:
-            codes = load_file(str(cached))["codes"]
-            if codes.dtype == torch.long and codes.dim() == 3 and codes.shape[0] == 2:
-                return codes
-            raise ValueError(f"codes of shape {list(codes.shape)}, {codes.dtype}")
-        except Exception as exc:  # noqa: BLE001 - any unreadable cache file is recomputed
-            print(f"warning: {cached}: discarding a corrupt cached codes file "
-                  f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", file=sys.stderr)
-            cached.unlink(missing_ok=True)
-    audio = torch.from_numpy(load_audio(item.path, channels=item.channels))
-    if item.channels == 1:  # the user speaks; Moshi's channel is silent
-        audio = torch.cat([torch.zeros_like(audio), audio])
-    codes = mimi_encode.encode(mimi, audio, encode_chunk_frames(item)).cpu().long().contiguous()
-    atomic_write(cached, lambda tmp: save_file({"codes": codes}, str(tmp)))
-    return codes
-
-
-def conversation_codes(mimi, tokenizer, item: Item, cache_dir: Path, mimi_id: str) -> torch.Tensor:
-    """[1, 17, T] input of ``lm(codes)``: text, 8 Moshi codebooks (left), 8 user (right)."""
-    audio = mimi_codes(mimi, item, cache_dir, mimi_id)
-    frames = audio.shape[-1]
-    text = text_stream(item.alignments, tokenizer, frames)
-    return torch.cat([text[None], audio[0], audio[1]], dim=0)[None]
-
-
-# ---- demo conversations for the embedded default ---------------------------------------------
-
-# The positive control's recurrence (gpu/control/run.sh): an 8-s part, 4-s fillers.
-RECUR_PART_S, RECUR_GAP_S = 8.0, 4.0
-
-def word_tone_turns(rng, duration: float, words: list[str], channel: int = 0, start: float = 0.1,
-                    samples: int | None = None):
-    """Alternating turns of 3–8 words over ``duration`` s, each word a short harmonic tone whose
-    pitch depends on the word: (audio [samples, 2], alignments, the channel that speaks next)."""
-    n = int(round(duration * SAMPLE_RATE)) if samples is None else samples
-    audio = np.zeros((n, 2), dtype=np.float32)
-    alignments = []
-    t = start
-    while t < duration - 0.5:
-        for _ in range(int(rng.integers(3, 9))):
-            word = words[int(rng.integers(len(words)))]
-            length = float(rng.uniform(0.25, 0.5))
-            if t + length > duration - 0.1:
-                break
-            first = int(t * SAMPLE_RATE)
-            k = np.arange(int(length * SAMPLE_RATE))
-            f0 = 120 + 15 * (sum(map(ord, word)) % 20) + 60 * channel
-            tone = sum(np.sin(2 * np.pi * f0 * h * k / SAMPLE_RATE) / h for h in (1, 2, 3))
-            envelope = np.sin(np.pi * k / len(k)) ** 2
-            audio[first:first + len(k), channel] += 0.2 * (tone * envelope).astype(np.float32)
-            alignments.append([word, [t, t + length], MAIN if channel == 0 else OTHER])
-            t += length + float(rng.uniform(0.02, 0.12))
-        t += float(rng.uniform(0.2, 0.6))
-        channel = 1 - channel
-    audio += 0.003 * rng.standard_normal(audio.shape).astype(np.float32)
-    return audio, alignments, channel
-
-
-def write_conversation(wav: Path, audio: np.ndarray, alignments: list) -> None:
-    """The wav and its sibling alignments json, each atomically (the json first: a wav present
-    means its alignments are): cells starting together may write the same demo."""
-    write_text(wav.with_suffix(".json"), json.dumps({"alignments": alignments}))
-    write_audio(wav, audio, SAMPLE_RATE)
-
-
-def write_demo_conversation(wav: Path, duration: float, seed: int, words: list[str]) -> Item:
-    """A deterministic stereo 'conversation' of word tones (``word_tone_turns``)."""
-    rng = np.random.default_rng(seed)
-    audio, alignments, _ = word_tone_turns(rng, duration, words, start=0.2,
-                                           samples=int(duration * SAMPLE_RATE))
-    alignments = [[w, [round(a, 3), round(b, 3)], s] for w, (a, b), s in alignments]
-    write_conversation(wav, audio, alignments)
-    return Item(wav, duration, read_alignments(wav, duration))
-
-
-def write_demo_manifest(directory: Path, durations: list[float], seed: int, words: list[str],
-                        recurrent: bool = False) -> Path:
-    """A manifest of demo conversations (reused when already written with the same settings).
-    ``recurrent``: the positive control's pattern (docs/controls.md): the first
-    ``RECUR_PART_S`` seconds come back after every ``RECUR_GAP_S``-second filler, beyond the
-    default model's attention context, so a memory that outlives it can help."""
-    directory.mkdir(parents=True, exist_ok=True)
-    kind = "-recurrent" if recurrent else ""
-    manifest = directory / f"manifest{kind}-seed{seed}-{'_'.join(f'{d:g}' for d in durations)}s.jsonl"
-    lines = []
-    for i, duration in enumerate(durations):
-        wav = directory / f"conversation{i:03d}{kind}-{duration:g}s-seed{seed}.wav"
-        if not wav.is_file() or not wav.with_suffix(".json").is_file():
-            if recurrent:
-                from ttt.eval.control import write_control_conversation
-                write_control_conversation(wav, duration=duration, recurrent=True,
-                                           part_s=RECUR_PART_S, gap_s=RECUR_GAP_S, seed=seed + i,
-                                           words=words)
-            else:
-                write_demo_conversation(wav, duration, seed + i, words)
-        lines.append(json.dumps({"path": wav.name, "duration": duration}))
-    write_text(manifest, "\n".join(lines) + "\n")
-    return manifest

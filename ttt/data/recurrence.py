@@ -198,11 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     cached as training caches them)."""
     import argparse
 
-    from ttt.eval.train_data import TrainBase, load_codes
-    from ttt.eval.data import read_manifest
+    from ttt.data.codes import TrainBase, load_codes
+    from ttt.data.conversations import read_manifest
     from ttt.moshi.model import resolve_model
 
-    parser = argparse.ArgumentParser(prog="python -m ttt.eval.recurrence", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ttt.data.recurrence", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write an offset set (codes + manifest)")
     b.add_argument("--manifest", required=True, help="held-out conversations (moshi-finetune .jsonl)")

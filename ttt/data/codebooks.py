@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttt.eval.data import FRAME_RATE, MAIN, load_audio, read_manifest
+from ttt.data.conversations import FRAME_RATE, MAIN, load_audio, read_manifest
 
 
 def levels(quantizer) -> list[tuple[torch.nn.Module, torch.nn.Module, int]]:
@@ -169,10 +169,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from ttt.base.files import write_text
     from ttt.base.identity import file_digest
-    from ttt.eval.data import mimi_codes
+    from ttt.data.codes import mimi_codes
     from ttt.moshi.model import load_checkpoint, resolve_model
 
-    parser = argparse.ArgumentParser(prog="python -m ttt.eval.codebooks", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ttt.data.codebooks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fit", help="a base checkpoint whose Mimi codebooks are fitted to a manifest's audio")
     f.add_argument("--base", default="tiny-random")

@@ -1,0 +1,1 @@
+"""Conversations a cell or training reads: manifests, audio, Mimi codes, synthetic speech and tones, recurrence sets."""
