@@ -167,7 +167,7 @@ def test_device_and_seed_out_of_range_name_the_key(tmp_path, fault, message):
 
 
 def test_training_seed_out_of_range_names_the_key():
-    from ttt.eval.train import TrainConfig
+    from ttt.training.train import TrainConfig
     with pytest.raises(ValueError) as info:
         TrainConfig.from_dict({"train": "x.jsonl", "seed": 10 ** 30})
     _one_line(info, "seed: must be an integer in [-2**63, 2**63)")
@@ -268,8 +268,8 @@ def test_snapshot_with_a_malformed_identity_is_refused(cache, tmp_path):
 def test_malformed_train_state_is_named(tmp_path, state, message):
     import torch
 
-    from ttt.eval.train import TrainConfig, train
-    from ttt.eval.train_state import STATE_FILE
+    from ttt.training.train import TrainConfig, train
+    from ttt.training.state import STATE_FILE
     (tmp_path / "run" / "checkpoint").mkdir(parents=True)
     torch.save(state, tmp_path / "run" / "checkpoint" / STATE_FILE)
     with pytest.raises(ValueError) as info:

@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from ttt.data.codebooks import code_statistics, entropy_bits, fit_codebooks, levels
 from ttt.data.demo import write_control_conversation
 from ttt.data.recurrence import add_repeats, build_offset_set, read_offset_set, write_offset_set
-from ttt.eval.train import TrainConfig, train
-from ttt.eval.train_data import mixed_batch
+from ttt.training.train import TrainConfig, train
+from ttt.training.batches import mixed_batch
 from ttt.moshi.tiny import DEMO_WORDS
 
 

@@ -17,7 +17,7 @@ from ttt.eval.control import token_nll
 from ttt.data.demo import write_control_conversation
 from ttt.moshi.tiny import DEMO_WORDS, TINY_TRAINED
 from ttt.moshi.surgery import ttt_disabled
-from ttt.eval.train import TrainConfig, lm_loss, load_train_config, train
+from ttt.training.train import TrainConfig, lm_loss, load_train_config, train
 
 HELD_OUT = Path(__file__).parent / "data" / "control_heldout_codes.pt"
 

@@ -9,7 +9,7 @@ from ttt.cli.common import add_config_out_device, bad_input, example, no_compile
 def train_command(args: argparse.Namespace) -> int:
     """Exit 0 trained (or already at its last step), 2 bad config, data or checkpoint."""
     from ttt.data.conversations import DataError
-    from ttt.eval.train import load_train_config, train
+    from ttt.training.train import load_train_config, train
     from ttt.moshi.model import CheckpointError
 
     try:

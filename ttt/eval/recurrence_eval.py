@@ -10,7 +10,6 @@ model is trained to produce; moshi's masks drop the positions its delays leave u
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from pathlib import Path
@@ -18,25 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-@torch.no_grad()
-def token_losses(lm, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position NLL of ``lm(codes)`` [B, 17, T]: text [B, T] and Moshi's audio [B, K, T],
-    NaN where moshi's masks are false (fp32 at least)."""
-    out = lm(codes)
-    text = -torch.log_softmax(out.text_logits[:, 0].float(), -1).gather(
-        -1, codes[:, 0, :, None].clamp_min(0))[..., 0]
-    target = codes[:, lm.audio_offset:lm.audio_offset + lm.dep_q]
-    audio = -torch.log_softmax(out.logits.float(), -1).gather(
-        -1, target[..., None].clamp_min(0))[..., 0]
-    nan = torch.tensor(float("nan"), device=text.device)
-    return torch.where(out.text_mask[:, 0], text, nan), torch.where(out.mask, audio, nan)
-
-
-def span_means(text: torch.Tensor, audio: torch.Tensor, span) -> tuple[float, float]:
-    """Mean valid NLL of one row's text [T] and audio [K, T] over ``span`` (all frames: None)."""
-    a, b = span if span is not None else (0, text.shape[-1])
-    return float(text[a:b].nanmean()), float(audio[:, a:b].nanmean())
+from ttt.training.held_out import span_means, token_losses, twin_conditions
 
 
 def span_nll(lm, rows: torch.Tensor, spans: list, batch: int = 32) -> dict[str, np.ndarray]:
@@ -49,16 +30,6 @@ def span_nll(lm, rows: torch.Tensor, spans: list, batch: int = 32) -> dict[str, 
             if spans[lo + j] is not None:
                 text_out[lo + j], audio_out[lo + j] = span_means(text[j], audio[j], spans[lo + j])
     return {"text": text_out, "audio": audio_out}
-
-
-def twin_conditions(lm) -> dict:
-    """{"on": context} and, for a model with TTT layers, {"off": its TTT-off twin's context}."""
-    from ttt.moshi.surgery import ttt_disabled, ttt_layers
-
-    out = {"on": contextlib.nullcontext}
-    if ttt_layers(lm):
-        out["off"] = lambda: ttt_disabled(lm)
-    return out
 
 
 def evaluate_set(checkpoint: str | os.PathLike, set_dir: str | os.PathLike, device: str = "cpu",

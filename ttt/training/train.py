@@ -31,11 +31,11 @@ from ttt.base.outdir import lock_output
 from ttt.config import SEED_RANGE, TTTConfig, _is_int, strict_kwargs
 from ttt.data.recurrence import add_repeats, check_spec
 from ttt.data.codes import TrainBase, load_codes
-from ttt.eval.train_data import mixed_batch, sample_batch
-from ttt.eval.train_eval import eval_items, evaluate_loss, selection_loss
-from ttt.eval.train_probe import InnerProbe
-from ttt.eval.train_state import (STATE_FILE, check_state, find_resume, rng_state, set_rng_state,
-                                  sync_twin, write_checkpoint)
+from ttt.training.batches import mixed_batch, sample_batch
+from ttt.training.held_out import eval_items, evaluate_loss, selection_loss
+from ttt.training.probe import InnerProbe
+from ttt.training.state import (STATE_FILE, check_state, find_resume, rng_state, set_rng_state,
+                                sync_twin, write_checkpoint)
 from ttt.moshi.gating import TTTGating
 from ttt.moshi.model import load_checkpoint, resolve_model
 from ttt.moshi.surgery import apply_ttt, ttt_layers

@@ -8,13 +8,13 @@ comparison is validated on the same spliced conversations.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import torch
 
 from ttt.data.recurrence import add_repeats
-from ttt.eval.recurrence_eval import span_means, token_losses, twin_conditions
 
 EVAL_REPEAT_SEED = 20_241
 
@@ -67,3 +67,33 @@ def evaluate_loss(lm, items: list, device: str) -> dict:
         if f"eval_{key}_off" in row:
             row[f"eval_ttt_gain_{key.replace('_loss', '')}"] = row[f"eval_{key}_off"] - row[f"eval_{key}"]
     return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+@torch.no_grad()
+def token_losses(lm, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position NLL of ``lm(codes)`` [B, 17, T]: text [B, T] and Moshi's audio [B, K, T],
+    NaN where moshi's masks are false (fp32 at least)."""
+    out = lm(codes)
+    text = -torch.log_softmax(out.text_logits[:, 0].float(), -1).gather(
+        -1, codes[:, 0, :, None].clamp_min(0))[..., 0]
+    target = codes[:, lm.audio_offset:lm.audio_offset + lm.dep_q]
+    audio = -torch.log_softmax(out.logits.float(), -1).gather(
+        -1, target[..., None].clamp_min(0))[..., 0]
+    nan = torch.tensor(float("nan"), device=text.device)
+    return torch.where(out.text_mask[:, 0], text, nan), torch.where(out.mask, audio, nan)
+
+
+def span_means(text: torch.Tensor, audio: torch.Tensor, span) -> tuple[float, float]:
+    """Mean valid NLL of one row's text [T] and audio [K, T] over ``span`` (all frames: None)."""
+    a, b = span if span is not None else (0, text.shape[-1])
+    return float(text[a:b].nanmean()), float(audio[:, a:b].nanmean())
+
+
+def twin_conditions(lm) -> dict:
+    """{"on": context} and, for a model with TTT layers, {"off": its TTT-off twin's context}."""
+    from ttt.moshi.surgery import ttt_disabled, ttt_layers
+
+    out = {"on": contextlib.nullcontext}
+    if ttt_layers(lm):
+        out["off"] = lambda: ttt_disabled(lm)
+    return out
