@@ -1,7 +1,7 @@
 """Streamed vs one-call Mimi encode on a GPU (docs/checkpoints-and-data.md).
 
 Why: the CPU measurements cover 60 s; this checks the same equality on the device that encodes the
-long inputs (fp32, TF32 off, as ``ttt.eval.control encode``) and the peak GPU memory of both paths,
+long inputs (fp32, TF32 off, as ``ttt.control.gain encode``) and the peak GPU memory of both paths,
 then streams a long stereo input (an hour by default) that one call could not hold.
 Usage: ``python gpu/mimi_stream_check.py OUT.json [--compare-s 120] [--long-s 3600]``.
 """

@@ -232,7 +232,7 @@ def test_code_statistics_against_counts_by_hand():
 def test_report_recovers_a_planted_recall(tmp_path):
     """Runs whose per-row scores are built by hand: TTT recalls exact copies at offset 5 only
     (0.3 nats), no-TTT never; the report must find exactly that, with a collapsed CI."""
-    from ttt.eval.recurrence_report import build_report, load_runs, seed_conversation_bootstrap
+    from ttt.control.suite_report import build_report, load_runs, seed_conversation_bootstrap
 
     _, manifest = build_offset_set(_conversations(), ["a", "b", "c"], [5, 10], 8)
     for variant, recall in (("ttt", {5: 0.3, 10: 0.0}), ("no_ttt", {5: 0.0, 10: 0.0})):

@@ -112,7 +112,7 @@ def ttt_problem(command: str) -> str | None:
     """None when ``python -m ttt[.module] ...`` names a real command (or module) and flags."""
     tokens = [t for t in shlex.split(command.replace("[", " ").replace("]", " ")) if t != "\\"]
     module = tokens[2]
-    if module != "ttt":  # python -m ttt.eval.control ...: the module must exist
+    if module != "ttt":  # python -m ttt.control ...: the module must exist
         return None if importlib.util.find_spec(module) else f"no module {module}"
     parser, rest = build_parser(), tokens[3:]
     while rest and not rest[0].startswith("-") and _subparsers(parser):
@@ -192,7 +192,7 @@ def test_every_command_shown_exists():
     ("python -m ttt verdicts --stric", "unknown flags ['--stric']"),
     ("python -m ttt panel serve DIR [--port 8000]", None),
     ("python -m ttt panel serv DIR", "no command 'serv'"),
-    ("python -m ttt.eval.control evaluate", None),
+    ("python -m ttt.control evaluate", None),
     ("python -m ttt.eval.contro evaluate", "no module ttt.eval.contro"),
     ("make run", None),
     ("make runn", "no Makefile target ['runn']"),

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ttt"
 
 # Lowest first; each layer is a folder of ttt/ (the package root holds only config.py, the
 # lazy public API and __main__). A module may import only from its own layer or those before it.
-LAYERS = ["base", "core", "moshi", "session", "data", "training", "eval", "report", "panel", "launch", "cli"]
+LAYERS = ["base", "core", "moshi", "session", "data", "training", "eval", "control", "report", "panel", "launch", "cli"]
 ROOT_MODULES = {"config": "base", "__init__": "cli", "__main__": "cli"}
 
 

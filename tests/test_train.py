@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import ttt
 from conftest import directional_derivatives, tiny_lm
-from ttt.eval.control import token_nll
+from ttt.control.gain import token_nll
 from ttt.data.demo import write_control_conversation
 from ttt.moshi.tiny import DEMO_WORDS, TINY_TRAINED
 from ttt.moshi.surgery import ttt_disabled

@@ -172,10 +172,10 @@ def test_usefulness_series_and_plot_are_written(tmp_path):
 
 
 def test_control_table_uses_the_same_statistic_as_the_verdicts():
-    """The positive control's gain table (ttt.eval.control) against a reference written here:
+    """The positive control's gain table (ttt.control.gain) against a reference written here:
     pooled perplexity per group beyond the context, conversations resampled in the order the
     table draws them (recurrent then plain, per stream and region)."""
-    from ttt.eval.control import gain_table
+    from ttt.control.gain import gain_table
     rng = np.random.default_rng(0)
     rows = [{"on": (rng.uniform(1, 3, 50), rng.uniform(1, 3, (8, 50))),
              "off": (rng.uniform(1.2, 3, 50), rng.uniform(1, 3, (8, 50)))} for _ in range(6)]
@@ -207,7 +207,7 @@ def test_teacher_forced_cell_writes_every_tokens_nll_as_the_parallel_form_scores
     import torch
     from conftest import make_cell
     from ttt.eval.cell import run_cell
-    from ttt.eval.control import token_nll as parallel_nll
+    from ttt.control.gain import token_nll as parallel_nll
     from ttt.data.codes import conversation_codes
     from ttt.data.conversations import read_manifest
     from ttt.moshi.model import load_checkpoint, resolve_model

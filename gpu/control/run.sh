@@ -9,20 +9,20 @@ STEPS=${STEPS:-877}   # optimizer steps (the shipped default trained 877); never
 W=/tmp/ctl; mkdir -p $W
 P=python3
 t0=$(date +%s)
-$P -m ttt.eval.control data --out $W/data/train --count ${TRAIN_COUNT:-2500} --recurrent-fraction 0.75 --seed 0 --workers 13 &
-$P -m ttt.eval.control data --out $W/data/val --count 48 --seed 1 --workers 1 &
-$P -m ttt.eval.control data --out $W/data/test --count 64 --seed 2 --workers 2 &
+$P -m ttt.control data --out $W/data/train --count ${TRAIN_COUNT:-2500} --recurrent-fraction 0.75 --seed 0 --workers 13 &
+$P -m ttt.control data --out $W/data/val --count 48 --seed 1 --workers 1 &
+$P -m ttt.control data --out $W/data/test --count 64 --seed 2 --workers 2 &
 wait
 echo "data $(( $(date +%s) - t0 )) s"
-$P -m ttt.eval.control encode $W/data/train/manifest.jsonl $W/data/val/manifest.jsonl $W/data/test/manifest.jsonl --device cuda --cache-dir $W/cache --batch 32
+$P -m ttt.control encode $W/data/train/manifest.jsonl $W/data/val/manifest.jsonl $W/data/test/manifest.jsonl --device cuda --cache-dir $W/cache --batch 32
 echo "encoded $(( $(date +%s) - t0 )) s"; sha256sum $W/cache/models/tiny-seed0/mimi.safetensors
 sed -e "s/TTT_LR/${TTT_LR:-0.01}/; s/CHUNK/${CHUNK:-8}/; s/__STEPS__/$STEPS/" gpu/control/variant.yaml > $W/train.yaml
 $P -m ttt train --config $W/train.yaml --out $W/run > $W/train.log 2>&1
 echo "trained $(( $(date +%s) - t0 )) s"; tail -n 2 $W/train.log
 C=$W/run/checkpoint; M=$W/data/test/manifest.jsonl
-$P -m ttt.eval.control evaluate --checkpoint $C --manifest $M --out $W/test.json --cache-dir $W/cache --device cuda
-$P -m ttt.eval.control evaluate --checkpoint $C --manifest $M --out $W/test-prod.json --cache-dir $W/cache --device cuda --lr 1e-3 --tau 1e-5 > /dev/null
-$P -m ttt.eval.control evaluate --checkpoint $C --manifest $M --out $W/test-untrained.json --cache-dir $W/cache --device cuda --untrained-seed 0 > /dev/null
+$P -m ttt.control evaluate --checkpoint $C --manifest $M --out $W/test.json --cache-dir $W/cache --device cuda
+$P -m ttt.control evaluate --checkpoint $C --manifest $M --out $W/test-prod.json --cache-dir $W/cache --device cuda --lr 1e-3 --tau 1e-5 > /dev/null
+$P -m ttt.control evaluate --checkpoint $C --manifest $M --out $W/test-untrained.json --cache-dir $W/cache --device cuda --untrained-seed 0 > /dev/null
 $P - <<'PY'
 import json, hashlib, pathlib, shutil, torch
 from ttt.base.identity import file_digest

@@ -42,7 +42,7 @@ $P -m ttt.data.speech_bundle merge --out "$W/data/test.jsonl" "$W/data/test-rec/
 echo "data $(( $(date +%s) - t0 )) s: $(wc -l < "$W/data/train.jsonl") train, $(wc -l < "$W/data/test.jsonl") test"
 $P -m ttt.data.speech_bundle base --out "$W/base" --tokenizer "$B/tokenizer.model" \
    --lm-kwargs '{"text_card": 1000}' --cache-root "$W/cache/models" > /dev/null
-$P -m ttt.eval.control encode "$W/data/test.jsonl" "$W/data/val.jsonl" "$W/data/train.jsonl" \
+$P -m ttt.control encode "$W/data/test.jsonl" "$W/data/val.jsonl" "$W/data/train.jsonl" \
    --base "$W/base" --device "$DEVICE" --cache-dir "$W/cache" --batch ${MIMI_BATCH:-24}  # 24 x 32 s: run.sh's 32 x 24 s
 spent=$(( $(date +%s) - t0 )); echo "encoded $spent s"
 [ "${STOP_AFTER:-}" = encode ] && exit 0
@@ -52,7 +52,7 @@ sed -e "s#WORK#$W#g; s/DEVICE/$DEVICE/; s/TTT_LR/${TTT_LR:-0.01}/; s/CHUNK/${CHU
 $P -m ttt train --config "$W/train.yaml" --out "$W/run" > "$W/train.log" 2>&1 || { tail -n 20 "$W/train.log"; exit 1; }
 echo "trained $(( $(date +%s) - t0 )) s"; tail -n 2 "$W/train.log"
 C=$W/run/checkpoint; M=$W/data/test.jsonl
-ev() { $P -m ttt.eval.control evaluate --checkpoint "$C" --manifest "$M" --cache-dir "$W/cache" --device "$DEVICE" "$@"; }
+ev() { $P -m ttt.control evaluate --checkpoint "$C" --manifest "$M" --cache-dir "$W/cache" --device "$DEVICE" "$@"; }
 ev --out "$W/test.json" > "$W/test.txt"; grep -E "^(text|audio)\.(all|beyond_context)\." "$W/test.txt" || true
 ev --out "$W/test-prod.json" --lr 1e-3 --tau 1e-5 > /dev/null
 ev --out "$W/test-untrained.json" --untrained-seed 0 > /dev/null

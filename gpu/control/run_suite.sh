@@ -19,15 +19,15 @@ OFFSETS=${OFFSETS:-40,80,120,160,240,320,400}; LENGTH=${LENGTH:-48}
 OFFSET_MIN=${OFFSET_MIN:-40}; OFFSET_MAX=${OFFSET_MAX:-400}; FULL_CONTEXT=${FULL_CONTEXT:-512}
 mkdir -p "$W/data" "$W/runs" "$OUT"
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-$P -m ttt.eval.control data --out "$W/data/train" --count $TRAIN_COUNT --duration $DURATION --recurrent-fraction 0 --seed 0 --workers $JOBS > /dev/null &
-$P -m ttt.eval.control data --out "$W/data/val" --count $VAL_COUNT --duration $DURATION --recurrent-fraction 0 --seed 1 > /dev/null &
-$P -m ttt.eval.control data --out "$W/data/test" --count $TEST_COUNT --duration $DURATION --recurrent-fraction 0 --seed 2 > /dev/null &
+$P -m ttt.control data --out "$W/data/train" --count $TRAIN_COUNT --duration $DURATION --recurrent-fraction 0 --seed 0 --workers $JOBS > /dev/null &
+$P -m ttt.control data --out "$W/data/val" --count $VAL_COUNT --duration $DURATION --recurrent-fraction 0 --seed 1 > /dev/null &
+$P -m ttt.control data --out "$W/data/test" --count $TEST_COUNT --duration $DURATION --recurrent-fraction 0 --seed 2 > /dev/null &
 for job in $(jobs -p); do wait $job; done
 say "data: $(wc -l < "$W/data/train/manifest.jsonl") train conversations of $DURATION s"
 $P -m ttt.data.codebooks fit --base tiny-random --manifest "$W/data/train/manifest.jsonl" \
    --conversations $FIT_COUNT --out "$W/fitted" --device "$DEVICE" --cache-dir "$W/cache"
 say "codebooks fitted"
-$P -m ttt.eval.control encode "$W/data/test/manifest.jsonl" "$W/data/val/manifest.jsonl" "$W/data/train/manifest.jsonl" \
+$P -m ttt.control encode "$W/data/test/manifest.jsonl" "$W/data/val/manifest.jsonl" "$W/data/train/manifest.jsonl" \
    --base "$W/fitted" --device "$DEVICE" --cache-dir "$W/cache" --batch ${MIMI_BATCH:-24}
 $P -m ttt.data.codebooks stats --base tiny-random --base "$W/fitted" --manifest "$W/data/test/manifest.jsonl" \
    --out "$OUT/codes_stats.json" --device "$DEVICE" --cache-dir "$W/cache" > /dev/null
@@ -69,12 +69,12 @@ for R in "$W"/runs-*/*; do echo "$(basename $(dirname $R))/$(basename $R): $(tai
 say "trained ($STEPS steps each)"
 for R in "$W"/runs-*/*; do
   sel=$($P -c "import json,sys; print(json.load(open(sys.argv[1]))['selected']['checkpoint'])" "$R/summary.json")
-  $P -m ttt.eval.recurrence_eval --checkpoint "$sel" --set "$W/offsets" --out "$R/offsets.json" --device "$DEVICE" &
+  $P -m ttt.control.offsets --checkpoint "$sel" --set "$W/offsets" --out "$R/offsets.json" --device "$DEVICE" &
 done
 fail=0; for job in $(jobs -p); do wait $job || fail=1; done; [ $fail = 0 ]
 say "offset sets scored"
 for suite in $SUITES; do
-  $P -m ttt.eval.recurrence_report --runs "$W/runs-$suite" --set "$W/offsets" --out "$W/report-$suite" > /dev/null &
+  $P -m ttt.control.suite_report --runs "$W/runs-$suite" --set "$W/offsets" --out "$W/report-$suite" > /dev/null &
 done
 for job in $(jobs -p); do wait $job || say "a report failed"; done
 for suite in $SUITES; do

@@ -1,5 +1,5 @@
 """TTT on against TTT off, conversation by conversation: the one statistic behind the effect
-verdicts (``ttt.report.verdicts``) and the positive control's table (``ttt.eval.control``).
+verdicts (``ttt.report.verdicts``) and the positive control's table (``ttt.control.gain``).
 
 Conversations, not windows, are resampled. Windows of one conversation share its speakers, its
 content and the fast weights it built up, so their spread says nothing about the next

@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ttt.moshi.tiny import DEMO_WORDS
 
-    parser = argparse.ArgumentParser(prog="python -m ttt.eval.control", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ttt.control", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data", help="write control conversations and their manifest")
     d.add_argument("--out", required=True)
@@ -229,7 +229,3 @@ def main(argv: list[str] | None = None) -> int:
     for key, row in result["table"].items():
         print(key, json.dumps(row), file=sys.stdout)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,7 +4,7 @@ fresh}, with seed mean ± sd and a bootstrap over conversations *and* seeds; the
 training steps beside validation loss; and their plots.
 
 Input: a folder of runs named ``<variant>-s<seed>`` (variants ``ttt``, ``no_ttt``, ``full``),
-each holding ``offsets.json`` (:mod:`ttt.eval.recurrence_eval` on its selected checkpoint) and
+each holding ``offsets.json`` (:mod:`ttt.control.offsets` on its selected checkpoint) and
 ``train_log.csv``; and the offset set's manifest. Every comparison pairs rows of the same
 conversation and offset, so conversation content cancels.
 """
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ttt.base.files import write_text
 
-    parser = argparse.ArgumentParser(prog="python -m ttt.eval.recurrence_report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ttt.control.suite_report", description=__doc__)
     parser.add_argument("--runs", required=True)
     parser.add_argument("--set", required=True, help="the offset set folder (its manifest.json)")
     parser.add_argument("--out", required=True, help="folder: report.json, report.md, *.png")

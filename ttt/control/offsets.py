@@ -2,7 +2,7 @@
 checkpoint: TTT as trained and, when the model has TTT layers, its TTT-off twin (the same weights,
 no updates).
 
-Why per row: the report (:mod:`ttt.eval.recurrence_report`) resamples conversations and seeds,
+Why per row: the report (:mod:`ttt.control.suite_report`) resamples conversations and seeds,
 so it needs every row's value, not a mean. Values are mean NLL in nats per valid token over the
 copy span ``[start, end)``: the text stream (padding included: a model that recalls a copy also
 knows where its words are not) and the 8 Moshi audio codebooks (Moshi's own channel, what the
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ttt.base.files import write_text
 
-    parser = argparse.ArgumentParser(prog="python -m ttt.eval.recurrence_eval", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ttt.control.offsets", description=__doc__)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--set", required=True, help="offset set folder (ttt.data.recurrence)")
     parser.add_argument("--out", required=True, help="JSON to write")
