@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from ttt.launch.preflight import PreflightError, check_model
 from ttt.moshi.architecture import mimi_codebooks
-from ttt.moshi.checkpoints import project_config
+from ttt.moshi.layouts import project_config
 from ttt.moshi.model import CheckpointError, _header, load_checkpoint
 from ttt.moshi.tiny import DEFAULT_LM_KWARGS, build_tiny_checkpoint
 

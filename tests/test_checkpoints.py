@@ -35,7 +35,8 @@ from moshi.models import loaders
 from moshi.modules.lora import LoRALinear, replace_all_linear_with_lora
 from safetensors.torch import load_file, save_file
 
-from ttt.moshi.checkpoints import CheckpointError, resolve_checkpoint
+from ttt.moshi.layouts import CheckpointError
+from ttt.moshi.checkpoints import resolve_checkpoint
 from ttt.moshi.model import inspect_checkpoint, load_checkpoint, resolve_model
 from ttt.moshi.tiny import DEFAULT_LM_KWARGS
 

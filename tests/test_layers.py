@@ -1,6 +1,6 @@
-"""The package's layers stay honest (docs/architecture.md "Layout"): no module imports from a layer above its own
-(imports inside functions included), the TTT math never imports moshi, and the reporting, launch
-and CLI entry points import neither torch nor moshi (a login node runs them)."""
+"""The package's layers stay honest (docs/architecture.md "Layout"): no module imports from a layer
+above its own and no import cycle exists (imports inside functions included in both), the TTT math never imports moshi, and the reporting, launch and CLI entry points
+import neither torch nor moshi (a login node runs them)."""
 import ast
 import subprocess
 import sys
@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ttt"
 
 # Lowest first; each layer is a folder of ttt/ (the package root holds only config.py, the
 # lazy public API and __main__). A module may import only from its own layer or those before it.
-LAYERS = ["base", "core", "moshi", "session", "data", "training", "eval", "control", "report", "panel", "launch", "cli"]
+LAYERS = ["base", "core", "moshi", "session", "data", "training", "eval", "control", "report", "panel",
+          "launch", "cli"]
 ROOT_MODULES = {"config": "base", "__init__": "cli", "__main__": "cli"}
 
 
@@ -70,6 +71,55 @@ def test_no_module_imports_from_a_layer_above_its_own():
             if theirs is not None and LAYERS.index(theirs) > mine:
                 upward.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({LAYERS[mine]}) imports {dep}")
     assert upward == []
+
+
+def import_graph() -> dict[str, set[str]]:
+    """ttt module -> the ttt modules it imports (``from ttt.data import demo`` names the module
+    ``ttt.data.demo``, not only the package)."""
+    names = modules()
+    graph = {}
+    for name, path in names.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ttt"):
+                deps.add(node.module)
+                deps |= {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+        graph[name] = {d for d in deps if d in names and d != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle as [a, b, ..., a], or [] (depth-first search, grey = on the stack)."""
+    state, stack = {}, []
+
+    def visit(node: str) -> list[str]:
+        state[node] = "grey"
+        stack.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "grey":
+                return stack[stack.index(dep):] + [dep]
+            if dep not in state and (cycle := visit(dep)):
+                return cycle
+        stack.pop()
+        state[node] = "black"
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return []
+
+
+def test_find_cycle_reports_a_cycle_and_only_a_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle == [], "import cycle: " + " -> ".join(cycle)
 
 
 def test_the_math_and_config_never_import_moshi():

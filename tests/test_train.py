@@ -126,7 +126,7 @@ def test_bad_training_config_is_one_line_exit_2(tmp_path):
 def _trained_lm(**ttt_override):
     """The shipped weights, built from config.json + model.safetensors alone (no Mimi)."""
     from moshi.models import loaders
-    from ttt.moshi.checkpoints import split_config
+    from ttt.moshi.layouts import split_config
     lm_kwargs, ttt_config, _ = split_config(json.loads((TINY_TRAINED / "config.json").read_text()),
                                             TINY_TRAINED / "config.json")
     lm = loaders.get_moshi_lm(None, lm_kwargs=lm_kwargs, device="cpu", dtype=torch.float32)

@@ -152,7 +152,7 @@ def build_base(out: str | os.PathLike, tokenizer: str | os.PathLike, lm_kwargs: 
     from moshi.models import loaders
     from safetensors.torch import save_file
 
-    from ttt.moshi.checkpoints import UNTRAINED, project_config
+    from ttt.moshi.layouts import UNTRAINED, project_config
     from ttt.moshi.tiny import DEFAULT_LM_KWARGS, build_tiny_checkpoint
 
     size = sentencepiece.SentencePieceProcessor(model_file=str(tokenizer)).vocab_size()

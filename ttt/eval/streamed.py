@@ -20,7 +20,7 @@ from ttt.eval.generate import (collapse_indicators, decode_audio, stream_user_ch
                                windowed_words, words_with_times)
 from ttt.eval.metrics import word_errors
 from ttt.eval.phases import Phases, peak_memory
-from ttt.moshi.checkpoints import codec_untrained
+from ttt.moshi.layouts import codec_untrained
 from ttt.moshi.surgery import ttt_layers
 from ttt.session.snapshot import read_identity, refuse_mismatch
 

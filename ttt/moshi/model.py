@@ -22,7 +22,8 @@ from moshi.models import loaders
 from safetensors import safe_open
 
 from ttt.moshi.architecture import check_architecture
-from ttt.moshi.checkpoints import CheckpointError, Sources, locate, resolve_checkpoint
+from ttt.moshi.layouts import CheckpointError, Sources
+from ttt.moshi.checkpoints import locate, resolve_checkpoint
 from ttt.config import TTTConfig, YarnConfig
 from ttt.base.files import read_json
 from ttt.base.identity import file_digest, files_digest

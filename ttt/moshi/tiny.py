@@ -22,7 +22,7 @@ from moshi.models import loaders
 from safetensors.torch import save_file
 
 from ttt.base.outdir import build_lock, remove_dead_temporaries
-from ttt.moshi.checkpoints import UNTRAINED, project_config, resolve_checkpoint
+from ttt.moshi.layouts import UNTRAINED, project_config, read_directory
 
 # The 7B layout (text + 8 Moshi + 8 user codebooks, moshi's delays, silu gating, interleaved rope,
 # rms_norm_f32, depformer with weights per step) at toy sizes.
@@ -51,7 +51,7 @@ def build_tiny_checkpoint(directory: str | os.PathLike, seed: int = 0) -> Path:
     a checkpoint directory. Deterministic from ``seed``; a few seconds on CPU."""
     target = Path(directory)
     if target.is_dir():
-        resolve_checkpoint(target)  # complete, or an error naming what is missing
+        read_directory(target)  # complete, or an error naming what is missing
         return target
     with _building(target) as tmp:  # None: another process built it while we waited
         if tmp is not None:
@@ -67,7 +67,7 @@ def build_tiny_checkpoint(directory: str | os.PathLike, seed: int = 0) -> Path:
             (tmp / "tokenizer.model").write_bytes(train_demo_tokenizer())
             (tmp / "config.json").write_text(
                 json.dumps(project_config(DEFAULT_LM_KWARGS, UNTRAINED), indent=1))
-    resolve_checkpoint(target)
+    read_directory(target)
     return target
 
 
@@ -126,7 +126,7 @@ def materialize_trained(cache_root: str | os.PathLike) -> Path:
     digest = hashlib.sha256((TINY_TRAINED / "model.safetensors").read_bytes()).hexdigest()[:12]
     target = Path(cache_root) / f"tiny-control-{digest}"
     if target.is_dir():
-        resolve_checkpoint(target)
+        read_directory(target)
         return target
     random_dir = build_tiny_checkpoint(target.parent / "tiny-seed0", 0)
     with _building(target) as tmp:
@@ -137,7 +137,7 @@ def materialize_trained(cache_root: str | os.PathLike) -> Path:
                 os.link(random_dir / "mimi.safetensors", tmp / "mimi.safetensors")
             except OSError:
                 shutil.copyfile(random_dir / "mimi.safetensors", tmp / "mimi.safetensors")
-    resolve_checkpoint(target)
+    read_directory(target)
     return target
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from ttt.config import TTTConfig
 from ttt.data.codes import TrainBase
 from ttt.moshi.gating import TTTGating
-from ttt.moshi.checkpoints import UNTRAINED, codec_untrained, project_config
+from ttt.moshi.layouts import UNTRAINED, codec_untrained, project_config
 from ttt.moshi.surgery import ttt_layers
 
 STATE_FILE = "train_state.pt"
