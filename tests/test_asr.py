@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ttt.eval.asr import (DECODE, SEED, AsrConfig, asr_indicators, consistency, model_source, run_stage,
-                     silence_fraction)
+from ttt.asr.recogniser import DECODE, SEED, AsrConfig, model_source
+from ttt.asr.scoring import asr_indicators, consistency, run_stage, silence_fraction
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
 PYANNOTE = "pyannote.audio==4.0.7"  # ships pyannote/audio/sample/sample.wav + sample.stm
@@ -73,7 +73,7 @@ def fake_cell(root: Path, windows: list[str], window_s: float, offset_s: float, 
 def test_windows_follow_the_audio_offset(tmp_path, monkeypatch):
     """Recognised words are placed on Moshi's text axis (audio time + offset_s) before windowing;
     without the offset "world" (heard at 3.9 s) would fall in the first window."""
-    import ttt.eval.asr as asr
+    import ttt.asr.scoring as asr
 
     cell = fake_cell(tmp_path / "cell", ["hello", "world"], 4.0, 0.16, np.zeros(8 * 16000, "float32"))
     heard = {"words": [{"start": 0.1, "end": 0.5, "word": "Hello"},
@@ -380,7 +380,7 @@ def test_a_failing_recogniser_is_recorded_not_raised(tmp_path):
 def test_a_truncated_wav_is_flagged_not_ok(tmp_path):
     """A WAV cut short (its header declares more samples than it holds) is recorded as failed,
     naming the truncation; PyAV alone would decode what is there without a word."""
-    from ttt.eval.asr import wav_truncation
+    from ttt.asr.recogniser import wav_truncation
 
     tone = (0.1 * np.sin(np.arange(3 * 24000) * 0.05)).astype("float32")
     cell = fake_cell(tmp_path / "cell", ["hello"], 4.0, 0.0, tone, rate=24000)

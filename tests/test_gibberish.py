@@ -79,7 +79,8 @@ def test_threshold_edges(tmp_path):
 # ---- real playback cells: recorded speech through the cell, the ASR stage and the verdicts ------
 
 def playback_cell(root: Path, text: str, audio: str, cache: Path) -> dict:
-    from ttt.eval.asr import AsrConfig, run_stage
+    from ttt.asr.recogniser import AsrConfig
+    from ttt.asr.scoring import run_stage
     from ttt.eval.cell import CellConfig, run_cell
 
     cell = f"calibration/playback~{text}-{audio}"

@@ -1,5 +1,6 @@
 """The package's layers stay honest (docs/architecture.md "Layout"): no module imports from a layer
-above its own and no import cycle exists (imports inside functions included in both), the TTT math never imports moshi, and the reporting, launch and CLI entry points
+above its own and no import cycle exists (imports inside functions included in both), no module is
+over 400 lines, the TTT math never imports moshi, and the reporting, launch and CLI entry points
 import neither torch nor moshi (a login node runs them)."""
 import ast
 import subprocess
@@ -12,8 +13,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "ttt"
 
 # Lowest first; each layer is a folder of ttt/ (the package root holds only config.py, the
 # lazy public API and __main__). A module may import only from its own layer or those before it.
-LAYERS = ["base", "core", "moshi", "session", "data", "training", "eval", "control", "report", "panel",
-          "launch", "cli"]
+LAYERS = ["base", "core", "moshi", "session", "data", "asr", "training", "eval", "control", "report",
+          "panel", "launch", "cli"]
 ROOT_MODULES = {"config": "base", "__init__": "cli", "__main__": "cli"}
 
 
@@ -122,6 +123,11 @@ def test_no_import_cycle():
     assert cycle == [], "import cycle: " + " -> ".join(cycle)
 
 
+def test_no_module_over_400_lines():
+    long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > 400}
+    assert long == {}, "split these by responsibility"
+
+
 def test_the_math_and_config_never_import_moshi():
     below_moshi = [n for n in modules() if LAYERS.index(layer_of(n)) < LAYERS.index("moshi")]
     assert "ttt.core.inplace_math" in below_moshi and "ttt.config" in below_moshi
@@ -132,7 +138,7 @@ def test_the_math_and_config_never_import_moshi():
 
 LIGHT = ["ttt.report.aggregate", "ttt.report.verdicts", "ttt.session.telemetry_records", "ttt.report.compare",
          "ttt.panel.ratings", "ttt.panel.page", "ttt.panel.server", "ttt.launch.launcher", "ttt.cli.main",
-         "ttt.config"]
+         "ttt.config", "ttt.asr.scoring"]
 
 
 @pytest.mark.parametrize("entry", LIGHT + ["--help", "--version"])

@@ -243,7 +243,7 @@ def test_a_recogniser_understands_both_channels(sets):
     """Intelligible speech, not just energy: the project's offline Whisper (tiny.en, bundled) hears
     each channel's words (measured: WER 0.13 for slt, 0.22 for kal over 2 min of conversation)."""
     import soxr
-    from ttt.eval.asr import AsrConfig, load_model, recognise
+    from ttt.asr.recogniser import AsrConfig, load_model, recognise
     from ttt.eval.metrics import word_errors
     model = load_model(AsrConfig(), threads=2)
     item = read_manifest(sets[False])[0]

@@ -1,9 +1,9 @@
-"""Text normalisation of every WER (ttt.eval.words): digit runs split into single digits after
+"""Text normalisation of every WER (ttt.asr.words): digit runs split into single digits after
 Whisper's normaliser, on both sides alike (issue 25 item 8), checked against jiwer by hand."""
 import jiwer
 import pytest
 
-from ttt.eval.words import normalize, split_digits, word_errors
+from ttt.asr.words import normalize, split_digits, word_errors
 
 
 @pytest.mark.parametrize("reference,hypothesis", [

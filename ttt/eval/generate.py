@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ttt.data.conversations import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
-from ttt.eval.words import word_indicators
+from ttt.asr.words import word_indicators
 from ttt.moshi.surgery import ttt_layers
 from ttt.session.diagnostics import Diagnostics
 from ttt.session.monitor import StreamMonitor
@@ -156,7 +156,7 @@ def words_with_times(tokens: list[tuple[int, int]], tokenizer) -> list[tuple[flo
 
 def collapse_indicators(tokens: list[tuple[int, int]], words: list[str], minutes: float) -> dict:
     """What tells a listener the model stopped talking sense: speaking rate, lexical diversity,
-    the longest n-gram said twice (:func:`ttt.eval.words.word_indicators`), and how much of the
+    the longest n-gram said twice (:func:`ttt.asr.words.word_indicators`), and how much of the
     text stream is padding."""
     pads = sum(1 for _, tok in tokens if tok in (PAD_ID, END_OF_PADDING_ID))
     return {**word_indicators(words, minutes),

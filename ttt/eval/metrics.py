@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from moshi.models.lm_utils import _delay_sequence
 from moshi.modules.transformer import RingKVCache
 
-# Text scores live in ttt.eval.words (no torch: the ASR job imports them); re-exported here.
-from ttt.eval.words import normalize, word_errors  # noqa: F401
+# Text scores live in ttt.asr.words (no torch: the ASR job imports them); re-exported here.
+from ttt.asr.words import normalize, word_errors
 
 
 @dataclass

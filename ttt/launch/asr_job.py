@@ -1,5 +1,5 @@
 """The ASR stage as a job: run in this process, or submitted through the launcher (submitit) where
-the launcher is SLURM; and its command, ``python -m ttt asr``. Kept apart from ``ttt.eval.asr`` (the
+the launcher is SLURM; and its command, ``python -m ttt asr``. Kept apart from ``ttt.asr`` (the
 recogniser and the scores) so that evaluation never imports the launch layer."""
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from ttt.eval.asr import (UNTRAINED_CODEC, AsrConfig, AsrError, load_asr_config, run_stage,
-                          transcribe_file)
+from ttt.asr.recogniser import (UNTRAINED_CODEC, AsrConfig, AsrError, load_asr_config,
+                                transcribe_file)
+from ttt.asr.scoring import run_stage
 from ttt.launch.launcher import _executor, read_launcher
 
 

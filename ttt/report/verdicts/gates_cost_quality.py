@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ttt.eval.asr import UNTRAINED_CODEC
+from ttt.asr.recogniser import UNTRAINED_CODEC
 from ttt.report.tables import number
 from ttt.report.verdicts.registry import Scope, check, gate
 from ttt.report.verdicts.stats import bootstrap_ci
