@@ -40,7 +40,7 @@ from moshi.modules.transformer import set_attention_context
 from safetensors.torch import save_file
 
 import ttt
-from ttt.config import CellConfig
+from ttt.base.config import CellConfig
 from ttt.eval.generate import DECODE_FRAMES, decode_audio, stream_user_channel
 from ttt.eval.phases import Phases
 from ttt.eval.teacher_forced import run_teacher_forced

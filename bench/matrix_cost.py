@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cells import (TTT_7B, TTT_TINY, build_checkpoint, cell_pass, free, random_codes,  # noqa: E402
                          tiny_lm_kwargs)
 
-from ttt.config import CellConfig  # noqa: E402
+from ttt.base.config import CellConfig
 from ttt.launch import cost, matrix  # noqa: E402
 from ttt.launch.matrix import ABLATIONS  # noqa: E402
 from ttt.moshi.model import load_checkpoint  # noqa: E402

@@ -24,7 +24,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from bench_cells import SECTIONS, build_checkpoint, cell_pass, random_codes, tagged_sections
-from ttt.config import CellConfig
+from ttt.base.config import CellConfig
 from ttt.eval.metrics import teacher_forced_nll
 from ttt.moshi.model import load_checkpoint
 from ttt.moshi.surgery import ttt_disabled

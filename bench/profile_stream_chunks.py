@@ -40,7 +40,7 @@ from torch.profiler import ProfilerActivity, profile
 
 # This checkout's ttt, not whichever one is installed (``python bench/…`` puts only bench/ first).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ttt.config import TTTConfig  # noqa: E402
+from ttt.base.config import TTTConfig
 from ttt.moshi.gating import TTTGating  # noqa: E402
 from ttt.moshi.inplace_target import EmbeddingTap  # noqa: E402
 

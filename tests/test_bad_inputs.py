@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from ttt.config import load_cell_config
+from ttt.base.config import load_cell_config
 from ttt.data.conversations import DataError, read_manifest
 
 BASE = "cell: c\nmode: generate\n"

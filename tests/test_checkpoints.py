@@ -327,7 +327,7 @@ def count_random_init(fn):
 
 def old_load(tiny: Path, ttt: dict, seed: int):
     """The loader this replaces: random LM on the device, TTT, then the state dict copied in."""
-    from ttt.config import TTTConfig
+    from ttt.base.config import TTTConfig
     from ttt.moshi.surgery import apply_ttt
     lm = loaders.get_moshi_lm(None, lm_kwargs=KW, device="cpu", dtype=torch.float32)
     torch.manual_seed(seed)

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from ttt.cli.main import build_parser
-from ttt.config import CellConfig, TTTConfig, YarnConfig
+from ttt.base.config import CellConfig, TTTConfig, YarnConfig
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"

@@ -121,7 +121,7 @@ def test_playback_cells_get_the_known_verdicts(tmp_path, report):
 def test_the_calibration_family_holds_the_playback_scenarios():
     """Each answer of the consistency gate has a calibration scenario (ttt/launch/calibration.py)
     whose cell is a valid playback cell reading the shipped recording."""
-    from ttt.config import CellConfig
+    from ttt.base.config import CellConfig
     from ttt.data.conversations import read_manifest
     from ttt.launch.calibration import SCENARIOS, calibration_cells, scenario_path
 

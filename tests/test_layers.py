@@ -11,15 +11,15 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "ttt"
 
-# Lowest first; each layer is a folder of ttt/ (the package root holds only config.py, the
+# Lowest first; each layer is a folder of ttt/ (the package root holds only the
 # lazy public API and __main__). A module may import only from its own layer or those before it.
 LAYERS = ["base", "core", "moshi", "session", "data", "asr", "training", "eval", "control", "report",
           "panel", "launch", "cli"]
-ROOT_MODULES = {"config": "base", "__init__": "cli", "__main__": "cli"}
+ROOT_MODULES = {"__init__": "cli", "__main__": "cli"}
 
 
 def layer_of(dotted: str) -> str | None:
-    """``ttt.eval.cell`` → ``eval``; ``ttt.config`` → ``base``; ``ttt`` → ``cli``."""
+    """``ttt.eval.cell`` → ``eval``; ``ttt`` → ``cli``."""
     parts = dotted.split(".")[1:] or ["__init__"]
     return parts[0] if parts[0] in LAYERS else ROOT_MODULES.get(parts[0])
 
@@ -130,15 +130,15 @@ def test_no_module_over_400_lines():
 
 def test_the_math_and_config_never_import_moshi():
     below_moshi = [n for n in modules() if LAYERS.index(layer_of(n)) < LAYERS.index("moshi")]
-    assert "ttt.core.inplace_math" in below_moshi and "ttt.config" in below_moshi
+    assert "ttt.core.inplace_math" in below_moshi and "ttt.base.config" in below_moshi
     for name in below_moshi:
         assert "moshi" not in external_imports(modules()[name]), name
-    assert "torch" not in external_imports(PACKAGE / "config.py")
+    assert "torch" not in external_imports(PACKAGE / "base" / "config.py")
 
 
 LIGHT = ["ttt.report.aggregate", "ttt.report.verdicts", "ttt.session.telemetry_records", "ttt.report.compare",
          "ttt.panel.ratings", "ttt.panel.page", "ttt.panel.server", "ttt.launch.launcher", "ttt.cli.main",
-         "ttt.config", "ttt.asr.scoring"]
+         "ttt.base.config", "ttt.asr.scoring"]
 
 
 @pytest.mark.parametrize("entry", LIGHT + ["--help", "--version"])

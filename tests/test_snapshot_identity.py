@@ -78,7 +78,7 @@ def test_refusal_is_one_line_naming_the_file(tmp_path):
 
 def planted_snapshot_of_other_code(cache, tmp_path):
     """A cell config and, in its --out's replay folder, a snapshot of the same run on other code."""
-    from ttt.config import load_cell_config
+    from ttt.base.config import load_cell_config
     from ttt.eval.streamed import _run_identity, replay_dir
     from ttt.moshi.checkpoints import resolve_checkpoint
 

@@ -183,7 +183,7 @@ def test_default_long_form_input_recurs_beyond_the_context(tmp_path):
     words) come back after each 4-s filler, i.e. beyond the trained default's 32-frame context."""
     import soundfile as sf
 
-    from ttt.config import CellConfig
+    from ttt.base.config import CellConfig
     from ttt.data.demo import RECUR_GAP_S, RECUR_PART_S, write_demo_manifest
     from ttt.data.conversations import read_manifest
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from ttt.config import TTTConfig
+from ttt.base.config import TTTConfig
 from ttt.launch.preflight import PreflightError, check_matrix
 
 

@@ -5,7 +5,7 @@ the drivers Snakemake starts on a login node, one per cell in flight — load ne
 """
 from importlib import import_module
 
-_EXPORTS = {"TTTConfig": "config", "YarnConfig": "config", "apply_ttt": "moshi.surgery",
+_EXPORTS = {"TTTConfig": "base.config", "YarnConfig": "base.config", "apply_ttt": "moshi.surgery",
             "remove_ttt": "moshi.surgery", "ttt_layers": "moshi.surgery",
             "TTTLMGen": "session.streaming", "ttt_state": "session.telemetry",
             "apply_yarn": "moshi.yarn", "load_checkpoint": "moshi.model",

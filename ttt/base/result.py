@@ -17,7 +17,7 @@ cell test fails at once rather than a report later. ``schema_version`` is writte
 result; files without it are the unversioned format of before (2026-12), read as version 1 when
 their keys fit, refused with one line when not. A newer version than :data:`SCHEMA_VERSION` is
 refused. The cell's config stays a plain mapping (``config``): it is the cell config
-(``ttt.config.CellConfig.to_dict()``) and evolves with it; typed accessors read the few keys the
+(``ttt.base.config.CellConfig.to_dict()``) and evolves with it; typed accessors read the few keys the
 reports use. No torch, no numpy: the login-node reports import this.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Checks shared by the configuration objects (ttt/config.py, ttt/base/yarn_config.py, the
+"""Checks shared by the configuration objects (ttt/base/config.py, ttt/base/yarn_config.py, the
 training config): one ``ValueError`` naming the field, and unknown keys refused."""
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ def selfcheck(args: argparse.Namespace) -> int:
 def _selfcheck(args: argparse.Namespace) -> int:
     import torch
 
-    from ttt.config import TTTConfig
+    from ttt.base.config import TTTConfig
     from ttt.moshi.surgery import apply_ttt, ttt_layers
     from ttt.moshi.tiny import tiny_lm
     from ttt.session.telemetry import ttt_state

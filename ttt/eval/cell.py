@@ -17,7 +17,7 @@ import torch
 from ttt.base.memory import refuse_unless_fits
 from ttt.base.outdir import check_output, check_writable_dir, claim_output, remove_dead_temporaries
 from ttt.base.result import SCHEMA_VERSION, checked
-from ttt.config import MODES, CellConfig, load_cell_config  # noqa: F401 - this module's API too
+from ttt.base.config import MODES, CellConfig, load_cell_config
 from ttt.eval.cell_outputs import write_json
 from ttt.eval.checks import embedding_plumbing
 from ttt.data.conversations import DataError, read_manifest

@@ -62,7 +62,7 @@ def check_matrix(config: Mapping[str, Any], matrix: Mapping[str, Mapping[str, An
                  num_layers: int | None = None) -> None:
     """Every cell as the cell will read it; the first problem names its config key. With the
     model's ``num_layers``, an enabled TTT must select layers of it (none would run as TTT off)."""
-    from ttt.config import CellConfig, TTTConfig, YarnConfig
+    from ttt.base.config import CellConfig, TTTConfig, YarnConfig
 
     check_config(config)
     base_ttt = dict(checkpoint_ttt or {})
@@ -153,7 +153,7 @@ def check_launcher(path: str | os.PathLike, device: str = "cpu") -> None:
 
 def _unused_training(checkpoint_ttt: Mapping[str, Any], num_layers: int, model: str) -> str:
     """What a TTT selecting no layer would throw away: the checkpoint's trained TTT layers."""
-    from ttt.config import TTTConfig
+    from ttt.base.config import TTTConfig
     if not checkpoint_ttt:
         return ""
     trained = TTTConfig.from_dict(dict(checkpoint_ttt)).layer_indices(num_layers)
@@ -199,7 +199,7 @@ def check_model(spec: str, base: str | None, cache_root: str | os.PathLike,
     tensor header (LM, LoRA, Mimi) and the tokenizer check out, no weights read
     (``model.inspect_checkpoint``). ``key`` is the config key naming the model (``model``, or a
     family's own ``FAMILY.model``); its base is the ``base`` beside it."""
-    from ttt.config import TTTConfig
+    from ttt.base.config import TTTConfig
     if spec == "tiny":  # the shipped trained default: its TTT settings, nothing built yet
         import json
         from ttt.moshi.tiny import TINY_TRAINED

@@ -142,7 +142,7 @@ def _looks_numeric(value: str) -> bool:
 def _ttt_types() -> dict[str, set[str]]:
     """Schema types of every TTTConfig field, from its annotations (the ``ttt`` sections have no
     properties in the schema: TTTConfig validates them, with its own messages)."""
-    from ttt.config import TTTConfig
+    from ttt.base.config import TTTConfig
 
     names = {int: "integer", float: "number", bool: "boolean", str: "string", type(None): "null",
              tuple: "array", list: "array"}

@@ -22,7 +22,7 @@ from torch import nn
 from moshi.modules.streaming import StreamingModule
 from moshi.utils.compile import in_cuda_graph, no_compile, torch_compile_lazy
 
-from ttt.config import TTTConfig
+from ttt.base.config import TTTConfig
 from ttt.core.chunk_stats import add_gain_stats, chunk_record, squared_norms_after_chunks
 from ttt.core.inplace_math import (_add_chunk_causal, _fold, apply_fast_weight, chunk_delta, chunk_target,
                                    clip_factor, clip_scale, conv_as_matrix, dual_form_output)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ttt.config import TTTConfig
+from ttt.base.config import TTTConfig
 
 
 class EmbeddingTap:

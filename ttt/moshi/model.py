@@ -24,7 +24,7 @@ from safetensors import safe_open
 from ttt.moshi.architecture import check_architecture
 from ttt.moshi.layouts import CheckpointError, Sources
 from ttt.moshi.checkpoints import locate, resolve_checkpoint
-from ttt.config import TTTConfig, YarnConfig
+from ttt.base.config import TTTConfig, YarnConfig
 from ttt.base.files import read_json
 from ttt.base.identity import file_digest, files_digest
 from ttt.moshi.surgery import apply_ttt, remove_ttt

@@ -8,7 +8,7 @@ from moshi.modules.gating import ActivationGating
 from moshi.modules.streaming import StreamingModule
 from moshi.modules.transformer import StreamingTransformerLayer
 
-from ttt.config import TTTConfig
+from ttt.base.config import TTTConfig
 from ttt.moshi.gating import TTTGating
 from ttt.moshi.inplace_target import EmbeddingTap
 from ttt.moshi.ttt_mlp import HybridTransformerLayer, TTTMLPBranch

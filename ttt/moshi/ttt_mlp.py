@@ -29,7 +29,7 @@ from moshi.modules.streaming import State, StreamingModule
 from moshi.modules.transformer import StreamingTransformerLayer
 from moshi.utils.compile import in_cuda_graph
 
-from ttt.config import TTTConfig
+from ttt.base.config import TTTConfig
 
 FAST = ("W1", "b1", "W2", "b2")
 LN_EPS = 1e-6

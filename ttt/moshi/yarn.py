@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ttt.config import YarnConfig
+from ttt.base.config import YarnConfig
 
 
 def base_inv_freq(head_dim: int, base: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from ttt.config import TTTConfig
+from ttt.base.config import TTTConfig
 from ttt.data.codes import TrainBase
 from ttt.moshi.gating import TTTGating
 from ttt.moshi.layouts import UNTRAINED, codec_untrained, project_config

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ttt.base.files import read_yaml, write_csv, write_text
 from ttt.base.identity import file_digest
 from ttt.base.outdir import lock_output
-from ttt.config import SEED_RANGE, TTTConfig, _is_int, strict_kwargs
+from ttt.base.config import SEED_RANGE, TTTConfig, _is_int, strict_kwargs
 from ttt.data.recurrence import add_repeats, check_spec
 from ttt.data.codes import TrainBase, load_codes
 from ttt.training.batches import mixed_batch, sample_batch

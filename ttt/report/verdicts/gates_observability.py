@@ -14,7 +14,7 @@ def _present(c) -> set[int]:
 def telemetry_layers(s: Scope):
     """Telemetry exactly for the layers the config makes TTT layers, each updating when the run
     has a full chunk."""
-    from ttt.config import TTTConfig
+    from ttt.base.config import TTTConfig
 
     out = []
     for c in s.cells:
