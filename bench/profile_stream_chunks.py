@@ -222,7 +222,17 @@ def run(args) -> tuple[dict, str]:
               "blocks": args.blocks, "reps": args.reps,
               "torch_compile": os.environ.get("NO_TORCH_COMPILE", "") in ("", "0"),
               "ms_per_block": times, "launches_per_block": {}, "top_ops": {}, "launches_by_name": {}}
+    # the block update as CUDA graphs (ttt/core/block_graphs.py; TTT_BLOCK_GRAPHS=0 turns it
+    # off): how often it replayed, and the process's peak memory (run once with each setting)
+    graphs = layer.__dict__.get("_block_graphs")
+    result["block_graphs"] = {"TTT_BLOCK_GRAPHS": os.environ.get("TTT_BLOCK_GRAPHS", "1"),
+                              "captures": graphs.captures if graphs else 0,
+                              "replays": graphs.replays if graphs else 0}
+    if device == "cuda":
+        result["peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 1e9
     text = [f"profile_stream_chunks on {name}, torch {torch.__version__}, {args.dtype}, {size}",
+            f"block graphs: {result['block_graphs']}, peak allocated "
+            f"{result.get('peak_allocated_gb', float('nan')):.3f} GB",
             "", "(a) ms per block (median of reps)"]
     for k, v in times.items():
         text.append(f"  {k:28s} {v['median_ms']:9.3f}  (min {v['min_ms']:.3f}, n={v['n']})")

@@ -23,7 +23,8 @@ from moshi.modules.streaming import StreamingModule
 from moshi.utils.compile import in_cuda_graph, no_compile, torch_compile_lazy
 
 from ttt.base.config import TTTConfig
-from ttt.core.chunk_stats import add_gain_stats, chunk_record, squared_norms_after_chunks
+from ttt.core.block_graphs import BlockGraphs
+from ttt.core.chunk_stats import CHUNK_FIELDS, add_gain_stats, chunk_record, squared_norms_after_chunks
 from ttt.core.inplace_math import (_add_chunk_causal, _fold, apply_fast_weight, chunk_delta, chunk_target,
                                    clip_factor, clip_scale, conv_as_matrix, dual_form_output)
 from ttt.core.stabiliser import keep_factor, stabilise_, stabilised_dual_form_output
@@ -207,13 +208,54 @@ class TTTGating(StreamingModule[TTTState]):
         computes, up to rounding, without one d×hid update pass per chunk: a teacher-forced block
         of many chunks costs what the parallel form costs). Leaves the state as the scan would:
         W after every whole chunk, the counters, the last chunk's norm and inner losses, and the
-        partial tail in the chunk buffers."""
+        partial tail in the chunk buffers.
+
+        The host decides here what the device work depends on (which chunks are recorded, see
+        :meth:`_block_update`) and keeps the host bookkeeping; the device work itself runs as a
+        CUDA graph on CUDA (:mod:`ttt.core.block_graphs`), eagerly elsewhere."""
+        C = self.cfg.chunk_size
+        B, T, _ = z.shape
+        n = T // C
+        # ℓ(W^(0)) is free while W is still W^(0) untouched (a stream's first block, one row, no
+        # tail). Every chunk is recorded on every ``initial_loss_every``-th block (and where it is
+        # free); other blocks record their last chunk alone.
+        free = B == 1 and n * C == T and state.w_is_initial()
+        every = self.cfg.initial_loss_every
+        first = 0 if free or (every and state.blocks % every == 0) else n - 1
+        state.blocks += 1
+        conv, projection = self._target_weights(z.dtype)
+        w0 = None if free else self._derived("w0", (self.w_down,), z.dtype)
+
+        def update(z_in: torch.Tensor, x0_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self._block_update(state, z_in, x0_in, first, free, conv, projection, w0)
+
+        bound = (state.w, state.w_apply, state.w0, state.w_norm, state.w_drift, state.w0_norm,
+                 state.gain_stats, state.updates, state.clip_events, state.last_delta_norm,
+                 state.inner_loss, state.z_buf, state.x0_buf, state.pos, conv, projection, w0)
+        cfg = self.cfg
+        shape_key = (first, free, cfg.chunk_size, cfg.lr, cfg.clip, cfg.conv_padding)
+        record_shape = ((B, n - first, len(CHUNK_FIELDS)), torch.float64)
+        graphs = self.__dict__.setdefault("_block_graphs", BlockGraphs())
+        replays = graphs.replays
+        out, record = graphs.run(update, shape_key, (z, x0), bound,
+                                 ((z.shape[:2] + x0.shape[-1:], z.dtype), record_shape))
+        if graphs.replays != replays:  # a replay ran no Python: W's version counter stood still
+            state.w_version = ()
+        self._append_record(record)
+        state.fill = [T - n * C] * B
+        return out
+
+    def _block_update(self, state: TTTState, z: torch.Tensor, x0: torch.Tensor, first: int,
+                      free: bool, conv, projection, w0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The device work of :meth:`_stream_chunks`: the block's output and its chunks' records
+        from ``first`` on; updates the state's tensors in place. No host sync, no host state: its
+        control flow is fixed by the shapes, ``first`` and ``free`` (ℓ(W^(0)) read off the
+        output), so a CUDA graph captured once replays it."""
         C, tau = self.cfg.chunk_size, self.cfg.clip
         B, T, hid = z.shape
         d = x0.shape[-1]
         n = T // C
         U = n * C
-        conv, projection = self._target_weights(z.dtype)
         v_hat = chunk_target(x0[:, :U].reshape(B * n, C, d), conv, projection,
                              self.cfg.conv_padding, dtype=z.dtype)
         zc = z[:, :U].reshape(B * n, C, hid)
@@ -229,21 +271,15 @@ class TTTGating(StreamingModule[TTTState]):
         # over chunk j is exactly z_s W^(j)ᵀ); both feed the next-chunk gain statistics, the last
         # chunk's three losses are kept as such. The products run in fp32 (the model-dtype operand
         # is promoted inside the multiply, no fp32 copy of it). ℓ(W^(0)) costs a z W^(0)ᵀ product
-        # over those chunks, except while W is still W^(0) untouched (a stream's first block):
-        # then that product is ``out`` before the chunks' own updates are added, the same GEMM on
-        # the same operands (one row, no tail), so it is reused. Every chunk is recorded on every
-        # ``initial_loss_every``-th block (and where it is free); other blocks record their last
-        # chunk alone, whose norms are read off W (the per-chunk norms inside a block need ℓ(W^(0))).
-        free = B == 1 and U == T and state.w_is_initial()
-        every = self.cfg.initial_loss_every
-        first = 0 if free or (every and state.blocks % every == 0) else n - 1
-        state.blocks += 1
+        # over those chunks, except while W is still W^(0) untouched (``free``): then that product
+        # is ``out`` before the chunks' own updates are added, the same GEMM on the same operands,
+        # so it is reused. The per-chunk norms inside a block need ℓ(W^(0)); a block recording its
+        # last chunk alone reads that chunk's norms off W.
         k = n - first
         v_all = v_hat[:, first:].float()
         if free:
             initial = -(out.view(B, n, C, d) * v_all).sum((2, 3))
         else:
-            w0 = self._derived("w0", (self.w_down,), z.dtype)
             initial = -(apply_fast_weight(z[:, first * C:U], w0).view(B, k, C, d) * v_all).sum((2, 3))
         _add_chunk_causal(out, z, v_scaled, C)
         before = -(out[:, first * C:U].view(B, k, C, d) * v_all).sum((2, 3))
@@ -270,15 +306,14 @@ class TTTGating(StreamingModule[TTTState]):
             state.clip_events.add_(clips[:, -1])
         state.last_delta_norm.copy_(norm[:, -1])
         state.inner_loss.copy_(losses[:, -1, 1:])
-        self._log_chunks(counts, norms_sq.clamp_min(0).sqrt(), losses, gains,
-                         torch.ones_like(norm_k, dtype=torch.bool))
+        record = chunk_record(counts, norms_sq.clamp_min(0).sqrt(), losses, gains,
+                              torch.ones_like(norm_k, dtype=torch.bool), state.w0_norm)
         tail = T - U
         if tail:
             state.z_buf[:, :tail] = z[:, U:]
             state.x0_buf[:, :tail] = x0[:, U:].to(state.x0_buf.dtype)
         state.pos.fill_(tail)
-        state.fill = [tail] * B
-        return out
+        return out, record
 
     def update_full_chunks(self) -> bool:
         """Apply ΔW of every row whose chunk buffer is full; returns whether any row was full.
@@ -325,7 +360,10 @@ class TTTGating(StreamingModule[TTTState]):
         :func:`ttt.core.chunk_stats.chunk_record` takes them). An undrained log (a generate cell
         reads the state instead) is merged now and then: it stays one small tensor holding
         14 numbers per chunk."""
-        self.chunk_log.append(chunk_record(*groups, self._streaming_state.w0_norm))
+        self._append_record(chunk_record(*groups, self._streaming_state.w0_norm))
+
+    def _append_record(self, record: torch.Tensor) -> None:
+        self.chunk_log.append(record)
         if len(self.chunk_log) >= 64:
             self.chunk_log[:] = [torch.cat(self.chunk_log, dim=1)]
 
