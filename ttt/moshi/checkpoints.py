@@ -1,7 +1,8 @@
 """What a ``model:`` (or ``base:``) value names: a directory, and its files read by
 :mod:`ttt.moshi.layouts`. A value may be:
 
-- ``tiny``: the embedded default (the trained positive control), built on first use;
+- ``tiny``: the embedded default (the trained positive control), built on first use; its
+  shipped folder ``ttt/assets/tiny-control`` (no Mimi in it) names it too;
   ``tiny-random`` / ``tiny-random:SEED``: an untrained random tiny model (fast tests);
 - a checkpoint directory in one of the layouts :mod:`ttt.moshi.layouts` reads;
 - a Hugging Face repo id (``kyutai/moshiko-pytorch-bf16``), resolved offline from the local
@@ -18,7 +19,7 @@ import re
 from pathlib import Path
 
 from ttt.moshi.layouts import CheckpointError, Sources, hf_cached_snapshot, read_directory
-from ttt.moshi.tiny import build_tiny_checkpoint, materialize_trained
+from ttt.moshi.tiny import TINY_TRAINED, build_tiny_checkpoint, materialize_trained
 
 _REPO_ID = re.compile(r"^(hf://)?[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -37,6 +38,8 @@ def locate(spec: str | os.PathLike, cache_root: str | os.PathLike = "results/mod
             raise CheckpointError(f"model: {spec!r}: the tiny-random seed must be an integer") from None
         return build_tiny_checkpoint(Path(cache_root) / f"tiny-seed{seed}", seed)
     path = Path(spec)
+    if path.is_dir() and path.resolve() == TINY_TRAINED.resolve():  # Mimi is not shipped: built
+        return materialize_trained(cache_root)
     if path.exists() or not _REPO_ID.match(str(spec)):
         if not path.is_dir():
             raise CheckpointError(f"{spec}: no such checkpoint directory")
