@@ -43,6 +43,7 @@ import ttt
 from ttt.base.config import CellConfig
 from ttt.eval.generate import DECODE_FRAMES, decode_audio, stream_user_channel
 from ttt.eval.phases import Phases
+from ttt.eval.modes import CellRun
 from ttt.eval.teacher_forced import run_teacher_forced
 from ttt.moshi.model import load_checkpoint
 from ttt.moshi.surgery import ttt_disabled
@@ -168,8 +169,8 @@ def cell_pass(cfg, bundle, codes: torch.Tensor, tmp: Path) -> dict:
     phases = Phases(cfg.device)
     if cfg.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    metrics = run_teacher_forced(cfg, bundle, [], Path(cfg.cache_dir), tmp, lambda m: None, phases,
-                                 inputs=[codes])
+    run = CellRun(cfg, bundle, [], Path(cfg.cache_dir), tmp, tmp, lambda m: None, phases)
+    metrics = run_teacher_forced(run, inputs=[codes])
     return {"frames_per_s": metrics["throughput"]["frames_per_s"],
             "ms_per_block_p50": metrics["throughput"]["ms_per_block_p50"],
             "ms_per_block_p90": metrics["throughput"]["ms_per_block_p90"],

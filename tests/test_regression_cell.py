@@ -6,6 +6,7 @@ import torch
 from conftest import make_cell
 from ttt.eval.cell import cell_items, run_cell
 from ttt.eval.checks import _upstream_lm, upstream_regression
+from ttt.data.codes import conversation_codes
 from ttt.moshi.model import load_checkpoint, resolve_model
 
 
@@ -26,14 +27,15 @@ def test_regression_sees_a_changed_weight_and_leaves_ours_untouched(cache):
     our model comes out of the check bitwise as it went in."""
     cfg = make_cell(cache, "reg", [4.0], model="tiny", ttt={"enabled": False}, check_upstream=True)
     bundle = load_checkpoint(resolve_model("tiny", cache / "models"), ttt={"enabled": False})
-    items = cell_items(cfg, cache)
+    first = conversation_codes(bundle.mimi, bundle.tokenizer, cell_items(cfg, cache)[0],
+                               cache / "codes", bundle.mimi_id)[:, :, :cfg.block]
     before = {k: v.clone() for k, v in bundle.lm.state_dict().items()}
-    assert upstream_regression(cfg, bundle, items, cache)["bitwise_equal"] is True
+    assert upstream_regression(cfg, bundle, first)["bitwise_equal"] is True
     after = bundle.lm.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     with torch.no_grad():
         bundle.lm.transformer.layers[0].gating.linear_out.weight.add_(1e-3)
-    reg = upstream_regression(cfg, bundle, items, cache)
+    reg = upstream_regression(cfg, bundle, first)
     assert reg["bitwise_equal"] is False and reg["max_abs_diff"] > 0
 
 

@@ -22,10 +22,11 @@ from ttt.eval.cell_outputs import write_json
 from ttt.eval.checks import embedding_plumbing
 from ttt.data.conversations import DataError, read_manifest
 from ttt.data.demo import write_demo_manifest
+from ttt.eval.modes import CellRun, lookup
 from ttt.eval.phases import Phases, Resident, peak_memory, reset_peak_memory
-from ttt.eval.playback import ASSET as PLAYBACK_ASSET, run_playback
-from ttt.eval.streamed import refuse_foreign_snapshots, replay_dir, run_streamed
-from ttt.eval.teacher_forced import run_teacher_forced
+# Importing the mode modules registers their modes (ttt/eval/modes.py).
+from ttt.eval import playback, teacher_forced  # noqa: F401
+from ttt.eval.streamed import refuse_foreign_snapshots, replay_dir
 from ttt.moshi.checkpoints import resolve_checkpoint
 from ttt.moshi.model import CheckpointError, load_checkpoint
 from ttt.moshi.surgery import ttt_layers
@@ -52,13 +53,14 @@ def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
     torch.manual_seed(cfg.seed)
     cache = Path(cfg.cache_dir)
     phases = Phases(cfg.device)
+    mode = lookup(cfg.mode)
     with phases("prepare"):
         items = cell_items(cfg, cache)
         sources = resolve_checkpoint(cfg.model, cfg.base, cache / "models")
         refuse_foreign_snapshots(cfg, out, sources)
     with phases("load"), Resident() as resident:
-        # playback runs no model step: TTT off, so nothing claims fast weights that never ran
-        ttt_cfg = {"enabled": False} if cfg.mode == "playback" else cfg.ttt
+        # a mode that runs no model step: TTT off, so nothing claims fast weights that never ran
+        ttt_cfg = cfg.ttt if mode.runs_model else {"enabled": False}
         bundle = load_checkpoint(sources, ttt=ttt_cfg, yarn=cfg.yarn, device=cfg.device,
                                  dtype=getattr(torch, cfg.dtype), seed=cfg.seed, base=cfg.base,
                                  cache_root=cache / "models")
@@ -71,18 +73,14 @@ def _run_claimed(cfg: CellConfig, out: Path, log) -> dict:
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     tmp.mkdir(parents=True)
     try:
-        if cfg.mode == "teacher_forced":
-            metrics = run_teacher_forced(cfg, bundle, items, cache, tmp, log, phases)
-        elif cfg.mode == "playback":  # a recording stands for Moshi: the model is not run
-            metrics = run_playback(cfg, items, tmp, log, phases)
-        else:
-            metrics = run_streamed(cfg, bundle, items, cache, tmp, out, log, phases)
+        run = CellRun(cfg, bundle, items, cache, tmp, out, log, phases)
+        metrics = mode.run(run)
         metrics.setdefault("requeues", 0)
         metrics["memory"] = {**load["memory"], "run_peak_bytes": metrics["memory"]["run_peak_bytes"]}
         metrics["load_s"] = load["load_s"]
         with phases("run"):
             ttt = bool(ttt_layers(bundle.lm))
-            plumbing = embedding_plumbing(cfg, bundle, items, cache) if ttt else None
+            plumbing = embedding_plumbing(bundle.lm, run.first_block()) if ttt else None
         metrics.update(cell=cfg.cell, family=cfg.family, mode=cfg.mode,
                        model_path=str(Path(bundle.directory).resolve()),
                        ttt=ttt,
@@ -147,16 +145,17 @@ def ttt_buffer_bytes(lm) -> int:
 
 
 def cell_items(cfg: CellConfig, cache: Path):
-    """The inputs of a cell (demo conversations are written on first use; a playback cell's demo
-    is the recording shipped in ttt/assets/playback/)."""
+    """The inputs of a cell (demo conversations are written on first use; a mode may ship its own
+    demo, as playback does its recording in ttt/assets/playback/)."""
+    mode = lookup(cfg.mode)
     if "manifest" in cfg.data:
         items = read_manifest(cfg.data["manifest"])
-        if cfg.mode == "teacher_forced" and any(i.reference is not None for i in items):
-            raise DataError(f"{cfg.data['manifest']}: teacher_forced needs stereo conversations "
+        if mode.conversations_only and any(i.reference is not None for i in items):
+            raise DataError(f"{cfg.data['manifest']}: {cfg.mode} needs stereo conversations "
                             "with alignments, not mono recordings with text")
         return items
-    if cfg.mode == "playback":  # its demo is the shipped recording (real speech, aligned)
-        return read_manifest(PLAYBACK_ASSET)
+    if mode.demo is not None:
+        return read_manifest(mode.demo)
     demo = dict(cfg.data["demo"])
     durations = [float(d) for d in demo.get("durations", [20.0])]
     refuse_unless_fits(int(DEMO_PEAK_BYTES_PER_S * max(durations)), "cpu",

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import torch
 
-from ttt.data.codes import conversation_codes
 from ttt.eval.metrics import perplexity, teacher_forced_nll
 from ttt.moshi.surgery import ttt_disabled, ttt_layers
 
@@ -34,17 +33,16 @@ def ab_twin(lm, codes: torch.Tensor, chunk: int, block: int, on=None) -> dict:
     return out
 
 
-def upstream_regression(cfg, bundle, items, cache) -> dict:
-    """This cell's model vs the same checkpoint loaded by upstream moshi's own loader, on the first
-    block of the first input: the TTT-off regression guard (seed 000 item 9).
+def upstream_regression(cfg, bundle, codes: torch.Tensor) -> dict:
+    """This cell's model vs the same checkpoint loaded by upstream moshi's own loader, on
+    ``codes`` (the first block of the first input, :meth:`CellRun.first_block`): the TTT-off
+    regression guard (seed 000 item 9).
 
     The two models are never on the device together (a 7B cell must run where upstream runs):
     ours scores the block first and its logits go to the host; on a GPU our model then waits in
     host memory while upstream's is loaded straight from the file (built on the meta device, the
     stored tensors assigned: no random-weight model is ever built), run and freed; then ours comes
     back, bitwise the same. The device's peak is one model and one forward, as upstream's alone."""
-    codes = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes",
-                               bundle.mimi_id)[:, :, :cfg.block].to(cfg.device)
     with torch.no_grad():
         ours = _logits_on_host(bundle.lm(codes))
     with off_device(bundle.lm, cfg.device):
@@ -126,13 +124,11 @@ def _release(device: str) -> None:
         torch.cuda.empty_cache()
 
 
-def embedding_plumbing(cfg, bundle, items, cache) -> dict | None:
-    """Seed 000 item 3: the X₀ each TTT layer receives equals the summed token embeddings
-    recomputed from moshi's own tables (audio codebooks, then text; before conditioning), on the
-    first block of the first input. ``max_abs_diff`` 0.0 means bitwise identical."""
-    lm = bundle.lm
-    seq = conversation_codes(bundle.mimi, bundle.tokenizer, items[0], cache / "codes",
-                             bundle.mimi_id)[:, :, :cfg.block].to(cfg.device)
+def embedding_plumbing(lm, seq: torch.Tensor) -> dict | None:
+    """Seed 000 item 3: the X₀ each TTT layer of ``lm`` receives equals the summed token
+    embeddings recomputed from moshi's own tables (audio codebooks, then text; before
+    conditioning), on ``seq`` (the first block of the first input). ``max_abs_diff`` 0.0 means
+    bitwise identical."""
     seen = {}
     handles = [layer.register_forward_pre_hook(
         lambda module, _args, i=i: seen.__setitem__(i, module._tap.x0))

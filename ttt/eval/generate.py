@@ -14,7 +14,7 @@ from ttt.data.conversations import END_OF_PADDING_ID, FRAME_RATE, PAD_ID
 from ttt.asr.words import word_indicators
 from ttt.moshi.surgery import ttt_layers
 from ttt.session.diagnostics import Diagnostics
-from ttt.session.monitor import StreamMonitor
+from ttt.session.monitor import MonitoredInput, MonitorSettings, MonitorSinks, StreamMonitor
 from ttt.session.snapshot import (SnapshotError, load_snapshot, refuse_mismatch, restore,
                                   save_snapshot, snapshot)
 from ttt.session.streaming import TTTLMGen
@@ -65,12 +65,12 @@ def stream_user_channel(lm, mimi, user_codes: torch.Tensor, *, seed: int, chunk:
             result = StreamResult(**extra["result"])
             result.requeues += 1
             log(f"resumed from {snapshot_path} at step {result.steps_done}")
-        monitor = StreamMonitor(
-            lm, T, chunk=chunk, log=log, log_every=250, frame_rate=FRAME_RATE, diagnostics=diag,
-            diagnostics_every=diagnostics_every, record_last=False, per_chunk=False,
-            start=result.steps_done,
-            log_fields=log_fields, telemetry=result.telemetry,
-            diagnostic_rows=result.diagnostics, block_ms=result.step_ms)
+        settings = MonitorSettings(chunk=chunk, log_every=250, frame_rate=FRAME_RATE,
+                                   diagnostics_every=diagnostics_every, record_last=False,
+                                   per_chunk=False)
+        watched = MonitoredInput(T, log=log, start=result.steps_done, log_fields=log_fields or {})
+        sinks = MonitorSinks(result.telemetry, result.diagnostics, result.step_ms)  # snapshotted
+        monitor = StreamMonitor(lm, settings, watched, sinks, diag)
         for t in range(result.steps_done, T):
             monitor.restart()
             out = gen.step(user_codes[:, :, t:t + 1])

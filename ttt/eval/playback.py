@@ -19,24 +19,25 @@ import numpy as np
 import soundfile as sf
 
 from ttt.base.files import write_csv
-from ttt.data.conversations import FRAME_RATE, MAIN, SAMPLE_RATE, DataError, load_audio
+from ttt.data.conversations import FRAME_RATE, MAIN, SAMPLE_RATE, load_audio
 from ttt.eval.generate import collapse_indicators, windowed_words
-from ttt.eval.phases import Phases, peak_memory
+from ttt.eval.modes import CellRun, mode
+from ttt.eval.phases import peak_memory
 
 ASSET = Path(__file__).resolve().parents[1] / "assets" / "playback" / "manifest.jsonl"
 
 
-def run_playback(cfg, items, tmp: Path, log, phases: Phases) -> dict:
-    """Write a generate cell's files from the recordings of ``items``: item 0's Moshi channel
+# A recording stands for Moshi: the model is not run. Without a manifest, the shipped recording.
+@mode("playback", runs_model=False, conversations_only=True, demo=ASSET)
+def run_playback(run: CellRun) -> dict:
+    """Write a generate cell's files from the recordings of the run's items: item 0's Moshi channel
     becomes ``out.wav`` (or as many zeros with ``playback_audio: silence``), every item's
     SPEAKER_MAIN words its text stream, per ``window_s`` window (none with
     ``playback_text: empty``). metrics.json's ``audio.offset_s`` is 0: the alignments are on the
     recording's own time axis."""
+    cfg, log, phases, tmp = run.cfg, run.log, run.phases, run.tmp
     rows, all_words, seconds, audio = [], [], 0.0, None
-    for n, item in enumerate(items):
-        if item.reference is not None:
-            raise DataError(f"{item.path}: playback needs a stereo conversation with alignments "
-                            "(left = Moshi), not a mono recording with text")
+    for n, item in enumerate(run.items):
         with phases("prepare"):
             words = ([] if cfg.playback_text == "empty" else
                      sorted((a, w) for w, (a, _), spk in item.alignments if spk == MAIN))

@@ -15,11 +15,11 @@ from ttt.base.code_identity import code_digest
 from ttt.base.identity import file_digest, files_digest
 from ttt.eval.cell_outputs import telemetry_summary, write_plots
 from ttt.data.conversations import FRAME_RATE, OTHER, SAMPLE_RATE, reference_speaker
-from ttt.data.codes import conversation_codes
 from ttt.eval.generate import (collapse_indicators, decode_audio, stream_user_channel,
                                windowed_words, words_with_times)
 from ttt.eval.metrics import word_errors
-from ttt.eval.phases import Phases, peak_memory
+from ttt.eval.modes import CellRun, mode
+from ttt.eval.phases import peak_memory
 from ttt.moshi.layouts import codec_untrained
 from ttt.moshi.surgery import ttt_layers
 from ttt.session.snapshot import read_identity, refuse_mismatch
@@ -69,19 +69,22 @@ def _stream_identity(cfg, bundle, n: int, item, user: torch.Tensor) -> dict:
                   "codes": hashlib.sha256(codes.numpy().tobytes()).hexdigest()}}))
 
 
-def run_streamed(cfg, bundle, items, cache, tmp: Path, out: Path, log, phases: Phases) -> dict:
+@mode("generate")
+@mode("transcribe")
+def run_streamed(run: CellRun) -> dict:
     """``generate``: Moshi answers the user channel; ``transcribe``: its text stream is scored as a
     transcript of the user channel (WER against the user's words)."""
+    cfg, bundle, log, phases, tmp = run.cfg, run.bundle, run.log, run.phases, run.tmp
     lm, tok = bundle.lm, bundle.tokenizer
     chunk = bundle.ttt.chunk_size if ttt_layers(lm) else None
-    replay = replay_dir(out)
+    replay = replay_dir(run.out)
     if cfg.snapshot_every:
         replay.mkdir(parents=True, exist_ok=True)
     rows, telemetry, step_ms, all_words, all_tokens, diagnostics = [], [], [], [], [], []
     refs, hyps, requeues, diverged, seconds, audio = [], [], 0, False, 0.0, None
-    for n, item in enumerate(items):
+    for n, item in enumerate(run.items):
         with phases("prepare"):
-            codes = conversation_codes(bundle.mimi, tok, item, cache / "codes", bundle.mimi_id)
+            codes = run.codes(item)
         # transcribe scores the channel whose words the alignments carry (data.reference_speaker):
         # the user's (right), or with moshi-finetune's annotate.py output the left one, fed to
         # Moshi as the user's; generate always answers the right channel.

@@ -11,40 +11,40 @@ from ttt.base.files import write_csv
 from ttt.eval.cell_outputs import telemetry_summary, write_plots
 from ttt.eval.checks import ab_twin, upstream_regression
 from ttt.data.conversations import FRAME_RATE
-from ttt.data.codes import conversation_codes
 from ttt.eval.metrics import perplexity, sliding_perplexity, teacher_forced_nll
-from ttt.eval.phases import Phases, peak_memory
+from ttt.eval.modes import CellRun, mode
+from ttt.eval.phases import peak_memory
 from ttt.moshi.surgery import ttt_layers
 from ttt.session.diagnostics import Diagnostics
-from ttt.session.monitor import StreamMonitor
+from ttt.session.monitor import MonitoredInput, MonitorSettings, MonitorSinks, StreamMonitor
 
 TOKEN_NLL_FILE = "token_nll.npz"
 
 
-def run_teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: Phases,
-                       inputs: list[torch.Tensor] | None = None) -> dict:
-    """``inputs``: the code tensors of ``items`` when the caller has them (the cell benchmark)."""
-    lm = bundle.lm
-    chunk = bundle.ttt.chunk_size if ttt_layers(lm) else None
+@mode("teacher_forced", conversations_only=True)
+def run_teacher_forced(run: CellRun, inputs: list[torch.Tensor] | None = None) -> dict:
+    """``inputs``: the code tensors of the run's items when the caller has them (the cell benchmark)."""
+    cfg, lm = run.cfg, run.bundle.lm
+    chunk = run.bundle.ttt.chunk_size if ttt_layers(lm) else None
     block = teacher_forced_block(cfg.block, chunk)
     window = max(1, int(round(cfg.window_s * FRAME_RATE)))
-    rows, telemetry, diagnostics, block_ms, per_step, frames = [], [], [], [], [], 0
+    rows, per_step, frames, sinks = [], [], 0, MonitorSinks()
+    settings = MonitorSettings(chunk=chunk, log_every=20 * block, frame_rate=FRAME_RATE,
+                               diagnostics_every=cfg.diagnostics_every,
+                               clip_saturation=cfg.clip_saturation)
     diag = Diagnostics(lm) if cfg.diagnostics_every and ttt_layers(lm) else None
     diverged, text_all, audio_all, offset, first = False, [], [], 0, None
-    with phases("prepare"):
+    with run.phases("prepare"):
         if inputs is None:
-            inputs = [conversation_codes(bundle.mimi, bundle.tokenizer, item, cache / "codes",
-                                         bundle.mimi_id).to(cfg.device) for item in items]
+            inputs = [run.codes(item).to(cfg.device) for item in run.items]
         warm_up(lm, inputs[0], chunk, diag, block)
     for n, codes in enumerate(inputs):
         T = codes.shape[-1]
-        monitor = StreamMonitor(
-            lm, T, chunk=chunk, log=lambda m, n=n: log(f"[{cfg.cell}] item {n + 1}/{len(inputs)}: {m}"),
-            log_every=20 * block, frame_rate=FRAME_RATE, diagnostics=diag,
-            diagnostics_every=cfg.diagnostics_every, clip_saturation=cfg.clip_saturation,
-            offset=offset, row_fields={"item": n}, log_fields={"cell": cfg.cell, "item": n},
-            telemetry=telemetry, diagnostic_rows=diagnostics, block_ms=block_ms)
-        with phases("run"):
+        watched = MonitoredInput(
+            T, log=lambda m, n=n: run.log(f"[{cfg.cell}] item {n + 1}/{len(inputs)}: {m}"),
+            offset=offset, row_fields={"item": n}, log_fields={"cell": cfg.cell, "item": n})
+        monitor = StreamMonitor(lm, settings, watched, sinks, diag)
+        with run.phases("run"):
             nll = teacher_forced_nll(lm, codes, block=block, on_block=monitor.observe,
                                      head=chunk if cfg.ab and n == 0 else 0)
         per_step += monitor.per_step_ms()
@@ -60,22 +60,24 @@ def run_teacher_forced(cfg, bundle, items, cache, tmp: Path, log, phases: Phases
                          "audio_ppl": audio_ppl})
         offset += T
         if diverged:
-            log(f"[{cfg.cell}] diverged at item {n + 1}: stopping, partial results kept")
+            run.log(f"[{cfg.cell}] diverged at item {n + 1}: stopping, partial results kept")
             break
     text = np.concatenate(text_all)
     audio_tokens = np.concatenate([a.reshape(-1) for a in audio_all])
-    with phases("run"):
+    with run.phases("run"):
         ab = ab_twin(lm, inputs[0], chunk, block, first) if cfg.ab and ttt_layers(lm) else None
-        regression = upstream_regression(cfg, bundle, items, cache) if cfg.check_upstream else None
+        regression = (upstream_regression(cfg, run.bundle, run.first_block())
+                      if cfg.check_upstream else None)
     if diag is not None:
         diag.close()
-    with phases("write"):
-        write_token_nll(tmp / TOKEN_NLL_FILE, text_all, audio_all,
+    telemetry, block_ms = sinks.telemetry, sinks.block_ms
+    with run.phases("write"):
+        write_token_nll(run.tmp / TOKEN_NLL_FILE, text_all, audio_all,
                         lm.transformer.layers[0].self_attn.context)
-        write_csv(tmp / "timeseries.csv", rows)
-        write_csv(tmp / "telemetry.csv", telemetry)
-        write_csv(tmp / "diagnostics.csv", diagnostics)
-        write_plots(tmp, rows, telemetry)
+        write_csv(run.tmp / "timeseries.csv", rows)
+        write_csv(run.tmp / "telemetry.csv", telemetry)
+        write_csv(run.tmp / "diagnostics.csv", sinks.diagnostics)
+        write_plots(run.tmp, rows, telemetry)
     total_ms = sum(block_ms)
     return {
         "perplexity": {"text": perplexity(text), "audio": perplexity(audio_tokens)},
