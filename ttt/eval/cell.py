@@ -24,8 +24,10 @@ from ttt.data.conversations import DataError, read_manifest
 from ttt.data.demo import write_demo_manifest
 from ttt.eval.modes import CellRun, lookup
 from ttt.eval.phases import Phases, Resident, peak_memory, reset_peak_memory
-# Importing the mode modules registers their modes (ttt/eval/modes.py).
-from ttt.eval import playback, teacher_forced  # noqa: F401
+# The mode modules register their modes when imported (ttt/eval/modes.py).
+import ttt.eval.playback  # noqa: F401
+import ttt.eval.streamed  # noqa: F401
+import ttt.eval.teacher_forced  # noqa: F401
 from ttt.eval.streamed import refuse_foreign_snapshots, replay_dir
 from ttt.moshi.checkpoints import resolve_checkpoint
 from ttt.moshi.model import CheckpointError, load_checkpoint
