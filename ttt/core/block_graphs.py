@@ -21,7 +21,9 @@ How a replay stays the eager computation:
   its timed pass replays.
 
 Off with ``TTT_BLOCK_GRAPHS=0`` (or upstream's ``NO_CUDA_GRAPH=1``), off on CPU and inside
-another capture; a capture that fails is reported once and that key runs eagerly from then on.
+another capture. A capture that fails turns the graphs off for the rest of the process, with one
+warning: a half-begun capture can leave torch's CUDA state (its RNG's capture bookkeeping)
+unusable for further captures.
 """
 from __future__ import annotations
 
@@ -34,18 +36,19 @@ import torch
 
 _OFF = {"0", "no", "n", "false", "off"}
 # Per process: shapes whose eager call ran (kernels compiled and chosen), the memory pool and the
-# capture stream of each device, static buffers by (shape, dtype, device), keys that failed.
+# capture stream of each device, static buffers by (shape, dtype, device).
 _warm: set = set()
 _pools: dict = {}
+_keepers: dict = {}  # per device, the graph that holds its pool open (see _capture)
 _streams: dict = {}
 _statics: OrderedDict = OrderedDict()
-_failed: set = set()
+_broken: list = []  # the first capture failure's message: graphs are off from then on
 MAX_STATICS = 12  # static tensors kept (a 7B layer's 2,048-frame block: 80 MB of inputs/outputs)
 
 
 def enabled(device: torch.device) -> bool:
     """Whether block updates on ``device`` may run as CUDA graphs now."""
-    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+    if device.type != "cuda" or _broken or torch.cuda.is_current_stream_capturing():
         return False
     if os.environ.get("TTT_BLOCK_GRAPHS", "1").lower() in _OFF:
         return False
@@ -69,6 +72,31 @@ def _static(shape: torch.Size, dtype: torch.dtype, device: torch.device, slot: s
     return _statics[key]
 
 
+def _capture(device: torch.device, work: Callable) -> torch.cuda.CUDAGraph:
+    """``work`` captured on the device's capture stream into its shared memory pool."""
+    if device not in _pools:
+        _streams[device] = torch.cuda.Stream(device)
+        # A graph of its own holds the pool open for the process. torch releases a private pool
+        # when its last graph dies (a cell's model rebuilt, a layer's graphs evicted), and a later
+        # capture into the released id fails an internal assert of its allocator (torch 2.11,
+        # seen on an H200: every capture of the next model then failed).
+        _pools[device] = torch.cuda.graph_pool_handle()
+        _keepers[device] = _capture(device, lambda: torch.ones(1, device=device).add_(1))
+    stream = _streams[device]
+    graph = torch.cuda.CUDAGraph()
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        # the graph's own API, not torch.cuda.graph(): that one synchronizes, collects
+        # garbage and empties the allocator's cache at every capture
+        graph.capture_begin(pool=_pools[device], capture_error_mode="thread_local")
+        try:
+            work()
+        finally:
+            graph.capture_end()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    return graph
+
+
 class _Captured:
     """One graph with the static tensors it reads its inputs from and writes its outputs to."""
 
@@ -76,23 +104,8 @@ class _Captured:
         device = inputs[0].device
         self.inputs = [_static(x.shape, x.dtype, device, f"in{i}") for i, x in enumerate(inputs)]
         self.outputs = [_static(shape, dtype, device, f"out{i}") for i, (shape, dtype) in enumerate(outputs)]
-        if device not in _pools:
-            _pools[device] = torch.cuda.graph_pool_handle()
-            _streams[device] = torch.cuda.Stream(device)
-        stream = _streams[device]
-        self.graph = torch.cuda.CUDAGraph()
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            # the graph's own API, not torch.cuda.graph(): that one synchronizes, collects
-            # garbage and empties the allocator's cache at every capture
-            self.graph.capture_begin(pool=_pools[device], capture_error_mode="thread_local")
-            try:
-                results = fn(*self.inputs)
-                for static, y in zip(self.outputs, results, strict=True):
-                    static.copy_(y)
-            finally:
-                self.graph.capture_end()
-        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = _capture(device, lambda: [s.copy_(y) for s, y in zip(
+            self.outputs, fn(*self.inputs), strict=True)])
 
     def __call__(self, inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         for static, x in zip(self.inputs, inputs):
@@ -122,8 +135,6 @@ class BlockGraphs:
             return list(fn(*inputs))
         shapes = tuple((tuple(x.shape), x.dtype) for x in inputs)
         graph_key = (shape_key, shapes, tensor_key(bound))
-        if graph_key in _failed:
-            return list(fn(*inputs))
         graph = self.graphs.get(graph_key)
         if graph is None:
             warm = (shape_key, shapes, device)
@@ -140,10 +151,10 @@ class BlockGraphs:
     def _capture(self, fn, graph_key, inputs, outputs) -> _Captured | None:
         try:
             graph = _Captured(fn, inputs, outputs)
-        except Exception as exc:  # noqa: BLE001 - any capture failure: this key stays eager
-            _failed.add(graph_key)
-            warnings.warn(f"TTT block update: CUDA graph capture failed ({type(exc).__name__}: "
-                          f"{exc}); this block shape runs eagerly")
+        except Exception as exc:  # noqa: BLE001 - any capture failure: graphs off from now on
+            _broken.append(f"{type(exc).__name__}: {exc}")
+            warnings.warn(f"TTT block update: CUDA graph capture failed ({_broken[0]}); block "
+                          "updates run eagerly for the rest of this process")
             return None
         self.captures += 1
         self.graphs[graph_key] = graph
