@@ -78,3 +78,12 @@ def test_the_run_context_is_frozen(tmp_path):
     assert run.items == ()  # a list given is kept as a tuple: the inputs cannot grow either
     with pytest.raises(dataclasses.FrozenInstanceError):
         run.tmp = tmp_path / "elsewhere"
+
+
+def test_a_mode_that_never_steps_the_model_loads_it_without_ttt(cache, tmp_path):
+    """playback registers runs_model=False: its cell asks for TTT, yet no TTT layer is built
+    (none could claim fast weights that never ran) and metrics.json says ttt: false."""
+    cfg = make_cell(cache, "pb", [1.0], mode="playback")
+    assert cfg.ttt.get("enabled", True)
+    metrics = cell.run_cell(cfg, tmp_path / "pb", log=lambda m: None)
+    assert metrics["ttt"] is False and metrics["plumbing"] is None
