@@ -9,6 +9,7 @@ import torch
 
 import ttt
 from conftest import randomize_ttt_params, random_sequence, tiny_lm
+from ttt.base.paired_effect import paired_effect
 from ttt.control import natural
 
 
@@ -32,14 +33,25 @@ def test_regions_split_beyond_the_context_at_the_manifest_repeats():
     line = {"turns": [{"speaker": 0, "start": 0.0, "end": 1.0, "repeat_of": None},
                       {"speaker": 1, "start": 4.0, "end": 5.0, "repeat_of": None},
                       {"speaker": 0, "start": 4.0, "end": 4.4, "repeat_of": 0},
-                      {"speaker": 1, "start": 5.2, "end": 6.2, "repeat_of": 1}]}
-    repeat = natural.repeat_frames(line, 80)
+                      {"speaker": 1, "start": 5.2, "end": 6.2, "repeat_of": 1},
+                      {"speaker": 0, "start": 6.4, "end": 6.6, "repeat_of": None}]}
+    repeat = natural.speech_frames(line, 100, True)
     assert np.flatnonzero(repeat).tolist() == list(range(50, 55))  # speaker 0's repeat only
-    masks = {r: natural.region_mask(r, repeat, 52) for r in natural.REGIONS}
+    masks = {r: natural.region_mask(r, line, 100, 52) for r in natural.REGIONS}
     assert np.flatnonzero(masks["repeat"]).tolist() == [52, 53, 54]
-    assert not (masks["repeat"] & masks["rest"]).any()
-    assert ((masks["repeat"] | masks["rest"]) == masks["beyond_context"]).all()
+    assert np.flatnonzero(masks["fresh_speech"]).tolist() == [80, 81, 82]  # frame 0-12 is before
     assert (masks["before_context"] == ~masks["beyond_context"]).all()
+
+
+def test_relative_difference_of_groups_matches_their_paired_effects():
+    g = np.random.default_rng(1)
+    groups = [[(g.uniform(50, 90, n), g.integers(40, 60, n).astype(float)) for _ in (0, 1)]
+              for n in (5, 7)]
+    (on_a, off_a), (on_b, off_b) = groups
+    got = natural.relative_difference(on_a, off_a, on_b, off_b, np.random.default_rng(0))
+    want = paired_effect(on_a, off_a).rel_gain - paired_effect(on_b, off_b).rel_gain
+    assert abs(got["rel_gain_difference"] - want) < 1e-12 and abs(want) > 1e-3
+    assert got["ci95"][0] < want < got["ci95"][1]
 
 
 def test_settings_parse_and_bad_ones_are_one_line(tmp_path, capsys):

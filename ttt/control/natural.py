@@ -3,8 +3,8 @@ settings of one checkpoint, and the evidence of why TTT helps or hurts there.
 
 Teacher-forced, the parallel form (``ttt.control.gain.token_nll``), conversation bootstrap
 (``ttt.base.paired_effect``). Regions: before / beyond the attention context, and beyond it split
-into *repeat* frames (Moshi's channel speaking a turn that repeats an earlier one, from the
-manifest's ``turns``) and the *rest*. Per text-token class (padding, end-of-padding/unknown, whole
+Moshi's channel speaking a *repeat* of an earlier turn (from the manifest's ``turns``) or
+*fresh speech*; repeats are compared with the plain conversations' fresh speech. Per text-token class (padding, end-of-padding/unknown, whole
 words, single letters) the mean NLL change says whether the harm sits on text the tokenizer
 cannot spell; ``drift`` is ‖W⁽ⁱ⁾ − W⁽⁰⁾‖/‖W⁽⁰⁾‖ of every TTT layer at the end of each conversation.
 """
@@ -20,7 +20,7 @@ import numpy as np
 from ttt.base.paired_effect import difference_ci, paired_effect
 from ttt.data.conversations import FRAME_RATE, PAD_ID
 
-REGIONS = ("before_context", "beyond_context", "repeat", "rest")
+REGIONS = ("before_context", "beyond_context", "repeat", "fresh_speech")
 
 
 def parse_setting(text: str) -> dict:
@@ -36,20 +36,23 @@ def parse_setting(text: str) -> dict:
     return out
 
 
-def repeat_frames(line: dict, frames: int) -> np.ndarray:
-    """Frames where Moshi's channel (speaker 0) says a turn that repeats an earlier one."""
+def speech_frames(line: dict, frames: int, repeated: bool) -> np.ndarray:
+    """Frames where Moshi's channel (speaker 0) says a turn that repeats an earlier one
+    (``repeated``) or a fresh turn, from the manifest's ``turns``."""
     mask = np.zeros(frames, dtype=bool)
     for turn in line.get("turns", []):
-        if turn["speaker"] == 0 and turn["repeat_of"] is not None:
+        if turn["speaker"] == 0 and (turn["repeat_of"] is not None) == repeated:
             mask[math.floor(turn["start"] * FRAME_RATE):math.ceil(turn["end"] * FRAME_RATE - 1e-6)] = True
     return mask
 
 
-def region_mask(region: str, repeat: np.ndarray, context: int) -> np.ndarray:
-    frames = len(repeat)
+def region_mask(region: str, line: dict, frames: int, context: int) -> np.ndarray:
     beyond = np.arange(frames) >= context
-    return {"before_context": ~beyond, "beyond_context": beyond, "repeat": beyond & repeat,
-            "rest": beyond & ~repeat}[region]
+    if region == "repeat":
+        return beyond & speech_frames(line, frames, True)
+    if region == "fresh_speech":
+        return beyond & speech_frames(line, frames, False)
+    return {"before_context": ~beyond, "beyond_context": beyond}[region]
 
 
 def pooled(nlls: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -65,7 +68,7 @@ def pooled(nlls: list[np.ndarray], masks: list[np.ndarray]) -> tuple[np.ndarray,
 def effect_table(on: list, off: list, lines: list[dict], context: int, resamples: int = 2000) -> dict:
     """{stream.region.kind: ppl_off, ppl_on, rel_gain, ci} and recurrent − plain differences."""
     rng = np.random.default_rng(0)
-    repeats = [repeat_frames(line, len(o[0])) for line, o in zip(lines, off)]
+    repeat: dict = {}
     kind_of = [line.get("kind") or ("recurrent" if line.get("recurrent") else "plain") for line in lines]
     kinds = {k: [i for i, kind in enumerate(kind_of) if kind == k] for k in ("recurrent", "plain")}
     out = {}
@@ -73,7 +76,7 @@ def effect_table(on: list, off: list, lines: list[dict], context: int, resamples
         for region in REGIONS:
             effects = {}
             for kind, idx in kinds.items():
-                masks = [region_mask(region, repeats[i], context) for i in idx]
+                masks = [region_mask(region, lines[i], len(off[i][0]), context) for i in idx]
                 if not idx or not any(m.any() for m in masks):
                     continue
                 e = paired_effect(pooled([on[i][s] for i in idx], masks),
@@ -86,7 +89,33 @@ def effect_table(on: list, off: list, lines: list[dict], context: int, resamples
                 rec, plain = effects["recurrent"], effects["plain"]
                 out[f"{stream}.{region}.recurrent_minus_plain"] = {
                     "gain_difference": rec.gain - plain.gain, "ci95": list(difference_ci(rec, plain))}
+            if region == "repeat" and "recurrent" in effects:
+                idx = kinds["recurrent"]
+                masks = [region_mask(region, lines[i], len(off[i][0]), context) for i in idx]
+                repeat[stream] = (pooled([on[i][s] for i in idx], masks),
+                                  pooled([off[i][s] for i in idx], masks))
+            if region == "fresh_speech" and kinds["plain"] and stream in repeat:
+                idx = kinds["plain"]
+                masks = [region_mask(region, lines[i], len(off[i][0]), context) for i in idx]
+                fresh = (pooled([on[i][s] for i in idx], masks), pooled([off[i][s] for i in idx], masks))
+                out[f"{stream}.repeat_minus_plain_fresh_speech"] = relative_difference(
+                    *repeat[stream], *fresh, rng, resamples)
     return out
+
+
+def relative_difference(on_a, off_a, on_b, off_b, rng, resamples: int = 2000) -> dict:
+    """Relative gain (1 − ppl_on/ppl_off) of group a minus that of group b, with a percentile
+    bootstrap over each group's conversations (relative, since the groups' perplexities differ)."""
+    def rel(on, off, pick=None):
+        (son, con), (soff, coff) = on, off
+        if pick is None:
+            return 1 - np.exp(son.sum() / con.sum() - soff.sum() / coff.sum())
+        return 1 - np.exp(son[pick].sum(1) / con[pick].sum(1) - soff[pick].sum(1) / coff[pick].sum(1))
+    na, nb = len(on_a[0]), len(on_b[0])
+    draws = (rel(on_a, off_a, rng.integers(0, na, (resamples, na)))
+             - rel(on_b, off_b, rng.integers(0, nb, (resamples, nb))))
+    return {"rel_gain_difference": float(rel(on_a, off_a) - rel(on_b, off_b)),
+            "ci95": [float(x) for x in np.nanquantile(draws, [0.025, 0.975])]}
 
 
 def by_position(on: list, off: list, context: int, width: int = 150) -> list[dict]:
@@ -212,9 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         result["settings"][name] = {"ttt": bundle.ttt.to_dict(), "table": table, "token_classes": classes,
                                     "text_by_position": by_position(on, off, context),
                                     "drift_end_mean_per_layer": drift.mean(0).tolist()}
-        text = table.get("text.beyond_context.plain", {}), table.get("text.repeat.recurrent", {})
-        print(name, "plain beyond", round(text[0].get("rel_gain", math.nan), 4), text[0].get("ci95"),
-              "| repeat", round(text[1].get("rel_gain", math.nan), 4), text[1].get("ci95"),
+        text = [table.get(f"text.{k}", {}) for k in ("beyond_context.plain", "repeat.recurrent",
+                                                      "repeat_minus_plain_fresh_speech")]
+        print(name, "text gain beyond, plain", round(text[0].get("rel_gain", math.nan), 4), text[0].get("ci95"),
+              "| repeats", round(text[1].get("rel_gain", math.nan), 4), text[1].get("ci95"),
+              "| repeats - plain fresh speech", round(text[2].get("rel_gain_difference", math.nan), 4),
+              text[2].get("ci95"),
               "| drift", np.round(drift.mean(0), 3).tolist(), flush=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     return 0
