@@ -131,3 +131,31 @@ def test_switches_are_validated_and_round_trip(field):
     cfg = ttt.TTTConfig.from_dict({field: False})
     assert getattr(cfg, field) is False
     assert ttt.TTTConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("padding,k", [("right", 2), ("right", 3), ("center", 3)])
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_cached_target_weights_give_the_two_step_target(name, padding, k, dtype, tol):
+    """The block and parallel paths take (conv, projection) from the layer's cache, where a 'right'
+    conv with W_target is one composed [d, k·d] matrix W_target·[conv taps] (k GEMMs per token,
+    no separate projection). Against the float64 equation, it is as close as the two-step
+    conv-then-project path in the same dtype."""
+    cfg = ttt.TTTConfig(layers=(1,), chunk_size=9, conv_kernel_size=k, conv_padding=padding,
+                        **ABLATIONS[name])
+    gating = ttt.ttt_layers(randomize_ttt_params(ttt.apply_ttt(tiny_lm(0), cfg)))[1]
+    tg = gating.target_generator
+    x0 = torch.randn(4, 9, gating.dims[0], generator=torch.Generator().manual_seed(2))
+    switches = {"target_conv": True, "target_projection": True, **ABLATIONS[name]}
+    conv = tg.conv_weight if tg.conv_weight is not None else torch.zeros(1, 1, k)
+    want = _explicit_target(x0, conv, tg.projection, padding, **switches)
+    with torch.no_grad():
+        cached = gating._target_weights(dtype)
+        composed = chunk_target(x0.to(dtype), *cached, padding, dtype=dtype)
+        two_step = chunk_target(x0.to(dtype), tg.conv_weight, tg.projection, padding, dtype=dtype)
+    assert composed.dtype == dtype
+    err_two_step = rel_err(two_step, want)
+    assert err_two_step <= tol
+    assert rel_err(composed, want) <= max(2 * err_two_step, tol / 10)
+    if name == "full" and padding == "right":
+        assert cached[1] is None and cached[0].shape == (x0.shape[-1], k * x0.shape[-1])
