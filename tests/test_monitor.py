@@ -28,14 +28,15 @@ def _monitor(lm, lines, row_fields=None, **settings):
 
 def test_rows_fall_on_updates_and_hold_the_state_read_directly():
     codes = random_sequence(1, T)
-    # The reference: the state read at each block's end by a plain callback, no monitor.
-    lm = _lm()
+    # The reference: the state read at each block's end by a plain callback, no monitor. Every
+    # block logs all its chunks (not the default cadence: test_initial_loss_cadence.py).
+    lm = _lm(initial_loss_every=1)
     direct = {}
 
     def read(end, _loss):
         direct[end] = {i: {k: float(v[0]) for k, v in s.items()} for i, s in ttt.ttt_state(lm).items()}
     teacher_forced_nll(lm, codes, block=8, on_block=read)
-    lm, lines = _lm(), []
+    lm, lines = _lm(initial_loss_every=1), []
     blocks = _monitor(lm, lines, row_fields={"item": 0})
     teacher_forced_nll(lm, codes, block=8, on_block=blocks.observe)
     # A row per chunk update (the layer's own log), and the last, partial block's state.

@@ -42,12 +42,14 @@ def test_chunk_records_equal_reference_w_snapshots(blocks, batch):
     One row, a first block of whole chunks: ℓ(W⁽⁰⁾) is read off that block's own output (W still
     W⁽⁰⁾), the next block computes it."""
     seq = random_sequence(2, 31, seed=4)[:batch]
-    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=6, lr=0.5, delta_clip_fro_norm=None)
+    # every block's chunks recorded (the default cadence skips some: test_initial_loss_cadence.py)
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=6, lr=0.5, delta_clip_fro_norm=None, initial_loss_every=1)
     upstream, ours = _pair(cfg)
     with torch.no_grad():
         (ref := build_reference(upstream, ours, (1, 3), cfg)).forward_text(seq)
     norms = sorted(n for layer in ref.ref_layers.values() for row in layer.delta_norms for n in row)
-    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=6, lr=0.5, delta_clip_fro_norm=sum(norms[len(norms) // 2 - 1:][:2]) / 2)
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=6, lr=0.5, initial_loss_every=1,
+                        delta_clip_fro_norm=sum(norms[len(norms) // 2 - 1:][:2]) / 2)
     upstream, ours = _pair(cfg)  # the same weights (same seeds), now clipping about half the chunks
     ref = build_reference(upstream, ours, (1, 3), cfg)
     with torch.no_grad():

@@ -81,8 +81,9 @@ class TTTConfig:
     # ℓ(W^(0)) of every chunk (and with it the per-chunk telemetry rows and next-chunk gain
     # statistics inside a block) on every N-th teacher-forced block of whole chunks; the other
     # blocks compute it for their last chunk only and log that chunk alone (docs/config.md).
-    # 1 = every block; 0 = only where it costs nothing (a stream's first block).
-    initial_loss_every: int = 1
+    # 1 = every block; 0 = only where it costs nothing (a stream's first block). Default 4: only
+    # diagnostics read ℓ(W^(0)), and a block's z·W^(0)ᵀ product is a quarter of its update's work.
+    initial_loss_every: int = 4
 
     def __post_init__(self) -> None:
         _check(isinstance(self.enabled, bool), "enabled", f"must be a bool, got {self.enabled!r}")
