@@ -6,10 +6,12 @@ same device in the same process:
 - loading: ``ttt.moshi.model.load_checkpoint`` (TTT off and on) vs upstream
   ``loaders.get_moshi_lm(filename)`` on the same files;
 - teacher-forced: the cell's own timed pass (``ttt.eval.teacher_forced.run_teacher_forced``: blocks, NLL,
-  telemetry, divergence checks; TTT off, TTT on, TTT on with its A/B twin) vs a plain
-  ``lm(codes)`` + text and audio cross-entropy over the same frames, at each length (lengths past
-  moshi's 3000 context run with context = the longest length, YaRN in the cells as the yarn family
-  does; upstream with the same attention context);
+  telemetry, divergence checks; TTT off, TTT on, TTT on with ℓ(W⁽⁰⁾) on every block, TTT on with
+  its A/B twin) vs a plain ``lm(codes)`` + text and audio cross-entropy over the same frames, at
+  each length (lengths past moshi's 3000 context run with context = the longest length, YaRN in
+  the cells as the yarn family does; upstream with the same attention context). A short pass is
+  repeated until a measurement lasts ``--min-seconds`` (a 2,048-frame pass lasts ≈ 0.08 s on an
+  H200: one pass per round left the rounds 20 % apart);
 - generate: the cell's step (``ttt.eval.generate.stream_user_channel``, Mimi decoding deferred) vs
   upstream ``LMGen`` alone and ``LMGen`` + Mimi's streaming decode inside the step (what the cell
   did before), each in its own session after one untimed session, all at the same position, and
@@ -26,6 +28,7 @@ import contextlib
 import datetime as dt
 import gc
 import json
+import math
 import shutil
 import statistics
 import time
@@ -162,27 +165,44 @@ def plain_forward_loss(lm, codes: torch.Tensor) -> float:
         return float(text + audio)
 
 
-def cell_pass(cfg, bundle, codes: torch.Tensor, tmp: Path) -> dict:
-    """The cell's teacher-forced stage on ``codes`` (no data loading: the input is given)."""
+def repeats_for(seconds_per_pass: float, min_seconds: float, most: int) -> int:
+    """Passes back to back that last at least ``min_seconds`` (at least one, at most ``most``)."""
+    return min(most, max(1, math.ceil(min_seconds / max(seconds_per_pass, 1e-9))))
+
+
+def plain_frames_per_s(upstream, codes: torch.Tensor, repeats: int, device: str) -> float:
+    """Frames per second of ``repeats`` plain passes timed together."""
+    seconds = timed(lambda: [plain_forward_loss(upstream, codes) for _ in range(repeats)], device)[0]
+    return repeats * codes.shape[-1] / seconds
+
+
+def cell_pass(cfg, bundle, codes: torch.Tensor, tmp: Path, repeats: int = 1) -> dict:
+    """The cell's teacher-forced stage on ``codes`` (no data loading: the input is given), as
+    ``repeats`` inputs of one cell (each streamed from a fresh state, as a cell's inputs are): the
+    throughput is over all of them, the warm-up and the writing are paid once."""
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     phases = Phases(cfg.device)
     if cfg.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     run = CellRun(cfg, bundle, [], Path(cfg.cache_dir), tmp, tmp, lambda m: None, phases)
-    metrics = run_teacher_forced(run, inputs=[codes])
+    metrics = run_teacher_forced(run, inputs=[codes] * repeats)
     return {"frames_per_s": metrics["throughput"]["frames_per_s"],
             "ms_per_block_p50": metrics["throughput"]["ms_per_block_p50"],
             "ms_per_block_p90": metrics["throughput"]["ms_per_block_p90"],
-            "block": metrics["throughput"]["block"], "timing": phases.seconds(),
-            "run_frames_per_s": codes.shape[-1] / phases.totals["run"],
+            "block": metrics["throughput"]["block"], "timing": phases.seconds(), "repeats": repeats,
+            "frames": metrics["steps"],
+            "run_frames_per_s": repeats * codes.shape[-1] / phases.totals["run"],
             "text_ppl": metrics["perplexity"]["text"],
             "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cfg.device.startswith("cuda") else None}
 
 
 def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict, device: str,
                            dtype, lengths: list[int]) -> dict:
-    """Per length: plain lm(codes)+CE (best of ``reps`` after a warm-up) and the cell passes."""
+    """Per length: plain lm(codes)+CE (best of ``reps`` after a warm-up) and the cell passes (best
+    of ``rounds``), each measurement ``repeats`` passes long (``--min-seconds``, from one plain
+    pass; the same for every case of a length, the A/B cell excepted: it runs one pass and its
+    twin, against the TTT-on cell's time per pass)."""
     results: dict = {}
     ctx = lm_kwargs["context"]
     long = [n for n in lengths if n > ctx]
@@ -201,24 +221,25 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
         for length in group:
             codes = random_codes(upstream, length, device, seed=length)
             plain_forward_loss(upstream, codes)  # warm-up (compile, allocator)
-            plain = [length / timed(lambda: plain_forward_loss(upstream, codes), device)[0]
-                     for _ in range(args.reps)]
-            row = {"plain_frames_per_s": max(plain), "plain_rounds": plain}
+            repeats = repeats_for(timed(lambda: plain_forward_loss(upstream, codes), device)[0],
+                                  args.min_seconds, args.max_repeats)
+            plain = [plain_frames_per_s(upstream, codes, repeats, device) for _ in range(args.reps)]
+            row = {"plain_frames_per_s": max(plain), "plain_rounds": plain, "repeats": repeats}
             base = dict(cell="bench", mode="teacher_forced", model=str(directory), device=device,
                         dtype=args.dtype, yarn=yarn, cache_dir=str(args.cache),
                         diagnostics_every=100)
             passes: dict = {}
             for _ in range(args.rounds):  # cases interleaved; best of the rounds kept
                 for name, cfg in (("cell_ttt_on", dict(ttt=ttt_cfg)),
-                                  ("cell_ttt_on_w0_sampled", dict(ttt={**ttt_cfg, "initial_loss_every": 0})),
+                                  ("cell_ttt_on_w0_every_block", dict(ttt={**ttt_cfg, "initial_loss_every": 1})),
                                   ("cell_ttt_on_ab", dict(ttt=ttt_cfg, ab=True)),
                                   ("cell_ttt_off", dict(ttt={"enabled": False}))):
                     with (ttt_disabled(bundle.lm) if name == "cell_ttt_off" else
-                          initial_loss_every(bundle.lm, 0) if name == "cell_ttt_on_w0_sampled"
+                          initial_loss_every(bundle.lm, 1) if name == "cell_ttt_on_w0_every_block"
                           else contextlib.nullcontext()):
                         passes.setdefault(name, []).append(cell_pass(
                             CellConfig.from_dict({**base, **cfg}), bundle, codes,
-                            args.cache / "tmp"))
+                            args.cache / "tmp", 1 if name == "cell_ttt_on_ab" else repeats))
             for name, runs in passes.items():
                 row[name] = {**max(runs, key=lambda r: r["frames_per_s"]),
                              "round_frames_per_s": [r["frames_per_s"] for r in runs],
@@ -230,12 +251,13 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
                 "cell_off_vs_plain": off["frames_per_s"] / row["plain_frames_per_s"],
                 "cell_on_vs_plain": on["frames_per_s"] / row["plain_frames_per_s"],
                 "ttt_on_vs_off_in_cell": on["frames_per_s"] / off["frames_per_s"],
-                "ab_run_vs_one_pass": min(row["cell_ttt_on_ab"]["round_run_s"]) / min(on["round_run_s"]),
-                "w0_sampled_on_vs_off_in_cell": row["cell_ttt_on_w0_sampled"]["frames_per_s"] / off["frames_per_s"],
-                "w0_sampled_on_vs_plain": row["cell_ttt_on_w0_sampled"]["frames_per_s"] / row["plain_frames_per_s"],
+                "ab_run_vs_one_pass": min(row["cell_ttt_on_ab"]["round_run_s"]) / (
+                    min(on["round_run_s"]) / repeats),
+                "w0_every_block_on_vs_off_in_cell": row["cell_ttt_on_w0_every_block"]["frames_per_s"] / off["frames_per_s"],
+                "w0_every_block_on_vs_plain": row["cell_ttt_on_w0_every_block"]["frames_per_s"] / row["plain_frames_per_s"],
             }
             results[str(length)] = row
-            print(f"[tf {length}] plain {row['plain_frames_per_s']:.0f} f/s, cell off "
+            print(f"[tf {length}] {repeats} passes per measurement: plain {row['plain_frames_per_s']:.0f} f/s, cell off "
                   f"{off['frames_per_s']:.0f}, on {on['frames_per_s']:.0f}, "
                   f"ratios {row['ratios']}", flush=True)
             del codes
@@ -479,6 +501,9 @@ def main(argv=None) -> None:
     p.add_argument("--gen-steps", type=int, default=300)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--min-seconds", type=float, default=0.5,
+                   help="teacher-forced: repeat a short pass until a measurement lasts this long")
+    p.add_argument("--max-repeats", type=int, default=64, help="teacher-forced: at most this many passes")
     p.add_argument("--load-rounds", type=int, default=2)
     p.add_argument("--profile", type=Path, default=None,
                    help="write torch.profiler tables of a plain and a cell pass at the first length")

@@ -4,6 +4,8 @@ import runpy
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).parent.parent / "bench" / "bench_7b.py"
 
 
@@ -33,6 +35,7 @@ def test_bench_cells_tiny_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench_cells.py", "--config", "tiny", "--device", "cpu",
                                       "--dtype", "float32", "--lengths", "24", "--gen-steps", "14",
                                       "--rounds", "1", "--reps", "1", "--load-rounds", "1",
+                                      "--min-seconds", "1e9", "--max-repeats", "3",
                                       "--cache", str(tmp_path / "cache"), "--out", str(out),
                                       "--profile", str(tmp_path / "profile.txt")])
     runpy.run_path(str(CELLS), run_name="__main__")
@@ -50,12 +53,17 @@ def test_bench_cells_tiny_smoke(tmp_path, monkeypatch):
     assert dec["pcm_max_abs_diff_to_inline_decode"] <= 1e-4 * max(1.0, dec["pcm_max_abs_inline"])
     assert gen["decode"]["frames"] > 0
     tf = data["teacher_forced"]["24"]
-    for key in ("cell_ttt_off", "cell_ttt_on", "cell_ttt_on_ab", "cell_ttt_on_w0_sampled"):
+    for key in ("cell_ttt_off", "cell_ttt_on", "cell_ttt_on_ab", "cell_ttt_on_w0_every_block"):
         assert tf[key]["frames_per_s"] > 0 and set(tf[key]["timing"]) == {
             "load_s", "prepare_s", "run_s", "write_s"}
+        # a short pass is repeated (as the inputs of one cell); the A/B cell runs once
+        repeats = 1 if key == "cell_ttt_on_ab" else 3
+        assert tf[key]["repeats"] == repeats and tf[key]["frames"] == 24 * repeats
+        assert tf[key]["run_frames_per_s"] == pytest.approx(24 * repeats / tf[key]["timing"]["run_s"], rel=2e-2)
+    assert tf["repeats"] == 3
     assert tf["plain_frames_per_s"] > 0 and set(tf["ratios"]) == {
         "cell_off_vs_plain", "cell_on_vs_plain", "ttt_on_vs_off_in_cell", "ab_run_vs_one_pass",
-        "w0_sampled_on_vs_off_in_cell", "w0_sampled_on_vs_plain"}
+        "w0_every_block_on_vs_off_in_cell", "w0_every_block_on_vs_plain"}
     # the same frames scored by the cell with TTT off and by upstream's lm(codes): same model
     assert tf["cell_ttt_off"]["text_ppl"] > 0
     assert len(data["loading"]["upstream_get_moshi_lm_s"]) == 1
