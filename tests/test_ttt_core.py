@@ -593,8 +593,10 @@ def test_whole_chunk_block_leaves_the_state_of_the_chunk_scan():
 @pytest.mark.parametrize("blocks", [[30], [1] * 30, [7, 11, 12]])
 def test_next_chunk_gain_counters_match_token_loop_at_any_cadence(blocks):
     """The device-side next-chunk gain counters (every chunk i ≥ 1, whatever block sizes stream
-    the input: whole-chunk dual form, token by token, or mixed) equal the token loop's sums."""
-    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=6, lr=0.5, delta_clip_fro_norm=0.2)
+    the input: whole-chunk dual form, token by token, or mixed) equal the token loop's sums,
+    with ℓ(W⁽⁰⁾) on every block (the default skips some: test_initial_loss_cadence.py)."""
+    cfg = ttt.TTTConfig(layers=(1, 3), chunk_size=6, lr=0.5, delta_clip_fro_norm=0.2,
+                        initial_loss_every=1)
     upstream, ours = _cached_pair(cfg)
     seq = random_sequence(1, 31, seed=4)
     ref = build_reference(upstream, ours, (1, 3), cfg)
