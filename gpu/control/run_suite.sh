@@ -6,17 +6,23 @@
 # checkpoint (lowest held-out loss) scored on the offset sets → table, plots, per suite. $OUT gets
 # report-<suite>.md, <suite>.tgz (report.json, offsets.png, curve.png, each run's config, log,
 # summary and per-row scores; no weights), codes_stats.json and codebooks.json.
-# CPU dry run (14.5 min on the shared 2-core machine, most of it Mimi and 6 runs on 2 cores):
-#   DEVICE=cpu DURATION=6 TRAIN_COUNT=2 VAL_COUNT=2 TEST_COUNT=2 FIT_COUNT=2 STEPS=4 LOG_EVERY=2
-#   SEEDS="0 1" OFFSETS=10,20,40 LENGTH=16 OFFSET_MIN=10 OFFSET_MAX=40 JOBS=1 MIMI_BATCH=2 PYTHON=python
+# Default suite: fresh (every training row a new word order, a repeat in every row; 1500 steps):
+# about 7 min on one H200. The training conversations only lend their encoded words.
+# CPU dry run (7.5 min on the shared 2-core machine, most of it Mimi):
+#   DEVICE=cpu DURATION=6 TRAIN_COUNT=3 VAL_COUNT=2 TEST_COUNT=2 FIT_COUNT=2 STEPS=4 LOG_EVERY=2
+#   SEEDS=0 OFFSETS=10,20,40 LENGTH=16 OFFSET_MIN=10 OFFSET_MAX=40 COPY_MIN=8 COPY_MAX=16 JOBS=1
+#   MIMI_BATCH=2 PYTHON=python
 set -euo pipefail
 export NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1
 W=${WORK:-/tmp/suite}; DEVICE=${DEVICE:-cuda}; P=${PYTHON:-python3}; OUT=${OUT:-$W/out}
 TRAIN_COUNT=${TRAIN_COUNT:-320}; VAL_COUNT=${VAL_COUNT:-16}; TEST_COUNT=${TEST_COUNT:-24}
 FIT_COUNT=${FIT_COUNT:-60}; DURATION=${DURATION:-36}; JOBS=${JOBS:-12}
-STEPS=${STEPS:-600}; LOG_EVERY=${LOG_EVERY:-50}; SEEDS=${SEEDS:-"0 1 2"}
+STEPS=${STEPS:-1500}; LOG_EVERY=${LOG_EVERY:-50}; SEEDS=${SEEDS:-"0 1 2"}
 OFFSETS=${OFFSETS:-40,80,120,160,240,320,400}; LENGTH=${LENGTH:-48}
 OFFSET_MIN=${OFFSET_MIN:-40}; OFFSET_MAX=${OFFSET_MAX:-400}; FULL_CONTEXT=${FULL_CONTEXT:-512}
+FRACTION=${FRACTION:-1.0}; COPY_MIN=${COPY_MIN:-32}; COPY_MAX=${COPY_MAX:-64}
+BATCH=${BATCH:-16}; LR=${LR:-0.003}; WARMUP=${WARMUP:-100}
+FRESH_FRAMES=${FRESH_FRAMES:-$($P -c "print(int($DURATION * 12.5))")}
 mkdir -p "$W/data" "$W/runs" "$OUT"
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 $P -m ttt.control data --out "$W/data/train" --count $TRAIN_COUNT --duration $DURATION --recurrent-fraction 0 --seed 0 --workers $JOBS > /dev/null &
@@ -45,11 +51,16 @@ if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control > /dev/null; then 
   fi
 fi
 TTT_BLOCK="{start_layer: 1, layer_frequency: 2, chunk_size: 8, lr: 0.01, delta_clip_fro_norm: null, init_std: 0.5}"
-# SUITES: plain (whole conversations; copies 32-64 frames) and/or mixed (rows of 10-frame spans of
-# random conversations, copies 48-96 frames), trained side by side on the same data and codes
-SUITES=${SUITES:-"plain mixed"}
+# SUITES: fresh (rows of FRESH_FRAMES frames, new word orders built from the encoded training
+# words, never seen twice: ttt/training/word_rows.py; copies COPY_MIN-COPY_MAX frames), plain (whole
+# conversations; copies 32-64 frames) and mixed (rows of 10-frame spans of random conversations,
+# copies 48-96 frames), trained side by side on the same data and codes. plain and mixed keep the
+# first GPU run's recipe (repeats in 75 % of rows).
+SUITES=${SUITES:-fresh}
 for suite in $SUITES; do
-  case $suite in plain) mix=null; lens="32 64" ;; mixed) mix=10; lens="48 96" ;;
+  case $suite in fresh) mix=null; fresh=$FRESH_FRAMES; fraction=$FRACTION; lens="$COPY_MIN $COPY_MAX" ;;
+                 plain) mix=null; fresh=null; fraction=0.75; lens="32 64" ;;
+                 mixed) mix=10; fresh=null; fraction=0.75; lens="48 96" ;;
                  *) echo "unknown suite $suite" >&2; exit 2 ;; esac
   set -- $lens
   for seed in $SEEDS; do
@@ -57,7 +68,7 @@ for suite in $SUITES; do
       R="$W/runs-$suite/$variant-s$seed"; mkdir -p "$R"
       case $variant in ttt) block=$TTT_BLOCK; ctx=32 ;; no_ttt) block="{enabled: false}"; ctx=32 ;;
                        full) block="{enabled: false}"; ctx=$FULL_CONTEXT ;; esac
-      sed -e "s#__WORK__#$W#g; s#__TTT__#$block#; s/__CONTEXT__/$ctx/; s/__STEPS__/$STEPS/; s/__SEED__/$seed/; s/__DEVICE__/$DEVICE/; s/__LOG_EVERY__/$LOG_EVERY/; s/__OFFSET_MIN__/$OFFSET_MIN/; s/__OFFSET_MAX__/$OFFSET_MAX/; s/__LEN_MIN__/$1/; s/__LEN_MAX__/$2/; s/__MIX__/$mix/" \
+      sed -e "s#__WORK__#$W#g; s#__TTT__#$block#; s/__CONTEXT__/$ctx/; s/__STEPS__/$STEPS/; s/__SEED__/$seed/; s/__DEVICE__/$DEVICE/; s/__LOG_EVERY__/$LOG_EVERY/; s/__OFFSET_MIN__/$OFFSET_MIN/; s/__OFFSET_MAX__/$OFFSET_MAX/; s/__LEN_MIN__/$1/; s/__LEN_MAX__/$2/; s/__MIX__/$mix/; s/__FRESH__/$fresh/; s/__FRACTION__/$fraction/; s/__BATCH__/$BATCH/; s/__LR__/$LR/; s/__WARMUP__/$WARMUP/" \
           gpu/control/suite.yaml > "$R/train.yaml"
       OMP_NUM_THREADS=1 $P -m ttt train --config "$R/train.yaml" --out "$R" > "$R/train.out" 2>&1 &
     done

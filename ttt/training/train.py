@@ -29,13 +29,15 @@ from ttt.base.files import read_yaml, write_csv, write_text
 from ttt.base.identity import file_digest
 from ttt.base.outdir import lock_output
 from ttt.base.config import SEED_RANGE, TTTConfig, _is_int, strict_kwargs
-from ttt.data.recurrence import add_repeats, check_spec
 from ttt.data.codes import TrainBase, load_codes
+from ttt.data.conversations import read_manifest
+from ttt.data.recurrence import add_repeats, check_spec
 from ttt.training.batches import mixed_batch, sample_batch
 from ttt.training.held_out import eval_items, evaluate_loss, selection_loss
 from ttt.training.probe import InnerProbe
 from ttt.training.state import (STATE_FILE, check_state, find_resume, rng_state, set_rng_state,
                                 sync_twin, write_checkpoint)
+from ttt.training.word_rows import build_lexicon, fresh_batch
 from ttt.moshi.gating import TTTGating
 from ttt.moshi.model import load_checkpoint, resolve_model
 from ttt.moshi.surgery import apply_ttt, ttt_layers
@@ -71,6 +73,7 @@ class TrainConfig:
     recurrence: Mapping[str, Any] | None = None  # exact repeats spliced into batches (frames)
     select: str = "last"                # checkpoint evaluated: last, or best_eval_loss (→ OUT/best)
     mix_blocks: int | None = None       # rows of random spans of this many frames (no memorising)
+    fresh_rows: int | None = None       # rows of this many frames of new word orders (word_rows.py)
     device: str = "cpu"
     cache_dir: str = "results/cache"
 
@@ -110,6 +113,10 @@ class TrainConfig:
               "best_eval_loss needs an eval manifest")
         check(self.mix_blocks is None or (_is_int(self.mix_blocks) and self.mix_blocks >= 2),
               "mix_blocks", "must be null or an integer >= 2")
+        check(self.fresh_rows is None or (_is_int(self.fresh_rows) and self.fresh_rows >= 2),
+              "fresh_rows", "must be null or an integer >= 2")
+        check(self.fresh_rows is None or self.mix_blocks is None, "fresh_rows",
+              "cannot be combined with mix_blocks (each decides what a training row is)")
         check_spec(self.recurrence)
         self.ttt_config()  # validated here, before any heavy work
 
@@ -236,6 +243,8 @@ def _train_locked(cfg: TrainConfig, out: Path, log) -> dict:
     lm, base, lm_kwargs, params = build_model(cfg)
     ttt = cfg.ttt_config()
     train_codes = load_codes(cfg.train, base, cfg.cache_dir)
+    lexicon = (build_lexicon(train_codes, [item.alignments for item in read_manifest(cfg.train)],
+                             base.tokenizer) if cfg.fresh_rows else None)
     eval_codes = eval_items(load_codes(cfg.eval, base, cfg.cache_dir), cfg.recurrence) if cfg.eval else []
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -258,7 +267,9 @@ def _train_locked(cfg: TrainConfig, out: Path, log) -> dict:
                    (("train", cfg.train), ("eval", cfg.eval)) if path}
     started = time.perf_counter() - elapsed
     while step < cfg.steps:
-        if cfg.mix_blocks:
+        if lexicon is not None:
+            batch = fresh_batch(lexicon, cfg.batch_size, cfg.fresh_rows, g)
+        elif cfg.mix_blocks:
             batch = mixed_batch(train_codes, cfg.batch_size, cfg.segment_frames, cfg.mix_blocks, g)
         else:
             batch = sample_batch(train_codes, cfg.batch_size, cfg.segment_frames, g)
