@@ -735,6 +735,7 @@ def test_served_panel_drops_a_stalled_client_after_30_s_and_never_prints_a_trace
     shutil.copytree(panel, root)
     server = subprocess.Popen([sys.executable, "-m", "ttt", "panel", "serve", str(root), "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stalled = None
     try:
         port = int(server.stdout.readline().split("http://127.0.0.1:")[1].split("/")[0])
         # A rater's browser gone mid-upload: the body never arrives, the connection is reset.
@@ -759,8 +760,15 @@ def test_served_panel_drops_a_stalled_client_after_30_s_and_never_prints_a_trace
                 break
         assert dropped is not None and 29.0 <= dropped <= 33.0, dropped
     finally:
+        if stalled is not None:
+            stalled.close()  # the server's shutdown must not wait on a client the test still holds
         server.send_signal(signal.SIGINT)
-        _, err = server.communicate(timeout=30)
+        try:
+            _, err = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            _, err = server.communicate()
+            raise AssertionError(f"panel serve still running 60 s after SIGINT; stderr: {err}")
     assert "Traceback" not in err, err
     assert all(line.startswith("panel serve: client 127.0.0.1 disconnected")
                for line in err.splitlines()), err
