@@ -22,7 +22,8 @@ def test_profile_stream_chunks_cpu_smoke(tmp_path, monkeypatch):
     def z_w_products(block):  # Z·Wᵀ over the block's 128 tokens (hidden 704 → d 256)
         return sum(r["calls"] for r in data["top_ops"][block]
                    if r["op"] == "aten::mm" and r["input_shapes"].startswith("[[128, 704], [704, 256]"))
-    # the first block reuses its output for ℓ(W⁽⁰⁾); a later block needs its own z·W⁽⁰⁾ᵀ
-    assert (z_w_products("block1"), z_w_products("block2")) == (1, 2)
+    # the first block reuses its output for ℓ(W⁽⁰⁾); the second is off the default cadence
+    # (ttt.initial_loss_every 4): no z·W⁽⁰⁾ᵀ over its whole block, only the output's z·Wᵀ
+    assert (z_w_products("block1"), z_w_products("block2")) == (1, 1)
     tables = (tmp_path / "tables.txt").read_text()
     assert "(a) ms per block" in tables and "(c) _stream_chunks block2" in tables
