@@ -724,6 +724,29 @@ def test_stalled_client_is_dropped_at_the_deadline(panel, tmp_path):
 
 
 @pytest.mark.slow
+def test_served_panel_stops_on_sigint_when_started_with_sigint_ignored(panel, tmp_path):
+    """A script that starts `panel serve` in the background (`&`, nohup, a CI runner) hands it an
+    ignored SIGINT, and Python then never raises KeyboardInterrupt: it must still stop on SIGINT
+    (it ran on after SIGINT for 60 s in a background CI run), and on SIGTERM, with exit 0."""
+    import signal
+    for sent in (signal.SIGINT, signal.SIGTERM):
+        root = tmp_path / f"served-{sent.name}"
+        shutil.copytree(panel, root)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "ttt", "panel", "serve", str(root), "--port", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        try:
+            assert "http://127.0.0.1:" in server.stdout.readline()
+            server.send_signal(sent)
+            _, err = server.communicate(timeout=20)
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.communicate()
+        assert server.returncode == 0 and "Traceback" not in err, (sent.name, err)
+
+
 def test_served_panel_drops_a_stalled_client_after_30_s_and_never_prints_a_traceback(panel, tmp_path):
     """The documented figures end to end, on `ttt panel serve`: a client sending one byte every
     20 s is dropped after 30 s (was still connected after 61 s), and a client that resets its

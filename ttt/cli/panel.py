@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from ttt.cli.common import bad_input, example
@@ -55,6 +56,10 @@ def panel_serve_command(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     print(f"serving {args.panel_dir} on http://{host}:{port}/ ; send each rater their line of "
           f"{args.panel_dir}/rater-links.txt appended to that address (Ctrl-C stops)", flush=True)
+    # Ctrl-C (and SIGTERM) stop it cleanly even when a script started it in the background: the
+    # shell then hands Python an ignored SIGINT, and Python never raises KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
