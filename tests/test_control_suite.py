@@ -260,3 +260,71 @@ def test_report_recovers_a_planted_recall(tmp_path):
     spread = np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
     lo, hi = seed_conversation_bootstrap(spread, 400)
     assert lo == 0.0 and hi == 1.0
+
+
+# ---- the reading: scenarios whose answer is known ----------------------------------------------
+
+def _planted_report(tmp_path, effects, noise=0.05):
+    """Runs of 3 seeds × {ttt, no_ttt, full} over 8 conversations, offsets 5 (inside the reach of
+    2 layers × 4 frames) and 10, 20 (beyond). Each row's NLL: 1 + a conversation level + row noise
+    − ``effects[variant](kind, offset)``. Returns the report."""
+    from ttt.control.suite_report import build_report, load_runs
+
+    _, manifest = build_offset_set(_conversations(8, 40), list("abcdefgh"), [5, 10, 20], 8)
+    rng = np.random.default_rng(7)
+    for variant, effect in effects.items():
+        for seed in (0, 1, 2):
+            values = [1 + 0.1 * r["conversation"] + rng.normal(0, noise) - effect(r["kind"], r["offset"])
+                      for r in manifest["rows"]]
+            run = tmp_path / f"{variant}-s{seed}"
+            run.mkdir()
+            (run / "offsets.json").write_text(json.dumps(
+                {"conditions": {"on": {"text": values, "audio": values}}, "context": 4,
+                 "num_layers": 2}))
+    return build_report(load_runs(tmp_path), manifest, resamples=300)
+
+
+def _copies(amount, kinds=("exact",), beyond_only=False):
+    return lambda kind, offset: amount if kind in kinds and (offset > 8 or not beyond_only) else 0.0
+
+
+def test_reading_is_inconclusive_when_the_ceiling_never_copies(tmp_path):
+    """TTT 'recalls' 0.3 nats beyond the reach, but full attention recalls nothing: no answer."""
+    report = _planted_report(tmp_path, {"ttt": _copies(0.3, beyond_only=True), "no_ttt": _copies(0.0),
+                                        "full": _copies(0.0)})
+    reading = report["reading"]["text"]
+    assert reading["answer"] == "inconclusive" and "ceiling never learned to copy" in reading["why"]
+    assert reading["offsets_beyond_reach"] == [10, 20]
+
+
+@pytest.mark.parametrize("recall, said", [(0.5, ": it copies"), (0.0, ": it does not copy")])
+def test_reading_of_the_ceiling_alone_says_whether_it_copies(tmp_path, recall, said):
+    """A call that trained only the ceiling (VARIANTS=full) has no reach to pool beyond."""
+    report = _planted_report(tmp_path, {"full": _copies(recall)})
+    reading = report["reading"]["text"]
+    assert reading["answer"] == "inconclusive" and reading["why"].endswith(said), reading["why"]
+    assert reading["recall full attention"]["mean"] == pytest.approx(recall, abs=0.03)
+
+
+def test_reading_says_recall_when_ttt_copies_beyond_the_reach_in_order(tmp_path):
+    report = _planted_report(tmp_path, {"ttt": _copies(0.3, beyond_only=True), "no_ttt": _copies(0.0),
+                                        "full": _copies(0.5)})
+    reading = report["reading"]["text"]
+    assert reading["answer"] == "recall", reading["why"]
+    assert reading["share of the ceiling's recall"] == pytest.approx(0.6, abs=0.05)
+    assert reading["owed to the repeat (exact − fresh)"]["mean"] == pytest.approx(0.3, abs=0.03)
+    assert "**recall**" in __import__("ttt.control.suite_report", fromlist=["markdown"]).markdown(report)
+
+
+@pytest.mark.parametrize("ttt_effect, said", [
+    (_copies(0.2, kinds=("exact", "shuffled", "fresh"), beyond_only=True), "adaptation, not recall"),
+    (_copies(0.3, kinds=("exact", "shuffled"), beyond_only=True), "changes nothing measurable"),
+    (_copies(-0.2, kinds=("exact", "shuffled", "fresh"), beyond_only=True), "hurts"),
+])
+def test_reading_says_no_recall_when_the_gain_does_not_owe_to_the_repeat(tmp_path, ttt_effect, said):
+    """A gain equal on every kind of copy is adaptation; one on exact and shuffled copies alike
+    does not need the order; a loss everywhere hurts. The ceiling copies in each case."""
+    report = _planted_report(tmp_path, {"ttt": ttt_effect, "no_ttt": _copies(0.0), "full": _copies(0.5)})
+    reading = report["reading"]["text"]
+    assert reading["answer"] == "no recall", reading["why"]
+    assert said in reading["why"]

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ttt.control import suite_reading
+
 MODELS = (("ttt", "on", "TTT"), ("ttt", "off", "TTT-off twin"), ("no_ttt", "on", "no-TTT"),
           ("full", "on", "full attention"))
 RUN_NAME = re.compile(r"^(ttt|no_ttt|full)-s(\d+)$")
@@ -75,16 +77,19 @@ def summarise(values: np.ndarray, resamples: int) -> dict:
 
 def build_report(runs: dict, manifest: dict, resamples: int = 2000) -> dict:
     """NLL per model × kind × offset, recall (fresh − exact, fresh − shuffled) per model, TTT
-    gain (twin − on) and TTT − no-TTT per kind, each with seed mean ± sd and CI; per stream."""
+    gain (twin − on) and TTT − no-TTT per kind, each with seed mean ± sd and CI; per stream; and
+    the reading of :mod:`ttt.control.suite_reading` (recall, no recall, inconclusive)."""
     available = [(v, c, label) for v, c, label in MODELS
                  if any(k[0] == v for k in runs)
                  and c in runs[next(k for k in runs if k[0] == v)]["offsets"]["conditions"]]
     report = {"offsets": manifest["offsets"], "length": manifest["length"],
               "frames": manifest["frames"], "conversations": len(manifest["conversations"]),
               "seeds": {v: sorted(s for vv, s in runs if vv == v) for v in {k[0] for k in runs}},
-              "reach": _reach(runs), "streams": {}}
+              "reach": _reach(runs), "streams": {}, "reading": {}}
     for stream in ("text", "audio"):
         grids = {label: grid(runs, manifest, v, c, stream) for v, c, label in available}
+        report["reading"][stream] = suite_reading.read_stream(
+            grids, manifest["offsets"], report["reach"]["frames"], lambda x: summarise(x, resamples))
         nll, recall, shuffled, gains = {}, {}, {}, {}
         for label, g in grids.items():
             nll[label] = {f"{k}@{o}": summarise(x, resamples) for (k, o), x in g.items()}
@@ -140,6 +145,7 @@ def markdown(report: dict) -> str:
              f"layers × {report['reach']['context']} frames = {report['reach']['frames']} frames. "
              f"Seeds: {report['seeds']}. NLL in nats/token on the copied frames, seed mean ± sd; "
              "differences with a 95 % bootstrap CI over conversations and seeds.", ""]
+    lines += suite_reading.markdown(report.get("reading", {}))
     for stream, data in report["streams"].items():
         labels = list(data["nll"])
         lines += [f"**{stream}: NLL on the copy (exact / fresh)**", "",
@@ -203,7 +209,8 @@ def plots(report: dict, out: Path) -> list[Path]:
     ax.set_xlabel("training step")
     ax.set_ylabel("TTT gain on held-out repeats, text (nats)")
     ax2.set_ylabel("validation text loss (dotted)")
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # no TTT run, no curve
+        ax.legend(fontsize=7)
     fig.tight_layout()
     paths.append(out / "curve.png")
     fig.savefig(paths[-1], dpi=110)

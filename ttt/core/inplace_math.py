@@ -105,18 +105,11 @@ def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor,
     4096 was the better side of that trade on an H100 at 7B. Targets and Grams run in the model dtype (tensor cores, as attention does); norms,
     clip factors and the state are fp32. The first chunk is exactly Z W^(0)ᵀ.
     """
-    B, T, hid = z.shape
-    d = w0.shape[0]
-    n_upd = (T - 1) // chunk  # chunks followed by at least one token: the only ones that update
-    if n_upd == 0:
+    T = z.shape[1]
+    v_scaled = scaled_targets(z, x0, conv_weight, w_target, padding, chunk, lr, tau)
+    if v_scaled is None:
         return F.linear(z, w0.to(z.dtype))
-    U = n_upd * chunk
-    v_hat = chunk_target(x0[:, :U].reshape(B * n_upd, chunk, d), conv_weight, w_target, padding,
-                         dtype=z.dtype)
-    zc = z[:, :U].reshape(B * n_upd, chunk, hid)
-    sq_norm = ((v_hat @ v_hat.transpose(1, 2)).float() * (zc @ zc.transpose(1, 2)).float()).sum((1, 2))
-    c = lr * clip_factor(sq_norm.clamp_min(0).sqrt(), tau)
-    v_scaled = (v_hat * c.to(z.dtype)[:, None, None]).reshape(B, U, d)  # ṽ_t = c_j v̂_t
+    U = v_scaled.shape[1]
     block = max(chunk, block // chunk * chunk)
     parts, w_fast = [], None  # w_fast: W^(0) + Σ c_j ΔW_j over earlier blocks [B, d, hid] fp32
     for lo in range(0, T, block):
@@ -128,6 +121,27 @@ def dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Tensor,
         _add_chunk_causal(out, z[:, lo:hi], v_scaled[:, lo:min(hi, U)], chunk)
         parts.append(out)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def scaled_targets(z: torch.Tensor, x0: torch.Tensor, conv_weight: torch.Tensor | None,
+                   w_target: torch.Tensor | None, padding: int, chunk: int, lr: float,
+                   tau: float | None) -> torch.Tensor | None:
+    """ṽ_t = c_j v̂_t [B, U, d] for the U tokens of the chunks that update (those followed by at
+    least one token), c_j = lr × the clip factor of ‖ΔW_j‖_F, the norm taken from the chunk's two
+    Gram matrices (‖V̂ᵀZ‖² = Σ (V̂V̂ᵀ)∘(ZZᵀ)) so no d×hid ΔW_j exists; None when no chunk updates.
+    Shared by the plain and the stabilised dual forms."""
+    B, T, hid = z.shape
+    d = x0.shape[-1]
+    n_upd = (T - 1) // chunk
+    if n_upd == 0:
+        return None
+    U = n_upd * chunk
+    v_hat = chunk_target(x0[:, :U].reshape(B * n_upd, chunk, d), conv_weight, w_target, padding,
+                         dtype=z.dtype)
+    zc = z[:, :U].reshape(B * n_upd, chunk, hid)
+    sq_norm = ((v_hat @ v_hat.transpose(1, 2)).float() * (zc @ zc.transpose(1, 2)).float()).sum((1, 2))
+    c = lr * clip_factor(sq_norm.clamp_min(0).sqrt(), tau)
+    return (v_hat * c.to(z.dtype)[:, None, None]).reshape(B, U, d)
 
 
 def _add_chunk_causal(out: torch.Tensor, z: torch.Tensor, v: torch.Tensor, chunk: int) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ttt.core.inplace_math import apply_fast_weight, chunk_target, clip_factor
+from ttt.core.inplace_math import apply_fast_weight, scaled_targets
 
 
 def carry(i: torch.Tensor, j: torch.Tensor, decay: float | None, reset_every: int | None,
@@ -70,18 +70,11 @@ def stabilised_dual_form_output(z: torch.Tensor, x0: torch.Tensor, w0: torch.Ten
     starts from the drift D = W^(i₀) − W^(0) at its first chunk i₀ (fp32 [B, d, hid]), which
     reaches chunk i of the block with carry(i, i₀). Memory stays one d×hid state per block.
     """
-    B, T, hid = z.shape
-    d = w0.shape[0]
-    n_upd = (T - 1) // chunk  # chunks followed by at least one token: the only ones that update
-    if n_upd == 0:
+    T = z.shape[1]
+    v_scaled = scaled_targets(z, x0, conv_weight, w_target, padding, chunk, lr, tau)  # c_j v̂_t
+    if v_scaled is None:
         return F.linear(z, w0.to(z.dtype))
-    U = n_upd * chunk
-    v_hat = chunk_target(x0[:, :U].reshape(B * n_upd, chunk, d), conv_weight, w_target, padding,
-                         dtype=z.dtype)
-    zc = z[:, :U].reshape(B * n_upd, chunk, hid)
-    sq_norm = ((v_hat @ v_hat.transpose(1, 2)).float() * (zc @ zc.transpose(1, 2)).float()).sum((1, 2))
-    c = lr * clip_factor(sq_norm.clamp_min(0).sqrt(), tau)
-    v_scaled = (v_hat * c.to(z.dtype)[:, None, None]).reshape(B, U, d)  # c_j v̂_t
+    U = v_scaled.shape[1]
     chunk_of = torch.arange(T, device=z.device) // chunk
     block = max(chunk, block // chunk * chunk)
     weight = lambda i, j, strict=True: carry(i, j, decay, reset_every, strict).to(z.dtype)  # noqa: E731
