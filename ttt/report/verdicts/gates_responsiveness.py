@@ -13,7 +13,7 @@ import numpy as np
 from ttt.base.paired_effect import paired_effect
 from ttt.report.tables import number
 from ttt.report.verdicts.effect import effect_of
-from ttt.report.verdicts.paired import pair_of
+from ttt.report.verdicts.paired import twin_pairs
 from ttt.report.verdicts.registry import Scope, check, gate
 
 
@@ -35,16 +35,7 @@ def _perplexity(s: Scope, stream: str):
     before it reported beside."""
     g, min_change = s.g, s.cfg["effect"]["min_output_change"]
     out = []
-    for c in s.cells:
-        twin = s.twin(c)
-        if not (c.done and c.ttt_on and twin is not None):
-            continue
-        pair, why = pair_of(c, twin)
-        name = f"{c.name} vs {twin.name}"
-        if pair is None:
-            if c.result.mode == "teacher_forced":
-                out.append(check(name, None, "CI excludes 0", None, why))
-            continue
+    for name, c, twin, pair in twin_pairs(s, "CI excludes 0", out):
         works, _, inert_why = effect_of(c, twin, min_change)
         beyond = pair.effect(stream, "beyond_context", g)
         before = pair.effect(stream, "before_context", g)

@@ -12,7 +12,7 @@ from pathlib import Path
 from ttt.base.paired_effect import HURTS
 from ttt.report.tables import number
 from ttt.report.verdicts.effect import effect_of
-from ttt.report.verdicts.paired import chunk_series, pair_of
+from ttt.report.verdicts.paired import chunk_series, pair_of, twin_pairs
 from ttt.report.verdicts.registry import Scope, check, gate
 
 FRAME_RATE = 12.5  # Moshi's frames per second
@@ -26,16 +26,7 @@ def usefulness(s: Scope):
     nothing; not judged below ``min_conversations``."""
     g, min_change = s.g, s.cfg["effect"]["min_output_change"]
     out = []
-    for c in s.cells:
-        twin = s.twin(c)
-        if not (c.done and c.ttt_on and twin is not None):
-            continue
-        pair, why = pair_of(c, twin)
-        name = f"{c.name} vs {twin.name}"
-        if pair is None:
-            if c.result.mode == "teacher_forced":
-                out.append(check(name, None, "late CI not below 0", None, why))
-            continue
+    for name, c, twin, pair in twin_pairs(s, "late CI not below 0", out):
         split = 1 - g["late_fraction"]
         early = pair.effect("text", "beyond_context", g, (0.0, split))
         late = pair.effect("text", "beyond_context", g, (split, 1.0))

@@ -9,6 +9,7 @@ import numpy as np
 
 from ttt.base.paired_effect import PairedEffect, paired_effect, pooled_nll
 from ttt.report.verdicts.loading import Cell
+from ttt.report.verdicts.registry import Scope, check
 
 TOKEN_NLL = "token_nll.npz"  # written by ttt.eval.teacher_forced
 STREAMS = ("text", "audio")
@@ -106,3 +107,20 @@ def chunk_series(pair: Pair, chunk: int, frame_rate: float) -> list[dict]:
                 row[f"{stream}_gain"] = float((b[ok] - a[ok]).mean()) if ok.any() else None
             rows.append(row)
     return rows
+
+
+def twin_pairs(s: Scope, threshold: str, out: list):
+    """(name, cell, twin, pair) for each done TTT-on cell with a done twin and token NLLs to pair.
+    A teacher-forced cell that cannot be paired gets a "not judged" check in ``out``, saying why,
+    so a gate never drops a cell silently."""
+    for c in s.cells:
+        twin = s.twin(c)
+        if not (c.done and c.ttt_on and twin is not None):
+            continue
+        pair, why = pair_of(c, twin)
+        name = f"{c.name} vs {twin.name}"
+        if pair is None:
+            if c.result.mode == "teacher_forced":
+                out.append(check(name, None, threshold, None, why))
+            continue
+        yield name, c, twin, pair
