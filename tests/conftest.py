@@ -78,3 +78,21 @@ def make_cell(cache, name, durations, **overrides):
     base = dict(cell=name, model="tiny-random", data={"demo": {"durations": durations, "seed": 3}},
                 ttt=CELL_TTT, window_s=2.0, cache_dir=str(cache))
     return CellConfig.from_dict({**base, **overrides})
+
+
+def apt_install_or_skip(packages, installed, what: str) -> None:
+    """Install Debian ``packages`` when ``installed()`` is false (root with apt-get only, as in CI),
+    else skip the test naming them. For the speech tests: Festival and its voices are real
+    components, not pip packages."""
+    import shutil
+    import subprocess
+    if installed():
+        return
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip(f"Debian {what} missing and not root to install them: apt-get install "
+                    + " ".join(packages))
+    done = subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install "
+                          "-y -qq --no-install-recommends " + " ".join(packages),
+                          shell=True, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 or not installed():
+        pytest.skip(f"cannot install {what}: {(done.stderr or done.stdout)[-300:]}")

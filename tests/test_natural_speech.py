@@ -7,12 +7,11 @@ Festival, its voices and WordNet (Debian packages) are installed by the fixture 
 running as root; the tests skip with the reason otherwise.
 """
 import json
-import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
+from conftest import apt_install_or_skip
 
 from ttt.data import natural, speech
 from ttt.data.conversations import FRAME_RATE, SAMPLE_RATE, load_audio, read_manifest
@@ -29,15 +28,7 @@ def _installed() -> bool:
 
 @pytest.fixture(scope="module")
 def festival():
-    if not _installed():
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            pytest.skip("Debian festival/voices/wordnet-base missing and not root to install "
-                        "them: apt-get install " + " ".join(PACKAGES))
-        done = subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install "
-                              "-y -qq --no-install-recommends " + " ".join(PACKAGES),
-                              shell=True, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0 or not _installed():
-            pytest.skip(f"cannot install festival/wordnet: {(done.stderr or done.stdout)[-300:]}")
+    apt_install_or_skip(PACKAGES, _installed, "festival/voices/wordnet-base")
 
 
 @pytest.fixture(scope="module")

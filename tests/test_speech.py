@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import apt_install_or_skip
 import soundfile as sf
 
 from ttt.data import speech
@@ -31,15 +32,7 @@ def _installed() -> bool:
 
 @pytest.fixture(scope="module")
 def festival():
-    if not _installed():
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            pytest.skip("Debian festival/voices/dict-devil missing and not root to apt-get install "
-                        "them: apt-get install " + " ".join(speech.DEBIAN_PACKAGES))
-        done = subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install "
-                              "-y -qq --no-install-recommends " + " ".join(speech.DEBIAN_PACKAGES),
-                              shell=True, capture_output=True, text=True, timeout=600)
-        if done.returncode != 0 or not _installed():
-            pytest.skip(f"cannot install festival: {(done.stderr or done.stdout)[-300:]}")
+    apt_install_or_skip(speech.DEBIAN_PACKAGES, _installed, "festival/voices/dict-devil")
 
 
 @pytest.fixture(scope="module")
