@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from ttt.base.validate import check as _check
 from ttt.base.validate import is_int as _is_int
 from ttt.base.validate import is_number as _is_number
-from ttt.base.validate import strict_kwargs  # noqa: F401  (this module's API: ttt/training/train.py)
+from ttt.base.validate import strict_kwargs
 from ttt.base.yarn_config import YARN_RAMPS, YarnConfig  # noqa: F401  (this module's API)
 
 VARIANTS = ("inplace", "ttt_mlp")
@@ -254,9 +254,8 @@ class CellConfig:
     playback_audio: str = "recorded"
 
     def __post_init__(self) -> None:
-        def check(ok, name, msg):
-            if not ok:
-                raise ValueError(f"{name}: {msg}")
+        check = _check
+
         def finite(x) -> bool:
             return _is_number(x) and math.isfinite(x)
 

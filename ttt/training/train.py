@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from ttt.base.files import read_yaml, write_csv, write_text
 from ttt.base.identity import file_digest
 from ttt.base.outdir import lock_output
-from ttt.base.config import SEED_RANGE, TTTConfig, _is_int, strict_kwargs
+from ttt.base.config import SEED_RANGE, TTTConfig
+from ttt.base.validate import check, is_int, is_number, strict_kwargs
 from ttt.data.codes import TrainBase, load_codes
 from ttt.data.conversations import read_manifest
 from ttt.data.recurrence import add_repeats, check_spec
@@ -78,9 +79,6 @@ class TrainConfig:
     cache_dir: str = "results/cache"
 
     def __post_init__(self) -> None:
-        def check(ok, name, msg):
-            if not ok:
-                raise ValueError(f"{name}: {msg}")
         for name in ("train", "base"):
             check(isinstance(getattr(self, name), str) and getattr(self, name), name,
                   "must be a non-empty string")
@@ -92,28 +90,28 @@ class TrainConfig:
         check(isinstance(self.ttt, Mapping), "ttt", "must be a mapping of TTT settings")
         for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
             value = getattr(self, name)
-            check(_is_int(value) and value >= 1, name, f"must be an integer >= 1, got {value!r}")
-        check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",
+            check(is_int(value) and value >= 1, name, f"must be an integer >= 1, got {value!r}")
+        check(is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",
               "must be an integer >= 0")
-        check(_is_int(self.seed) and -SEED_RANGE <= self.seed < SEED_RANGE, "seed",
+        check(is_int(self.seed) and -SEED_RANGE <= self.seed < SEED_RANGE, "seed",
               f"must be an integer in [-2**63, 2**63), got {self.seed!r}")
-        check(self.segment_frames is None or (_is_int(self.segment_frames) and self.segment_frames >= 2),
+        check(self.segment_frames is None or (is_int(self.segment_frames) and self.segment_frames >= 2),
               "segment_frames", "must be null or an integer >= 2")
         for name in ("lr", "weight_decay", "text_weight", "audio_weight"):
             value = getattr(self, name)
-            check(_is_number(value) and math.isfinite(value) and value >= 0, name,
+            check(is_number(value) and math.isfinite(value) and value >= 0, name,
                   f"must be a finite number >= 0, got {value!r}")
-        check(self.grad_clip is None or (_is_number(self.grad_clip) and self.grad_clip > 0),
+        check(self.grad_clip is None or (is_number(self.grad_clip) and self.grad_clip > 0),
               "grad_clip", "must be null (off) or a number > 0")
         check(isinstance(self.device, str), "device", "must be a string (cpu, cuda, ...)")
-        check(self.time_limit_s is None or (_is_number(self.time_limit_s) and self.time_limit_s > 0),
+        check(self.time_limit_s is None or (is_number(self.time_limit_s) and self.time_limit_s > 0),
               "time_limit_s", "must be null (none) or a number > 0")
         check(self.select in SELECT, "select", f"must be one of {SELECT}, got {self.select!r}")
         check(self.select != "best_eval_loss" or self.eval is not None, "select",
               "best_eval_loss needs an eval manifest")
-        check(self.mix_blocks is None or (_is_int(self.mix_blocks) and self.mix_blocks >= 2),
+        check(self.mix_blocks is None or (is_int(self.mix_blocks) and self.mix_blocks >= 2),
               "mix_blocks", "must be null or an integer >= 2")
-        check(self.fresh_rows is None or (_is_int(self.fresh_rows) and self.fresh_rows >= 2),
+        check(self.fresh_rows is None or (is_int(self.fresh_rows) and self.fresh_rows >= 2),
               "fresh_rows", "must be null or an integer >= 2")
         check(self.fresh_rows is None or self.mix_blocks is None, "fresh_rows",
               "cannot be combined with mix_blocks (each decides what a training row is)")
@@ -147,10 +145,6 @@ def load_train_config(path: str | os.PathLike) -> TrainConfig:
         return TrainConfig.from_dict(raw)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{path}: {exc}") from None
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 # ---- model -----------------------------------------------------------------------------------
