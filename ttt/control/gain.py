@@ -30,16 +30,11 @@ def token_nll(lm, codes) -> tuple[np.ndarray, np.ndarray]:
     where moshi's masks are false. codes [1, 17, T]."""
     import torch
 
+    from ttt.training.held_out import token_losses
+
     with torch.no_grad():
-        out = lm(codes)
-        text = -torch.log_softmax(out.text_logits[0, 0].float(), -1).gather(
-            -1, codes[0, 0, :, None].clamp_min(0))[:, 0]
-        text = torch.where(out.text_mask[0, 0], text, torch.nan)
-        target = codes[0, lm.audio_offset:lm.audio_offset + lm.dep_q]
-        audio = -torch.log_softmax(out.logits[0].float(), -1).gather(
-            -1, target[..., None].clamp_min(0))[..., 0]
-        audio = torch.where(out.mask[0], audio, torch.nan)
-    return text.cpu().numpy(), audio.cpu().numpy()
+        text, audio = token_losses(lm, codes)
+    return text[0].cpu().numpy(), audio[0].cpu().numpy()
 
 
 def held_out_nll(lm, codes: list, ttt_off) -> list[dict]:
