@@ -23,7 +23,7 @@ $(BIN)/.installed: pyproject.toml Makefile
 
 # Debian packages of the speech synthesiser (docs/speech-data.md), as root; tests/test_speech.py
 # installs the same when missing.
-SPEECH_DEBS := festival festvox-us-slt-hts festvox-kallpc16k dict-devil wordnet-base
+SPEECH_DEBS := festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k dict-devil wordnet-base
 speech-deps:
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SPEECH_DEBS)
 

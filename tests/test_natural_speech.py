@@ -121,3 +121,20 @@ def test_bad_input_is_one_line_and_exit_2(festival, tmp_path, capsys):
     assert len(err) == 2 and "count=0" in err[0] and "duration_s=5" in err[1]
     with pytest.raises(natural.SpeechError, match="wordnet-base"):
         natural.example_sentences(tmp_path)
+
+
+def test_training_voices_are_not_the_held_out_ones(built, tmp_path):
+    """``--voices ked ked`` (a training set): both channels speak ked, whose samples differ from
+    the held-out voices' for the same sentences and seed; the held-out set never used ked."""
+    root, _, lines = built
+    assert sorted(p.name for p in (root / "cache").iterdir()) == ["kal", "slt"]
+    manifest = natural.main(["--out", str(tmp_path / "train"), "--count", "1", "--duration",
+                             str(DURATION), "--seed", "5", "--voices", "ked", "ked",
+                             "--cache-dir", str(tmp_path / "cache")])
+    assert manifest == 0 and sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["ked"]
+    heldout = load_audio(root / "set" / lines[0]["path"])
+    trained = load_audio(tmp_path / "train" / lines[0]["path"])
+    first = json.loads((tmp_path / "train" / "manifest.jsonl").read_text().splitlines()[0])["turns"][0]
+    assert first["sentences"] == lines[0]["turns"][0]["sentences"]  # same seed, same text
+    assert not np.array_equal(_span(trained, 0, first["start"], first["end"]),
+                              _span(heldout, 0, first["start"], first["end"]))

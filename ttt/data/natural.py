@@ -141,8 +141,9 @@ def write_natural_set(directory, *, count: int, duration_s: float, seed: int,
         for index in range(count):
             rng = np.random.default_rng([seed, k, index])
             order = [sentences[int(i)] for i in rng.permutation(len(sentences))]
-            with ThreadPoolExecutor(len(voices)) as pool:  # the likely sentences, one batch per voice
-                list(pool.map(lambda v: synthesise(order[:likely], v, cache), voices))
+            distinct = sorted(set(voices))  # one batch per voice (a voice may speak both channels)
+            with ThreadPoolExecutor(len(distinct)) as pool:  # the likely sentences
+                list(pool.map(lambda v: synthesise(order[:likely], v, cache), distinct))
             turns = plan_turns(durations, rng, order, duration_s=duration_s,
                                recurrent=kind == "recurrent", recur_after_s=recur_after_s,
                                recur_fraction=recur_fraction)
@@ -184,12 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recur-fraction", type=float, default=0.5)
     parser.add_argument("--text-part", default="heldout", choices=("heldout", "train", "all"))
     parser.add_argument("--cache-dir", default=None, help="sentence cache (default OUT/sentences)")
+    parser.add_argument("--voices", nargs=2, default=list(DEFAULT_VOICES), metavar=("MOSHI", "USER"),
+                        help="Festival voices of the two channels (default: slt kal, the held-out "
+                             "voices; training sets: ked ked, voices the held-out set never uses)")
     args = parser.parse_args(argv)
     try:
         manifest = write_natural_set(args.out, count=args.count, duration_s=args.duration,
                                      seed=args.seed, recur_after_s=args.recur_after,
                                      recur_fraction=args.recur_fraction, text_part=args.text_part,
-                                     cache_dir=args.cache_dir)
+                                     cache_dir=args.cache_dir, voices=tuple(args.voices))
     except SpeechError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -44,9 +44,13 @@ VOICES = {
             Path("/usr/share/festival/voices/us/cmu_us_slt_arctic_hts")),
     "kal": ("voice_kal_diphone", "festvox-kallpc16k",
             Path("/usr/share/festival/voices/english/kal_diphone")),
+    # the third English voice in Debian: natural training sets speak with it, so the held-out
+    # natural conversations (slt, kal) are in voices the model never heard (ttt/data/natural.py)
+    "ked": ("voice_ked_diphone", "festvox-kdlpc16k",
+            Path("/usr/share/festival/voices/english/ked_diphone")),
 }
 DEFAULT_VOICES = ("slt", "kal")  # (Moshi / left / SPEAKER_MAIN, user / right / SPEAKER_OTHER)
-DEBIAN_PACKAGES = ("festival", "festvox-us-slt-hts", "festvox-kallpc16k", "dict-devil")
+DEBIAN_PACKAGES = ("festival", "festvox-us-slt-hts", "festvox-kallpc16k", "festvox-kdlpc16k", "dict-devil")
 PEAK = 0.5            # every sentence is peak-normalised to this, so both voices are equally loud
 MAX_TURN_SENTENCES = 3
 WORDS_PER_S = 2.6    # both voices speak about 2.5 words/s (measured)
