@@ -16,6 +16,9 @@
 # Training is by steps and reproducible across machines, so runs of different calls can be
 # reported together: unpack their <suite>.tgz into one folder and run
 #   python -m ttt.control.suite_report --runs <folder>/runs-<suite> --set <folder>/offsets --out R
+# PACK=DIR: the data come from a codes pack (python -m ttt.data.codes_pack; natural English built on
+# a machine with Festival by gpu/control/build_natural_pack.sh): no data building, fitting or
+# encoding here; its data/{train,val,test} and base are used as built. Natural data: SUITES=plain.
 # CPU dry run (80 s on the shared 2-core machine):
 #   DEVICE=cpu DURATION=6 TRAIN_COUNT=3 VAL_COUNT=2 TEST_COUNT=2 FIT_COUNT=2 STEPS=4 LOG_EVERY=2
 #   SEEDS=0 OFFSETS=10,20,40 LENGTH=16 OFFSET_MIN=10 OFFSET_MAX=40 COPY_MIN=8 COPY_MAX=16 JOBS=1 BATCH=4
@@ -31,23 +34,35 @@ OFFSET_MIN=${OFFSET_MIN:-40}; OFFSET_MAX=${OFFSET_MAX:-400}; FULL_CONTEXT=${FULL
 FRACTION=${FRACTION:-1.0}; COPY_MIN=${COPY_MIN:-32}; COPY_MAX=${COPY_MAX:-64}
 BATCH=${BATCH:-64}; LR=${LR:-0.003}; WARMUP=${WARMUP:-100}
 FRESH_FRAMES=${FRESH_FRAMES:-$($P -c "print(int($DURATION * 12.5))")}
-mkdir -p "$W/data" "$W/runs" "$OUT"
+mkdir -p "$W/runs" "$OUT"; [ -n "${PACK:-}" ] || mkdir -p "$W/data"
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
-$P -m ttt.control data --out "$W/data/train" --count $TRAIN_COUNT --duration $DURATION --recurrent-fraction 0 --seed 0 --workers $JOBS > /dev/null &
-$P -m ttt.control data --out "$W/data/val" --count $VAL_COUNT --duration $DURATION --recurrent-fraction 0 --seed 1 > /dev/null &
-$P -m ttt.control data --out "$W/data/test" --count $TEST_COUNT --duration $DURATION --recurrent-fraction 0 --seed 2 > /dev/null &
-for job in $(jobs -p); do wait $job; done
-say "data: $(wc -l < "$W/data/train/manifest.jsonl") train conversations of $DURATION s"
-$P -m ttt.data.codebooks fit --base tiny-random --manifest "$W/data/train/manifest.jsonl" \
-   --conversations $FIT_COUNT --out "$W/fitted" --device "$DEVICE" --cache-dir "$W/cache"
-say "codebooks fitted"
-$P -m ttt.control encode "$W/data/test/manifest.jsonl" "$W/data/val/manifest.jsonl" "$W/data/train/manifest.jsonl" \
-   --base "$W/fitted" --device "$DEVICE" --cache-dir "$W/cache" --batch ${MIMI_BATCH:-24}
-$P -m ttt.data.codebooks stats --base tiny-random --base "$W/fitted" --manifest "$W/data/test/manifest.jsonl" \
-   --out "$OUT/codes_stats.json" --device "$DEVICE" --cache-dir "$W/cache" > /dev/null
+if [ -n "${PACK:-}" ]; then  # data encoded elsewhere (gpu/control/build_natural_pack.sh): no audio here
+  for name in data cache fitted; do
+    [ -e "$W/$name" ] && [ ! -L "$W/$name" ] && { echo "$W/$name exists: PACK needs a new WORK" >&2; exit 2; }
+  done
+  $P -m ttt.data.codes_pack unpack "$PACK" > /dev/null  # rebuilds the base's Mimi, sha256 checked
+  pack=$(cd "$PACK" && pwd)
+  ln -sfn "$pack/data" "$W/data"; ln -sfn "$pack/base" "$W/fitted"; ln -sfn "$pack/cache" "$W/cache"
+  say "pack $PACK: $(wc -l < "$W/data/train/manifest.jsonl") train conversations, base rebuilt"
+else
+  $P -m ttt.control data --out "$W/data/train" --count $TRAIN_COUNT --duration $DURATION --recurrent-fraction 0 --seed 0 --workers $JOBS > /dev/null &
+  $P -m ttt.control data --out "$W/data/val" --count $VAL_COUNT --duration $DURATION --recurrent-fraction 0 --seed 1 > /dev/null &
+  $P -m ttt.control data --out "$W/data/test" --count $TEST_COUNT --duration $DURATION --recurrent-fraction 0 --seed 2 > /dev/null &
+  for job in $(jobs -p); do wait $job; done
+  say "data: $(wc -l < "$W/data/train/manifest.jsonl") train conversations of $DURATION s"
+  $P -m ttt.data.codebooks fit --base tiny-random --manifest "$W/data/train/manifest.jsonl" \
+     --conversations $FIT_COUNT --out "$W/fitted" --device "$DEVICE" --cache-dir "$W/cache"
+  say "codebooks fitted"
+  $P -m ttt.control encode "$W/data/test/manifest.jsonl" "$W/data/val/manifest.jsonl" "$W/data/train/manifest.jsonl" \
+     --base "$W/fitted" --device "$DEVICE" --cache-dir "$W/cache" --batch ${MIMI_BATCH:-24}
+  $P -m ttt.data.codebooks stats --base tiny-random --base "$W/fitted" --manifest "$W/data/test/manifest.jsonl" \
+     --out "$OUT/codes_stats.json" --device "$DEVICE" --cache-dir "$W/cache" > /dev/null
+fi
 $P -m ttt.data.recurrence build --manifest "$W/data/test/manifest.jsonl" --base "$W/fitted" \
    --cache-dir "$W/cache" --offsets $OFFSETS --length $LENGTH --out "$W/offsets"
 say "encoded (fitted Mimi), code statistics, offset sets"
+# the models' text vocabulary is the base tokenizer's (64 for the word tones, 1000 for English)
+TEXT_CARD=$($P -c "import json, sys; c = json.load(open(sys.argv[1])); print(c.get('lm_kwargs', c)['text_card'])" "$W/fitted/config.json")
 if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control > /dev/null; then  # kernels of the runs side by side
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
   mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
@@ -79,7 +94,7 @@ for suite in $SUITES; do
       R="$W/runs-$suite/$variant-s$seed"; mkdir -p "$R"
       case $variant in ttt) block=$TTT_BLOCK; ctx=32 ;; no_ttt) block="{enabled: false}"; ctx=32 ;;
                        full) block="{enabled: false}"; ctx=$FULL_CONTEXT ;; esac
-      sed -e "s#__WORK__#$W#g; s#__TTT__#$block#; s/__CONTEXT__/$ctx/; s/__STEPS__/$STEPS/; s/__SEED__/$seed/; s/__DEVICE__/$DEVICE/; s/__LOG_EVERY__/$LOG_EVERY/; s/__OFFSET_MIN__/$OFFSET_MIN/; s/__OFFSET_MAX__/$OFFSET_MAX/; s/__LEN_MIN__/$1/; s/__LEN_MAX__/$2/; s/__MIX__/$mix/; s/__FRESH__/$fresh/; s/__FRACTION__/$fraction/; s/__BATCH__/$BATCH/; s/__LR__/$LR/; s/__WARMUP__/$WARMUP/" \
+      sed -e "s#__WORK__#$W#g; s#__TTT__#$block#; s/__CONTEXT__/$ctx/; s/__STEPS__/$STEPS/; s/__SEED__/$seed/; s/__DEVICE__/$DEVICE/; s/__LOG_EVERY__/$LOG_EVERY/; s/__OFFSET_MIN__/$OFFSET_MIN/; s/__OFFSET_MAX__/$OFFSET_MAX/; s/__LEN_MIN__/$1/; s/__LEN_MAX__/$2/; s/__MIX__/$mix/; s/__FRESH__/$fresh/; s/__FRACTION__/$fraction/; s/__BATCH__/$BATCH/; s/__LR__/$LR/; s/__WARMUP__/$WARMUP/; s/__TEXT_CARD__/$TEXT_CARD/" \
           gpu/control/suite.yaml > "$R/train.yaml"
       gpu=$(slot $n); n=$((n + 1))
       env $gpu OMP_NUM_THREADS=1 $P -m ttt train --config "$R/train.yaml" --out "$R" > "$R/train.out" 2>&1 &
@@ -97,6 +112,15 @@ n=0; for R in "$W"/runs-*/*; do
 done
 fail=0; for job in $(jobs -p); do wait $job || fail=1; done; [ $fail = 0 ]
 say "offset sets scored"
+if [ -n "${PACK:-}" ]; then  # natural held-out conversations: TTT on vs its twin, plain vs recurrent
+  for R in "$W"/runs-*/ttt-s*; do
+    sel=$($P -c "import json,sys; print(json.load(open(sys.argv[1]))['selected']['checkpoint'])" "$R/summary.json")
+    OMP_NUM_THREADS=2 $P -m ttt.control.natural --checkpoint "$sel" --manifest "$W/data/test/manifest.jsonl" \
+      --cache-dir "$W/cache" --out "$R/natural.json" > "$R/natural.out" 2>&1 &
+  done
+  fail=0; for job in $(jobs -p); do wait $job || fail=1; done; [ $fail = 0 ]
+  say "natural held-out set: $(cat "$W"/runs-*/ttt-s*/natural.out | tr '\n' ' ')"
+fi
 for suite in $SUITES; do
   $P -m ttt.control.suite_report --runs "$W/runs-$suite" --set "$W/offsets" --out "$W/report-$suite" > /dev/null &
 done

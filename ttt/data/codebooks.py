@@ -76,12 +76,16 @@ def kmeans(x: torch.Tensor, k: int, iters: int, seed: int) -> tuple[torch.Tensor
 
 @torch.no_grad()
 def fit_codebooks(mimi, x: torch.Tensor, iters: int = 15, seed: int = 0) -> list[dict]:
-    """Fit every level of ``mimi.quantizer`` to latents ``x`` [N, D] in place; returns, per level,
-    the share of codes used and the mean squared residual after the level."""
+    """Fit the levels Mimi uses (``mimi.num_codebooks``: 8 of the quantizer's 32; all when it
+    does not say) to latents ``x`` [N, D] in place; returns, per level, the share of codes used
+    and the mean squared residual after the level. Levels are fitted in order on the residual of
+    the earlier ones, so the unused ones change no code; leaving them random keeps a fitted Mimi
+    a small delta over its base (ttt/data/codes_pack.py)."""
     device = next(mimi.parameters()).device
     x = x.to(device)
     report, residual = [], None
-    for level, (proj, codebook, index) in enumerate(levels(mimi.quantizer)):
+    used = levels(mimi.quantizer)[:getattr(mimi, "num_codebooks", None)]
+    for level, (proj, codebook, index) in enumerate(used):
         if index == 0:  # a new stack: its projection of the latent
             residual = proj(x.T[None].to(proj.weight.dtype if hasattr(proj, "weight") else x.dtype))[0].T.double()
         centroids, assign = kmeans(residual, codebook.codebook_size, iters, seed + level)

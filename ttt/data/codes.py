@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from ttt.base.files import atomic_write
 from ttt.base.identity import file_digest, value_digest
 from ttt.data import mimi_encode
-from ttt.data.conversations import (CODES_FORMAT, SAMPLE_RATE, Item, check_audio, load_audio,
+from ttt.data.conversations import (CODES_FORMAT, SAMPLE_RATE, DataError, Item, check_audio, load_audio,
                                     read_manifest, text_stream)
 from ttt.moshi.checkpoints import resolve_checkpoint
 from ttt.moshi.model import load_mimi
@@ -20,7 +20,9 @@ from ttt.moshi.model import load_mimi
 
 def encode_chunk_frames(item: Item) -> int | None:
     """How ``item``'s audio is encoded: None in one Mimi call, else frames per streamed chunk
-    (decided by the file's own length, read from its header)."""
+    (decided by the file's own length, read from its header, or recorded for a codes-only item)."""
+    if item.audio_seconds is not None and not item.path.exists():
+        return mimi_encode.chunk_frames(item.audio_seconds)
     return mimi_encode.chunk_frames(check_audio(item.path, item.channels))
 
 
@@ -29,13 +31,25 @@ def _codes_key(mimi, item: Item, mimi_id: str) -> str:
     for streamed audio the chunk (one-shot keys are those of earlier runs: their files stay valid)."""
     # The audio is hashed every time (remember=False): cheap next to encoding it, and no stamp
     # of an overwritten file can then serve another recording's codes.
-    spec = {"format": CODES_FORMAT, "mimi": mimi_id, "audio": file_digest(item.path, remember=False),
+    spec = {"format": CODES_FORMAT, "mimi": mimi_id, "audio": audio_digest(item),
             "channels": item.channels, "codebooks": getattr(mimi, "num_codebooks", None),
             "sample_rate": SAMPLE_RATE}
     frames = encode_chunk_frames(item)
     if frames is not None:
         spec["encode"] = {"method": "streamed", "chunk_frames": frames}
     return value_digest(spec)
+
+
+def audio_digest(item: Item) -> str:
+    """The audio's content digest: the file's, checked against a recorded ``audio_sha256``; the
+    recorded one alone for a codes-only item (no file: encoded elsewhere)."""
+    if item.audio_sha256 is not None and not item.path.exists():
+        return item.audio_sha256
+    digest = file_digest(item.path, remember=False)
+    if item.audio_sha256 is not None and digest != item.audio_sha256:
+        raise DataError(f"{item.path}: content differs from the manifest's audio_sha256 "
+                        f"({digest[:12]}… vs {item.audio_sha256[:12]}…)")
+    return digest
 
 
 @torch.no_grad()
@@ -57,6 +71,9 @@ def mimi_codes(mimi, item: Item, cache_dir: Path, mimi_id: str) -> torch.Tensor:
             print(f"warning: {cached}: discarding a corrupt cached codes file "
                   f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", file=sys.stderr)
             cached.unlink(missing_ok=True)
+    if not item.path.exists():
+        raise DataError(f"{item.path}: codes-only conversation whose codes are not in {cache_dir} "
+                        f"for this Mimi (rebuild the pack's base, or encode the audio)")
     audio = torch.from_numpy(load_audio(item.path, channels=item.channels))
     if item.channels == 1:  # the user speaks; Moshi's channel is silent
         audio = torch.cat([torch.zeros_like(audio), audio])

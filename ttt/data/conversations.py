@@ -37,6 +37,11 @@ class Item:
     duration: float
     alignments: list[tuple[str, tuple[float, float], str]]
     reference: str | None = None
+    # A codes-only line (``audio_sha256`` and ``audio_seconds`` recorded, no audio file:
+    # ttt/data/codes_pack.py) stands for a recording encoded elsewhere; its codes must be in the
+    # cache under that digest.
+    audio_sha256: str | None = None
+    audio_seconds: float | None = None
 
     @property
     def channels(self) -> int:
@@ -47,7 +52,8 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
     """jsonl lines ``{"path", "duration"}`` (paths relative to the manifest) for stereo
     conversations with sibling alignments, or ``{"path", "duration", "text"}`` for a mono
     recording with its reference transcript. A directory stands for every ``*jsonl`` file under
-    it, as moshi-finetune reads a data directory (``finetune/data/dataset.py``, ``DataDir``)."""
+    it, as moshi-finetune reads a data directory (``finetune/data/dataset.py``, ``DataDir``). A
+    stereo line with ``audio_sha256`` may lack its wav (codes-only: encoded elsewhere)."""
     path = Path(path)
     if path.is_dir():
         manifests = sorted(p for p in path.rglob("*jsonl") if p.is_file())
@@ -73,8 +79,20 @@ def read_manifest(path: str | os.PathLike) -> list[Item]:
             raise DataError(f"{path}:{number}: expected a JSON object with 'path' and "
                             "'duration'") from None
         duration = _duration(raw, f"{path}:{number}")
+        recorded = entry.get("audio_sha256")
+        if recorded is not None and text is None and not wav.exists():
+            seconds = entry.get("audio_seconds")
+            if not (isinstance(recorded, str) and len(recorded) == 64 and isinstance(seconds, (int, float))):
+                raise DataError(f"{path}:{number}: a codes-only line (no {wav.name}) needs audio_sha256 "
+                                "(64 hex digits) and audio_seconds")
+            items.append(Item(wav, duration, read_alignments(wav, duration), audio_sha256=recorded,
+                              audio_seconds=float(seconds)))
+            continue
         seconds = check_audio(wav, channels=1 if text is not None else 2)
         _check_duration(duration, seconds, wav, f"{path}:{number}")
+        if recorded is not None and text is None:  # checked against the file when its codes are keyed
+            items.append(Item(wav, duration, read_alignments(wav, duration), audio_sha256=str(recorded)))
+            continue
         if text is not None:
             items.append(Item(wav, duration, [], reference=str(text)))
         else:
