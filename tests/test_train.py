@@ -116,6 +116,8 @@ def test_bad_training_config_is_one_line_exit_2(tmp_path):
     assert proc.stderr.count("\n") == 1 and "stepz" in proc.stderr
     with pytest.raises(ValueError, match="ttt.chunk_size"):
         TrainConfig.from_dict({"train": "x", "ttt": {"chunk_size": 0}})
+    with pytest.raises(ValueError, match="fresh_unit: must be one of"):
+        TrainConfig.from_dict({"train": "x", "fresh_rows": 100, "fresh_unit": "sentence"})
     with pytest.raises(ValueError, match="lm_kwargs: only with mode: scratch"):
         TrainConfig.from_dict({"train": "x", "mode": "ttt_only", "lm_kwargs": {"dim": 8}})
     assert load_train_config(TINY_TRAINED / "train.yaml").ttt_config().delta_clip_fro_norm is None

@@ -110,3 +110,30 @@ def test_training_config_takes_fresh_rows_or_mixed_blocks_not_both():
         TrainConfig.from_dict({"train": "t.jsonl", "fresh_rows": 450, "mix_blocks": 10})
     with pytest.raises(ValueError, match="fresh_rows"):
         TrainConfig.from_dict({"train": "t.jsonl", "fresh_rows": 1})
+
+
+def test_phrase_rows_say_the_speakers_words_in_their_order(setup):
+    """unit 'phrase': each turn is consecutive words of one speaker's lexicon, as spoken; 'word'
+    draws every word anew (its turns are not runs of the lexicon)."""
+    _, lexicon, _ = setup
+
+    def turns(unit):
+        row, words = fresh_row(lexicon, 400, np.random.default_rng(3), unit)
+        out, current = [], []
+        for word, _, speaker in words:
+            if current and current[-1][1] != speaker:
+                out.append(current)
+                current = []
+            current.append((word, speaker))
+        return out + [current]
+
+    def is_run(turn):
+        channel = (MAIN, OTHER).index(turn[0][1])
+        said = lexicon.words[channel]
+        spoken = [w for w, _ in turn]
+        return any([said[(k + i) % len(said)] for i in range(len(spoken))] == spoken
+                   for k in range(len(said)))
+
+    phrases, words = turns("phrase"), turns("word")
+    assert len(phrases) > 5 and all(is_run(t) for t in phrases)
+    assert not all(is_run(t) for t in words if len(t) >= 3)

@@ -2,7 +2,7 @@
 # Natural English conversations for the control suite (issue 24 item 4), built where Festival is
 # (a CPU machine: `make speech-deps`) and packed for a GPU machine that has neither Festival nor
 # room for the audio: run from the repository root, then carry $OUT and run there
-#   PACK=$OUT SUITES=plain gpu/control/run_suite.sh
+#   PACK=$OUT SUITES=natural gpu/control/run_suite.sh
 # Steps: a base whose tokenizer covers English (ttt.data.english_tokenizer, trained on the WordNet
 # train part) → natural conversations (ttt.data.natural): train and validation from the train text
 # in Festival's ked voice, test from the held-out text in slt and kal (text and voices unseen in

@@ -18,7 +18,8 @@
 #   python -m ttt.control.suite_report --runs <folder>/runs-<suite> --set <folder>/offsets --out R
 # PACK=DIR: the data come from a codes pack (python -m ttt.data.codes_pack; natural English built on
 # a machine with Festival by gpu/control/build_natural_pack.sh): no data building, fitting or
-# encoding here; its data/{train,val,test} and base are used as built. Natural data: SUITES=plain.
+# encoding here; its data/{train,val,test} and base are used as built. Natural data: SUITES=natural
+# (fresh rows whose turns are phrases as spoken: ttt/training/word_rows.py, fresh_unit phrase).
 # CPU dry run (80 s on the shared 2-core machine):
 #   DEVICE=cpu DURATION=6 TRAIN_COUNT=3 VAL_COUNT=2 TEST_COUNT=2 FIT_COUNT=2 STEPS=4 LOG_EVERY=2
 #   SEEDS=0 OFFSETS=10,20,40 LENGTH=16 OFFSET_MIN=10 OFFSET_MAX=40 COPY_MIN=8 COPY_MAX=16 JOBS=1 BATCH=4
@@ -84,7 +85,9 @@ TTT_BLOCK="{start_layer: 1, layer_frequency: 2, chunk_size: 8, lr: 0.01, delta_c
 # first GPU run's recipe (repeats in 75 % of rows).
 SUITES=${SUITES:-fresh}; n=0
 for suite in $SUITES; do
+  unit=word
   case $suite in fresh) mix=null; fresh=$FRESH_FRAMES; fraction=$FRACTION; lens="$COPY_MIN $COPY_MAX" ;;
+               natural) mix=null; fresh=$FRESH_FRAMES; fraction=$FRACTION; lens="$COPY_MIN $COPY_MAX"; unit=phrase ;;
                  plain) mix=null; fresh=null; fraction=0.75; lens="32 64" ;;
                  mixed) mix=10; fresh=null; fraction=0.75; lens="48 96" ;;
                  *) echo "unknown suite $suite" >&2; exit 2 ;; esac
@@ -94,7 +97,7 @@ for suite in $SUITES; do
       R="$W/runs-$suite/$variant-s$seed"; mkdir -p "$R"
       case $variant in ttt) block=$TTT_BLOCK; ctx=32 ;; no_ttt) block="{enabled: false}"; ctx=32 ;;
                        full) block="{enabled: false}"; ctx=$FULL_CONTEXT ;; esac
-      sed -e "s#__WORK__#$W#g; s#__TTT__#$block#; s/__CONTEXT__/$ctx/; s/__STEPS__/$STEPS/; s/__SEED__/$seed/; s/__DEVICE__/$DEVICE/; s/__LOG_EVERY__/$LOG_EVERY/; s/__OFFSET_MIN__/$OFFSET_MIN/; s/__OFFSET_MAX__/$OFFSET_MAX/; s/__LEN_MIN__/$1/; s/__LEN_MAX__/$2/; s/__MIX__/$mix/; s/__FRESH__/$fresh/; s/__FRACTION__/$fraction/; s/__BATCH__/$BATCH/; s/__LR__/$LR/; s/__WARMUP__/$WARMUP/; s/__TEXT_CARD__/$TEXT_CARD/" \
+      sed -e "s#__WORK__#$W#g; s#__TTT__#$block#; s/__CONTEXT__/$ctx/; s/__STEPS__/$STEPS/; s/__SEED__/$seed/; s/__DEVICE__/$DEVICE/; s/__LOG_EVERY__/$LOG_EVERY/; s/__OFFSET_MIN__/$OFFSET_MIN/; s/__OFFSET_MAX__/$OFFSET_MAX/; s/__LEN_MIN__/$1/; s/__LEN_MAX__/$2/; s/__MIX__/$mix/; s/__FRESH__/$fresh/; s/__FRACTION__/$fraction/; s/__BATCH__/$BATCH/; s/__LR__/$LR/; s/__WARMUP__/$WARMUP/; s/__TEXT_CARD__/$TEXT_CARD/; s/__UNIT__/$unit/" \
           gpu/control/suite.yaml > "$R/train.yaml"
       gpu=$(slot $n); n=$((n + 1))
       env $gpu OMP_NUM_THREADS=1 $P -m ttt train --config "$R/train.yaml" --out "$R" > "$R/train.out" 2>&1 &

@@ -38,7 +38,7 @@ from ttt.training.held_out import eval_items, evaluate_loss, selection_loss
 from ttt.training.probe import InnerProbe
 from ttt.training.state import (STATE_FILE, check_state, find_resume, rng_state, set_rng_state,
                                 sync_twin, write_checkpoint)
-from ttt.training.word_rows import build_lexicon, fresh_batch
+from ttt.training.word_rows import UNITS, build_lexicon, fresh_batch
 from ttt.moshi.gating import TTTGating
 from ttt.moshi.model import load_checkpoint, resolve_model
 from ttt.moshi.surgery import apply_ttt, ttt_layers
@@ -75,6 +75,7 @@ class TrainConfig:
     select: str = "last"                # checkpoint evaluated: last, or best_eval_loss (→ OUT/best)
     mix_blocks: int | None = None       # rows of random spans of this many frames (no memorising)
     fresh_rows: int | None = None       # rows of this many frames of new word orders (word_rows.py)
+    fresh_unit: str = "word"            # fresh rows' turns: random words, or phrases as spoken
     device: str = "cpu"
     cache_dir: str = "results/cache"
 
@@ -113,6 +114,7 @@ class TrainConfig:
               "mix_blocks", "must be null or an integer >= 2")
         check(self.fresh_rows is None or (is_int(self.fresh_rows) and self.fresh_rows >= 2),
               "fresh_rows", "must be null or an integer >= 2")
+        check(self.fresh_unit in UNITS, "fresh_unit", f"must be one of {UNITS}, got {self.fresh_unit!r}")
         check(self.fresh_rows is None or self.mix_blocks is None, "fresh_rows",
               "cannot be combined with mix_blocks (each decides what a training row is)")
         check_spec(self.recurrence)
@@ -262,7 +264,7 @@ def _train_locked(cfg: TrainConfig, out: Path, log) -> dict:
     started = time.perf_counter() - elapsed
     while step < cfg.steps:
         if lexicon is not None:
-            batch = fresh_batch(lexicon, cfg.batch_size, cfg.fresh_rows, g)
+            batch = fresh_batch(lexicon, cfg.batch_size, cfg.fresh_rows, g, cfg.fresh_unit)
         elif cfg.mix_blocks:
             batch = mixed_batch(train_codes, cfg.batch_size, cfg.segment_frames, cfg.mix_blocks, g)
         else:

@@ -91,18 +91,27 @@ def build_lexicon(codes: list[torch.Tensor], alignments: list[list], tokenizer) 
     return Lexicon(tuple(out_codes), tuple(out_cells), words, tokens, tuple(silence))
 
 
-def fresh_row(lexicon: Lexicon, frames: int, rng: np.random.Generator) -> tuple[torch.Tensor, list]:
+UNITS = ("word", "phrase")
+
+
+def fresh_row(lexicon: Lexicon, frames: int, rng: np.random.Generator,
+              unit: str = "word") -> tuple[torch.Tensor, list]:
     """One row [1 + 2Q, frames] of new turns, and its alignments (word, (start, end) s, speaker):
-    the text stream is the one ``data.text_stream`` builds from them (tests check)."""
+    the text stream is the one ``data.text_stream`` builds from them (tests check). ``unit``
+    ``word``: each word of a turn drawn at random; ``phrase``: a turn is consecutive words as the
+    speaker said them (a stretch of real sentences, for natural English), from a random start."""
     index = [_silence(lexicon.silence[c], frames, rng) for c in range(2)]  # frames of ``codes``
     text = np.full(frames, PAD_ID, dtype=np.int64)
     alignments, entries = [], []
     t, channel = 1, 0
     while t < frames:
-        for _ in range(int(rng.integers(TURN_WORDS[0], TURN_WORDS[1] + 1))):
+        count, first = int(rng.integers(TURN_WORDS[0], TURN_WORDS[1] + 1)), None
+        for i in range(count):
             if t >= frames:
                 break
-            k = int(rng.integers(len(lexicon.cells[channel])))
+            if unit == "word" or first is None:
+                first = int(rng.integers(len(lexicon.cells[channel])))
+            k = first if unit == "word" else (first + i) % len(lexicon.cells[channel])
             start, length = lexicon.cells[channel][k]
             n = min(int(length), frames - t)
             index[channel][t:t + n] = start + np.arange(n)
@@ -124,11 +133,12 @@ def fresh_row(lexicon: Lexicon, frames: int, rng: np.random.Generator) -> tuple[
     return torch.from_numpy(np.concatenate([text[None], *audio]).astype(np.int64)), alignments
 
 
-def fresh_batch(lexicon: Lexicon, batch_size: int, frames: int, g: torch.Generator) -> torch.Tensor:
+def fresh_batch(lexicon: Lexicon, batch_size: int, frames: int, g: torch.Generator,
+                unit: str = "word") -> torch.Tensor:
     """[B, 1 + 2Q, frames]: ``batch_size`` fresh rows, deterministic from ``g`` (one draw from it
     seeds the rows, so a resumed run continues the same stream)."""
     rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=g)))
-    return torch.stack([fresh_row(lexicon, frames, rng)[0] for _ in range(batch_size)])
+    return torch.stack([fresh_row(lexicon, frames, rng, unit)[0] for _ in range(batch_size)])
 
 
 def _silence(span: tuple[int, int], frames: int, rng: np.random.Generator) -> np.ndarray:
