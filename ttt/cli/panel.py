@@ -54,13 +54,15 @@ def panel_serve_command(args: argparse.Namespace) -> int:
               "and clips; ratings still need a rater's token, but traffic is plain HTTP (tokens "
               "and ratings can be read on the network). See docs/reliability.md (the panel server).",
               file=sys.stderr, flush=True)
-    print(f"serving {args.panel_dir} on http://{host}:{port}/ ; send each rater their line of "
-          f"{args.panel_dir}/rater-links.txt appended to that address (Ctrl-C stops)", flush=True)
     # Ctrl-C (and SIGTERM) stop it cleanly even when a script started it in the background: the
-    # shell then hands Python an ignored SIGINT, and Python never raises KeyboardInterrupt.
+    # shell then hands Python an ignored SIGINT, and Python never raises KeyboardInterrupt. Set
+    # before the address is printed: a caller that signals as soon as it reads the address (CI
+    # did, under load) must not find SIGINT still ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
+        print(f"serving {args.panel_dir} on http://{host}:{port}/ ; send each rater their line of "
+              f"{args.panel_dir}/rater-links.txt appended to that address (Ctrl-C stops)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
