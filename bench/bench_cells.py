@@ -176,6 +176,13 @@ def plain_frames_per_s(upstream, codes: torch.Tensor, repeats: int, device: str)
     return repeats * codes.shape[-1] / seconds
 
 
+def graph_counts(lm) -> tuple[int, int]:
+    """CUDA graphs of the TTT block updates captured and replayed so far, over the layers (a
+    capture inside a timed pass is a graph the warm-up did not leave)."""
+    graphs = [layer.__dict__.get("_block_graphs") for layer in ttt.ttt_layers(lm).values()]
+    return (sum(g.captures for g in graphs if g), sum(g.replays for g in graphs if g))
+
+
 def cell_pass(cfg, bundle, codes: torch.Tensor, tmp: Path, repeats: int = 1) -> dict:
     """The cell's teacher-forced stage on ``codes`` (no data loading: the input is given), as
     ``repeats`` inputs of one cell (each streamed from a fresh state, as a cell's inputs are): the
@@ -186,7 +193,9 @@ def cell_pass(cfg, bundle, codes: torch.Tensor, tmp: Path, repeats: int = 1) -> 
     if cfg.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     run = CellRun(cfg, bundle, [], Path(cfg.cache_dir), tmp, tmp, lambda m: None, phases)
+    before = graph_counts(bundle.lm)
     metrics = run_teacher_forced(run, inputs=[codes] * repeats)
+    captures, replays = (a - b for a, b in zip(graph_counts(bundle.lm), before))
     return {"frames_per_s": metrics["throughput"]["frames_per_s"],
             "ms_per_block_p50": metrics["throughput"]["ms_per_block_p50"],
             "ms_per_block_p90": metrics["throughput"]["ms_per_block_p90"],
@@ -194,6 +203,7 @@ def cell_pass(cfg, bundle, codes: torch.Tensor, tmp: Path, repeats: int = 1) -> 
             "frames": metrics["steps"],
             "run_frames_per_s": repeats * codes.shape[-1] / phases.totals["run"],
             "text_ppl": metrics["perplexity"]["text"],
+            "graph_captures": captures, "graph_replays": replays,
             "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if cfg.device.startswith("cuda") else None}
 
 
