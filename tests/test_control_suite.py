@@ -328,3 +328,31 @@ def test_reading_says_no_recall_when_the_gain_does_not_owe_to_the_repeat(tmp_pat
     reading = report["reading"]["text"]
     assert reading["answer"] == "no recall", reading["why"]
     assert said in reading["why"]
+
+
+def test_report_names_the_runs_that_overfit_from_the_start(tmp_path):
+    """The natural suite's first GPU run: held-out loss lowest at the first evaluation, then rising
+    while training loss fell, so the scored checkpoint is that first one. The report must say so
+    for that run, and not for a run whose held-out loss fell before it rose, nor for one that rose
+    only a little (training logs written as ``ttt train`` writes them)."""
+    from ttt.control.suite_report import markdown
+
+    _planted_report(tmp_path, {"ttt": _copies(0.0), "no_ttt": _copies(0.0), "full": _copies(0.5)})
+    evals = {"ttt-s0": [7.08, 8.41, 16.57], "no_ttt-s0": [7.09, 6.50, 6.90], "full-s0": [7.0, 7.2, 7.5],
+             "ttt-s1": [7.0, 6.0, 8.0]}  # the last: rose far, but after a better checkpoint
+    for run, losses in evals.items():
+        d = tmp_path / run
+        with open(d / "train_log.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, ["step", "loss", "eval_loss"])
+            w.writeheader()
+            for step, loss in zip((250, 500, 2000), losses):
+                w.writerow({"step": step, "loss": 5.0 - step / 1000, "eval_loss": loss})
+        best = min(zip(losses, (250, 500, 2000)))
+        (d / "summary.json").write_text(json.dumps({"selected": {"criterion": "best_eval_loss",
+                                                                 "step": best[1], "eval_loss": best[0]}}))
+    from ttt.control.suite_report import build_report, load_runs
+    _, manifest = build_offset_set(_conversations(8, 40), list("abcdefgh"), [5, 10, 20], 8)
+    report = build_report(load_runs(tmp_path), manifest, resamples=50)
+    assert len(report["warnings"]) == 1 and report["warnings"][0].startswith("ttt-s0:")
+    assert "7.08 → 16.57 at step 2000" in report["warnings"][0]
+    assert "Runs that overfit from the start" in markdown(report)

@@ -38,11 +38,14 @@ FRESH_FRAMES=${FRESH_FRAMES:-$($P -c "print(int($DURATION * 12.5))")}
 mkdir -p "$W/runs" "$OUT"; [ -n "${PACK:-}" ] || mkdir -p "$W/data"
 t0=$(date +%s); say() { echo "[$(( $(date +%s) - t0 )) s] $*"; }
 if [ -n "${PACK:-}" ]; then  # data encoded elsewhere (gpu/control/build_natural_pack.sh): no audio here
-  for name in data cache fitted; do
+  for name in data cache fitted pack; do
     [ -e "$W/$name" ] && [ ! -L "$W/$name" ] && { echo "$W/$name exists: PACK needs a new WORK" >&2; exit 2; }
   done
-  $P -m ttt.data.codes_pack unpack "$PACK" > /dev/null  # rebuilds the base's Mimi, sha256 checked
-  pack=$(cd "$PACK" && pwd)
+  # a copy: unpacking rebuilds the base's Mimi (385 MB) and the runs fill the cache, which would
+  # otherwise land in the pack itself (and push a carried .whl over the device's 64 MiB)
+  mkdir -p "$W/pack" && cp -r "$PACK"/. "$W/pack"/
+  $P -m ttt.data.codes_pack unpack "$W/pack" > /dev/null  # rebuilds the base's Mimi, sha256 checked
+  pack=$(cd "$W/pack" && pwd)
   ln -sfn "$pack/data" "$W/data"; ln -sfn "$pack/base" "$W/fitted"; ln -sfn "$pack/cache" "$W/cache"
   say "pack $PACK: $(wc -l < "$W/data/train/manifest.jsonl") train conversations, base rebuilt"
 else

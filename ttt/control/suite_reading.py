@@ -84,15 +84,36 @@ def read_stream(grids: dict, offsets: list[int], reach: int, summarise) -> dict:
                    f"(no-TTT − TTT on fresh copies {_ci(overall)})"}
 
 
+def overfit_warnings(curves: dict, selected: dict, rise: float = 0.10) -> list[str]:
+    """Runs whose held-out loss was lowest at their first evaluation and ended more than ``rise``
+    (relative) above it. Such a run learned its training rows and not held-out speech (the natural
+    suite's phrase rows on the H200, 2026-12-03: held-out loss 7.08 at step 250, 16.6 at 2,000),
+    and the checkpoint its offsets score is that first one, long before any copying circuit."""
+    out = []
+    for run, rows in curves.items():
+        evals = [(int(r["step"]), r["eval_loss"]) for r in rows if "eval_loss" in r]
+        if len(evals) < 2 or (selected.get(run) or {}).get("step") != evals[0][0]:
+            continue
+        (first, best), (last_step, last) = evals[0], evals[-1]
+        if last > best * (1 + rise):
+            out.append(f"{run}: held-out loss lowest at its first evaluation (step {first}), "
+                       f"then {best:.2f} → {last:.2f} at step {last_step}: the model learned its "
+                       f"training rows, not held-out speech; its offsets score the step-{first} checkpoint")
+    return out
+
+
 def _ci(s: dict) -> str:
     lo, hi = s["ci95"]
     return f"{s['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
-def markdown(reading: dict) -> list[str]:
-    """The reading's lines at the top of report.md."""
+def markdown(reading: dict, warnings: list[str] = ()) -> list[str]:
+    """The reading's lines at the top of report.md, and the runs that did not learn held-out speech."""
     lines = ["**Reading** (offsets beyond the reach pooled; nats/token, 95 % CI over conversations "
              "and seeds)", ""]
     for stream, r in reading.items():
         lines.append(f"- {stream}: **{r['answer']}**: {r['why']}.")
+    if warnings:
+        lines += ["", "**Runs that overfit from the start** (read their figures with that in mind):", ""]
+        lines += [f"- {w}." for w in warnings]
     return lines + [""]

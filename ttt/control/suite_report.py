@@ -112,6 +112,7 @@ def build_report(runs: dict, manifest: dict, resamples: int = 2000) -> dict:
     report["curves"] = {f"{v}-s{s}": [{k: float(r[k]) for k in r if k in CURVE_KEYS and r[k] != ""}
                                       for r in run["log"]] for (v, s), run in sorted(runs.items())}
     report["selected"] = {f"{v}-s{s}": run["summary"].get("selected") for (v, s), run in sorted(runs.items())}
+    report["warnings"] = suite_reading.overfit_warnings(report["curves"], report["selected"])
     return report
 
 
@@ -145,7 +146,7 @@ def markdown(report: dict) -> str:
              f"layers × {report['reach']['context']} frames = {report['reach']['frames']} frames. "
              f"Seeds: {report['seeds']}. NLL in nats/token on the copied frames, seed mean ± sd; "
              "differences with a 95 % bootstrap CI over conversations and seeds.", ""]
-    lines += suite_reading.markdown(report.get("reading", {}))
+    lines += suite_reading.markdown(report.get("reading", {}), report.get("warnings", []))
     for stream, data in report["streams"].items():
         labels = list(data["nll"])
         lines += [f"**{stream}: NLL on the copy (exact / fresh)**", "",
