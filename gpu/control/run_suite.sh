@@ -64,7 +64,7 @@ else
 fi
 $P -m ttt.data.recurrence build --manifest "$W/data/test/manifest.jsonl" --base "$W/fitted" \
    --cache-dir "$W/cache" --offsets $OFFSETS --length $LENGTH --out "$W/offsets"
-say "encoded (fitted Mimi), code statistics, offset sets"
+[ -n "${PACK:-}" ] && say "offset sets (codes from the pack)" || say "encoded (fitted Mimi), code statistics, offset sets"
 # the models' text vocabulary is the base tokenizer's (64 for the word tones, 1000 for English)
 TEXT_CARD=$($P -c "import json, sys; c = json.load(open(sys.argv[1])); print(c.get('lm_kwargs', c)['text_card'])" "$W/fitted/config.json")
 if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control > /dev/null; then  # kernels of the runs side by side
