@@ -17,8 +17,6 @@ target's input tap and weights in :mod:`ttt.moshi.inplace_target`, the update ma
 """
 from __future__ import annotations
 
-import weakref
-
 import torch
 from torch import nn
 from moshi.modules.streaming import StreamingModule
@@ -30,7 +28,7 @@ from ttt.core.chunk_stats import CHUNK_FIELDS, add_gain_stats, chunk_record, squ
 from ttt.core.inplace_math import (_add_chunk_causal, _fold, apply_fast_weight, chunk_delta, chunk_target,
                                    clip_factor, clip_scale, conv_as_matrix, dual_form_output)
 from ttt.core.stabiliser import keep_factor, stabilise_, stabilised_dual_form_output
-from ttt.moshi.inplace_state import TTTState
+from ttt.moshi.inplace_state import TTTState, session_state
 from ttt.moshi.inplace_target import EmbeddingTap, TargetGenerator
 
 
@@ -154,46 +152,10 @@ class TTTGating(StreamingModule[TTTState]):
 
     # ---- streaming ----------------------------------------------------------------------------
     def _init_streaming_state(self, batch_size: int) -> TTTState:
-        d, hid = self.dims
-        C = self.cfg.chunk_size
-        device = self.w_down.device
-        dtype = self.linear_in.weight.dtype
         self.chunk_log = []  # per-chunk telemetry records of this session (CHUNK_FIELDS)
-        w0 = self.w_down.detach().float()
-        layout = (batch_size, dtype, device, C, d, hid)
-        spare = self.__dict__.get("_spare_state")
-        if spare is not None and spare[1] == layout and spare[0]() is None:
-            # The last session's tensors, reset in place: the block update's CUDA graphs key on
-            # the addresses of the state's tensors, so a new session at fresh addresses (each
-            # input of a cell is one) would capture every graph anew (2k teacher-forced cell on
-            # an H200: ≈ 9 ms per TTT layer and input).
-            fields = spare[2]
-            fields["w"].copy_(w0.expand_as(fields["w"]))
-            if fields["w_apply"] is not fields["w"]:
-                fields["w_apply"].copy_(fields["w"])
-            torch.linalg.vector_norm(w0, out=fields["w0_norm"])
-            fields["w_norm"].copy_(fields["w0_norm"].expand(batch_size))
-            for name in ("z_buf", "x0_buf", "pos", "updates", "clip_events", "last_delta_norm",
-                         "inner_loss", "gain_stats", "w_drift"):
-                fields[name].zero_()
-        else:
-            w = w0[None].repeat(batch_size, 1, 1)
-            w0_norm = torch.linalg.vector_norm(w0)
-            zeros = lambda *s, dt=torch.long: torch.zeros(*s, device=device, dtype=dt)  # noqa: E731
-            fields = dict(
-                w=w, w_apply=w if dtype == torch.float32 else w.to(dtype),
-                z_buf=zeros(batch_size, C, hid, dt=dtype), x0_buf=zeros(batch_size, C, d, dt=dtype),
-                pos=zeros(batch_size), updates=zeros(batch_size), clip_events=zeros(batch_size),
-                last_delta_norm=zeros(batch_size, dt=torch.float32),
-                inner_loss=zeros(batch_size, 3, dt=torch.float32),
-                gain_stats=zeros(batch_size, 4, dt=torch.float32),
-                w_norm=w0_norm.expand(batch_size).clone(), w_drift=zeros(batch_size, dt=torch.float32),
-                w0_norm=w0_norm)
-        state = TTTState(batch_size, device, w0=w0, fill=[0] * batch_size, **fields)
-        state.w_version = state.versions()
-        # kept for the next session, which takes them over only once this one's state is gone
-        # (a state still referenced keeps its own tensors; a snapshot holds CPU copies)
-        self.__dict__["_spare_state"] = (weakref.ref(state), layout, fields)
+        state, self.__dict__["_spare_state"] = session_state(
+            self.w_down.detach().float(), batch_size, self.cfg.chunk_size, self.dims[1],
+            self.linear_in.weight.dtype, self.__dict__.get("_spare_state"))
         return state
 
     def _write_and_apply(self, state: TTTState, z: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:

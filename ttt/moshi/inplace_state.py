@@ -2,6 +2,7 @@
 ``State`` holding the fast weights, the partial chunk and the counters telemetry reads."""
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -71,3 +72,42 @@ class TTTState(State):
         """After W changed: the model-dtype copy and ``w_norm``, ``w_drift`` read off W (one fused
         pass over W and W^(0) on CUDA; never a d×hid temporary, see :mod:`ttt.core.fused_w`)."""
         apply_copy_and_norms(self.w, self.w0, self.w_apply, self.w_norm, self.w_drift)
+
+
+def session_state(w0: torch.Tensor, batch_size: int, chunk: int, hid: int, dtype: torch.dtype,
+                  spare: tuple | None) -> tuple[TTTState, tuple]:
+    """A new session's state at W^(0) = ``w0`` [d, hid] (fp32), and the spare to pass next time.
+
+    The state takes over the tensors of the last session (``spare``), reset in place, once that
+    session's state is gone: the block update's CUDA graphs key on the addresses of the state's
+    tensors, and a session at fresh addresses (every input of a cell is one) captured every graph
+    anew (H200, 2k teacher-forced cell: 54 captures for 53 replays, ≈ 8 ms per TTT layer and
+    input). A state still referenced keeps its own tensors; a snapshot holds CPU copies."""
+    d, device = w0.shape[0], w0.device
+    layout = (batch_size, dtype, device, chunk, d, hid)
+    if spare is not None and spare[1] == layout and spare[0]() is None:
+        fields = spare[2]
+        fields["w"].copy_(w0.expand_as(fields["w"]))
+        if fields["w_apply"] is not fields["w"]:
+            fields["w_apply"].copy_(fields["w"])
+        torch.linalg.vector_norm(w0, out=fields["w0_norm"])
+        fields["w_norm"].copy_(fields["w0_norm"].expand(batch_size))
+        for name in ("z_buf", "x0_buf", "pos", "updates", "clip_events", "last_delta_norm",
+                     "inner_loss", "gain_stats", "w_drift"):
+            fields[name].zero_()
+    else:
+        w = w0[None].repeat(batch_size, 1, 1)
+        w0_norm = torch.linalg.vector_norm(w0)
+        zeros = lambda *s, dt=torch.long: torch.zeros(*s, device=device, dtype=dt)  # noqa: E731
+        fields = dict(
+            w=w, w_apply=w if dtype == torch.float32 else w.to(dtype),
+            z_buf=zeros(batch_size, chunk, hid, dt=dtype), x0_buf=zeros(batch_size, chunk, d, dt=dtype),
+            pos=zeros(batch_size), updates=zeros(batch_size), clip_events=zeros(batch_size),
+            last_delta_norm=zeros(batch_size, dt=torch.float32),
+            inner_loss=zeros(batch_size, 3, dt=torch.float32),
+            gain_stats=zeros(batch_size, 4, dt=torch.float32),
+            w_norm=w0_norm.expand(batch_size).clone(), w_drift=zeros(batch_size, dt=torch.float32),
+            w0_norm=w0_norm)
+    state = TTTState(batch_size, device, w0=w0, fill=[0] * batch_size, **fields)
+    state.w_version = state.versions()
+    return state, (weakref.ref(state), layout, fields)
