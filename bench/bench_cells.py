@@ -6,8 +6,9 @@ same device in the same process:
 - loading: ``ttt.moshi.model.load_checkpoint`` (TTT off and on) vs upstream
   ``loaders.get_moshi_lm(filename)`` on the same files;
 - teacher-forced: the cell's own timed pass (``ttt.eval.teacher_forced.run_teacher_forced``: blocks, NLL,
-  telemetry, divergence checks; TTT off, TTT on, TTT on with ℓ(W⁽⁰⁾) on every block, TTT on with
-  its A/B twin) vs a plain ``lm(codes)`` + text and audio cross-entropy over the same frames, at
+  telemetry, divergence checks; TTT off, TTT on, TTT on with ℓ(W⁽⁰⁾) on every block, TTT on
+  without the monitor's diagnostics, TTT on with its A/B twin; graph captures and replays per
+  measurement) vs a plain ``lm(codes)`` + text and audio cross-entropy over the same frames, at
   each length (lengths past moshi's 3000 context run with context = the longest length, YaRN in
   the cells as the yarn family does; upstream with the same attention context). A short pass is
   repeated until a measurement lasts ``--min-seconds`` (a 2,048-frame pass lasts ≈ 0.08 s on an
@@ -242,6 +243,8 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
             for _ in range(args.rounds):  # cases interleaved; best of the rounds kept
                 for name, cfg in (("cell_ttt_on", dict(ttt=ttt_cfg)),
                                   ("cell_ttt_on_w0_every_block", dict(ttt={**ttt_cfg, "initial_loss_every": 1})),
+                                  # the monitor's diagnostics (every 2k block at 100 steps) off
+                                  ("cell_ttt_on_no_diagnostics", dict(ttt=ttt_cfg, diagnostics_every=0)),
                                   ("cell_ttt_on_ab", dict(ttt=ttt_cfg, ab=True)),
                                   ("cell_ttt_off", dict(ttt={"enabled": False}))):
                     with (ttt_disabled(bundle.lm) if name == "cell_ttt_off" else
@@ -265,6 +268,7 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
                     min(on["round_run_s"]) / repeats),
                 "w0_every_block_on_vs_off_in_cell": row["cell_ttt_on_w0_every_block"]["frames_per_s"] / off["frames_per_s"],
                 "w0_every_block_on_vs_plain": row["cell_ttt_on_w0_every_block"]["frames_per_s"] / row["plain_frames_per_s"],
+                "no_diagnostics_on_vs_off_in_cell": row["cell_ttt_on_no_diagnostics"]["frames_per_s"] / off["frames_per_s"],
             }
             results[str(length)] = row
             print(f"[tf {length}] {repeats} passes per measurement: plain {row['plain_frames_per_s']:.0f} f/s, cell off "

@@ -53,17 +53,21 @@ def test_bench_cells_tiny_smoke(tmp_path, monkeypatch):
     assert dec["pcm_max_abs_diff_to_inline_decode"] <= 1e-4 * max(1.0, dec["pcm_max_abs_inline"])
     assert gen["decode"]["frames"] > 0
     tf = data["teacher_forced"]["24"]
-    for key in ("cell_ttt_off", "cell_ttt_on", "cell_ttt_on_ab", "cell_ttt_on_w0_every_block"):
+    for key in ("cell_ttt_off", "cell_ttt_on", "cell_ttt_on_ab", "cell_ttt_on_w0_every_block",
+                "cell_ttt_on_no_diagnostics"):
         assert tf[key]["frames_per_s"] > 0 and set(tf[key]["timing"]) == {
             "load_s", "prepare_s", "run_s", "write_s"}
         # a short pass is repeated (as the inputs of one cell); the A/B cell runs once
         repeats = 1 if key == "cell_ttt_on_ab" else 3
         assert tf[key]["repeats"] == repeats and tf[key]["frames"] == 24 * repeats
         assert tf[key]["run_frames_per_s"] == pytest.approx(24 * repeats / tf[key]["timing"]["run_s"], rel=2e-2)
+        assert tf[key]["graph_captures"] == tf[key]["graph_replays"] == 0  # no CUDA graphs on the CPU
+    # the diagnostics only read: the scores are the same without them
+    assert tf["cell_ttt_on_no_diagnostics"]["text_ppl"] == tf["cell_ttt_on"]["text_ppl"]
     assert tf["repeats"] == 3
     assert tf["plain_frames_per_s"] > 0 and set(tf["ratios"]) == {
         "cell_off_vs_plain", "cell_on_vs_plain", "ttt_on_vs_off_in_cell", "ab_run_vs_one_pass",
-        "w0_every_block_on_vs_off_in_cell", "w0_every_block_on_vs_plain"}
+        "w0_every_block_on_vs_off_in_cell", "w0_every_block_on_vs_plain", "no_diagnostics_on_vs_off_in_cell"}
     # the same frames scored by the cell with TTT off and by upstream's lm(codes): same model
     assert tf["cell_ttt_off"]["text_ppl"] > 0
     assert len(data["loading"]["upstream_get_moshi_lm_s"]) == 1
