@@ -87,27 +87,27 @@ def session_state(w0: torch.Tensor, batch_size: int, chunk: int, hid: int, dtype
     layout = (batch_size, dtype, device, chunk, d, hid)
     if spare is not None and spare[1] == layout and spare[0]() is None:
         fields = spare[2]
-        fields["w"].copy_(w0.expand_as(fields["w"]))
-        if fields["w_apply"] is not fields["w"]:
-            fields["w_apply"].copy_(fields["w"])
-        torch.linalg.vector_norm(w0, out=fields["w0_norm"])
-        fields["w_norm"].copy_(fields["w0_norm"].expand(batch_size))
-        for name in ("z_buf", "x0_buf", "pos", "updates", "clip_events", "last_delta_norm",
-                     "inner_loss", "gain_stats", "w_drift"):
-            fields[name].zero_()
     else:
-        w = w0[None].repeat(batch_size, 1, 1)
-        w0_norm = torch.linalg.vector_norm(w0)
-        zeros = lambda *s, dt=torch.long: torch.zeros(*s, device=device, dtype=dt)  # noqa: E731
+        empty = lambda *s, dt: torch.empty(*s, device=device, dtype=dt)  # noqa: E731
+        w = empty(batch_size, d, hid, dt=torch.float32)
         fields = dict(
-            w=w, w_apply=w if dtype == torch.float32 else w.to(dtype),
-            z_buf=zeros(batch_size, chunk, hid, dt=dtype), x0_buf=zeros(batch_size, chunk, d, dt=dtype),
-            pos=zeros(batch_size), updates=zeros(batch_size), clip_events=zeros(batch_size),
-            last_delta_norm=zeros(batch_size, dt=torch.float32),
-            inner_loss=zeros(batch_size, 3, dt=torch.float32),
-            gain_stats=zeros(batch_size, 4, dt=torch.float32),
-            w_norm=w0_norm.expand(batch_size).clone(), w_drift=zeros(batch_size, dt=torch.float32),
-            w0_norm=w0_norm)
+            w=w, w_apply=w if dtype == torch.float32 else empty(batch_size, d, hid, dt=dtype),
+            z_buf=empty(batch_size, chunk, hid, dt=dtype), x0_buf=empty(batch_size, chunk, d, dt=dtype),
+            pos=empty(batch_size, dt=torch.long), updates=empty(batch_size, dt=torch.long),
+            clip_events=empty(batch_size, dt=torch.long),
+            last_delta_norm=empty(batch_size, dt=torch.float32),
+            inner_loss=empty(batch_size, 3, dt=torch.float32),
+            gain_stats=empty(batch_size, 4, dt=torch.float32), w_norm=empty(batch_size, dt=torch.float32),
+            w_drift=empty(batch_size, dt=torch.float32), w0_norm=empty((), dt=torch.float32))
+    # the initial values, written in place (new tensors or the last session's alike)
+    fields["w"].copy_(w0.expand_as(fields["w"]))
+    if fields["w_apply"] is not fields["w"]:
+        fields["w_apply"].copy_(fields["w"])
+    torch.linalg.vector_norm(w0, out=fields["w0_norm"])
+    fields["w_norm"].copy_(fields["w0_norm"].expand(batch_size))
+    for name in ("z_buf", "x0_buf", "pos", "updates", "clip_events", "last_delta_norm",
+                 "inner_loss", "gain_stats", "w_drift"):
+        fields[name].zero_()
     state = TTTState(batch_size, device, w0=w0, fill=[0] * batch_size, **fields)
     state.w_version = state.versions()
     return state, (weakref.ref(state), layout, fields)
