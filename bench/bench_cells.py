@@ -258,7 +258,7 @@ def measure_teacher_forced(args, directory: Path, lm_kwargs: dict, ttt_cfg: dict
                              "round_frames_per_s": [r["frames_per_s"] for r in runs],
                              "round_run_s": [r["timing"]["run_s"] for r in runs]}
             if args.profile and length == lengths[0]:
-                row["profile"] = profile_passes(upstream, bundle, base, codes, args)
+                row["profile"] = profile_passes(upstream, bundle, base, codes, args, args.profile_repeats)
             off, on = row["cell_ttt_off"], row["cell_ttt_on"]
             row["ratios"] = {
                 "cell_off_vs_plain": off["frames_per_s"] / row["plain_frames_per_s"],
@@ -339,26 +339,32 @@ def tagged_sections():
 
 
 @torch.no_grad()
-def profile_passes(upstream, bundle, base: dict, codes: torch.Tensor, args) -> dict:
-    """torch.profiler over one plain lm(codes)+CE and one TTT-off and one TTT-on cell pass: the
-    top CUDA ops of each, written beside the JSON (where a cell pass loses time against the plain
-    forward). A cell pass is the whole stage: its warm-up and the monitor's reads are in the
-    profile, outside the timed blocks; :data:`SECTIONS` show them as rows of their own."""
+def profile_passes(upstream, bundle, base: dict, codes: torch.Tensor, args, repeats: int = 1) -> dict:
+    """torch.profiler over ``repeats`` plain lm(codes)+CE and a TTT-off and a TTT-on cell of
+    ``repeats`` inputs: the top CUDA ops of each, written beside the JSON (where a cell pass loses
+    time against the plain forward), and the ops whose device time TTT on adds per pass (the
+    difference of the two cells by op name). A cell is the whole stage: its warm-up (once) and the
+    monitor's reads are in the profile, outside the timed blocks; :data:`SECTIONS` show them as
+    rows of their own."""
     from torch.autograd.profiler_util import EventList
     from torch.profiler import ProfilerActivity, profile
 
     tables = {}
     off = CellConfig.from_dict({**base, "ttt": {"enabled": False}})
     on = CellConfig.from_dict({**base, "ttt": args.ttt_cfg})
-    for name, fn in (("plain", lambda: plain_forward_loss(upstream, codes)),
-                     ("cell_ttt_off", lambda: cell_pass(off, bundle, codes, args.cache / "tmp")),
-                     ("cell_ttt_on", lambda: cell_pass(on, bundle, codes, args.cache / "tmp"))):
+    device_ms: dict = {}
+    for name, fn in (("plain", lambda: [plain_forward_loss(upstream, codes) for _ in range(repeats)]),
+                     ("cell_ttt_off", lambda: cell_pass(off, bundle, codes, args.cache / "tmp", repeats)),
+                     ("cell_ttt_on", lambda: cell_pass(on, bundle, codes, args.cache / "tmp", repeats))):
         with ttt_disabled(bundle.lm) if name != "cell_ttt_on" else contextlib.nullcontext():
             with tagged_sections(), profile(
                     activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
                 fn()
                 sync(args.device)
         averages = prof.key_averages()
+        on_device = args.device.startswith("cuda")  # else CPU time: what a CPU run spends
+        device_ms[name] = {e.key: (e.self_device_time_total if on_device else e.self_cpu_time_total)
+                           / 1e3 / repeats for e in averages}
         tables[name] = averages.table(sort_by="cuda_time_total", row_limit=30)
         tables[name + " (CPU)"] = averages.table(sort_by="cpu_time_total", row_limit=15)
         sections = [e for e in averages if e.key in SECTIONS]  # always shown, whatever the top rows
@@ -370,9 +376,22 @@ def profile_passes(upstream, bundle, base: dict, codes: torch.Tensor, args) -> d
                     f"{e.key}: cpu {e.cpu_time_total / 1e3:.2f} ms, device "
                     f"{getattr(e, 'device_time_total', 0) / 1e3:.2f} ms, calls {e.count}"
                     for e in sections) + f"\n(table: {exc})"
+    unit = "device" if args.device.startswith("cuda") else "CPU"
+    tables[f"cell_ttt_on - cell_ttt_off, self {unit} ms per pass"] = added_device_ms(
+        device_ms["cell_ttt_on"], device_ms["cell_ttt_off"])
     path = args.profile
     path.write_text("\n\n".join(f"== {k} ({codes.shape[-1]} frames)\n{v}" for k, v in tables.items()))
     return {"file": path.name}
+
+
+def added_device_ms(on: dict, off: dict, rows: int = 40) -> str:
+    """The ops by the self device time one profile adds over another, largest changes first."""
+    diff = {k: on.get(k, 0.0) - off.get(k, 0.0) for k in set(on) | set(off)}
+    top = sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:rows]
+    lines = [f"{'added ms':>10}  {'on ms':>9}  {'off ms':>9}  op"]
+    lines += [f"{d:>10.3f}  {on.get(k, 0.0):>9.3f}  {off.get(k, 0.0):>9.3f}  {k[:110]}" for k, d in top]
+    lines.append(f"{sum(diff.values()):>10.3f}  {sum(on.values()):>9.3f}  {sum(off.values()):>9.3f}  total")
+    return "\n".join(lines)
 
 
 @torch.no_grad()
@@ -521,6 +540,8 @@ def main(argv=None) -> None:
     p.add_argument("--load-rounds", type=int, default=2)
     p.add_argument("--profile", type=Path, default=None,
                    help="write torch.profiler tables of a plain and a cell pass at the first length")
+    p.add_argument("--profile-repeats", type=int, default=1,
+                   help="inputs per profiled cell (more: the warm-up's share shrinks)")
     p.add_argument("--parts", nargs="+", default=["generate", "teacher_forced", "load"],
                    choices=("generate", "teacher_forced", "load", "build"),
                    help="build: the checkpoint alone")

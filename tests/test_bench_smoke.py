@@ -44,6 +44,10 @@ def test_bench_cells_tiny_smoke(tmp_path, monkeypatch):
     # (untimed) and the TTT layers' block updates (timed)
     on = (tmp_path / "profile.txt").read_text().split("== cell_ttt_on (sections)")[1]
     assert all(f" {name} " in on for name in ("cell::warm_up", "cell::observe", "ttt::stream_chunks"))
+    # and the ops TTT on adds, by op: the block update is time the TTT-off cell never spends
+    added = on.split("== cell_ttt_on - cell_ttt_off, self CPU ms per pass")[1].splitlines()
+    update = next(line.split() for line in added if line.endswith(" ttt::stream_chunks"))
+    assert float(update[0]) > 0 and float(update[2]) == 0.0
     assert data["complete"] and data["device"] == "cpu"
     gen = data["generate"]
     assert {"cell_ttt_off", "cell_ttt_on", "upstream_lmgen", "upstream_lmgen_mimi"} <= set(gen)
