@@ -1,8 +1,9 @@
 """The regression cell's peak GPU memory against upstream's own (issue 27 item 2), at Moshi 7B.
 
 Runs the workflow's regression cell (``check_upstream``: teacher-forced, TTT off, the block
-compared with upstream moshi's loader) through ``python -m ttt run-cell`` on a checkpoint
-directory, in a process of its own, and times it; then, in this process, upstream alone:
+compared with upstream moshi's loader) as the workflow does: ``python -m ttt prepare`` (the Mimi
+codes cached), then ``python -m ttt run-cell`` on a checkpoint directory, each in a process of its
+own, the cell timed; then, in this process, upstream alone:
 ``loaders.get_moshi_lm(file)`` and ``lm(codes)`` over the same number of frames, its peak. The
 target: the cell's peak (load and run) ≤ upstream's peak + 10 %. The cell's wall time less its
 run phase is also the fixed cost of a cell process that ``bench/matrix_cost.py`` prices cells with.
@@ -45,10 +46,16 @@ def main(argv=None) -> None:
     config = args.work / "regression.yaml"
     config.write_text(yaml.safe_dump(cell))
     out_dir = args.work / f"cell-{time.time_ns()}"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # as the workflow runs it: its prepare job caches the Mimi codes first (Mimi alone, no LM)
+    prepared = subprocess.run([sys.executable, "-m", "ttt", "prepare", "--config", str(config),
+                               "--out", str(args.work / "prepared.json")], cwd=REPO,
+                              capture_output=True, text=True, env=env)
+    if prepared.returncode != 0 or "error" in json.loads((args.work / "prepared.json").read_text()):
+        raise SystemExit(f"prepare failed: {prepared.stdout[-2000:]}{prepared.stderr[-2000:]}")
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "ttt", "run-cell", "--config", str(config),
-                           "--out", str(out_dir)], cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+                           "--out", str(out_dir)], cwd=REPO, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"run-cell failed ({proc.returncode}): {proc.stderr[-3000:]}")

@@ -156,3 +156,31 @@ def test_telemetry_totals_add_every_input(cache, tmp_path):
                    log=lambda m: None)
     assert one["ttt_telemetry"]["updates"] > 0
     assert two["ttt_telemetry"]["updates"] == 2 * one["ttt_telemetry"]["updates"]
+
+
+def test_teacher_forced_cell_loads_mimi_only_to_encode(cache, tmp_path, monkeypatch):
+    """Mimi is loaded on first use: a cell whose codes the prepare job cached never loads it
+    (its weights never sit beside the LM on the device), and a cell that had to encode drops it
+    before the measured pass. ``load_mimi`` is wrapped to count calls, still loading for real."""
+    import ttt.moshi.model as model
+    from ttt.eval.prepare import prepare
+
+    loads = []
+    real = model.load_mimi
+    monkeypatch.setattr(model, "load_mimi", lambda *a, **k: loads.append(a) or real(*a, **k))
+    encode = make_cell(cache, "t", [3.0], data={"demo": {"durations": [3.0], "seed": 11}})
+    seen = {}
+    original = model.Bundle.release_mimi
+
+    def release(self):
+        seen["loaded before release"] = self.loaded_mimi is not None
+        original(self)
+    monkeypatch.setattr(model.Bundle, "release_mimi", release)
+    run_cell(encode, tmp_path / "encoded", log=lambda m: None)
+    assert len(loads) == 1 and seen["loaded before release"]
+    cached = make_cell(cache, "t", [3.0], data={"demo": {"durations": [3.0], "seed": 12}})
+    prepare(cached)  # the workflow's prepare job: Mimi and the tokenizer alone
+    loads.clear()
+    metrics = run_cell(cached, tmp_path / "cached", log=lambda m: None)
+    assert loads == [] and seen["loaded before release"] is False
+    assert math.isfinite(metrics["perplexity"]["text"])

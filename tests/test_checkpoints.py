@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -381,6 +382,14 @@ def test_inspect_checks_headers_with_one_line_errors(tiny, tmp_path):
     shutil.copy(tiny / "model.safetensors", bad / "mimi.safetensors")
     with pytest.raises(CheckpointError, match=r"mimi.safetensors: not Mimi weights"):
         inspect_checkpoint(bad)
+    # Mimi is loaded on first use: a tensor of the wrong shape is refused at load, by its header
+    mimi = load_file(tiny / "mimi.safetensors")
+    key = next(k for k, v in mimi.items() if v.dim() == 2)
+    mimi[key] = mimi[key][:-1].clone()
+    save_file(mimi, str(bad / "mimi.safetensors"))
+    for check in (inspect_checkpoint, load_checkpoint):
+        with pytest.raises(CheckpointError, match=rf"mimi.safetensors: {re.escape(key)} has shape"):
+            check(bad)
 
 
 def test_tables_report_the_run_peak_not_the_load():

@@ -113,17 +113,17 @@ def load_codes(manifest: str, base: TrainBase, cache_dir: str) -> list[torch.Ten
     if any(i.reference is not None for i in items):
         raise ValueError(f"{manifest}: training needs stereo conversations with alignments")
     cache = Path(cache_dir) / "codes"
-    mimi = _LazyMimi(base)
+    mimi = LazyMimi(lambda: base.mimi, base.sources.num_codebooks)
     return [conversation_codes(mimi, base.tokenizer, item, cache, base.mimi_id)[0]
             for item in items]
 
 
-class _LazyMimi:
-    """Stands for the base's Mimi; loads it on first use (a cached conversation never does)."""
+class LazyMimi:
+    """Stands for a Mimi that ``load()`` returns, called on first use: a conversation whose codes
+    are cached never loads it. ``num_codebooks`` (part of the codes cache key) is known without it."""
 
-    def __init__(self, base: TrainBase) -> None:
-        self._base = base
-        self.num_codebooks = base.sources.num_codebooks  # part of the codes cache key
+    def __init__(self, load, num_codebooks: int) -> None:
+        self._load, self.num_codebooks = load, num_codebooks
 
     def __getattr__(self, name):
-        return getattr(self._base.mimi, name)
+        return getattr(self._load(), name)

@@ -52,7 +52,7 @@ def mimi_delta(mimi_file: Path, reference_file: Path) -> dict[str, torch.Tensor]
 def pack(base_dir: Path, reference: str, manifests: dict[str, Path], cache_dir: Path, out: Path) -> dict:
     """Write the pack ``out`` (built beside, renamed into place) and return its ``pack.json``.
     Every conversation's codes must already be cached for ``base_dir``'s Mimi."""
-    from ttt.data.codes import TrainBase, _codes_key, _LazyMimi
+    from ttt.data.codes import LazyMimi, TrainBase, _codes_key
     from ttt.data.conversations import check_audio, read_manifest
     from ttt.moshi.model import resolve_model
 
@@ -68,7 +68,7 @@ def pack(base_dir: Path, reference: str, manifests: dict[str, Path], cache_dir: 
     delta = mimi_delta(base_dir / "mimi.safetensors", reference_dir / "mimi.safetensors")
     save_file(delta, str(tmp / "base" / DELTA))
     base = TrainBase(str(base_dir), base_dir, "cpu")
-    lazy = _LazyMimi(base)
+    lazy = LazyMimi(lambda: base.mimi, base.sources.num_codebooks)
     info = {"format": FORMAT, "reference": reference,
             "reference_mimi_sha256": _sha256(reference_dir / "mimi.safetensors"),
             "mimi_sha256": _sha256(base_dir / "mimi.safetensors"), "delta_tensors": sorted(delta),

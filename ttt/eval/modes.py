@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from ttt.base.config import CellConfig
-from ttt.data.codes import conversation_codes
+from ttt.data.codes import LazyMimi, conversation_codes
 from ttt.data.conversations import Item
 from ttt.eval.phases import Phases
 from ttt.moshi.model import Bundle
@@ -42,8 +42,9 @@ class CellRun:
 
     def codes(self, item) -> torch.Tensor:
         """The Mimi codes of ``item`` [1, 1 + 2·dep_q, T] (cached by content), on the host."""
-        b = self.bundle
-        return conversation_codes(b.mimi, b.tokenizer, item, self.cache / "codes", b.mimi_id)
+        b = self.bundle  # Mimi is loaded only where the codes are not cached yet
+        mimi = LazyMimi(lambda: b.mimi, b.sources.num_codebooks)
+        return conversation_codes(mimi, b.tokenizer, item, self.cache / "codes", b.mimi_id)
 
     def first_block(self) -> torch.Tensor:
         """The first ``block`` steps of the first input, on the cell's device: what the checks

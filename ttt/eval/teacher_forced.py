@@ -37,6 +37,7 @@ def run_teacher_forced(run: CellRun, inputs: list[torch.Tensor] | None = None) -
     with run.phases("prepare"):
         if inputs is None:
             inputs = [run.codes(item).to(cfg.device) for item in run.items]
+        run.bundle.release_mimi()  # encoded (or cached): its weights leave the device
         warm_up(lm, inputs[0], chunk, diag, block)
     for n, codes in enumerate(inputs):
         T = codes.shape[-1]

@@ -34,13 +34,28 @@ from ttt.moshi.yarn import apply_yarn
 
 @dataclass
 class Bundle:
+    """The LM, its tokenizer and (on first use) its Mimi. Mimi is loaded when something encodes
+    or decodes: a teacher-forced cell whose codes the prepare job cached never puts Mimi's
+    weights (385 MB for the random one) on the device beside the LM."""
+
     lm: Any
-    mimi: Any
+    loaded_mimi: Any  # None until :attr:`mimi` is first read (its file's header checked at load)
     tokenizer: sentencepiece.SentencePieceProcessor
     directory: Path
     ttt: TTTConfig | None
     yarn: YarnConfig | None
     sources: Sources | None = None
+    device: str = "cpu"
+
+    @property
+    def mimi(self):
+        if self.loaded_mimi is None:
+            self.loaded_mimi = load_mimi(self.sources, self.device)
+        return self.loaded_mimi
+
+    def release_mimi(self) -> None:
+        """Drop a loaded Mimi (it is loaded again if anything reads :attr:`mimi` later)."""
+        self.loaded_mimi = None
 
     @property
     def files(self) -> dict[str, Path]:
@@ -151,14 +166,26 @@ def inspect_checkpoint(model: str | os.PathLike | Sources, base: str | os.PathLi
     tokenizer, reading no weights: cheap enough to run for every model before jobs start."""
     sources = _sources(model, base, cache_root)
     _meta_model(sources, ttt, yarn, torch.float32, with_yarn=True)
-    mimi_keys = set(_header(sources.mimi))
-    with torch.device("meta"):
-        want = set(loaders.get_mimi(None, _mimi_config(sources), device="meta").state_dict())
-    if want - mimi_keys:
-        raise CheckpointError(f"{sources.mimi}: not Mimi weights ({len(want - mimi_keys)} "
-                              f"missing key(s), e.g. {sorted(want - mimi_keys)[0]})")
+    _check_mimi_header(sources)
     _check_fit(sources, _tokenizer(sources))
     return sources
+
+
+def _check_mimi_header(sources: Sources) -> None:
+    """Every tensor Mimi needs is in its file with its shape (headers only): a Mimi loaded on
+    first use then cannot fail on its content."""
+    stored = _header(sources.mimi)
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in
+                loaders.get_mimi(None, _mimi_config(sources), device="meta").state_dict().items()}
+    missing = sorted(set(want) - set(stored))
+    if missing:
+        raise CheckpointError(f"{sources.mimi}: not Mimi weights ({len(missing)} "
+                              f"missing key(s), e.g. {missing[0]})")
+    wrong = sorted(k for k in want if stored[k] != want[k])
+    if wrong:
+        raise CheckpointError(f"{sources.mimi}: {wrong[0]} has shape {list(stored[wrong[0]])}, "
+                              f"Mimi's is {list(want[wrong[0]])}")
 
 
 def _check_fit(sources: Sources, tokenizer: sentencepiece.SentencePieceProcessor) -> None:
@@ -194,8 +221,8 @@ def load_checkpoint(model: str | os.PathLike | Sources, ttt: dict | None = None,
         raise CheckpointError(f"{sources.lm_weights}: {len(left)} tensor(s) not in the checkpoint, "
                               f"e.g. {left[0]}")
     lm.eval()
-    mimi = load_mimi(sources, device)
-    return Bundle(lm, mimi, tokenizer, sources.directory, ttt_cfg, yarn_cfg, sources)
+    _check_mimi_header(sources)
+    return Bundle(lm, None, tokenizer, sources.directory, ttt_cfg, yarn_cfg, sources, str(device))
 
 
 def load_mimi(sources: Sources, device: str = "cpu"):
