@@ -75,3 +75,24 @@ def test_bench_cells_tiny_smoke(tmp_path, monkeypatch):
     # the same frames scored by the cell with TTT off and by upstream's lm(codes): same model
     assert tf["cell_ttt_off"]["text_ppl"] > 0
     assert len(data["loading"]["upstream_get_moshi_lm_s"]) == 1
+
+
+TRAIN_STEP = Path(__file__).parent.parent / "bench" / "profile_train_step.py"
+
+
+def test_profile_train_step_smoke(tmp_path, monkeypatch):
+    """The suite's training step per variant and phase; the variants differ as the suite's do."""
+    out = tmp_path / "step.json"
+    monkeypatch.setattr(sys, "argv", ["profile_train_step.py", "--device", "cpu", "--batch", "2",
+                                      "--frames", "48", "--steps", "1", "--warmup", "0",
+                                      "--out", str(out), "--profile", str(tmp_path / "p.txt")])
+    module = runpy.run_path(str(TRAIN_STEP), run_name="__main__")
+    data = json.loads(out.read_text())
+    assert set(data["variants"]) == {"ttt", "no_ttt", "full"} and data["batch_build_ms"] > 0
+    for row in data["variants"].values():
+        assert row["step"] >= row["forward_loss"] > 0 and row["backward"] > 0
+    assert "== full" in (tmp_path / "p.txt").read_text()
+    from ttt.moshi.surgery import ttt_layers
+    built = {v: module["build"](v, 64, "cpu")[0] for v in ("ttt", "full")}
+    assert sorted(ttt_layers(built["ttt"])) == [1, 3] and not ttt_layers(built["full"])
+    assert built["full"].transformer.layers[0].self_attn.context == 512
