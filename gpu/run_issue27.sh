@@ -2,7 +2,8 @@
 # Issue 27's GPU measurements at Moshi 7B (random bf16), in one device call (< 10 min):
 #  1. the GPU tests: the fused W pass and the CUDA-graphed block update against the eager one
 #     (tests/test_fused_w.py, tests/test_block_graphs.py);
-#  2. bench_cells teacher-forced 2k/8k/32k, 2 rounds, profile at 2k (the on/off targets);
+#  2. bench_cells teacher-forced 2k/8k/32k, 3 rounds of >= 2 s each (the on/off targets; a 2k
+#     pass lasts 0.08 s: fewer passes per measurement did not settle it);
 #  3. bench_cells generate, 3 rounds (≤ 1.02 × LMGen);
 #  4. the regression cell's peak vs upstream's (gpu/regression_memory.py);
 #  5. the matrix's per-step costs (→ matrix-cost.json);
@@ -34,8 +35,8 @@ if [ "${1:-}" != again ]; then
         -p no:cacheprovider 2>&1 | tail -12 | tee -a "$OUT/gpu.txt"
 fi
 step "teacher-forced"
-timeout "$(cap 200)" python3 bench/bench_cells.py --parts teacher_forced --reuse-checkpoint \
-    --lengths 2048 8192 32768 --rounds 2 --cache $C --out "$OUT/cells-tf.json" --profile "$OUT/profile-2048.txt"
+timeout "$(cap 330)" python3 bench/bench_cells.py --parts teacher_forced --reuse-checkpoint \
+    --lengths 2048 8192 32768 --rounds 3 --min-seconds 2 --cache $C --out "$OUT/cells-tf.json"
 if [ "${1:-}" != again ]; then
     step "generate"
     timeout "$(cap 130)" python3 bench/bench_cells.py --parts generate --reuse-checkpoint --rounds 3 \
