@@ -96,21 +96,3 @@ def test_profile_train_step_smoke(tmp_path, monkeypatch):
     built = {v: module["build"](v, 64, "cpu")[0] for v in ("ttt", "full")}
     assert sorted(ttt_layers(built["ttt"])) == [1, 3] and not ttt_layers(built["full"])
     assert built["full"].transformer.layers[0].self_attn.context == 512
-
-
-def test_bench_layer_stats_smoke(tmp_path, monkeypatch):
-    """Both ways of computing a record's statistics are timed, per length; the two agree."""
-    out = tmp_path / "stats.json"
-    monkeypatch.setattr(sys, "argv", ["bench_layer_stats.py", "--device", "cpu", "--dtype", "float32",
-                                      "--dim", "32", "--layers", "2", "--lengths", "1", "16",
-                                      "--reps", "1", "--out", str(out)])
-    module = runpy.run_path(str(Path(__file__).parent.parent / "bench" / "bench_layer_stats.py"),
-                            run_name="__main__")
-    data = json.loads(out.read_text())
-    assert set(data["lengths"]) == {"1", "16"}
-    assert all(r["moments_ms"] > 0 and r["per_number_ms"] > 0 for r in data["lengths"].values())
-    import torch
-    a, b = torch.randn(16, 32), torch.randn(16, 32)
-    fast, slow = module["layer_stats"](a, b), module["per_number"](a, b)
-    assert fast.keys() == slow.keys()
-    assert all(abs(fast[k].item() - slow[k].item()) <= 1e-4 * max(1.0, abs(slow[k].item())) for k in fast)
