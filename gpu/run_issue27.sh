@@ -35,7 +35,7 @@ if [ "${1:-}" != again ]; then
         -p no:cacheprovider 2>&1 | tail -12 | tee -a "$OUT/gpu.txt"
 fi
 step "teacher-forced"
-timeout "$(cap 330)" python3 bench/bench_cells.py --parts teacher_forced --reuse-checkpoint \
+timeout "$(cap 300)" python3 bench/bench_cells.py --parts teacher_forced --reuse-checkpoint \
     --lengths 2048 8192 32768 --rounds 3 --min-seconds 2 --cache $C --out "$OUT/cells-tf.json"
 if [ "${1:-}" != again ]; then
     step "generate"
@@ -43,7 +43,7 @@ if [ "${1:-}" != again ]; then
         --cache $C --out "$OUT/cells-gen.json"
 fi
 step "regression memory"
-timeout "$(cap 90)" python3 gpu/regression_memory.py --checkpoint $C/checkpoint-7b --out "$OUT/regression.json"
+timeout "$(cap 150)" python3 gpu/regression_memory.py --checkpoint $C/checkpoint-7b --out "$OUT/regression.json"
 step "matrix cost"
 timeout "$(cap 90)" python3 bench/matrix_cost.py --cells "$OUT/cells-tf.json" "$GEN" \
     --regression "$OUT/regression.json" --cache $C --out "$OUT/matrix-cost.json"
