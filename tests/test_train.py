@@ -236,3 +236,37 @@ def test_second_training_on_one_out_is_refused_while_the_first_runs(tiny_manifes
     assert done.stderr == (f"error: {out}: another run (pid {first.pid}) is writing it; wait for "
                            "it to end or choose another --out\n")
     assert done.stdout == ""
+
+
+def test_prefetched_batches_are_the_one_thread_stream():
+    """The worker draws the batches and the generator states the one-thread loop would (each
+    state right after its batch: what a checkpoint saves), and a builder's error reaches the
+    training loop, on the batch where it happened."""
+    from ttt.training.batches import Prefetched
+
+    def make(g):
+        n = int(torch.randint(1, 5, (1,), generator=g))  # a varying number of draws per batch
+        return torch.randint(1000, (n,), generator=g)
+
+    serial_g = torch.Generator().manual_seed(7)
+    serial = [(make(serial_g), serial_g.get_state()) for _ in range(6)]
+    batches = Prefetched(make, torch.Generator().manual_seed(7), ahead=2)
+    try:
+        for batch, state in serial:
+            got, got_state = batches.next()
+            assert torch.equal(got, batch) and torch.equal(got_state, state)
+    finally:
+        batches.close()
+    calls = []
+
+    def failing(g):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("no more rows")
+        return make(g)
+
+    batches = Prefetched(failing, torch.Generator().manual_seed(7))
+    batches.next(), batches.next()
+    with pytest.raises(RuntimeError, match="no more rows"):
+        batches.next()
+    batches.close()

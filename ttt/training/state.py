@@ -71,11 +71,12 @@ def _seeds_ttt(ttt: TTTConfig) -> dict:
     return out
 
 
-def rng_state(g: torch.Generator) -> dict:
+def rng_state(batch_state: torch.Tensor) -> dict:
     """Every RNG's state as tensors and plain values, so ``torch.load(weights_only=True)`` reads
-    it back (numpy's key array travels as a tensor: nothing to unpickle)."""
+    it back (numpy's key array travels as a tensor: nothing to unpickle). ``batch_state``: the
+    batch generator's state after the last batch consumed (a worker may have drawn further)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"batch": g.get_state(), "torch": torch.get_rng_state(),
+    return {"batch": batch_state, "torch": torch.get_rng_state(),
             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
             "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}

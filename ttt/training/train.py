@@ -33,7 +33,7 @@ from ttt.base.validate import check, is_int, is_number, strict_kwargs
 from ttt.data.codes import TrainBase, load_codes
 from ttt.data.conversations import read_manifest
 from ttt.data.recurrence import add_repeats, check_spec
-from ttt.training.batches import mixed_batch, sample_batch
+from ttt.training.batches import Prefetched, mixed_batch, sample_batch
 from ttt.training.held_out import eval_items, evaluate_loss, selection_loss
 from ttt.training.probe import InnerProbe
 from ttt.training.state import (STATE_FILE, check_state, find_resume, rng_state, set_rng_state,
@@ -262,64 +262,73 @@ def _train_locked(cfg: TrainConfig, out: Path, log) -> dict:
     data_hashes = {name: file_digest(Path(path)) for name, path in
                    (("train", cfg.train), ("eval", cfg.eval)) if path}
     started = time.perf_counter() - elapsed
-    while step < cfg.steps:
+
+    def make_batch(g: torch.Generator) -> torch.Tensor:  # runs in the batch worker: g is its alone
         if lexicon is not None:
             batch = fresh_batch(lexicon, cfg.batch_size, cfg.fresh_rows, g, cfg.fresh_unit)
         elif cfg.mix_blocks:
             batch = mixed_batch(train_codes, cfg.batch_size, cfg.segment_frames, cfg.mix_blocks, g)
         else:
             batch = sample_batch(train_codes, cfg.batch_size, cfg.segment_frames, g)
-        batch = add_repeats(batch, cfg.recurrence, g)[0].to(cfg.device)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
-        last = step + 1 == cfg.steps or (cfg.time_limit_s is not None and
-                                          time.perf_counter() - started >= cfg.time_limit_s)
-        logging = (step + 1) % cfg.log_every == 0 or last
-        text, audio = lm_loss(lm, batch)
-        loss = cfg.text_weight * text + cfg.audio_weight * audio
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
-        opt.step()
-        step += 1
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"step {step}: loss is {loss.item()} (diverged)")
-        if logging:
-            row = {"step": step, "loss": loss.item(), "text_loss": text.item(),
-                   "audio_loss": audio.item(), "grad_norm": float(grad_norm),
-                   "lr": opt.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - started}
-            row.update(probe.stats())
-            if eval_codes:
-                sync_twin(lm)
-                row.update(evaluate_loss(lm, eval_codes, cfg.device))
-                row["eval_loss"] = selection_loss(row, cfg.text_weight, cfg.audio_weight)
-                if cfg.select == "best_eval_loss" and (best is None or row["eval_loss"] < best["eval_loss"]):
-                    best = {"step": step, "eval_loss": row["eval_loss"]}
-                    write_checkpoint(out, lm, base, lm_kwargs, ttt,
-                                     {"config": cfg.to_dict(), **best}, name="best")
-            rows.append(row)
-            write_csv(out / "train_log.csv", rows) if out.is_dir() else None
-            log(_log_line(row))
-        if step % cfg.checkpoint_every == 0 or last:
-            out.mkdir(parents=True, exist_ok=True)
-            state = {"config": cfg.to_dict(), "step": step, "optimizer": opt.state_dict(),
-                     "rng": rng_state(g), "log": rows, "elapsed_s": time.perf_counter() - started,
-                     "best": best}
-            write_checkpoint(out, lm, base, lm_kwargs, ttt, state)
-            write_csv(out / "train_log.csv", rows)
-        if last:
-            break
-    probe.close()
-    summary = {"steps": step, "final": rows[-1] if rows else None,
-               "train_time_s": time.perf_counter() - started, "device": _device_name(cfg.device),
-               "platform": platform.platform(), "torch": torch.__version__,
-               "data_sha256": data_hashes, "config": cfg.to_dict(),
-               "parameters_trained": sum(p.numel() for p in params),
-               "selected": ({"criterion": cfg.select, **best, "checkpoint": str(out / "best")}
-                            if best is not None else {"criterion": "last", "step": step,
-                                                      "checkpoint": str(out / "checkpoint")})}
-    write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
-    return summary
+        return add_repeats(batch, cfg.recurrence, g)[0]
+
+    batches = Prefetched(make_batch, g)
+    try:
+        while step < cfg.steps:
+            batch, batch_state = batches.next()
+            batch = batch.to(cfg.device)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+            last = step + 1 == cfg.steps or (cfg.time_limit_s is not None and
+                                              time.perf_counter() - started >= cfg.time_limit_s)
+            logging = (step + 1) % cfg.log_every == 0 or last
+            text, audio = lm_loss(lm, batch)
+            loss = cfg.text_weight * text + cfg.audio_weight * audio
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or float("inf"))
+            opt.step()
+            step += 1
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"step {step}: loss is {loss.item()} (diverged)")
+            if logging:
+                row = {"step": step, "loss": loss.item(), "text_loss": text.item(),
+                       "audio_loss": audio.item(), "grad_norm": float(grad_norm),
+                       "lr": opt.param_groups[0]["lr"], "elapsed_s": time.perf_counter() - started}
+                row.update(probe.stats())
+                if eval_codes:
+                    sync_twin(lm)
+                    row.update(evaluate_loss(lm, eval_codes, cfg.device))
+                    row["eval_loss"] = selection_loss(row, cfg.text_weight, cfg.audio_weight)
+                    if cfg.select == "best_eval_loss" and (best is None or row["eval_loss"] < best["eval_loss"]):
+                        best = {"step": step, "eval_loss": row["eval_loss"]}
+                        write_checkpoint(out, lm, base, lm_kwargs, ttt,
+                                         {"config": cfg.to_dict(), **best}, name="best")
+                rows.append(row)
+                write_csv(out / "train_log.csv", rows) if out.is_dir() else None
+                log(_log_line(row))
+            if step % cfg.checkpoint_every == 0 or last:
+                out.mkdir(parents=True, exist_ok=True)
+                state = {"config": cfg.to_dict(), "step": step, "optimizer": opt.state_dict(),
+                         "rng": rng_state(batch_state), "log": rows, "elapsed_s": time.perf_counter() - started,
+                         "best": best}
+                write_checkpoint(out, lm, base, lm_kwargs, ttt, state)
+                write_csv(out / "train_log.csv", rows)
+            if last:
+                break
+        summary = {"steps": step, "final": rows[-1] if rows else None,
+                   "train_time_s": time.perf_counter() - started, "device": _device_name(cfg.device),
+                   "platform": platform.platform(), "torch": torch.__version__,
+                   "data_sha256": data_hashes, "config": cfg.to_dict(),
+                   "parameters_trained": sum(p.numel() for p in params),
+                   "selected": ({"criterion": cfg.select, **best, "checkpoint": str(out / "best")}
+                                if best is not None else {"criterion": "last", "step": step,
+                                                          "checkpoint": str(out / "checkpoint")})}
+        write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+        return summary
+    finally:
+        batches.close()
+        probe.close()
 
 
 def _log_line(row: dict) -> str:
