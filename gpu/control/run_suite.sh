@@ -67,16 +67,7 @@ $P -m ttt.data.recurrence build --manifest "$W/data/test/manifest.jsonl" --base 
 [ -n "${PACK:-}" ] && say "offset sets (codes from the pack)" || say "encoded (fitted Mimi), code statistics, offset sets"
 # the models' text vocabulary is the base tokenizer's (64 for the word tones, 1000 for English)
 TEXT_CARD=$($P -c "import json, sys; c = json.load(open(sys.argv[1])); print(c.get('lm_kwargs', c)['text_card'])" "$W/fitted/config.json")
-if [ "$DEVICE" = cuda ] && command -v nvidia-cuda-mps-control > /dev/null; then  # kernels of the runs side by side
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
-  mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
-  if nvidia-cuda-mps-control -d && timeout 90 $P -c "import torch; torch.zeros(1).cuda().sum().item()"; then
-    say "MPS on"
-  else
-    say "MPS unusable: runs time-share the GPU"; echo quit | nvidia-cuda-mps-control || true
-    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
-  fi
-fi
+. gpu/control/mps.sh  # kernels of the runs side by side
 GPUS=1; [ "$DEVICE" = cuda ] && GPUS=$(nvidia-smi -L | grep -c '^GPU' || echo 1)
 [ "$DEVICE" = cuda ] && say "$GPUS GPU(s): runs go round-robin over them"
 slot() { [ "$DEVICE" = cuda ] && echo "CUDA_VISIBLE_DEVICES=$(( $1 % GPUS ))" || echo "SUITE_SLOT=$1"; }
