@@ -1,0 +1,143 @@
+"""The recall probe's table, curve and reading (``gpu/control/run_recall_probe.sh`` writes one
+JSON per run: ``<variant>-s<seed>.json``, from ``copy_probe.py --out``).
+
+The reading uses only what is known on random tokens: chance is ln(vocab), nothing can be
+predicted below it except by recalling the row, and attention of C frames in L layers cannot
+carry a source more than L x C frames back (the reach). At each run's last logged step, on the
+lags beyond the reach, a model *copies* when its text copy NLL is ``MARGIN`` nats under chance:
+- **invalid** when no-TTT copies there (the reach, or the probe, is wrong);
+- **inconclusive** when full attention (the ceiling) does not copy there;
+- **recall** when TTT copies there in every seed and its TTT-off twin does not;
+- **no recall** otherwise.
+
+    python gpu/control/recall_probe_report.py RUNS_DIR [--out DIR]
+"""
+import argparse
+import json
+import math
+import re
+from pathlib import Path
+
+MARGIN = 0.5  # nats under chance: far beyond the ±0.01 a model at chance wanders over 64 rows
+STREAMS = ("text", "audio")
+
+
+def load_runs(folder: Path) -> dict[tuple[str, int], dict]:
+    """{(variant, seed): the run's JSON} for every ``<variant>-s<seed>.json`` in ``folder``."""
+    runs = {}
+    for path in sorted(folder.glob("*-s*.json")):
+        match = re.fullmatch(r"(full|no_ttt|ttt)-s(\d+)\.json", path.name)
+        if match:
+            runs[(match[1], int(match[2]))] = json.loads(path.read_text())
+    if not runs:
+        raise SystemExit(f"{folder}: no <variant>-s<seed>.json (full, no_ttt, ttt) found")
+    return runs
+
+
+def reach(run: dict) -> int:
+    """Frames attention can carry a source over: layers x context."""
+    kwargs = run["lm_kwargs"]
+    return kwargs["num_layers"] * kwargs["context"]
+
+
+def last(run: dict, condition: str, lag: int, stream: str = "text") -> float:
+    return run["curve"][-1][f"{condition}_lag{lag}"][STREAMS.index(stream)]
+
+
+def reading(runs: dict[tuple[str, int], dict]) -> dict:
+    """The verdict and the figures it rests on (see the module's docstring)."""
+    any_run = next(iter(runs.values()))
+    chance = math.log(any_run["args"]["vocab"])
+    local = [run for (variant, _), run in runs.items() if variant != "full"]
+    if not local:
+        return {"verdict": "inconclusive", "why": "no run of limited attention (no_ttt or ttt)"}
+    beyond = [lag for lag in map(int, any_run["args"]["eval_lags"].split(","))
+              if lag > reach(local[0])]
+    if not beyond:
+        return {"verdict": "inconclusive", "why": f"no evaluated lag beyond the reach {reach(local[0])}"}
+
+    def copies(run, condition="on"):
+        return all(last(run, condition, lag) < chance - MARGIN for lag in beyond)
+
+    by = lambda name: {seed: run for (variant, seed), run in runs.items() if variant == name}  # noqa: E731
+    figures = {"chance": round(chance, 3), "reach": reach(local[0]), "lags_beyond": beyond,
+               "steps": {f"{v}-s{s}": run["curve"][-1]["step"] for (v, s), run in runs.items()}}
+    if any(copies(run) for run in by("no_ttt").values()):
+        return {"verdict": "invalid", "why": "no-TTT copies beyond its attention's reach", **figures}
+    if not by("full") or not all(copies(run) for run in by("full").values()):
+        return {"verdict": "inconclusive", "why": "full attention does not copy beyond the reach "
+                "(train longer: its circuit forms as a jump)", **figures}
+    ttt = by("ttt")
+    if ttt and all(copies(run) and not copies(run, "off") for run in ttt.values()):
+        return {"verdict": "recall", "why": f"TTT copies beyond the reach in {len(ttt)} of "
+                f"{len(ttt)} seeds, its TTT-off twin does not", **figures}
+    return {"verdict": "no recall", "why": "TTT does not copy beyond the reach in every seed, "
+            "or its twin copies too (then the recall is not TTT's)", **figures}
+
+
+def table(runs: dict[tuple[str, int], dict]) -> str:
+    any_run = next(iter(runs.values()))
+    lags = list(map(int, any_run["args"]["eval_lags"].split(",")))
+    head = "| run | condition | step | " + " | ".join(
+        f"lag {lag}{' *' if lag > reach(r) else ''}" for lag in lags
+        for r in [next(r for (v, _), r in runs.items() if v != 'full')]) + " |"
+    lines = [head, "|" + "---|" * (3 + len(lags))]
+    for (variant, seed), run in sorted(runs.items()):
+        for condition in ("on", "off"):
+            if f"{condition}_lag{lags[0]}" not in run["curve"][-1]:
+                continue
+            cells = " | ".join("{:.3f} / {:.3f}".format(*run["curve"][-1][f"{condition}_lag{lag}"])
+                               for lag in lags)
+            name = {"on": "as trained", "off": "TTT-off twin"}[condition]
+            lines.append(f"| {variant}-s{seed} | {name} | {run['curve'][-1]['step']} | {cells} |")
+    return "\n".join(lines)
+
+
+def plot(runs: dict[tuple[str, int], dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    any_run = next(iter(runs.values()))
+    lags = list(map(int, any_run["args"]["eval_lags"].split(",")))
+    fig, axes = plt.subplots(1, len(lags), figsize=(3.6 * len(lags), 3.4), sharey=True)
+    for ax, lag in zip(axes, lags):
+        for (variant, seed), run in sorted(runs.items()):
+            steps = [row["step"] for row in run["curve"]]
+            line, = ax.plot(steps, [row[f"on_lag{lag}"][0] for row in run["curve"]],
+                            label=f"{variant}-s{seed}")
+            if f"off_lag{lag}" in run["curve"][0]:
+                ax.plot(steps, [row[f"off_lag{lag}"][0] for row in run["curve"]], ":",
+                        color=line.get_color(), label=f"{variant}-s{seed} TTT-off twin")
+        ax.axhline(math.log(any_run["args"]["vocab"]), color="grey", lw=0.8)
+        ax.set_title(f"lag {lag}" + (" (beyond the reach)" if lag > reach(run) and run["lm_kwargs"]
+                                     ["context"] < run["args"]["frames"] else ""), fontsize=9)
+        ax.set_xlabel("step")
+    axes[0].set_ylabel("text NLL on the repeat (nats)")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", type=Path)
+    p.add_argument("--out", type=Path, help="report.md, reading.json and curve.png (default: runs)")
+    args = p.parse_args()
+    runs = load_runs(args.runs)
+    out = args.out or args.runs
+    out.mkdir(parents=True, exist_ok=True)
+    verdict = reading(runs)
+    text = (f"**Reading: {verdict['verdict']}** ({verdict['why']}).\n\nText / audio NLL on the "
+            f"repeated frames at each run's last step (chance {verdict.get('chance', '?')}; "
+            f"* beyond the reach of limited attention, {verdict.get('reach', '?')} frames):\n\n"
+            f"{table(runs)}\n\n![curve](curve.png)\n")
+    (out / "report.md").write_text(text)
+    (out / "reading.json").write_text(json.dumps(verdict, indent=1) + "\n")
+    plot(runs, out / "curve.png")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The recall probe (gpu/control/copy_probe.py, recall_probe_report.py): its rows hold the repeat
+where its spans say, and its reading says each answer on a planted scenario whose answer is known."""
+import json
+import math
+import runpy
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+CONTROL = Path(__file__).parent.parent / "gpu" / "control"
+PROBE = runpy.run_path(str(CONTROL / "copy_probe.py"))
+REPORT = runpy.run_path(str(CONTROL / "recall_probe_report.py"))
+
+
+def test_rows_repeat_the_source_at_the_lag_their_spans_name():
+    args = Namespace(vocab=60, codebooks=2, frames=160, length=24, lag="random", lag_min=24, lag_max=136)
+    g = torch.Generator().manual_seed(3)
+    for lag in (None, 24, 136):
+        x, spans = PROBE["rows"](200, args, g, lag=lag)
+        assert x.shape == (200, 5, 160) and int(x[:, 0].min()) >= 4
+        seen = set()
+        for row, (s, e) in zip(x, spans):
+            start = s - 2  # spans skip the copy's first two frames
+            found = [d for d in range(args.lag_min, args.lag_max + 1)
+                     if start - d >= 0 and torch.equal(row[:, start:start + 24], row[:, start - d:start - d + 24])]
+            assert found, "no source 24-136 frames before the span"
+            assert e - start == 24 and e <= 160
+            if lag is not None:
+                assert lag in found
+            seen.update(found)
+        if lag is None:  # lags drawn over the whole range
+            assert min(seen) < 40 and max(seen) > 120
+
+
+def _run(variant, seed, on, off=None, steps=6000, context=16, vocab=60, lags=(24, 56, 96, 136)):
+    """A planted run: copy NLL ``on`` (and ``off``, the twin) at every lag, the probe's JSON form."""
+    row = {"step": steps, **{f"on_lag{lag}": [on, on] for lag in lags}}
+    if off is not None:
+        row.update({f"off_lag{lag}": [off, off] for lag in lags})
+    return {"args": {"vocab": vocab, "eval_lags": ",".join(map(str, lags)), "frames": 160},
+            "lm_kwargs": {"num_layers": 4, "context": 320 if variant == "full" else context},
+            "curve": [row]}
+
+
+CHANCE = math.log(60)
+
+
+@pytest.mark.parametrize("planted, verdict", [
+    ({("full", 0): 0.1, ("no_ttt", 0): CHANCE, ("ttt", 0): (0.6, CHANCE), ("ttt", 1): (0.7, 4.2)}, "recall"),
+    ({("full", 0): CHANCE, ("no_ttt", 0): CHANCE, ("ttt", 0): (0.6, CHANCE)}, "inconclusive"),
+    ({("full", 0): 0.1, ("no_ttt", 0): 1.0, ("ttt", 0): (0.6, CHANCE)}, "invalid"),
+    ({("full", 0): 0.1, ("no_ttt", 0): CHANCE, ("ttt", 0): (0.6, CHANCE), ("ttt", 1): (CHANCE, CHANCE)}, "no recall"),
+    ({("full", 0): 0.1, ("no_ttt", 0): CHANCE, ("ttt", 0): (0.6, 0.6)}, "no recall"),  # the twin copies: not TTT's
+    ({("full", 0): 0.1, ("no_ttt", 0): CHANCE, ("ttt", 0): (CHANCE - 0.3, CHANCE)}, "no recall"),  # within the margin
+])
+def test_reading_says_each_answer_on_a_planted_scenario(planted, verdict):
+    runs = {key: _run(*key, *(value if isinstance(value, tuple) else (value,))) for key, value in planted.items()}
+    assert REPORT["reading"](runs)["verdict"] == verdict
+
+
+def test_reading_looks_only_beyond_the_reach():
+    """TTT copying inside the reach only (lags 24, 56) is not recall beyond it."""
+    runs = {("full", 0): _run("full", 0, 0.1), ("no_ttt", 0): _run("no_ttt", 0, CHANCE),
+            ("ttt", 0): _run("ttt", 0, 0.6, CHANCE)}
+    for lag in (96, 136):
+        runs[("ttt", 0)]["curve"][-1][f"on_lag{lag}"] = [CHANCE, CHANCE]
+    read = REPORT["reading"](runs)
+    assert read["lags_beyond"] == [96, 136] and read["verdict"] == "no recall"
+
+
+def test_probe_runs_and_its_report_reads_it(tmp_path, monkeypatch):
+    """copy_probe.py end to end at toy size (CPU), in the three variants, then the report."""
+    for variant, extra in (("full", []), ("no_ttt", ["--context", "8"]), ("ttt", ["--context", "8", "--ttt"])):
+        monkeypatch.setattr(sys, "argv", [
+            "copy_probe.py", "--frames", "48", "--length", "8", "--lag-min", "8", "--lag-max", "40",
+            "--eval-lags", "8,40", "--steps", "3", "--batch", "2", "--log-every", "2",
+            "--out", str(tmp_path / f"{variant}-s0.json"), *extra])
+        runpy.run_path(str(CONTROL / "copy_probe.py"), run_name="__main__")
+    curve = json.loads((tmp_path / "ttt-s0.json").read_text())["curve"]
+    assert [row["step"] for row in curve] == [2, 3]
+    assert set(curve[-1]) == {"step", "seconds", "on_lag8", "on_lag40", "off_lag8", "off_lag40"}
+    monkeypatch.setattr(sys, "argv", ["recall_probe_report.py", str(tmp_path)])
+    runpy.run_path(str(CONTROL / "recall_probe_report.py"), run_name="__main__")
+    read = json.loads((tmp_path / "reading.json").read_text())
+    assert read["reach"] == 32 and read["lags_beyond"] == [40]
+    assert read["verdict"] == "inconclusive"  # 3 steps: nothing copies yet
+    assert (tmp_path / "curve.png").stat().st_size > 1000 and "ttt-s0" in (tmp_path / "report.md").read_text()
