@@ -10,8 +10,8 @@
 # others STEPS. $OUT gets each run's curve (JSON) and log, then report.md, reading.json, curve.png
 # (gpu/control/recall_probe_report.py, which also reads runs of several calls put in one folder).
 # CPU dry run (80 s): DEVICE=cpu STEPS=4 STEPS_FULL=4 LOG_EVERY=2 BATCH=4 bash gpu/control/run_recall_probe.sh
-# A run longer than one device call: start it detached (setsid nohup ... &) and poll it in calls
-# that follow each other within the machine's warm time (gpu/README.md).
+# A run longer than one device call: start it with gpu/detached.sh and wait for it in calls that
+# follow each other within the machine's warm time (gpu/README.md).
 set -euo pipefail
 export NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1
 P=${PYTHON:-python3}; DEVICE=${DEVICE:-cuda}; OUT=${OUT:-/tmp/recall-probe}
