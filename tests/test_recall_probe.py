@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+CHANCE_60 = 4.0943
 CONTROL = Path(__file__).parent.parent / "gpu" / "control"
 PROBE = runpy.run_path(str(CONTROL / "copy_probe.py"))
 REPORT = runpy.run_path(str(CONTROL / "recall_probe_report.py"))
@@ -35,9 +36,31 @@ def test_rows_repeat_the_source_at_the_lag_their_spans_name():
             assert min(seen) < 40 and max(seen) > 120
 
 
-def _run(variant, seed, on, off=None, steps=6000, context=16, vocab=60, lags=(24, 56, 96, 136)):
-    """A planted run: copy NLL ``on`` (and ``off``, the twin) at every lag, the probe's JSON form."""
-    row = {"step": steps, **{f"on_lag{lag}": [on, on] for lag in lags}}
+def test_controls_shuffle_the_copy_or_replace_it_and_touch_nothing_else():
+    args = Namespace(vocab=60, codebooks=2, frames=160, length=24, lag="random", lag_min=24, lag_max=136)
+    g = torch.Generator().manual_seed(5)
+    codes, spans = PROBE["rows"](64, args, g, lag=96)
+    made = PROBE["controls"](codes, spans, 60, torch.Generator().manual_seed(1))
+    for i, (s, e) in enumerate(spans):
+        start = s - 2
+        outside = torch.ones(160, dtype=torch.bool)
+        outside[start:e] = False
+        for kind in ("shuffled", "fresh"):
+            assert torch.equal(made[kind][i][:, outside], codes[i][:, outside])
+        copy, shuffled = codes[i, :, start:e], made["shuffled"][i, :, start:e]
+        assert not torch.equal(shuffled, copy)
+        blocks = sorted(tuple(b.flatten().tolist()) for b in copy.split(4, dim=-1))
+        assert sorted(tuple(b.flatten().tolist()) for b in shuffled.split(4, dim=-1)) == blocks
+        fresh = made["fresh"][i, :, start:e]
+        assert (fresh != copy).float().mean() > 0.9  # new tokens: at most chance agreement
+        assert 4 <= int(fresh[0].min()) and int(fresh[0].max()) <= 63 and int(fresh[1:].max()) < 60
+
+
+def _run(variant, seed, on, off=None, steps=6000, context=16, vocab=60, lags=(24, 56, 96, 136), fresh=CHANCE_60):
+    """A planted run: copy NLL ``on`` (and ``off``, the twin) at every lag, the probe's JSON form;
+    ``fresh``: its NLL on the fresh control."""
+    row = {"step": steps, **{f"on_lag{lag}": [on, on] for lag in lags},
+           **{f"on_lag{lag}_fresh": [fresh, fresh] for lag in lags}}
     if off is not None:
         row.update({f"off_lag{lag}": [off, off] for lag in lags})
     return {"args": {"vocab": vocab, "eval_lags": ",".join(map(str, lags)), "frames": 160},
@@ -55,6 +78,8 @@ CHANCE = math.log(60)
     ({("full", 0): 0.1, ("no_ttt", 0): CHANCE, ("ttt", 0): (0.6, CHANCE), ("ttt", 1): (CHANCE, CHANCE)}, "no recall"),
     ({("full", 0): 0.1, ("no_ttt", 0): CHANCE, ("ttt", 0): (0.6, 0.6)}, "no recall"),  # the twin copies: not TTT's
     ({("full", 0): 0.1, ("no_ttt", 0): CHANCE, ("ttt", 0): (CHANCE - 0.3, CHANCE)}, "no recall"),  # within the margin
+    ({("full", 0): 0.1, ("no_ttt", 0): CHANCE, ("ttt", 0): (0.6, CHANCE, 6000, 16, 60, (24, 56, 96, 136), 2.0)},
+     "invalid"),  # TTT beats chance on fresh tokens: it reads something it should not
 ])
 def test_reading_says_each_answer_on_a_planted_scenario(planted, verdict):
     runs = {key: _run(*key, *(value if isinstance(value, tuple) else (value,))) for key, value in planted.items()}
@@ -81,10 +106,27 @@ def test_probe_runs_and_its_report_reads_it(tmp_path, monkeypatch):
         runpy.run_path(str(CONTROL / "copy_probe.py"), run_name="__main__")
     curve = json.loads((tmp_path / "ttt-s0.json").read_text())["curve"]
     assert [row["step"] for row in curve] == [2, 3]
-    assert set(curve[-1]) == {"step", "seconds", "on_lag8", "on_lag40", "off_lag8", "off_lag40"}
+    assert set(curve[-1]) == {"step", "seconds"} | {f"{c}_lag{lag}{k}" for c in ("on", "off") for lag in (8, 40)
+                                                     for k in ("", "_shuffled", "_fresh")}
     monkeypatch.setattr(sys, "argv", ["recall_probe_report.py", str(tmp_path)])
     runpy.run_path(str(CONTROL / "recall_probe_report.py"), run_name="__main__")
     read = json.loads((tmp_path / "reading.json").read_text())
     assert read["reach"] == 32 and read["lags_beyond"] == [40]
     assert read["verdict"] == "inconclusive"  # 3 steps: nothing copies yet
     assert (tmp_path / "curve.png").stat().st_size > 1000 and "ttt-s0" in (tmp_path / "report.md").read_text()
+
+
+def test_controls_leave_the_training_stream_as_it_was(tmp_path, monkeypatch):
+    """The controls draw from their own generator: a run with them trains on the rows a run
+    without them trains on, so its exact-copy curve is the same number for number."""
+    curves = {}
+    for kinds in ("exact", "exact,shuffled,fresh"):
+        out = tmp_path / f"{kinds}.json"
+        monkeypatch.setattr(sys, "argv", [
+            "copy_probe.py", "--frames", "48", "--length", "8", "--lag-min", "8", "--lag-max", "40",
+            "--eval-lags", "8,40", "--eval-kinds", kinds, "--context", "8", "--ttt", "--steps", "3",
+            "--batch", "2", "--log-every", "3", "--out", str(out)])
+        runpy.run_path(str(CONTROL / "copy_probe.py"), run_name="__main__")
+        curves[kinds] = json.loads(out.read_text())["curve"][-1]
+    assert all(curves["exact"][k] == curves["exact,shuffled,fresh"][k]
+               for k in curves["exact"] if k != "seconds")

@@ -12,7 +12,11 @@ suite's In-Place TTT block (layers 1 and 3, chunk 8, lr 0.01), so three variants
 way answer the suite's question on data whose answer is known for two of them: full attention can
 copy at every lag, attention of ``--context`` frames cannot copy a source beyond it, and TTT is the
 measurement. Every ``--log-every`` steps: the NLL on the repeated frames (chance = ln(vocab)) of
-held-out rows at each of ``--eval-lags``, for a TTT model also with its updates off (the twin).
+held-out rows at each of ``--eval-lags``, for a TTT model also with its updates off (the twin),
+and on two controls built from the same rows (``--eval-kinds``): ``shuffled`` (the copy's frames
+permuted in blocks of 4: the same content out of order) and ``fresh`` (new random tokens in place
+of the copy: nothing to recall, so no model may beat chance there). The controls draw from their
+own generator, so the training stream is the one a run without them draws.
 ``--max-seconds`` stops a probe early (it is a probe: the curve is by steps; the last step is
 printed). ``--out`` writes the curve as JSON.
 
@@ -58,6 +62,23 @@ def rows(n, args, g, lag=None):
     return x, spans
 
 
+def controls(codes, spans, vocab, g):
+    """{"shuffled": the rows with each copy permuted in blocks of 4 frames (never in order),
+    "fresh": the rows with each copy replaced by new random tokens}; the spans stay as they were."""
+    shuffled, fresh = codes.clone(), codes.clone()
+    for i, (s, e) in enumerate(spans):
+        start = s - 2  # the whole copy, its first two frames included
+        blocks = codes[i, :, start:e].split(4, dim=-1)
+        order = torch.randperm(len(blocks), generator=g)
+        while bool((order == torch.arange(len(blocks))).all()):
+            order = torch.randperm(len(blocks), generator=g)
+        shuffled[i, :, start:e] = torch.cat([blocks[j] for j in order], dim=-1)
+        new = torch.randint(0, vocab, (codes.shape[1], e - start), generator=g)
+        new[0] += 4  # text ids 4..vocab+3, as rows() draws them
+        fresh[i, :, start:e] = new
+    return {"shuffled": shuffled, "fresh": fresh}
+
+
 def copy_nll(lm, held) -> tuple[float, float]:
     """Mean NLL (text, audio) on the repeated frames of held-out rows."""
     codes, spans = held
@@ -74,6 +95,8 @@ def main():
     p.add_argument("--lag-max", type=int, help="random lags up to (default: frames - length)")
     p.add_argument("--eval-lags", default="", help="comma list: held-out rows at these lags "
                    "(default: the training lag, or rows of random lags)")
+    p.add_argument("--eval-kinds", default="exact,shuffled,fresh",
+                   help="held-out copies: exact, and the controls shuffled and fresh")
     p.add_argument("--length", type=int, default=24)
     p.add_argument("--frames", type=int, default=96)
     p.add_argument("--context", type=int, help="attention context in frames (default: 2 x frames)")
@@ -96,6 +119,11 @@ def main():
         p.error(f"--lag-min/--lag-max: need length <= min <= max <= frames - length, got "
                 f"{args.length} <= {args.lag_min} <= {args.lag_max} <= {args.frames - args.length}")
     eval_lags = [int(v) for v in args.eval_lags.split(",") if v] or [args.lag]
+    kinds = args.eval_kinds.split(",")
+    if kinds[0] != "exact" or not set(kinds[1:]) <= {"shuffled", "fresh"} or len(set(kinds)) < len(kinds):
+        p.error(f"--eval-kinds: exact, then any of shuffled, fresh; got {args.eval_kinds}")
+    if args.length < 8:
+        p.error("--length: at least 8 frames (the shuffled control permutes blocks of 4)")
     q = args.codebooks
     kwargs = {**DEFAULT_LM_KWARGS, "dim": 64, "num_heads": 4, "num_layers": 4,
               "context": args.context or 2 * args.frames,
@@ -109,8 +137,14 @@ def main():
         conditions["off"] = lambda: ttt_disabled(lm)
     opt = torch.optim.AdamW(lm.parameters(), lr=args.lr)
     g = torch.Generator().manual_seed(args.seed)
-    held = {lag: rows(64, args, g, lag=lag) for lag in eval_lags}
-    held = {lag: (codes.to(args.device), spans) for lag, (codes, spans) in held.items()}
+    exact = {lag: rows(64, args, g, lag=lag) for lag in eval_lags}
+    g_controls = torch.Generator().manual_seed(10_000 + args.seed)  # not the training stream's
+    held = {}
+    for lag, (codes, spans) in exact.items():
+        held[f"lag{lag}"] = (codes.to(args.device), spans)
+        made = controls(codes, spans, args.vocab, g_controls) if len(kinds) > 1 else {}
+        for kind in kinds[1:]:
+            held[f"lag{lag}_{kind}"] = (made[kind].to(args.device), spans)
     started, curve = time.time(), []
     print(f"lags {args.lag if args.lag != 'random' else f'{args.lag_min}-{args.lag_max}'}, copy "
           f"{args.length} of {args.frames} frames, context {kwargs['context']}, ttt {args.ttt}, "
@@ -129,8 +163,8 @@ def main():
             row = {"step": step, "seconds": round(time.time() - started, 1)}
             for name, condition in conditions.items():
                 with condition():
-                    for lag, rows_at_lag in held.items():
-                        row[f"{name}_lag{lag}"] = [round(v, 4) for v in copy_nll(lm, rows_at_lag)]
+                    for key, rows_of_key in held.items():
+                        row[f"{name}_{key}"] = [round(v, 4) for v in copy_nll(lm, rows_of_key)]
             lm.train()
             curve.append(row)
             print(json.dumps(row), flush=True)

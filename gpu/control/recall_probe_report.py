@@ -5,7 +5,9 @@ The reading uses only what is known on random tokens: chance is ln(vocab), nothi
 predicted below it except by recalling the row, and attention of C frames in L layers cannot
 carry a source more than L x C frames back (the reach). At each run's last logged step, on the
 lags beyond the reach, a model *copies* when its text copy NLL is ``MARGIN`` nats under chance:
-- **invalid** when no-TTT copies there (the reach, or the probe, is wrong);
+- **invalid** when no-TTT copies there (the reach, or the probe, is wrong), or when any model
+  beats chance on the *fresh* control (new tokens in place of the copy: nothing to recall, so a
+  model that beats chance there reads something it should not);
 - **inconclusive** when full attention (the ceiling) does not copy there;
 - **recall** when TTT copies there in every seed and its TTT-off twin does not;
 - **no recall** otherwise.
@@ -40,8 +42,15 @@ def reach(run: dict) -> int:
     return kwargs["num_layers"] * kwargs["context"]
 
 
-def last(run: dict, condition: str, lag: int, stream: str = "text") -> float:
-    return run["curve"][-1][f"{condition}_lag{lag}"][STREAMS.index(stream)]
+KINDS = ("exact", "shuffled", "fresh")  # the held-out copy and its controls (copy_probe.py)
+
+
+def key(condition: str, lag: int, kind: str = "exact") -> str:
+    return f"{condition}_lag{lag}" + ("" if kind == "exact" else f"_{kind}")
+
+
+def last(run: dict, condition: str, lag: int, stream: str = "text", kind: str = "exact") -> float:
+    return run["curve"][-1][key(condition, lag, kind)][STREAMS.index(stream)]
 
 
 def reading(runs: dict[tuple[str, int], dict]) -> dict:
@@ -59,11 +68,20 @@ def reading(runs: dict[tuple[str, int], dict]) -> dict:
     def copies(run, condition="on"):
         return all(last(run, condition, lag) < chance - MARGIN for lag in beyond)
 
+    def reads_fresh(run):  # beats chance where nothing can be recalled, at any lag
+        return any(last(run, "on", lag, kind="fresh") < chance - MARGIN
+                   for lag in map(int, run["args"]["eval_lags"].split(","))
+                   if key("on", lag, "fresh") in run["curve"][-1])
+
     by = lambda name: {seed: run for (variant, seed), run in runs.items() if variant == name}  # noqa: E731
     figures = {"chance": round(chance, 3), "reach": reach(local[0]), "lags_beyond": beyond,
                "steps": {f"{v}-s{s}": run["curve"][-1]["step"] for (v, s), run in runs.items()}}
     if any(copies(run) for run in by("no_ttt").values()):
         return {"verdict": "invalid", "why": "no-TTT copies beyond its attention's reach", **figures}
+    fresh = sorted(f"{v}-s{s}" for (v, s), run in runs.items() if reads_fresh(run))
+    if fresh:
+        return {"verdict": "invalid", "why": f"{', '.join(fresh)} beat(s) chance on fresh tokens, "
+                "where nothing can be recalled", **figures}
     if not by("full") or not all(copies(run) for run in by("full").values()):
         return {"verdict": "inconclusive", "why": "full attention does not copy beyond the reach "
                 "(train longer: its circuit forms as a jump)", **figures}
@@ -78,18 +96,20 @@ def reading(runs: dict[tuple[str, int], dict]) -> dict:
 def table(runs: dict[tuple[str, int], dict]) -> str:
     any_run = next(iter(runs.values()))
     lags = list(map(int, any_run["args"]["eval_lags"].split(",")))
-    head = "| run | condition | step | " + " | ".join(
-        f"lag {lag}{' *' if lag > reach(r) else ''}" for lag in lags
-        for r in [next(r for (v, _), r in runs.items() if v != 'full')]) + " |"
-    lines = [head, "|" + "---|" * (3 + len(lags))]
+    local = next((r for (v, _), r in runs.items() if v != "full"), any_run)
+    head = "| run | condition | copy | step | " + " | ".join(
+        f"lag {lag}{' *' if lag > reach(local) else ''}" for lag in lags) + " |"
+    lines = [head, "|" + "---|" * (4 + len(lags))]
     for (variant, seed), run in sorted(runs.items()):
+        final = run["curve"][-1]
         for condition in ("on", "off"):
-            if f"{condition}_lag{lags[0]}" not in run["curve"][-1]:
-                continue
-            cells = " | ".join("{:.3f} / {:.3f}".format(*run["curve"][-1][f"{condition}_lag{lag}"])
-                               for lag in lags)
-            name = {"on": "as trained", "off": "TTT-off twin"}[condition]
-            lines.append(f"| {variant}-s{seed} | {name} | {run['curve'][-1]['step']} | {cells} |")
+            for kind in KINDS:
+                if key(condition, lags[0], kind) not in final:
+                    continue
+                cells = " | ".join("{:.3f} / {:.3f}".format(*final[key(condition, lag, kind)])
+                                   for lag in lags)
+                name = {"on": "as trained", "off": "TTT-off twin"}[condition]
+                lines.append(f"| {variant}-s{seed} | {name} | {kind} | {final['step']} | {cells} |")
     return "\n".join(lines)
 
 
