@@ -113,7 +113,7 @@ if [ -n "${PACK:-}" ]; then  # natural held-out conversations: TTT on vs its twi
   for R in "$W"/runs-*/ttt-s*; do
     sel=$($P -c "import json,sys; print(json.load(open(sys.argv[1]))['selected']['checkpoint'])" "$R/summary.json")
     OMP_NUM_THREADS=2 $P -m ttt.control.natural --checkpoint "$sel" --manifest "$W/data/test/manifest.jsonl" \
-      --cache-dir "$W/cache" --out "$R/natural.json" > "$R/natural.out" 2>&1 &
+      --cache-dir "$W/cache" --device "$DEVICE" --out "$R/natural.json" > "$R/natural.out" 2>&1 &
   done
   fail=0; for job in $(jobs -p); do wait $job || fail=1; done; [ $fail = 0 ]
   say "natural held-out set: $(cat "$W"/runs-*/ttt-s*/natural.out | tr '\n' ' ')"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ttt.base.files import write_text
 from ttt.base.paired_effect import difference_ci, paired_effect
 from ttt.data.conversations import FRAME_RATE, PAD_ID
 
@@ -213,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", required=True, help="a ttt.data.natural manifest.jsonl")
     parser.add_argument("--out", required=True, help="JSON to write")
     parser.add_argument("--cache-dir", default="results/cache")
+    parser.add_argument("--device", default="cpu", help="where the model runs (cpu, cuda)")
     parser.add_argument("--setting", action="append", default=None,
                         help="TTT overrides, e.g. lr=0.003,decay=0.9 (repeatable; default: 'default')")
     args = parser.parse_args(argv)
@@ -227,17 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     result = {"manifest": args.manifest, "checkpoint": args.checkpoint, "settings": {}}
     codes = off = None
     for name, override in settings:
-        bundle = load_checkpoint(args.checkpoint, ttt=override or None)
+        bundle = load_checkpoint(args.checkpoint, ttt=override or None, device=args.device)
         lm = bundle.lm.eval()
         context = lm.transformer.layers[0].self_attn.context
         if codes is None:
             codes = [conversation_codes(bundle.mimi, bundle.tokenizer, item, Path(args.cache_dir) / "codes",
-                                        bundle.mimi_id)[0] for item in items]
+                                        bundle.mimi_id)[0].cpu() for item in items]
             off = [r["off"] for r in held_out_nll(lm, codes, lambda: ttt_disabled(lm))]
         on = [r["on"] for r in held_out_nll(lm, codes, lambda: ttt_disabled(lm))]
         table = effect_table(on, off, lines, context)
         classes = token_classes(bundle.tokenizer, [c[0].numpy() for c in codes], on, off, context)
-        drift = np.array([fast_weight_drift(lm, c[None]) for c in codes])
+        drift = np.array([fast_weight_drift(lm, c[None].to(args.device)) for c in codes])
         result["settings"][name] = {"ttt": bundle.ttt.to_dict(), "table": table, "token_classes": classes,
                                     "text_by_position": by_position(on, off, context),
                                     "drift_end_mean_per_layer": drift.mean(0).tolist()}
@@ -248,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
               "| repeats - plain fresh speech", round(text[2].get("rel_gain_difference", math.nan), 4),
               text[2].get("ci95"),
               "| drift", np.round(drift.mean(0), 3).tolist(), flush=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_text(args.out, json.dumps(result, indent=1) + "\n")
     return 0
 
 
