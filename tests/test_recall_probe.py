@@ -113,7 +113,8 @@ def test_probe_runs_and_its_report_reads_it(tmp_path, monkeypatch):
     read = json.loads((tmp_path / "reading.json").read_text())
     assert read["reach"] == 32 and read["lags_beyond"] == [40]
     assert read["verdict"] == "inconclusive"  # 3 steps: nothing copies yet
-    assert (tmp_path / "curve.png").stat().st_size > 1000 and "ttt-s0" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "curve.png").stat().st_size > 1000 and (tmp_path / "offsets.png").stat().st_size > 1000
+    assert "ttt-s0" in (tmp_path / "report.md").read_text()
 
 
 def test_controls_leave_the_training_stream_as_it_was(tmp_path, monkeypatch):

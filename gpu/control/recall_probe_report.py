@@ -140,10 +140,39 @@ def plot(runs: dict[tuple[str, int], dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_offsets(runs: dict[tuple[str, int], dict], path: Path) -> None:
+    """Copy NLL against lag at each run's last step (text and audio), chance and reach marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    any_run = next(iter(runs.values()))
+    lags = list(map(int, any_run["args"]["eval_lags"].split(",")))
+    local = next((r for (v, _), r in runs.items() if v != "full"), any_run)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    for ax, stream in zip(axes, STREAMS):
+        for (variant, seed), run in sorted(runs.items()):
+            line, = ax.plot(lags, [last(run, "on", lag, stream) for lag in lags], "o-",
+                            label=f"{variant}-s{seed}")
+            if key("off", lags[0]) in run["curve"][-1]:
+                ax.plot(lags, [last(run, "off", lag, stream) for lag in lags], "o:",
+                        color=line.get_color(), label=f"{variant}-s{seed} TTT-off twin")
+        ax.axhline(math.log(any_run["args"]["vocab"]), color="grey", lw=0.8)
+        ax.axvline(reach(local), color="grey", ls="--", lw=0.8)
+        ax.set_title(f"{stream}: NLL on the repeat at the last step (dashed: the reach)", fontsize=9)
+        ax.set_xlabel("lag (frames)")
+    axes[0].set_ylabel("nats")
+    axes[-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", type=Path)
-    p.add_argument("--out", type=Path, help="report.md, reading.json and curve.png (default: runs)")
+    p.add_argument("--out", type=Path, help="report.md, reading.json, curve.png and offsets.png "
+                   "(default: runs)")
     args = p.parse_args()
     runs = load_runs(args.runs)
     out = args.out or args.runs
@@ -152,10 +181,11 @@ def main():
     text = (f"**Reading: {verdict['verdict']}** ({verdict['why']}).\n\nText / audio NLL on the "
             f"repeated frames at each run's last step (chance {verdict.get('chance', '?')}; "
             f"* beyond the reach of limited attention, {verdict.get('reach', '?')} frames):\n\n"
-            f"{table(runs)}\n\n![curve](curve.png)\n")
+            f"{table(runs)}\n\n![curve](curve.png)\n\n![offsets](offsets.png)\n")
     (out / "report.md").write_text(text)
     (out / "reading.json").write_text(json.dumps(verdict, indent=1) + "\n")
     plot(runs, out / "curve.png")
+    plot_offsets(runs, out / "offsets.png")
     print(text)
 
 
