@@ -15,7 +15,7 @@
 set -euo pipefail
 export NO_TORCH_COMPILE=1 PYTHONUNBUFFERED=1
 P=${PYTHON:-python3}; DEVICE=${DEVICE:-cuda}; OUT=${OUT:-/tmp/recall-probe}
-STEPS=${STEPS:-6000}; STEPS_FULL=${STEPS_FULL:-9000}; BATCH=${BATCH:-64}; LOG_EVERY=${LOG_EVERY:-250}
+STEPS=${STEPS:-5000}; STEPS_FULL=${STEPS_FULL:-9000}; BATCH=${BATCH:-64}; LOG_EVERY=${LOG_EVERY:-250}
 MAX_SECONDS=${MAX_SECONDS:-100000}; CONTEXT=${CONTEXT:-16}
 SEEDS=${SEEDS:-"0 1 2"}; VARIANTS=${VARIANTS:-"full no_ttt ttt"}
 if [ -z "${RUNS:-}" ]; then RUNS=""; for s in $SEEDS; do for v in $VARIANTS; do RUNS="$RUNS $v:$s"; done; done; fi
