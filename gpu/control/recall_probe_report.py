@@ -113,43 +113,50 @@ def table(runs: dict[tuple[str, int], dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(runs: dict[tuple[str, int], dict], path: Path) -> None:
+def _figure(columns: int, width: float):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    any_run = next(iter(runs.values()))
-    lags = list(map(int, any_run["args"]["eval_lags"].split(",")))
-    fig, axes = plt.subplots(1, len(lags), figsize=(3.6 * len(lags), 3.4), sharey=True)
-    for ax, lag in zip(axes, lags):
-        for (variant, seed), run in sorted(runs.items()):
-            steps = [row["step"] for row in run["curve"]]
-            line, = ax.plot(steps, [row[f"on_lag{lag}"][0] for row in run["curve"]],
-                            label=f"{variant}-s{seed}")
-            if f"off_lag{lag}" in run["curve"][0]:
-                ax.plot(steps, [row[f"off_lag{lag}"][0] for row in run["curve"]], ":",
-                        color=line.get_color(), label=f"{variant}-s{seed} TTT-off twin")
-        ax.axhline(math.log(any_run["args"]["vocab"]), color="grey", lw=0.8)
-        ax.set_title(f"lag {lag}" + (" (beyond the reach)" if lag > reach(run) and run["lm_kwargs"]
-                                     ["context"] < run["args"]["frames"] else ""), fontsize=9)
-        ax.set_xlabel("step")
-    axes[0].set_ylabel("text NLL on the repeat (nats)")
+    fig, axes = plt.subplots(1, columns, figsize=(width * columns, 3.4), sharey=True)
+    return plt, fig, list(axes) if columns > 1 else [axes]
+
+
+def _save(plt, fig, axes, ylabel: str, path: Path) -> None:
+    axes[0].set_ylabel(ylabel)
     axes[-1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_offsets(runs: dict[tuple[str, int], dict], path: Path) -> None:
-    """Copy NLL against lag at each run's last step (text and audio), chance and reach marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(runs: dict[tuple[str, int], dict], path: Path) -> None:
+    """Text copy NLL against step, one panel per lag; TTT-off twins dotted, chance grey."""
     any_run = next(iter(runs.values()))
     lags = list(map(int, any_run["args"]["eval_lags"].split(",")))
-    local = next((r for (v, _), r in runs.items() if v != "full"), any_run)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    local = next((r for (v, _), r in runs.items() if v != "full"), None)
+    plt, fig, axes = _figure(len(lags), 3.6)
+    for ax, lag in zip(axes, lags):
+        for (variant, seed), run in sorted(runs.items()):
+            steps = [row["step"] for row in run["curve"]]
+            line, = ax.plot(steps, [row[key("on", lag)][0] for row in run["curve"]],
+                            label=f"{variant}-s{seed}")
+            if key("off", lag) in run["curve"][0]:
+                ax.plot(steps, [row[key("off", lag)][0] for row in run["curve"]], ":",
+                        color=line.get_color(), label=f"{variant}-s{seed} TTT-off twin")
+        ax.axhline(math.log(any_run["args"]["vocab"]), color="grey", lw=0.8)
+        beyond = local is not None and lag > reach(local)
+        ax.set_title(f"lag {lag}" + (" (beyond the reach)" if beyond else ""), fontsize=9)
+        ax.set_xlabel("step")
+    _save(plt, fig, axes, "text NLL on the repeat (nats)", path)
+
+
+def plot_offsets(runs: dict[tuple[str, int], dict], path: Path) -> None:
+    """Copy NLL against lag at each run's last step (text and audio), chance and reach marked."""
+    any_run = next(iter(runs.values()))
+    lags = list(map(int, any_run["args"]["eval_lags"].split(",")))
+    local = next((r for (v, _), r in runs.items() if v != "full"), None)
+    plt, fig, axes = _figure(len(STREAMS), 4.5)
     for ax, stream in zip(axes, STREAMS):
         for (variant, seed), run in sorted(runs.items()):
             line, = ax.plot(lags, [last(run, "on", lag, stream) for lag in lags], "o-",
@@ -158,14 +165,11 @@ def plot_offsets(runs: dict[tuple[str, int], dict], path: Path) -> None:
                 ax.plot(lags, [last(run, "off", lag, stream) for lag in lags], "o:",
                         color=line.get_color(), label=f"{variant}-s{seed} TTT-off twin")
         ax.axhline(math.log(any_run["args"]["vocab"]), color="grey", lw=0.8)
-        ax.axvline(reach(local), color="grey", ls="--", lw=0.8)
+        if local is not None:
+            ax.axvline(reach(local), color="grey", ls="--", lw=0.8)
         ax.set_title(f"{stream}: NLL on the repeat at the last step (dashed: the reach)", fontsize=9)
         ax.set_xlabel("lag (frames)")
-    axes[0].set_ylabel("nats")
-    axes[-1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, axes, "nats", path)
 
 
 def main():
