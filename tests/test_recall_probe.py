@@ -104,7 +104,9 @@ def test_probe_runs_and_its_report_reads_it(tmp_path, monkeypatch):
             "--eval-lags", "8,40", "--steps", "3", "--batch", "2", "--log-every", "2",
             "--out", str(tmp_path / f"{variant}-s0.json"), *extra])
         runpy.run_path(str(CONTROL / "copy_probe.py"), run_name="__main__")
-    curve = json.loads((tmp_path / "ttt-s0.json").read_text())["curve"]
+    written = json.loads((tmp_path / "ttt-s0.json").read_text())
+    assert written["machine"]["device"] == "cpu" and written["machine"]["host"] and written["machine"]["torch"]
+    curve = written["curve"]
     assert [row["step"] for row in curve] == [2, 3]
     assert set(curve[-1]) == {"step", "seconds"} | {f"{c}_lag{lag}{k}" for c in ("on", "off") for lag in (8, 40)
                                                      for k in ("", "_shuffled", "_fresh")}
@@ -131,3 +133,40 @@ def test_controls_leave_the_training_stream_as_it_was(tmp_path, monkeypatch):
         curves[kinds] = json.loads(out.read_text())["curve"][-1]
     assert all(curves["exact"][k] == curves["exact,shuffled,fresh"][k]
                for k in curves["exact"] if k != "seconds")
+
+
+def _probe(ttt_values, full=0.1, no_ttt=CHANCE):
+    """A planted probe: full and no-TTT seed 0, and one TTT run per value in ``ttt_values``."""
+    runs = {("full", 0): _run("full", 0, full), ("no_ttt", 0): _run("no_ttt", 0, no_ttt)}
+    runs.update({("ttt", seed): _run("ttt", seed, value, CHANCE) for seed, value in enumerate(ttt_values)})
+    return runs
+
+
+@pytest.mark.parametrize("second, agree", [
+    ((0.60, 0.70, 0.65), True),     # the same probe again
+    ((0.66, 0.76, 0.71), True),     # +0.06, within 2 seed sd (0.05 × 2)
+    ((0.85, 0.95, 0.90), False),    # +0.25: beyond the seeds' noise
+    ((CHANCE, CHANCE, CHANCE), False),  # TTT recalls on one machine only: the readings differ
+])
+def test_two_probes_agree_only_within_seed_noise(second, agree):
+    result = REPORT["compare"](_probe((0.60, 0.70, 0.65)), _probe(second))
+    assert result["agree"] is agree
+    ttt = next(r for r in result["rows"] if r["variant"] == "ttt")
+    assert ttt["seeds"] == [0, 1, 2] and ttt["sd"][0] == pytest.approx(0.05)
+
+
+def test_two_probes_are_compared_at_the_last_step_both_reached():
+    first, second = _probe((0.6,)), _probe((0.6,))
+    early = dict(first[("ttt", 0)]["curve"][0], step=3000)  # the first probe also logged step 3000 ...
+    first[("ttt", 0)]["curve"] = [early, dict(early, step=6000, **{f"on_lag{lag}": [3.0, 3.0] for lag in (96, 136)})]
+    second[("ttt", 0)]["curve"][0]["step"] = 3000  # ... where the second one stopped
+    ttt = next(r for r in REPORT["compare"](first, second)["rows"] if r["variant"] == "ttt")
+    assert ttt["mean"] == [pytest.approx(0.6), pytest.approx(0.6)]
+
+
+def test_two_probes_with_equal_numbers_but_different_readings_disagree():
+    second = _probe((0.60, 0.70, 0.65))
+    second[("ttt", 1)]["curve"][-1].update({f"on_lag{lag}_fresh": [2.0, 2.0] for lag in (24, 56, 96, 136)})
+    result = REPORT["compare"](_probe((0.60, 0.70, 0.65)), second)
+    assert result["readings"] == ["recall", "invalid"] and not result["agree"]
+    assert all(r["agree"] for r in result["rows"])  # the numbers alone would have agreed

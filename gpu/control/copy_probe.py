@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import json
 import math
+import platform
 import time
 
 import torch
@@ -173,7 +174,9 @@ def main():
             print(f"stopped at step {step}: --max-seconds {args.max_seconds}", flush=True)
             break
     if args.out:
-        write_text(args.out, json.dumps({"args": vars(args), "lm_kwargs": kwargs,
+        machine = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+                   "host": platform.node(), "torch": torch.__version__}
+        write_text(args.out, json.dumps({"args": vars(args), "machine": machine, "lm_kwargs": kwargs,
                                          "ttt": SUITE_TTT if args.ttt else None,
                                          "curve": curve}, indent=1) + "\n")
 

@@ -12,7 +12,12 @@ lags beyond the reach, a model *copies* when its text copy NLL is ``MARGIN`` nat
 - **recall** when TTT copies there in every seed and its TTT-off twin does not;
 - **no recall** otherwise.
 
-    python gpu/control/recall_probe_report.py RUNS_DIR [--out DIR]
+Two probes of the same recipe (another machine, say) are compared with ``--against OTHER_DIR``:
+per variant, the seed mean of the text copy NLL beyond the reach at the last step both reached,
+in each probe; they **agree** when every variant's means differ by at most ``AGREE_SD`` times the
+larger seed sd (floor ``AGREE_FLOOR`` nats) and both readings are the same.
+
+    python gpu/control/recall_probe_report.py RUNS_DIR [--out DIR] [--against OTHER_DIR]
 """
 import argparse
 import json
@@ -21,6 +26,7 @@ import re
 from pathlib import Path
 
 MARGIN = 0.5  # nats under chance: far beyond the ±0.01 a model at chance wanders over 64 rows
+AGREE_SD, AGREE_FLOOR = 2.0, 0.05  # two probes agree within 2 seed sd (at least 0.05 nats)
 STREAMS = ("text", "audio")
 
 
@@ -172,11 +178,58 @@ def plot_offsets(runs: dict[tuple[str, int], dict], path: Path) -> None:
     _save(plt, fig, axes, "nats", path)
 
 
+def beyond_mean(run: dict, step: int, lags: list[int]) -> float:
+    """Text copy NLL of ``run`` at ``step``, mean over ``lags``."""
+    row = next(r for r in run["curve"] if r["step"] == step)
+    return sum(row[key("on", lag)][0] for lag in lags) / len(lags)
+
+
+def compare(first: dict, second: dict) -> dict:
+    """Do two probes agree within seed noise? Per variant run in both: seed means (and sd) of the
+    text copy NLL beyond the reach, each seed at the last step both probes logged for it."""
+    read = reading(first), reading(second)
+    lags = read[0].get("lags_beyond") or []
+    rows, agree = [], read[0]["verdict"] == read[1]["verdict"] and bool(lags)
+    for variant in ("full", "no_ttt", "ttt"):
+        seeds = sorted(s for (v, s) in first if v == variant and (v, s) in second)
+        if not seeds:
+            continue
+        values = [[], []]
+        for seed in seeds:
+            runs = first[(variant, seed)], second[(variant, seed)]
+            step = max({r["step"] for r in runs[0]["curve"]} & {r["step"] for r in runs[1]["curve"]})
+            for i in (0, 1):
+                values[i].append(beyond_mean(runs[i], step, lags))
+        mean = [sum(v) / len(v) for v in values]
+        sd = [(sum((x - m) ** 2 for x in v) / (len(v) - 1)) ** 0.5 if len(v) > 1 else 0.0
+              for v, m in zip(values, mean)]
+        allowed = max(AGREE_SD * max(sd), AGREE_FLOOR)
+        ok = abs(mean[0] - mean[1]) <= allowed
+        agree = agree and ok
+        rows.append({"variant": variant, "seeds": seeds, "mean": mean, "sd": sd,
+                     "difference": mean[1] - mean[0], "allowed": allowed, "agree": ok})
+    return {"agree": agree, "readings": [r["verdict"] for r in read], "lags_beyond": lags, "rows": rows}
+
+
+def comparison_table(result: dict, names: tuple[str, str]) -> str:
+    lines = [f"**Two probes: {'agree' if result['agree'] else 'disagree'}** (readings: "
+             f"{result['readings'][0]} / {result['readings'][1]}; text copy NLL beyond the reach, lags "
+             f"{result['lags_beyond']}, seed mean ± sd)", "",
+             f"| variant | seeds | {names[0]} | {names[1]} | difference | allowed | agree |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['variant']} | {r['seeds']} | {r['mean'][0]:.3f} ± {r['sd'][0]:.3f} | "
+                     f"{r['mean'][1]:.3f} ± {r['sd'][1]:.3f} | {r['difference']:+.3f} | "
+                     f"{r['allowed']:.3f} | {'yes' if r['agree'] else 'no'} |")
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", type=Path)
     p.add_argument("--out", type=Path, help="report.md, reading.json, curve.png and offsets.png "
                    "(default: runs)")
+    p.add_argument("--against", type=Path, help="another probe's runs: compare.md, compare.json")
     args = p.parse_args()
     runs = load_runs(args.runs)
     out = args.out or args.runs
@@ -191,6 +244,14 @@ def main():
     plot(runs, out / "curve.png")
     plot_offsets(runs, out / "offsets.png")
     print(text)
+    if args.against:
+        result = compare(runs, load_runs(args.against))
+        machines = [sorted({json.dumps(r.get("machine")) for r in group.values()})
+                    for group in (runs, load_runs(args.against))]
+        (out / "compare.json").write_text(json.dumps({**result, "machines": machines}, indent=1) + "\n")
+        text = comparison_table(result, (str(args.runs), str(args.against)))
+        (out / "compare.md").write_text(text + "\n\nMachines: " + " / ".join(map(str, machines)) + "\n")
+        print(text)
 
 
 if __name__ == "__main__":
