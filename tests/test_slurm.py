@@ -114,7 +114,9 @@ def _first_job_id(logs):
 
 def test_cancelled_job_fails_the_driver_quickly(slurm, cache, tmp_path):
     from ttt.launch.launcher import read_launcher
-    cfg = make_cell(cache, "cancel", [60.0], mode="transcribe", ttt={"enabled": False})
+    # long enough to outlast slurm's KillWait (30 s): submitit lets the job run on through
+    # scancel's SIGTERM, and a cell that finishes before the SIGKILL is a whole result ("ok")
+    cfg = make_cell(cache, "cancel", [240.0], mode="transcribe", ttt={"enabled": False})
     cfg_path = write_cell(tmp_path, cfg)
     launcher = read_launcher(launcher_file(tmp_path))
     out, status, logs = tmp_path / "out", tmp_path / "status.json", tmp_path / "jobs"
