@@ -48,6 +48,15 @@ def reach(run: dict) -> int:
     return kwargs["num_layers"] * kwargs["context"]
 
 
+def eval_lags(run: dict) -> list[int]:
+    return [int(lag) for lag in run["args"]["eval_lags"].split(",")]
+
+
+def limited(runs: dict[tuple[str, int], dict]) -> dict | None:
+    """A run of limited attention (no_ttt or ttt): whose reach the lags are judged against."""
+    return next((run for (variant, _), run in runs.items() if variant != "full"), None)
+
+
 KINDS = ("exact", "shuffled", "fresh")  # the held-out copy and its controls (copy_probe.py)
 
 
@@ -63,24 +72,22 @@ def reading(runs: dict[tuple[str, int], dict]) -> dict:
     """The verdict and the figures it rests on (see the module's docstring)."""
     any_run = next(iter(runs.values()))
     chance = math.log(any_run["args"]["vocab"])
-    local = [run for (variant, _), run in runs.items() if variant != "full"]
-    if not local:
+    local = limited(runs)
+    if local is None:
         return {"verdict": "inconclusive", "why": "no run of limited attention (no_ttt or ttt)"}
-    beyond = [lag for lag in map(int, any_run["args"]["eval_lags"].split(","))
-              if lag > reach(local[0])]
+    beyond = [lag for lag in eval_lags(any_run) if lag > reach(local)]
     if not beyond:
-        return {"verdict": "inconclusive", "why": f"no evaluated lag beyond the reach {reach(local[0])}"}
+        return {"verdict": "inconclusive", "why": f"no evaluated lag beyond the reach {reach(local)}"}
 
     def copies(run, condition="on"):
         return all(last(run, condition, lag) < chance - MARGIN for lag in beyond)
 
     def reads_fresh(run):  # beats chance where nothing can be recalled, at any lag
         return any(last(run, "on", lag, kind="fresh") < chance - MARGIN
-                   for lag in map(int, run["args"]["eval_lags"].split(","))
-                   if key("on", lag, "fresh") in run["curve"][-1])
+                   for lag in eval_lags(run) if key("on", lag, "fresh") in run["curve"][-1])
 
     by = lambda name: {seed: run for (variant, seed), run in runs.items() if variant == name}  # noqa: E731
-    figures = {"chance": round(chance, 3), "reach": reach(local[0]), "lags_beyond": beyond,
+    figures = {"chance": round(chance, 3), "reach": reach(local), "lags_beyond": beyond,
                "steps": {f"{v}-s{s}": run["curve"][-1]["step"] for (v, s), run in runs.items()}}
     if any(copies(run) for run in by("no_ttt").values()):
         return {"verdict": "invalid", "why": "no-TTT copies beyond its attention's reach", **figures}
@@ -101,8 +108,8 @@ def reading(runs: dict[tuple[str, int], dict]) -> dict:
 
 def table(runs: dict[tuple[str, int], dict]) -> str:
     any_run = next(iter(runs.values()))
-    lags = list(map(int, any_run["args"]["eval_lags"].split(",")))
-    local = next((r for (v, _), r in runs.items() if v != "full"), any_run)
+    lags = eval_lags(any_run)
+    local = limited(runs) or any_run
     head = "| run | condition | copy | step | " + " | ".join(
         f"lag {lag}{' *' if lag > reach(local) else ''}" for lag in lags) + " |"
     lines = [head, "|" + "---|" * (4 + len(lags))]
@@ -139,8 +146,8 @@ def _save(plt, fig, axes, ylabel: str, path: Path) -> None:
 def plot(runs: dict[tuple[str, int], dict], path: Path) -> None:
     """Text copy NLL against step, one panel per lag; TTT-off twins dotted, chance grey."""
     any_run = next(iter(runs.values()))
-    lags = list(map(int, any_run["args"]["eval_lags"].split(",")))
-    local = next((r for (v, _), r in runs.items() if v != "full"), None)
+    lags = eval_lags(any_run)
+    local = limited(runs)
     plt, fig, axes = _figure(len(lags), 3.6)
     for ax, lag in zip(axes, lags):
         for (variant, seed), run in sorted(runs.items()):
@@ -160,8 +167,8 @@ def plot(runs: dict[tuple[str, int], dict], path: Path) -> None:
 def plot_offsets(runs: dict[tuple[str, int], dict], path: Path) -> None:
     """Copy NLL against lag at each run's last step (text and audio), chance and reach marked."""
     any_run = next(iter(runs.values()))
-    lags = list(map(int, any_run["args"]["eval_lags"].split(",")))
-    local = next((r for (v, _), r in runs.items() if v != "full"), None)
+    lags = eval_lags(any_run)
+    local = limited(runs)
     plt, fig, axes = _figure(len(STREAMS), 4.5)
     for ax, stream in zip(axes, STREAMS):
         for (variant, seed), run in sorted(runs.items()):
